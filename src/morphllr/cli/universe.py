@@ -1,0 +1,2 @@
+"""CLI commands (placeholder until this stage lands)."""
+from . import app  # noqa: F401
