@@ -1,0 +1,547 @@
+"""Sérsic archetypes: the smooth twin of every observed galaxy (Zanisi et al. 2021, sec. 2.2).
+
+For each galaxy a GalSim ``Sersic(n, half_light_radius, flux)`` is sheared to its axis
+ratio q at position angle PA, convolved with the PSF, drawn at the set's pixel scale
+onto the flux-cutout grid, and given the same kind of background as the real image:
+
+* matched noise: Gaussian sky noise of the measured ``sky_sigma`` plus, when a ``gain``
+  (electrons per flux unit) is known, the galaxy's own Poisson noise; or
+* real sky: a random empty-sky cutout from a user-given set, the way RealSim inserts
+  simulated galaxies into real SDSS fields (plus the galaxy's Poisson noise).
+
+The result goes through the observed set's own preprocessing (``flux_to_model``), so the
+two density models see pixels made the same way.
+
+Parameter conventions are those of :mod:`morphllr.sersic_fit` (major-axis R_e in pixels
+of the flux cutout, q = b/a, PA counter-clockwise from +x in degrees, total flux).
+GalSim's ``half_light_radius`` is the circularised radius, ``R_e * sqrt(q)``.
+
+Speed: building a GalSim Sérsic (its Hankel-transform tables) costs ~0.1 s per index,
+so unit-radius profiles are cached on a grid in log n with spacing :data:`LOG_N_STEP`
+(n rounded by at most 1.6 %) and only dilated, sheared and rescaled per galaxy.  The
+tables are built in the parent process before worker processes fork, so each index is
+computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MorphllrError
+
+#: GalSim's valid Sérsic range; indices outside are clipped (and flagged).
+GALSIM_N_RANGE = (0.3, 6.2)
+#: Indices accepted at all (beyond these a fit has failed: refuse with a message).
+N_ACCEPT = (0.05, 20.0)
+#: log-n spacing of the profile cache: 95 indices over 0.3-6.2, inside GalSim's own cache of
+#: 100 Hankel tables (more would be recomputed over and over); n rounded by <= 1.6 %
+LOG_N_STEP = 0.032
+#: Default catalogue column for each archetype parameter.
+DEFAULT_COLUMNS = {
+    "n": "sersic_n", "re_pix": "sersic_re_pix", "q": "sersic_q", "pa_deg": "sersic_pa_deg",
+    "flux": "sersic_flux", "x0_pix": "sersic_x0_pix", "y0_pix": "sersic_y0_pix",
+}
+OPTIONAL = ("x0_pix", "y0_pix")
+PSF_FWHM_COLUMNS = ("psf_fwhm_arcsec", "psf_fwhm")
+PSF_BETA_COLUMNS = ("psf_beta",)
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclass
+class ArchetypeParams:
+    """Per-galaxy Sérsic parameters (arrays of length N) in the fitter's conventions."""
+
+    ids: np.ndarray
+    n: np.ndarray
+    re_pix: np.ndarray
+    q: np.ndarray
+    pa_deg: np.ndarray
+    flux: np.ndarray
+    x0_pix: np.ndarray | None = None
+    y0_pix: np.ndarray | None = None
+    n_clipped: np.ndarray = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _bad_rows(ids, bad: np.ndarray) -> str:
+    shown = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
+    more = f" and {int(bad.sum()) - 5} more" if bad.sum() > 5 else ""
+    return f"{shown}{more}"
+
+
+def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: str = "catalogue",
+                        drop_bad: bool = False) -> tuple[ArchetypeParams, np.ndarray]:
+    """Read and check archetype parameters from a catalogue.
+
+    Args:
+        catalog: astropy Table with an ``id`` column and the parameter columns.
+        columns: override of :data:`DEFAULT_COLUMNS` (e.g. ``{"n": "SERSIC_N"}``).
+        where: file name used in error messages.
+        drop_bad: skip rows with unusable values instead of refusing.
+
+    Returns:
+        (params of the kept rows, boolean mask of kept rows over the catalogue).
+    """
+    names = dict(DEFAULT_COLUMNS)
+    names.update(columns or {})
+    if "id" not in catalog.colnames:
+        raise MorphllrError(f"{where}: catalogue has no `id` column; every image needs an id")
+    values = {}
+    for key, col in names.items():
+        if col not in catalog.colnames:
+            if key in OPTIONAL:
+                continue
+            raise MorphllrError(
+                f"{where}: no column {col!r} for the Sérsic {key}; run `morphllr fit-sersic {where}` first "
+                f"or name your own column with --{key.split('_')[0]}-col NAME")
+        values[key] = np.asarray(catalog[col], dtype=np.float64)
+    ids = np.asarray(catalog["id"])
+    checks = {
+        "n": lambda v: np.isfinite(v) & (v >= N_ACCEPT[0]) & (v <= N_ACCEPT[1]),
+        "re_pix": lambda v: np.isfinite(v) & (v > 0),
+        "q": lambda v: np.isfinite(v) & (v > 0) & (v <= 1),
+        "pa_deg": np.isfinite,
+        "flux": lambda v: np.isfinite(v) & (v > 0),
+        "x0_pix": np.isfinite,
+        "y0_pix": np.isfinite,
+    }
+    rules = {"n": f"Sérsic n must be in [{N_ACCEPT[0]}, {N_ACCEPT[1]}]", "re_pix": "R_e must be > 0",
+             "q": "q must be in (0, 1]", "pa_deg": "PA must be finite", "flux": "flux must be > 0",
+             "x0_pix": "centre must be finite", "y0_pix": "centre must be finite"}
+    keep = np.ones(len(ids), bool)
+    for key, v in values.items():
+        ok = checks[key](v)
+        if not ok.all() and not drop_bad:
+            raise MorphllrError(
+                f"{where}: column {names[key]!r} has unusable values ({rules[key]}, got e.g. "
+                f"{v[~ok][0]!r}) for id(s) {_bad_rows(ids, ~ok)}; fix or refit them, or pass --drop-bad to skip them")
+        keep &= ok
+    if not keep.any():
+        raise MorphllrError(f"{where}: no row has usable Sérsic parameters; run `morphllr fit-sersic` first")
+    n = values["n"][keep]
+    params = ArchetypeParams(
+        ids=ids[keep], n=np.clip(n, *GALSIM_N_RANGE), re_pix=values["re_pix"][keep], q=values["q"][keep],
+        pa_deg=values["pa_deg"][keep], flux=values["flux"][keep],
+        x0_pix=values["x0_pix"][keep] if "x0_pix" in values else None,
+        y0_pix=values["y0_pix"][keep] if "y0_pix" in values else None,
+        n_clipped=(n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1]))
+    return params, keep
+
+
+# --------------------------------------------------------------------------- rendering
+class SersicProfileCache:
+    """Unit-flux, unit-half-light-radius GalSim Sérsics on a log-n grid, built on demand."""
+
+    def __init__(self, log_step: float = LOG_N_STEP):
+        self.log_step = float(log_step)
+        self._profiles: dict[int, object] = {}
+
+    def grid_n(self, n: float) -> float:
+        """The grid index that ``n`` is rounded to."""
+        k = round(math.log(n) / self.log_step)
+        return float(np.clip(math.exp(k * self.log_step), *GALSIM_N_RANGE))
+
+    def get(self, n: float):
+        """GalSim ``Sersic`` with index ~n, half-light radius 1 arcsec, flux 1."""
+        import galsim
+
+        key = round(math.log(n) / self.log_step)
+        prof = self._profiles.get(key)
+        if prof is None:
+            prof = galsim.Sersic(self.grid_n(n), half_light_radius=1.0, flux=1.0)
+            self._profiles[key] = prof
+        return prof
+
+    def warm(self, ns) -> None:
+        """Build (and fill GalSim's Hankel tables of) the profiles for all indices ``ns``."""
+        seen = set()
+        for n in np.asarray(ns, dtype=float):
+            key = round(math.log(n) / self.log_step)
+            if key not in seen:
+                seen.add(key)
+                prof = self.get(n)
+                prof.kValue(0.5, 0.5)  # builds the Hankel-transform table
+                prof.stepk, prof.maxk  # and the size estimates GalSim's FFTs use
+
+
+def sersic_profile(cache: SersicProfileCache, n, re_pix, q, pa_deg, flux, pixel_scale):
+    """The GalSim profile of one archetype (before the PSF), in arcsec.
+
+    Args:
+        cache: profile cache.
+        n, re_pix, q, pa_deg, flux: Sérsic parameters (fitter conventions).
+        pixel_scale: arcsec per pixel of the flux cutouts.
+
+    Returns:
+        ``galsim.GSObject``.
+    """
+    import galsim
+
+    # shear preserves area: the major-axis radius of a sheared circle of radius h is h / sqrt(q)
+    hlr_arcsec = float(re_pix) * math.sqrt(float(q)) * float(pixel_scale)
+    prof = cache.get(float(n)).dilate(hlr_arcsec).withFlux(float(flux))
+    if q < 1.0:
+        prof = prof.shear(q=float(q), beta=float(pa_deg) * galsim.degrees)
+    return prof
+
+
+def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
+                   x0_pix: float | None = None, y0_pix: float | None = None) -> np.ndarray:
+    """Draw a PSF-convolved profile, pixel-integrated, onto a cutout grid.
+
+    Args:
+        profile: GalSim profile (from :func:`sersic_profile`).
+        psf: GalSim PSF profile.
+        shape: (ny, nx) of the flux cutout.
+        pixel_scale: arcsec per pixel.
+        x0_pix, y0_pix: centre in 0-based array coordinates; None = the cutout centre.
+
+    Returns:
+        float64 (ny, nx) noise-free flux image.
+    """
+    import galsim
+
+    ny, nx = shape
+    # GalSim centres on the true image centre, (n - 1) / 2 in 0-based coordinates
+    dx = 0.0 if x0_pix is None else float(x0_pix) - (nx - 1) / 2
+    dy = 0.0 if y0_pix is None else float(y0_pix) - (ny - 1) / 2
+    obj = galsim.Convolve(profile, psf) if psf is not None else profile
+    img = obj.drawImage(nx=nx, ny=ny, scale=float(pixel_scale), offset=(dx, dy), method="auto")
+    return img.array.astype(np.float64)
+
+
+def add_matched_noise(image: np.ndarray, sky_sigma: float, gain: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian sky noise plus, when ``gain`` is known, the source's Poisson noise.
+
+    Args:
+        image: noise-free flux image.
+        sky_sigma: per-pixel sky noise (flux units).
+        gain: electrons per flux unit, or None/NaN for sky noise only.
+        rng: numpy random generator.
+
+    Returns:
+        noisy image (new array).
+    """
+    out = image + rng.normal(0.0, float(sky_sigma), image.shape)
+    if gain is not None and np.isfinite(gain) and gain > 0:
+        electrons = np.clip(image, 0.0, None) * gain
+        # Poisson fluctuation about the mean, so the sky-subtracted level stays unbiased
+        out += (rng.poisson(electrons) - electrons) / gain
+    return out
+
+
+def add_sky_patch(image: np.ndarray, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Add a random real empty-sky cutout (random crop, flip and quarter turn).
+
+    Args:
+        image: (C, ny, nx) noise-free image.
+        patches: (M, C, Hp, Wp) sky-only cutouts, Hp >= ny, Wp >= nx, same flux units.
+        rng: numpy random generator.
+
+    Returns:
+        image + sky (new array).
+    """
+    c, ny, nx = image.shape
+    patch = patches[rng.integers(len(patches))]
+    patch = np.rot90(patch, k=int(rng.integers(4)), axes=(1, 2))
+    if rng.integers(2):
+        patch = patch[:, :, ::-1]
+    hp, wp = patch.shape[1:]
+    if hp < ny or wp < nx:
+        patch = np.rot90(patch, k=1, axes=(1, 2))  # a non-square patch may fit the other way round
+        hp, wp = patch.shape[1:]
+    y = int(rng.integers(hp - ny + 1))
+    x = int(rng.integers(wp - nx + 1))
+    return image + patch[:, y:y + ny, x:x + nx]
+
+
+@dataclass
+class NoiseModel:
+    """How to give archetypes a background: matched Gaussian(+Poisson) noise or real sky."""
+
+    sky_sigma: np.ndarray | None = None  # (N,) per-pixel sky noise, flux units
+    gain: np.ndarray | None = None  # (N,) electrons per flux unit (NaN = unknown)
+    sky_patches: np.ndarray | None = None  # (M, C, Hp, Wp) real empty-sky cutouts
+
+
+CHUNK = 64  # images per work unit; each chunk has its own noise stream (seed, chunk)
+
+
+def _render_chunk(args) -> np.ndarray:
+    params, start, stop, shape, pixel_scale, psfs, noise, seed = args
+    c, ny, nx = shape
+    rng = np.random.default_rng([int(seed), start // CHUNK])
+    cache = _CACHE
+    out = np.empty((stop - start, c, ny, nx), np.float32)
+    for j, i in enumerate(range(start, stop)):
+        prof = sersic_profile(cache, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
+                              params.flux[i], pixel_scale)
+        psf = psfs[i] if isinstance(psfs, (list, tuple)) else psfs
+        x0 = None if params.x0_pix is None else params.x0_pix[i]
+        y0 = None if params.y0_pix is None else params.y0_pix[i]
+        img = np.broadcast_to(draw_archetype(prof, psf, (ny, nx), pixel_scale, x0, y0), (c, ny, nx))
+        if noise is not None:
+            gain = None if noise.gain is None else float(noise.gain[i])
+            if noise.sky_patches is not None:
+                img = add_sky_patch(img, noise.sky_patches, rng)
+                img = add_matched_noise(img, 0.0, gain, rng) if gain and np.isfinite(gain) else img
+            else:
+                img = add_matched_noise(img, float(noise.sky_sigma[i]), gain, rng)
+        out[j] = img
+    return out
+
+
+#: profiles shared by every render in this process (and inherited by forked workers)
+_CACHE = SersicProfileCache()
+
+
+def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixel_scale: float, psfs,
+                      noise: NoiseModel | None, seed: int = 0, workers: int = 1, progress=None) -> np.ndarray:
+    """Render the archetypes of a set (noise-free when ``noise`` is None).
+
+    The result does not depend on ``workers``: every chunk of :data:`CHUNK` images draws
+    its noise from its own stream seeded by ``(seed, chunk index)``.
+
+    Args:
+        params: per-galaxy parameters.
+        shape: (C, ny, nx) of each flux cutout; every channel gets the same profile.
+        pixel_scale: arcsec per pixel.
+        psfs: one GalSim PSF for all, or a list of N (None = no PSF).
+        noise: background model, or None for noise-free images.
+        seed: random seed (noise and sky-patch choice).
+        workers: processes (the images are independent).
+        progress: optional callable(n_done) after each chunk.
+
+    Returns:
+        float32 ``(N, C, ny, nx)`` flux cutouts.
+    """
+    n = len(params)
+    shape = tuple(int(v) for v in shape)
+    _CACHE.warm(params.n)  # once, here; forked workers inherit the tables
+    jobs = [(params, a, min(a + CHUNK, n), shape, pixel_scale, psfs, noise, seed) for a in range(0, n, CHUNK)]
+    out = np.empty((n,) + shape, np.float32)
+    done = 0
+    if workers <= 1 or len(jobs) <= 1:
+        results = map(_render_chunk, jobs)
+        pool = None
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        results = pool.map(_render_chunk, jobs)
+    try:
+        for job, part in zip(jobs, results):
+            out[job[1]:job[2]] = part
+            done += len(part)
+            if progress:
+                progress(done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return out
+
+
+# --------------------------------------------------------------------------- whole sets
+def _first_column(catalog, names):
+    for name in names:
+        if name in catalog.colnames:
+            return np.asarray(catalog[name], dtype=np.float64)
+    return None
+
+
+def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=None, pixel_scale: float = 1.0,
+                     where: str = "catalogue"):
+    """One PSF per galaxy from the options or the catalogue (``psf_fwhm_arcsec``, ``psf_beta``).
+
+    Args:
+        catalog: astropy Table.
+        psf_fwhm: FWHM in arcsec for all galaxies (overrides the catalogue), or None.
+        psf_kind: ``moffat`` or ``gaussian``.
+        psf_image: 2-D PSF image at ``pixel_scale`` for all galaxies (overrides both), or None.
+        pixel_scale: arcsec per pixel.
+        where: file name for messages.
+
+    Returns:
+        a single GalSim PSF or a list with one per row (profiles shared between equal FWHMs).
+    """
+    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
+
+    if psf_image is not None:
+        return psf_from_image(psf_image, pixel_scale)
+    if psf_fwhm is not None:
+        return make_psf(float(psf_fwhm), psf_kind)
+    fwhm = _first_column(catalog, PSF_FWHM_COLUMNS)
+    if fwhm is None:
+        raise MorphllrError(
+            f"{where}: no PSF given and the catalogue has no {PSF_FWHM_COLUMNS[0]!r} column; "
+            "pass --psf-fwhm ARCSEC (SDSS r median seeing ~1.4) or --psf-image FILE")
+    bad = ~np.isfinite(fwhm) | (fwhm <= 0)
+    if bad.any():
+        raise MorphllrError(f"{where}: PSF FWHM is missing or <= 0 for id(s) {_bad_rows(catalog['id'], bad)}; "
+                            "fix the column or pass --psf-fwhm ARCSEC for all galaxies")
+    beta = _first_column(catalog, PSF_BETA_COLUMNS)
+    cache: dict = {}
+    psfs = []
+    for i, f in enumerate(fwhm):
+        b = DEFAULT_MOFFAT_BETA if beta is None or not np.isfinite(beta[i]) else float(beta[i])
+        key = (round(float(f), 3), round(b, 2))
+        if key not in cache:
+            cache[key] = make_psf(key[0], psf_kind, beta=key[1])
+        psfs.append(cache[key])
+    return psfs
+
+
+def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
+    """Empty-sky cutouts from an ImageSet (its ``/flux``), a ``.npy``/``.npz`` or a FITS cube.
+
+    Args:
+        path: file of sky-only cutouts in the same flux units and pixel scale as the set.
+        where: option name for messages.
+
+    Returns:
+        float32 (M, C, Hp, Wp).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of empty sky")
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        from .imageset import ImageSet
+
+        s = ImageSet.open(path)
+        if s.flux is None:
+            raise MorphllrError(f"{where} {path}: the set has no /flux cutouts; prepare it again with flux kept")
+        arr = np.asarray(s.flux[:])
+    elif suffix == ".npy":
+        arr = np.load(path)
+    elif suffix == ".npz":
+        with np.load(path) as z:
+            arr = z[z.files[0]]
+    elif suffix in (".fits", ".fit", ".fz"):
+        from astropy.io import fits
+
+        arr = fits.getdata(path)
+    else:
+        raise MorphllrError(f"{where} {path}: unknown file type; use an ImageSet .h5, .npy, .npz or FITS cube")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or not np.isfinite(arr).all():
+        raise MorphllrError(f"{where} {path}: expected finite (M, H, W) or (M, C, H, W) sky cutouts, got {arr.shape}")
+    return arr
+
+
+def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind: str = "moffat",
+                       psf_image_path=None, sky_patches_path=None, columns: dict | None = None,
+                       seed: int = 0, drop_bad: bool = False, overwrite: bool = False, workers: int = 1,
+                       progress=None) -> dict:
+    """``morphllr archetypes``: render the archetype ImageSet of an observed ImageSet.
+
+    Args:
+        set_path: observed ImageSet with ``/flux`` and Sérsic columns.
+        out: output ``.h5``.
+        psf_fwhm: FWHM (arcsec) for every galaxy; None = catalogue column ``psf_fwhm_arcsec``.
+        psf_kind: ``moffat`` or ``gaussian``.
+        psf_image_path: FITS/npy PSF image at the set's pixel scale (overrides the FWHM).
+        sky_patches_path: real empty-sky cutouts (else matched Gaussian/Poisson noise).
+        columns: catalogue column names overriding :data:`DEFAULT_COLUMNS`.
+        seed: random seed.
+        drop_bad: skip galaxies with unusable parameters instead of refusing.
+        overwrite: replace ``out``.
+        workers: processes used for rendering.
+        progress: optional callable(n_done).
+
+    Returns:
+        summary dict (n, n_dropped, n_clipped, noise mode, out path).
+    """
+    from .imageset import ImageSet, write_flux_set
+
+    s = ImageSet.open(set_path)
+    where = str(set_path)
+    if s.flux is None:
+        raise MorphllrError(f"{where}: has no /flux cutouts to match; prepare it again keeping the flux cutouts")
+    catalog = s.catalog
+    params, keep = params_from_catalog(catalog, columns, where, drop_bad)
+    prep = s.preprocessing
+    pixel_scale = prep.get("pixel_scale") or _first_column(catalog, ("pixel_scale",))
+    if pixel_scale is None:
+        raise MorphllrError(f"{where}: the set records no pixel_scale; prepare it with a preset that sets pixel_scale")
+    pixel_scale = float(np.ravel(pixel_scale)[0])
+    kept = catalog[keep]
+    psf_image = _load_psf_image(psf_image_path) if psf_image_path else None
+    psfs = psfs_for_catalog(kept, psf_fwhm, psf_kind, psf_image, pixel_scale, where)
+    noise = NoiseModel()
+    if sky_patches_path:
+        noise.sky_patches = load_sky_patches(sky_patches_path)
+        hp, wp = noise.sky_patches.shape[2:]
+        hf, wf = s.flux.shape[2:]
+        if not ((hp >= hf and wp >= wf) or (wp >= hf and hp >= wf)):
+            raise MorphllrError(f"--sky-patches {sky_patches_path}: sky cutouts are {hp}x{wp} pixels, smaller than the "
+                                f"{hf}x{wf} flux cutouts; cut larger empty-sky patches")
+        if noise.sky_patches.shape[1] != s.flux.shape[1]:
+            raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but the set "
+                                f"has {s.flux.shape[1]}; use sky cutouts of the same bands")
+    else:
+        sigma = _first_column(kept, ("sky_sigma",))
+        if sigma is None or not np.all(np.isfinite(sigma) & (sigma >= 0)):
+            raise MorphllrError(f"{where}: no usable `sky_sigma` column to match the noise; prepare the set with "
+                                "segmentation (it measures sky_sigma) or pass --sky-patches FILE")
+        noise.sky_sigma = sigma
+    noise.gain = _first_column(kept, ("gain",))
+    flux = render_archetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
+    table = _archetype_table(kept, params, psf_fwhm, noise)
+    write_flux_set(out, flux, table, prep, overwrite=overwrite,
+                   attrs={"archetypes_of": str(set_path), "archetype_seed": int(seed)})
+    return {"n": len(params), "n_dropped": int((~keep).sum()), "n_clipped": int(params.n_clipped.sum()),
+            "noise": "sky patches" if sky_patches_path else "gaussian" + ("+poisson" if noise.gain is not None else ""),
+            "out": str(out)}
+
+
+def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel):
+    from astropy.table import Table
+
+    table = Table()
+    table["id"] = params.ids
+    table["sersic_n"] = params.n
+    table["sersic_n_clipped"] = params.n_clipped
+    table["sersic_re_pix"] = params.re_pix
+    table["sersic_q"] = params.q
+    table["sersic_pa_deg"] = params.pa_deg
+    table["sersic_flux"] = params.flux
+    if params.x0_pix is not None:
+        table["sersic_x0_pix"] = params.x0_pix
+        table["sersic_y0_pix"] = params.y0_pix
+    fwhm = _first_column(kept, PSF_FWHM_COLUMNS)
+    if psf_fwhm is not None or fwhm is not None:
+        table["psf_fwhm_arcsec"] = np.full(len(params), float(psf_fwhm)) if psf_fwhm is not None else fwhm
+    if noise.gain is not None:
+        table["gain"] = noise.gain
+    table["archetype"] = np.ones(len(params), bool)
+    return table
+
+
+def _load_psf_image(path) -> np.ndarray:
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise MorphllrError(f"--psf-image {path}: file not found")
+    if path.suffix.lower() == ".npy":
+        return np.load(path)
+    from astropy.io import fits
+
+    try:
+        return np.asarray(fits.getdata(path), dtype=np.float64)
+    except OSError as exc:
+        raise MorphllrError(f"--psf-image {path}: not a readable FITS image ({exc})") from None

@@ -1,0 +1,838 @@
+"""Compare image sets by their log-likelihood ratio under p_obs and p_arch.
+
+``compare()`` streams every set through both models once (per batch: one forward pass
+per model gives each image's log p and its per-pixel map), keeps only per-image numbers
+and a few fixed-size accumulators (mean LLR map, radial profile), then re-scores the
+handful of gallery galaxies to get their maps.  Memory is flat in the number of images
+apart from one row of numbers per galaxy.
+
+Outputs in ``out`` (written atomically): ``scores.csv`` / ``scores.parquet`` (one row per
+image), ``summary.json`` (per set: n, mean, interval, ΔLLR vs the reference, AUROC, KS,
+mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
+``maps="all"``) and the report (``index.html`` + ``figures/``, see :mod:`morphllr.report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import stats
+from .errors import MorphllrError
+
+#: Catalogue column names understood for each galaxy property (first match wins).
+MASS_COLUMNS = ("log_mstar", "logmstar", "log_stellar_mass", "log_mass", "lgm_tot_p50")
+SIZE_COLUMNS = ("sersic_re_kpc", "re_kpc", "r_e_kpc", "sersic_re_arcsec", "re_arcsec", "sersic_re_pix", "re_pix")
+SERSIC_N_COLUMNS = ("sersic_n", "n_sersic")
+RE_PIX_COLUMNS = ("sersic_re_pix", "re_pix")
+
+#: Radial-profile bins: in units of the half-light radius, or in model pixels as fallback.
+PROFILE_RE_EDGES = np.linspace(0.0, 4.0, 17)
+SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "bpd_obs", "bpd_arch")
+OUTLIER_QUANTILE = 0.0015  # the paper's outliers: below the reference's 0.15th percentile
+
+
+# --------------------------------------------------------------------------- data types
+@dataclass
+class OpenedSet:
+    """One input set, opened.
+
+    Attributes:
+        name: the user's label.
+        label: where it came from (file name), for messages.
+        source: the ImageSource (batches / read / shape / preprocessing).
+        catalog: astropy Table row-aligned with the images, or None.
+        segmap: lazy ``(N, H, W)`` central-source mask or None.
+    """
+
+    name: str
+    label: str
+    source: Any
+    catalog: Any = None
+    segmap: Any = None
+
+
+@dataclass
+class SetResult:
+    """Everything measured for one set.
+
+    Attributes:
+        name: set label.
+        scores: column -> per-image array (``logp_obs``, ``logp_arch``, ``llr``,
+            ``llr_segmap``, ``bpd_obs``, ``bpd_arch`` and ``llr_rot`` with rotations).
+        ids: per-image identifiers (catalogue ``id`` or the index).
+        catalog: the set's catalogue (astropy Table) or None.
+        mean_map: mean pixel LLR map after centring each galaxy, ``(H, W)``.
+        profile_re: mean pixel LLR per bin of r / R_e (None without sizes).
+        profile_pix: mean pixel LLR per 1-pixel bin of r.
+        gallery: selection name -> dict(indices, images, map_obs, map_arch, llr).
+        notes: what could not be measured and why.
+    """
+
+    name: str
+    scores: dict[str, np.ndarray]
+    ids: np.ndarray
+    catalog: Any
+    mean_map: np.ndarray
+    profile_re: np.ndarray | None
+    profile_pix: np.ndarray
+    gallery: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def llr(self) -> np.ndarray:
+        return self.scores["llr"]
+
+
+@dataclass
+class CompareResult:
+    """Outcome of :func:`compare`.
+
+    Attributes:
+        reference: name of the reference set.
+        sets: name -> SetResult, reference first.
+        summary: the content of ``summary.json``.
+        ranking: set names ordered by mean LLR, highest (most realistic) first.
+        notes: report-wide notes (skipped plots and why).
+        out: the report folder or None.
+        timing: seconds in forward passes vs total.
+    """
+
+    reference: str
+    sets: dict[str, SetResult]
+    summary: dict
+    ranking: list[str]
+    notes: list[str]
+    out: Path | None
+    timing: dict
+
+
+# --------------------------------------------------------------------------- models
+def _load(model: Any, what: str):
+    if isinstance(model, (str, os.PathLike)):
+        from .modelio import load_model
+
+        path = Path(model)
+        if not path.exists():
+            raise MorphllrError(f"{what} {path}: no such model folder; give the folder written by `morphllr train`")
+        return load_model(path)
+    if not hasattr(model, "net"):
+        raise MorphllrError(f"{what}: expected a model folder or a LoadedModel, got {type(model).__name__}")
+    return model
+
+
+def _config_value(config: Any, key: str):
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def _check_models(obs, arch) -> None:
+    """Refuse two models that do not describe the same image space with the same head."""
+    diffs = [f"{k}: {_config_value(obs.config, k)!r} vs {_config_value(arch.config, k)!r}"
+             for k in ("head", "in_channels", "height", "width")
+             if _config_value(obs.config, k) != _config_value(arch.config, k)]
+    if diffs:
+        raise MorphllrError(
+            f"--obs / --arch: the two models differ ({'; '.join(diffs)}); an LLR needs two densities over "
+            "the same images, so train both with the same --head and image size")
+    _check_prep(obs.preprocessing, arch.preprocessing, "--obs model vs --arch model")
+
+
+def _check_prep(model_prep: dict, set_prep: dict, what: str) -> None:
+    from .preprocess import check_compatible
+
+    check_compatible(model_prep or {}, set_prep or {}, what)
+
+
+# --------------------------------------------------------------------------- sets
+def _open_set(name: str, spec: Any) -> OpenedSet:
+    from .sources import open_images
+
+    label = str(spec) if isinstance(spec, (str, os.PathLike)) else type(spec).__name__
+    if isinstance(spec, (str, os.PathLike)) and not Path(str(spec).split(":")[0]).exists() \
+            and not Path(spec).exists():
+        raise MorphllrError(f"set {name}={spec}: no such file; check the path")
+    source = open_images(spec)
+    catalog = getattr(source, "catalog", None)
+    segmap = getattr(source, "segmap_model", None)
+    if catalog is not None and len(catalog) != len(source):
+        raise MorphllrError(f"set {name}={label}: catalogue has {len(catalog)} rows for {len(source)} images; "
+                            "rebuild the set with `morphllr prepare`")
+    return OpenedSet(name=name, label=label, source=source, catalog=catalog, segmap=segmap)
+
+
+def _check_set(s: OpenedSet, obs) -> None:
+    if len(s.source) == 0:
+        raise MorphllrError(f"set {s.name}={s.label}: is empty; give a set with at least one image")
+    want = tuple(_config_value(obs.config, k) for k in ("in_channels", "height", "width"))
+    have = tuple(s.source.shape[1:])
+    if None not in want and have != want:
+        raise MorphllrError(
+            f"set {s.name}={s.label}: images are (C,H,W)={have} but the models expect {want}; "
+            "prepare the set with the models' preprocessing (`morphllr prepare --like MODEL_DIR`)")
+    _check_prep(obs.preprocessing, s.source.preprocessing, f"models vs set {s.name}={s.label}")
+
+
+def _check_names(names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if not name or any(c in name for c in ",\n\"<>&"):
+            raise MorphllrError(f"set name {name!r}: use a short label without commas, quotes or <>&, e.g. TNG50")
+        if name in seen:
+            raise MorphllrError(f"set name {name!r} is used twice; give every set its own NAME=")
+        seen.add(name)
+
+
+def find_column(catalog: Any, candidates: Iterable[str]) -> str | None:
+    """First catalogue column (case-insensitive) among ``candidates`` holding finite numbers.
+
+    Args:
+        catalog: astropy Table or None.
+        candidates: accepted names in order of preference.
+
+    Returns:
+        the column name as spelt in the catalogue, or None.
+    """
+    if catalog is None:
+        return None
+    lower = {c.lower(): c for c in catalog.colnames}
+    for cand in candidates:
+        col = lower.get(cand.lower())
+        if col is not None and catalog[col].ndim == 1 and np.issubdtype(catalog[col].dtype, np.number):
+            return col
+    return None
+
+
+def catalog_values(catalog: Any, column: str | None) -> np.ndarray | None:
+    """Float64 values of a catalogue column with masked entries as NaN (None if absent)."""
+    if catalog is None or column is None:
+        return None
+    col = catalog[column]
+    values = np.ma.filled(np.ma.asarray(col).astype(np.float64), np.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- forward passes
+class _Scorer:
+    """Per-pixel log p maps of numpy batches under one model, timing the forward passes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.seconds = 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        maps = _log_prob_maps(self.model, batch)
+        self.seconds += time.perf_counter() - start
+        return maps
+
+
+def _log_prob_maps(model, batch: np.ndarray) -> np.ndarray:
+    """``(B, H, W)`` float32 log p per pixel (nats) of one model-input batch."""
+    from .score import iter_log_prob_maps  # threads, bf16 autocast, channels-last: owned by score.py
+
+    # one batch in, one map array out; the generator is run to the end so its contexts close
+    return np.concatenate(list(iter_log_prob_maps(model, batch, batch_size=len(batch))))
+
+
+def _rotate(batch: np.ndarray, rng: np.random.Generator, discrete: bool) -> np.ndarray:
+    """Randomly rotate each image the way training augments (``morphllr.train``).
+
+    Continuous heads: any angle in [0, 180) deg, bicubic with reflected edges; the
+    discretized head only has mass on integers, so it gets exact quarter turns.
+    """
+    import torch
+
+    from .train import rotate_continuous, rotate_lossless  # same interpolation as the models saw
+
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    if discrete:
+        turns = torch.from_numpy(rng.integers(0, 4, len(batch)))
+        return rotate_lossless(x, turns).numpy()
+    angles = torch.from_numpy(rng.uniform(0.0, 180.0, len(batch)).astype(np.float32))
+    return rotate_continuous(x, angles).numpy()
+
+
+# --------------------------------------------------------------------------- accumulators
+def _centroids(images: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    """(B, 2) light-weighted centre (y, x) of each galaxy, from its mask if there is one."""
+    light = images.sum(axis=1)
+    light = light - np.median(light, axis=(1, 2), keepdims=True)
+    weights = np.clip(light, 0, None) ** 2  # squared: the bright core dominates, noise does not
+    if masks is not None:
+        weights = np.where(masks > 0, np.clip(light, 0, None) + 1e-12, 0.0)
+    total = weights.sum(axis=(1, 2))
+    h, w = light.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    centre = np.stack([np.full(len(light), (h - 1) / 2), np.full(len(light), (w - 1) / 2)], 1)
+    ok = total > 0
+    centre[ok, 0] = (weights[ok] * yy).sum(axis=(1, 2)) / total[ok]
+    centre[ok, 1] = (weights[ok] * xx).sum(axis=(1, 2)) / total[ok]
+    return centre
+
+
+class _MapAccumulator:
+    """Running mean of centred LLR maps and radial profiles, fixed memory."""
+
+    def __init__(self, h: int, w: int, with_re: bool):
+        self.h, self.w = h, w
+        self.sum = np.zeros((h, w))
+        self.count = np.zeros((h, w))
+        self.n_pix_bins = int(math.ceil(math.hypot(h, w) / 2)) + 1
+        self.pix_sum = np.zeros(self.n_pix_bins)
+        self.pix_count = np.zeros(self.n_pix_bins)
+        self.with_re = with_re
+        n_re = len(PROFILE_RE_EDGES) - 1
+        self.re_sum = np.zeros(n_re)
+        self.re_count = np.zeros(n_re)
+        self._yy, self._xx = np.mgrid[0:h, 0:w]
+
+    def add(self, llr_maps: np.ndarray, centres: np.ndarray, re_model: np.ndarray | None) -> None:
+        h, w = self.h, self.w
+        shifts = np.rint(np.array([(h - 1) / 2, (w - 1) / 2]) - centres).astype(int)
+        shifts = np.clip(shifts, [-(h // 4), -(w // 4)], [h // 4, w // 4])  # never trust a wild centroid
+        for m, (dy, dx) in zip(llr_maps, shifts):
+            # place the map so that its centroid lands on the stamp centre; no wrap-around
+            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+            self.sum[yd, xd] += m[ys, xs]
+            self.count[yd, xd] += 1
+        r = np.hypot(self._yy[None] - centres[:, 0, None, None], self._xx[None] - centres[:, 1, None, None])
+        k = np.minimum(r.astype(int), self.n_pix_bins - 1)
+        self.pix_sum += np.bincount(k.ravel(), llr_maps.ravel(), self.n_pix_bins)
+        self.pix_count += np.bincount(k.ravel(), minlength=self.n_pix_bins)
+        if self.with_re and re_model is not None:
+            ok = np.isfinite(re_model) & (re_model > 0)
+            if ok.any():
+                x = r[ok] / re_model[ok, None, None]
+                kb = np.searchsorted(PROFILE_RE_EDGES, x, side="right") - 1
+                inside = (kb >= 0) & (kb < len(self.re_sum))
+                self.re_sum += np.bincount(kb[inside], llr_maps[ok][inside], len(self.re_sum))
+                self.re_count += np.bincount(kb[inside], minlength=len(self.re_sum))
+
+    def results(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_map = self.sum / self.count
+            prof_re = self.re_sum / self.re_count if self.with_re and self.re_count.any() else None
+            prof_pix = self.pix_sum / self.pix_count
+        return mean_map, prof_re, prof_pix
+
+
+class _MapsWriter:
+    """All per-pixel maps to ``maps.h5`` (one group per set), written batch by batch."""
+
+    def __init__(self, path: Path | None):
+        self.fh = None
+        if path is not None:
+            import h5py
+
+            self.fh = h5py.File(path, "w")
+            self.fh.attrs["format"] = "morphllr.maps"
+            self.fh.attrs["units"] = "nats per pixel"
+
+    def start(self, name: str, n: int, h: int, w: int) -> None:
+        if self.fh is None:
+            return
+        group = self.fh.create_group(name)
+        for key in ("llr", "logp_obs", "logp_arch"):
+            group.create_dataset(key, shape=(n, h, w), dtype="f4", chunks=(min(n, 64), h, w), compression="lzf")
+
+    def write(self, name: str, start: int, obs: np.ndarray, arch: np.ndarray) -> None:
+        if self.fh is None:
+            return
+        stop = start + len(obs)
+        self.fh[name]["logp_obs"][start:stop] = obs
+        self.fh[name]["logp_arch"][start:stop] = arch
+        self.fh[name]["llr"][start:stop] = obs - arch
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+# --------------------------------------------------------------------------- scoring one set
+def _re_model_pixels(s: OpenedSet, prep: dict) -> tuple[np.ndarray | None, str | None]:
+    """Half-light radii in model pixels, or None with the reason."""
+    col = find_column(s.catalog, RE_PIX_COLUMNS)
+    if col is None:
+        return None, (f"{s.name}: no half-light radius column ({' / '.join(RE_PIX_COLUMNS)}) in the catalogue; "
+                      "radial profile in model pixels instead of R_e")
+    zoom = (prep or {}).get("zoom")
+    if zoom is None:
+        return None, (f"{s.name}: the preprocessing records no zoom, so {col} cannot be converted to model "
+                      "pixels; radial profile in model pixels instead of R_e")
+    return catalog_values(s.catalog, col) * float(zoom), None
+
+
+def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, rotations: int,
+               discrete: bool, prep: dict, maps_writer: _MapsWriter, rng: np.random.Generator,
+               advance: Callable[[int], None]) -> SetResult:
+    """Stream one set through both models and keep per-image numbers + accumulators."""
+    n, c, h, w = s.source.shape
+    n_dims = c * h * w
+    out = {key: np.empty(n) for key in ("logp_obs", "logp_arch", "llr_segmap")}
+    if rotations:
+        out["llr_rot"] = np.empty(n)
+    re_model, re_note = _re_model_pixels(s, prep)
+    notes = [re_note] if re_note else []
+    if s.segmap is None:
+        notes.append(f"{s.name}: no central-source mask (/segmap_model) in the set; llr_segmap is NaN")
+    acc = _MapAccumulator(h, w, with_re=re_model is not None)
+    maps_writer.start(s.name, n, h, w)
+    obs_scorer, arch_scorer = scorers
+    from .sources import check_batch
+
+    head = _config_value(obs_scorer.model.config, "head")
+    start = 0
+    for batch in s.source.batches(batch_size):
+        stop = start + len(batch)
+        check_batch(batch, f"set {s.name}={s.label}", head, start)  # names the user's file, not "array"
+        map_obs, map_arch = obs_scorer(batch), arch_scorer(batch)
+        llr_map = map_obs - map_arch
+        out["logp_obs"][start:stop] = map_obs.sum(axis=(1, 2), dtype=np.float64)
+        out["logp_arch"][start:stop] = map_arch.sum(axis=(1, 2), dtype=np.float64)
+        masks = None
+        if s.segmap is not None:
+            masks = np.asarray(s.segmap[start:stop]) == 1
+            out["llr_segmap"][start:stop] = np.where(masks, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
+        else:
+            out["llr_segmap"][start:stop] = np.nan
+        if rotations:
+            total = np.zeros(len(batch))
+            for _ in range(rotations):
+                turned = _rotate(batch, rng, discrete)
+                total += (obs_scorer(turned) - arch_scorer(turned)).sum(axis=(1, 2), dtype=np.float64)
+            out["llr_rot"][start:stop] = total / rotations
+        acc.add(llr_map, _centroids(batch, masks), None if re_model is None else re_model[start:stop])
+        maps_writer.write(s.name, start, map_obs, map_arch)
+        advance(len(batch))
+        start = stop
+    out["llr"] = out["logp_obs"] - out["logp_arch"]
+    # bits per dimension: the usual PixelCNN unit (negative for continuous densities of
+    # narrow-range images, which is fine: only differences matter)
+    out["bpd_obs"] = -out["logp_obs"] / (n_dims * math.log(2))
+    out["bpd_arch"] = -out["logp_arch"] / (n_dims * math.log(2))
+    ids = _ids(s.catalog, n)
+    mean_map, prof_re, prof_pix = acc.results()
+    return SetResult(name=s.name, scores=out, ids=ids, catalog=s.catalog, mean_map=mean_map,
+                     profile_re=prof_re, profile_pix=prof_pix, notes=notes)
+
+
+def _ids(catalog: Any, n: int) -> np.ndarray:
+    if catalog is not None and "id" in catalog.colnames:
+        return np.asarray(catalog["id"])
+    return np.arange(n)
+
+
+# --------------------------------------------------------------------------- galleries
+def _gallery_indices(llr: np.ndarray, ref_cut: float, k: int) -> dict[str, np.ndarray]:
+    """Which galaxies to show: most / least realistic, outliers, and a spread for the maps."""
+    order = np.argsort(llr, kind="stable")
+    k = min(k, len(llr))
+    outliers = order[llr[order] < ref_cut][:k]
+    spread = order[np.unique(np.linspace(0, len(llr) - 1, min(k, len(llr))).round().astype(int))]
+    return {"most_realistic": order[::-1][:k], "least_realistic": order[:k], "outliers": outliers,
+            "maps": spread[::-1]}
+
+
+def _fill_gallery(res: SetResult, s: OpenedSet, scorers: tuple[_Scorer, _Scorer], ref_cut: float,
+                  k: int) -> None:
+    """Re-score the few gallery galaxies to get their images and maps."""
+    picks = _gallery_indices(res.llr, ref_cut, k)
+    wanted = np.unique(np.concatenate(list(picks.values()))).astype(int)
+    if wanted.size == 0:
+        return
+    images = s.source.read(wanted)
+    map_obs, map_arch = scorers[0](images), scorers[1](images)
+    where = {int(i): j for j, i in enumerate(wanted)}
+    n_outliers = int(np.sum(res.llr < ref_cut))
+    for key, idx in picks.items():
+        rows = [where[int(i)] for i in idx]
+        res.gallery[key] = {"indices": np.asarray(idx, dtype=int), "ids": res.ids[np.asarray(idx, dtype=int)],
+                            "images": images[rows], "map_obs": map_obs[rows], "map_arch": map_arch[rows],
+                            "llr": res.llr[np.asarray(idx, dtype=int)], "n_total": n_outliers}
+
+
+# --------------------------------------------------------------------------- statistics
+def _set_summaries(results: dict[str, SetResult], reference: str, n_boot: int, seed: int,
+                   ref_cut: float) -> dict:
+    ref = results[reference].llr
+    out = {}
+    for name, res in results.items():
+        entry = stats.summarize(res.llr, None if name == reference else ref, n_boot=n_boot, rng=seed)
+        # the reference itself has ~0.15 % here by construction; a simulation with many more is suspicious
+        entry["outlier_fraction"] = float(np.mean(res.llr < ref_cut))
+        entry["mean_logp_obs"] = float(np.nanmean(res.scores["logp_obs"]))
+        entry["mean_logp_arch"] = float(np.nanmean(res.scores["logp_arch"]))
+        entry["mean_bpd_obs"] = float(np.nanmean(res.scores["bpd_obs"]))
+        entry["mean_bpd_arch"] = float(np.nanmean(res.scores["bpd_arch"]))
+        seg = res.scores["llr_segmap"]
+        entry["mean_llr_segmap"] = float(np.mean(seg)) if np.isfinite(seg).all() else None
+        if "llr_rot" in res.scores:
+            entry["mean_llr_rotation_averaged"] = float(np.mean(res.scores["llr_rot"]))
+        out[name] = entry
+    return out
+
+
+def _mass_panels(results: dict[str, SetResult], reference: str, n_boot: int, seed: int,
+                 notes: list[str]) -> dict[str, dict]:
+    ref_mass = catalog_values(results[reference].catalog, find_column(results[reference].catalog, MASS_COLUMNS))
+    if ref_mass is None:
+        notes.append(f"stellar-mass panels skipped: the reference {reference} has no mass column "
+                     f"({' / '.join(MASS_COLUMNS)})")
+        return {}
+    ref_masks = stats.mass_panel_masks(ref_mass)
+    panels: dict[str, dict] = {}
+    for name, res in results.items():
+        mass = catalog_values(res.catalog, find_column(res.catalog, MASS_COLUMNS))
+        if mass is None:
+            notes.append(f"stellar-mass panels: set {name} has no mass column; left out")
+            continue
+        for label, mask in stats.mass_panel_masks(mass).items():
+            ref_vals = results[reference].llr[ref_masks[label]]
+            if mask.sum() < 2 or ref_vals.size < 2:
+                continue
+            entry = stats.summarize(res.llr[mask], None if name == reference else ref_vals, n_boot=n_boot, rng=seed)
+            entry.pop("reading")
+            panels.setdefault(name, {})[label] = entry
+    return panels
+
+
+def _matched(results: dict[str, SetResult], reference: str, n_draws: int, seed: int,
+             notes: list[str]) -> dict:
+    """ΔLLR with identical mass x size x Sérsic-index make-up in every set."""
+    props = {"log_mstar": MASS_COLUMNS, "size": SIZE_COLUMNS, "sersic_n": SERSIC_N_COLUMNS}
+    columns: dict[str, dict[str, np.ndarray]] = {name: {} for name in results}
+    used = {}
+    for prop, cands in props.items():
+        chosen = [find_column(r.catalog, cands) for r in results.values()]
+        if any(c is None for c in chosen):
+            continue
+        used[prop] = chosen[0]
+        for (name, res), col in zip(results.items(), chosen):
+            values = catalog_values(res.catalog, col)
+            columns[name][prop] = np.log10(np.where(values > 0, values, np.nan)) if prop == "size" else values
+    if not used:
+        notes.append("matched comparison skipped: no catalogue property (mass, size, Sérsic index) is present "
+                     "in every set")
+        return {}
+    edges = stats.grid_edges(columns[reference], n_bins=3,
+                             fixed={"log_mstar": [9.5, 10.0, 10.5]} if "log_mstar" in used else None)
+    cells = {name: stats.cell_index(columns[name], edges) for name in results}
+    res = stats.matched_delta({n: r.llr for n, r in results.items()}, cells, reference, n_draws=n_draws, rng=seed)
+    if res.n_per_set == 0:
+        notes.append("matched comparison skipped: no grid cell is populated by every set")
+        return {}
+    return {"properties": used, "n_per_set": res.n_per_set, "n_cells": res.n_cells, "n_draws": n_draws,
+            "delta_llr": res.delta, "delta_llr_err": res.error}
+
+
+# --------------------------------------------------------------------------- tables
+def _catalog_columns(catalog: Any, taken: Iterable[str]) -> dict[str, np.ndarray]:
+    """1-D scalar catalogue columns to carry into scores.csv (renamed when they clash)."""
+    if catalog is None:
+        return {}
+    taken = set(taken)
+    out = {}
+    for name in catalog.colnames:
+        col = catalog[name]
+        if col.ndim != 1 or name == "id":
+            continue
+        key = f"cat_{name}" if name in taken else name
+        values = np.ma.asarray(col)
+        if np.issubdtype(values.dtype, np.number) or values.dtype == bool:
+            out[key] = np.ma.filled(values.astype(np.float64), np.nan)
+        else:
+            out[key] = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in np.ma.filled(values)])
+    return out
+
+
+def _rows_table(res: SetResult, score_cols: list[str]) -> dict[str, np.ndarray]:
+    n = len(res.llr)
+    table: dict[str, np.ndarray] = {"set": np.full(n, res.name, dtype=object), "id": res.ids}
+    for col in score_cols:
+        table[col] = res.scores.get(col, np.full(n, np.nan))
+    table.update(_catalog_columns(res.catalog, list(table)))
+    return table
+
+
+def _write_scores(results: dict[str, SetResult], folder: Path, notes: list[str]) -> None:
+    """scores.csv (always) and scores.parquet (when pyarrow is installed), one set at a time."""
+    score_cols = [c for c in SCORE_COLUMNS[2:]]
+    if any("llr_rot" in r.scores for r in results.values()):
+        score_cols.append("llr_rot")
+    tables = {name: _rows_table(res, score_cols) for name, res in results.items()}
+    columns: list[str] = []
+    for t in tables.values():
+        columns += [c for c in t if c not in columns]
+    text_cols = {c for t in tables.values() for c, v in t.items() if v.dtype.kind in "OUS"}
+    with open(folder / "scores.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for t in tables.values():
+            n = len(t["llr"])
+            cols = [t.get(c, np.full(n, "" if c in text_cols else np.nan)) for c in columns]
+            writer.writerows(zip(*[_csv_values(v) for v in cols]))
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        notes.append("scores.parquet not written: install pyarrow (pip install 'morphllr[parquet]')")
+        return
+    schema = pa.schema([(c, pa.string() if c in text_cols else pa.float64()) for c in columns])
+    with pq.ParquetWriter(folder / "scores.parquet", schema) as writer:
+        for t in tables.values():
+            n = len(t["llr"])
+            arrays = []
+            for c in columns:
+                v = t.get(c)
+                if c in text_cols:
+                    arrays.append(pa.array([None] * n if v is None else [str(x) for x in v], pa.string()))
+                else:
+                    arrays.append(pa.array(np.full(n, np.nan) if v is None else np.asarray(v, np.float64)))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def _csv_values(v: np.ndarray) -> list:
+    if v.dtype.kind == "f":
+        return [repr(float(x)) if np.isfinite(x) else "nan" for x in v]
+    return [x.decode() if isinstance(x, bytes) else x for x in v.tolist()]
+
+
+def _write_summary_csv(summary: dict, path: Path) -> None:
+    keys = ["n", "mean_llr", "median_llr", "std_llr", "ci95_lo", "ci95_hi", "delta_llr", "delta_llr_err",
+            "auroc_vs_reference", "ks_vs_reference", "ks_pvalue", "mean_llr_segmap",
+            "matched_delta_llr", "matched_delta_llr_err"]
+    matched = summary.get("matched") or {}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["set", *keys])
+        for name in summary["ranking"]:
+            e = dict(summary["sets"][name])
+            e["ci95_lo"], e["ci95_hi"] = e["ci95"]
+            e["matched_delta_llr"] = (matched.get("delta_llr") or {}).get(name)
+            e["matched_delta_llr_err"] = (matched.get("delta_llr_err") or {}).get(name)
+            writer.writerow([name, *["" if e.get(k) is None else e.get(k) for k in keys]])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --------------------------------------------------------------------------- the entry point
+def _progress(show: bool, total: int):
+    """A rich progress bar (or a silent stand-in) over ``total`` images."""
+    if not show:
+        class _Silent:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def advance(self, n: int, label: str = "") -> None:
+                pass
+        return _Silent()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class _Bar:
+        def __enter__(self):
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("images"), TimeRemainingColumn(), transient=False)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("scoring", total=total)
+            return self
+
+        def __exit__(self, *exc):
+            return self.bar.__exit__(*exc)
+
+        def advance(self, n: int, label: str = "") -> None:
+            self.bar.update(self.task, advance=n, description=f"scoring {label}")
+    return _Bar()
+
+
+def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any] | None = None,
+            out: str | os.PathLike | None = None, *, rotations: int = 0, maps: str = "gallery",
+            batch_size: int = 64, gallery_size: int = 8, n_boot: int = 1000, matched_draws: int = 200,
+            seed: int = 0, overwrite: bool = False, progress: bool = False,
+            report: bool = True) -> CompareResult:
+    """Score every set under both models and compare each to the reference.
+
+    Args:
+        obs: p_obs model folder (or a LoadedModel).
+        arch: p_arch model folder (or a LoadedModel).
+        reference: ``(name, set)``: the held-out real test set.
+        sets: name -> set to compare with the reference (path, ImageSet, array).
+        out: report folder (None: compute only, write nothing).
+        rotations: also average the LLR over this many random rotations (0–180°).
+        maps: ``"gallery"`` (maps only for the gallery galaxies) or ``"all"`` (also
+            ``maps.h5`` with every per-pixel map).
+        batch_size: images per forward pass.
+        gallery_size: galaxies per gallery.
+        n_boot: bootstrap replicates for intervals and errors.
+        matched_draws: draws of the matched comparison.
+        seed: seed of every random choice (bootstrap, rotations, matched draws).
+        overwrite: replace an existing ``out``.
+        progress: show a rich progress bar.
+        report: write figures + index.html (needs matplotlib).
+
+    Returns:
+        a :class:`CompareResult`.
+    """
+    from .atomic import atomic_dir
+
+    if maps not in ("gallery", "all"):
+        raise MorphllrError(f"--maps {maps!r}: choose 'gallery' or 'all'")
+    if rotations < 0 or batch_size < 1 or gallery_size < 0:
+        raise MorphllrError("--rotations, --batch-size and --gallery must be non-negative (batch size >= 1)")
+    if not (isinstance(reference, tuple) and len(reference) == 2):
+        raise MorphllrError("reference: give (name, set), e.g. ('SDSS', 'sdss_test.h5')")
+    sets = dict(sets or {})
+    _check_names([reference[0], *sets])
+    if reference[0] in sets:
+        raise MorphllrError(f"set name {reference[0]!r} is used twice; give every set its own NAME=")
+    obs_model, arch_model = _load(obs, "--obs"), _load(arch, "--arch")
+    _check_models(obs_model, arch_model)
+    specs = [(reference[0], reference[1]), *sets.items()]
+    with _opened_sets(specs) as opened:
+        for s in opened:
+            _check_set(s, obs_model)
+        if out is not None and Path(out).exists() and not overwrite:
+            raise MorphllrError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+        t0 = time.perf_counter()
+        scorers = (_Scorer(obs_model), _Scorer(arch_model))
+        with (atomic_dir(out, overwrite=overwrite) if out is not None else _nullfolder()) as folder:
+            results = _score_all(opened, scorers, folder if maps == "all" else None, batch_size=batch_size,
+                                 rotations=rotations, progress=progress, rng=np.random.default_rng(seed))
+            ref_cut = float(np.quantile(results[reference[0]].llr, OUTLIER_QUANTILE))
+            for s in opened:
+                _fill_gallery(results[s.name], s, scorers, ref_cut, gallery_size)
+            timing = {"forward_s": scorers[0].seconds + scorers[1].seconds, "scoring_s": time.perf_counter() - t0}
+            notes = merge_notes([note for r in results.values() for note in r.notes], results)
+            summary = _summary(results, reference[0], ref_cut, n_boot, matched_draws, seed, notes)
+            summary.update(models={"obs": str(getattr(obs_model, "path", "")),
+                                   "arch": str(getattr(arch_model, "path", "")),
+                                   "head": _config_value(obs_model.config, "head")},
+                           sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
+            result = CompareResult(reference=reference[0], sets=results, summary=summary,
+                                   ranking=summary["ranking"], notes=notes,
+                                   out=Path(out) if out is not None else None, timing=timing)
+            if folder is not None:
+                _write_outputs(result, folder, report)
+            timing["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def _score_all(opened: list[OpenedSet], scorers: tuple[_Scorer, _Scorer], maps_folder: Path | None, *,
+               batch_size: int, rotations: int, progress: bool, rng: np.random.Generator) -> dict[str, SetResult]:
+    """Stream every set through both models (one progress bar over all images)."""
+    obs_model = scorers[0].model
+    discrete = str(_config_value(obs_model.config, "head")).startswith("discretized")
+    maps_writer = _MapsWriter(maps_folder / "maps.h5" if maps_folder is not None else None)
+    results: dict[str, SetResult] = {}
+    try:
+        with _progress(progress, sum(len(s.source) for s in opened)) as bar:
+            for s in opened:
+                results[s.name] = _score_set(s, scorers, batch_size, rotations, discrete, obs_model.preprocessing,
+                                             maps_writer, rng, lambda k, _n=s.name: bar.advance(k, _n))
+    finally:
+        maps_writer.close()
+    return results
+
+
+def _summary(results: dict[str, SetResult], reference: str, ref_cut: float, n_boot: int, matched_draws: int,
+             seed: int, notes: list[str]) -> dict:
+    """The content of summary.json (statistics only; ``notes`` collects what was skipped)."""
+    per_set = _set_summaries(results, reference, n_boot, seed, ref_cut)
+    return {
+        "reference": reference,
+        "ranking": sorted(per_set, key=lambda n: per_set[n]["mean_llr"], reverse=True),
+        "sets": per_set,
+        "mass_panels": _mass_panels(results, reference, n_boot, seed, notes),
+        "matched": _matched(results, reference, matched_draws, seed, notes),
+        "outlier_threshold_llr": ref_cut,
+        "identity": "E_q[LLR] = KL(q||p_arch) - KL(q||p_obs); higher = closer to the observations",
+        "notes": notes,
+    }
+
+
+def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:
+    """Tables, figures, index.html and summary.json into the (temporary) report folder."""
+    _write_scores(result.sets, folder, result.notes)
+    if report:
+        from .report import write_report
+
+        write_report(result, folder)
+    with open(folder / "summary.json", "w") as fh:
+        json.dump(_jsonable(result.summary), fh, indent=2)
+    _write_summary_csv(result.summary, folder / "summary.csv")
+    _make_readable(folder)
+
+
+def merge_notes(notes: list[str], set_names: Iterable[str]) -> list[str]:
+    """Fold per-set notes with the same text ("A: no mask", "B: no mask" -> "A, B: no mask").
+
+    Args:
+        notes: notes in order; per-set ones start with "<set name>: ".
+        set_names: the set names.
+
+    Returns:
+        the merged notes, first occurrence order kept.
+    """
+    grouped: dict[str, list[str]] = {}
+    names = sorted(set_names, key=len, reverse=True)  # longest first so "sim" does not eat "sim2"
+    for note in notes:
+        owner = next((n for n in names if note.startswith(f"{n}: ")), None)
+        text = note[len(owner) + 2:] if owner else note
+        grouped.setdefault(text, [])
+        if owner:
+            grouped[text].append(owner)
+    return [f"{', '.join(owners)}: {text}" if owners else text for text, owners in grouped.items()]
+
+
+def _make_readable(folder: Path) -> None:
+    """Temporary folders are private (0700); a report is meant to be shared like any output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, folder / "figures"):
+        if path.exists():
+            os.chmod(path, 0o777 & ~umask)
+
+
+@contextlib.contextmanager
+def _opened_sets(specs: list[tuple[str, Any]]) -> Iterator[list[OpenedSet]]:
+    """Open every set; close their files (HDF5 handles) however the comparison ends."""
+    opened: list[OpenedSet] = []
+    try:
+        for name, spec in specs:
+            opened.append(_open_set(name, spec))
+        yield opened
+    finally:
+        for s in opened:
+            close = getattr(s.source, "close", None)
+            if callable(close):
+                close()
+
+
+class _nullfolder:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

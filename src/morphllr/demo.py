@@ -1,0 +1,212 @@
+"""``morphllr demo``: the whole method on the generated universe, with its known answer.
+
+The demo generates the test sets of :mod:`morphllr.synth` (observed-test, sim-good,
+sim-softened, sim-smooth, archetypes), scores them with the two shipped PixelCNN++
+models (``morphllr/pretrained/obs`` trained on observed-train, ``.../arch`` on the
+archetypes of observed-train) through :func:`morphllr.compare.compare`, writes the
+report and checks the ranking against :data:`morphllr.synth.EXPECTED_ORDER`.
+
+The shipped models are made by :func:`train_models` (``scripts/make_models.py``, i.e.
+``make models``) with the fixed :data:`TRAIN_RECIPE`; ``morphllr demo --train`` repeats
+that into the demo folder instead of using the shipped ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MorphllrError
+from .synth import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
+
+MODEL_FILES = ("weights.safetensors", "model.json")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the shipped models are trained (fixed, so ``make models`` is reproducible).
+
+    Attributes:
+        seed: universe and training seed.
+        n_train: observed-train galaxies (p_arch is trained on their archetypes).
+        preset: network preset of :data:`morphllr.model.PRESETS`.
+        overrides: config fields changed from the preset.
+        max_steps: optimizer steps per model.
+        batch_size: images per step.
+        lr: peak learning rate.
+    """
+
+    seed: int = 0
+    n_train: int = 2000
+    preset: str = "small"
+    overrides: dict = field(default_factory=lambda: {"nr_resnet": 1, "nr_filters": 32, "dropout": 0.1})
+    max_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+
+
+TRAIN_RECIPE = TrainRecipe()
+DEMO_N = 300
+"""Galaxies per demo set."""
+
+
+def pretrained_dir() -> Path:
+    """The package folder holding the shipped models (``obs/`` and ``arch/``)."""
+    return Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_models(folder: Path | None = None) -> tuple[Path, Path]:
+    """Paths of the shipped p_obs and p_arch model folders.
+
+    Args:
+        folder: where to look (default :func:`pretrained_dir`).
+
+    Returns:
+        (obs_dir, arch_dir).
+    """
+    folder = Path(folder) if folder is not None else pretrained_dir()
+    dirs = (folder / "obs", folder / "arch")
+    missing = [str(d / f) for d in dirs for f in MODEL_FILES if not (d / f).is_file()]
+    if missing:
+        raise MorphllrError(f"shipped demo models are missing ({', '.join(missing)}); run `make models` "
+                            "(scripts/make_models.py) or `morphllr demo --train`")
+    return dirs
+
+
+def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2, progress: bool = True,
+                 say=print, threads: int | None = None) -> tuple[Path, Path]:
+    """Generate observed-train + its archetypes and train p_obs and p_arch on them.
+
+    Args:
+        out: folder receiving ``universe/`` (training sets), ``obs/`` and ``arch/``.
+        recipe: the :class:`TrainRecipe`.
+        workers: processes for the Sérsic fits.
+        progress: show training progress bars.
+        say: callable(str) for status lines.
+        threads: torch threads per training run (None: the engine's default).
+
+    Returns:
+        (obs_dir, arch_dir) model folders.
+    """
+    import time
+
+    from .synth import write_universe
+    from .train import build_config, train_model
+
+    out = Path(out)
+    universe = out / "universe"
+    if not (universe / "archetypes-train.h5").is_file():
+        t0 = time.perf_counter()
+        say(f"generating {recipe.n_train} training galaxies and their archetypes (seed {recipe.seed})")
+        write_universe(universe, ["observed-train", "archetypes-train"], n_train=recipe.n_train,
+                       seed=recipe.seed, workers=workers, overwrite=True, progress=say)
+        say(f"  done in {time.perf_counter() - t0:.0f} s")
+    config = build_config(recipe.preset, **recipe.overrides)
+    dirs = []
+    for name, data in (("obs", "observed-train.h5"), ("arch", "archetypes-train.h5")):
+        t0 = time.perf_counter()
+        say(f"training p_{name} on {data} ({recipe.max_steps} steps)")
+        result = train_model(universe / data, out / name, config=config, max_steps=recipe.max_steps,
+                             batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, overwrite=True,
+                             progress=progress, threads=threads)
+        m = result.metrics
+        say(f"  p_{name}: val {m.get('val_bits_per_dim')} bits/dim after {m['steps']} steps, "
+            f"{time.perf_counter() - t0:.0f} s")
+        dirs.append(out / name)
+    return dirs[0], dirs[1]
+
+
+def install_models(obs_dir: Path, arch_dir: Path, dest: Path | None = None) -> Path:
+    """Copy the two models' ``weights.safetensors`` + ``model.json`` into ``dest`` atomically.
+
+    Args:
+        obs_dir, arch_dir: trained model folders.
+        dest: target (default :func:`pretrained_dir`).
+
+    Returns:
+        the destination folder.
+    """
+    from .atomic import atomic_dir
+
+    dest = Path(dest) if dest is not None else pretrained_dir()
+    for name, src in (("obs", obs_dir), ("arch", arch_dir)):
+        with atomic_dir(dest / name, overwrite=True) as tmp:
+            for f in MODEL_FILES:
+                shutil.copy2(Path(src) / f, tmp / f)
+            tmp.chmod(0o755)
+    return dest
+
+
+def check_ranking(summary: dict) -> list[str]:
+    """Disagreements between a comparison's ranking and the universe's known order.
+
+    Every consecutive pair of :data:`EXPECTED_ORDER` must have the better set's mean LLR
+    above the other's with non-overlapping 95 % intervals, except pairs listed in
+    :data:`EXPECTED_TIES`, which only must not be inverted beyond their intervals.
+
+    Args:
+        summary: ``summary.json`` content from :func:`morphllr.compare.compare`.
+
+    Returns:
+        list of human-readable problems (empty: the known answer was recovered).
+    """
+    sets = summary["sets"]
+    problems = []
+    for better, worse in zip(EXPECTED_ORDER, EXPECTED_ORDER[1:]):
+        if better not in sets or worse not in sets:
+            continue
+        b, w = sets[better], sets[worse]
+        if (better, worse) in EXPECTED_TIES:
+            if b["ci95"][1] < w["ci95"][0]:
+                problems.append(f"{worse} scored clearly above {better} ({w['mean_llr']:.2f} vs {b['mean_llr']:.2f})")
+        elif not b["ci95"][0] > w["ci95"][1]:
+            problems.append(f"{better} (mean LLR {b['mean_llr']:.2f}, 95% [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]) "
+                            f"is not clearly above {worse} ({w['mean_llr']:.2f}, "
+                            f"[{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}])")
+    return problems
+
+
+def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrite: bool = False, n: int = DEMO_N,
+             seed: int = TRAIN_RECIPE.seed, workers: int = 2, progress: bool = True, say=print):
+    """Generate the demo sets, score them with the demo models and write the report.
+
+    Args:
+        out: demo folder: ``data/`` (the sets), ``report/`` (compare output, index.html) and,
+            with ``train``, ``models/``.
+        train: retrain the two models first (about as long as ``make models``).
+        overwrite: replace an existing ``out``.
+        n: galaxies per set.
+        seed: universe seed (the shipped models were trained on seed 0's observed-train).
+        workers: processes for the Sérsic fits behind the archetypes.
+        progress: show progress bars.
+        say: callable(str) for status lines.
+
+    Returns:
+        the :class:`morphllr.compare.CompareResult`.
+    """
+    import time
+
+    from .atomic import atomic_dir
+    from .compare import compare
+    from .synth import _check_destination, write_universe
+
+    out = Path(out)
+    _check_destination(out, overwrite)
+    if not train:
+        obs_dir, arch_dir = shipped_models()
+    t0 = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if train:
+            obs_dir, arch_dir = train_models(tmp / "models", TrainRecipe(seed=seed), workers, progress, say)
+        say(f"generating {n} galaxies per set: {', '.join(DEMO_SETS)}")
+        write_universe(tmp / "data", DEMO_SETS, n_test=n, seed=seed, workers=workers, progress=say)
+        t_data = time.perf_counter()
+        say("scoring every set under p_obs and p_arch")
+        sets = {name: tmp / "data" / f"{name}.h5" for name in DEMO_SETS[1:]}
+        result = compare(obs_dir, arch_dir, (DEMO_SETS[0], tmp / "data" / f"{DEMO_SETS[0]}.h5"), sets,
+                         tmp / "report", progress=progress)
+    result.timing["generate_s"] = t_data - t0
+    result.timing["demo_total_s"] = time.perf_counter() - t0
+    result.out = out / "report"
+    return result

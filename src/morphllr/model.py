@@ -1,0 +1,394 @@
+"""PixelCNN++ (Salimans et al. 2017) as used by Zanisi et al. (2021), with its config and presets.
+
+The network sees the image through two causal streams: ``u`` (everything in the rows above a
+pixel, down-shifted 2x3 convolutions) and ``ul`` (rows above plus the pixels to the left in the
+same row, down-right-shifted 2x2 convolutions).  A U-Net of gated residual blocks runs at three
+resolutions (H, H/2, H/4); the last 1x1 convolution gives the parameters of the likelihood head
+for every pixel, depending only on pixels before it in raster order.
+
+Weight normalisation of the original is left out: it costs speed at inference and the plain
+convolutions with a 0.1-scaled residual output train stably here.
+
+Units: continuous heads take images in the user's units, feed ``(x - input_shift) /
+input_scale`` to the network and report densities in the user's units (the Jacobian
+``-log(input_scale)`` per dimension is added).  The discretized head takes integers 0..255.
+Extreme inputs are clamped (see :data:`NET_INPUT_LIMIT`), NaN is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MorphllrError
+from .heads import HEAD_NAMES, get_head
+
+# Continuous heads: network-unit inputs are clamped to +-this, so that a stray 1e30 (or inf)
+# gives a very low but finite log-likelihood instead of inf/NaN.
+NET_INPUT_LIMIT = 1e4
+
+
+@dataclass
+class PixelCNNConfig:
+    """Architecture and likelihood of a PixelCNN++.
+
+    Attributes:
+        in_channels: image channels C (bands).
+        height, width: image size in pixels, both divisible by 4.
+        nr_resnet: gated residual blocks per resolution (paper: 3).
+        nr_filters: feature channels (paper: 64).
+        nr_logistic_mix: mixture components of the logistic heads.
+        dropout: dropout rate inside the residual blocks during training (paper: 0.5).
+        head: ``gaussian`` (paper), ``logistic_mixture`` or ``discretized_logistic_mixture``.
+        input_shift, input_scale: continuous heads feed ``(x - shift) / scale`` to the network.
+    """
+
+    in_channels: int = 1
+    height: int = 32
+    width: int = 32
+    nr_resnet: int = 3
+    nr_filters: int = 64
+    nr_logistic_mix: int = 5
+    dropout: float = 0.5
+    head: str = "gaussian"
+    input_shift: float = 0.5
+    input_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`MorphllrError` naming the first bad field and its fix."""
+        for name in ("in_channels", "height", "width", "nr_resnet", "nr_filters", "nr_logistic_mix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MorphllrError(f"model config: {name}={value!r} must be a positive integer")
+        if self.height % 4 or self.width % 4:
+            raise MorphllrError(
+                f"model config: image size {self.height}x{self.width} must be divisible by 4 "
+                "(the network works at 1, 1/2 and 1/4 resolution); crop or resize the images"
+            )
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise MorphllrError(f"model config: dropout={self.dropout!r} must be in [0, 1)")
+        if self.head not in HEAD_NAMES:
+            raise MorphllrError(f"model config: head={self.head!r} is unknown; choose one of {', '.join(HEAD_NAMES)}")
+        if not (isinstance(self.input_scale, (int, float)) and math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise MorphllrError(f"model config: input_scale={self.input_scale!r} must be a positive number")
+        if not (isinstance(self.input_shift, (int, float)) and math.isfinite(self.input_shift)):
+            raise MorphllrError(f"model config: input_shift={self.input_shift!r} must be a finite number")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PixelCNNConfig":
+        """Build (and validate) a config from :meth:`to_dict` output.
+
+        Args:
+            d: mapping of field names to values; missing fields take their defaults.
+
+        Returns:
+            The config.  Unknown keys raise :class:`MorphllrError`.
+        """
+        if not isinstance(d, dict):
+            raise MorphllrError(f"model config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MorphllrError(
+                f"model config: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    def with_(self, **changes) -> "PixelCNNConfig":
+        """A copy with some fields changed (validated)."""
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, PixelCNNConfig] = {
+    "zanisi21": PixelCNNConfig(nr_resnet=3, nr_filters=64, dropout=0.5, head="gaussian"),
+    "small": PixelCNNConfig(nr_resnet=1, nr_filters=32, dropout=0.5, head="gaussian"),
+    "tiny": PixelCNNConfig(nr_resnet=1, nr_filters=8, dropout=0.0, head="gaussian", height=8, width=8),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shifted convolutions.  Padding tuples are (left, right, top, bottom) as F.pad wants them.
+# "down" = 2x3 kernel seeing the row above and the current row's neighbours above;
+# "downright" = 2x2 kernel seeing above and to the left.
+# ---------------------------------------------------------------------------------------------
+_PADS = {"down": (1, 1, 1, 0), "downright": (1, 0, 1, 0)}
+_KERNELS = {"down": (2, 3), "downright": (2, 2)}
+
+
+def concat_elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU of ``[x, -x]`` along channels: keeps both signs' information (doubles channels)."""
+    return concat_elu_padded(x, (0, 0, 0, 0))
+
+
+def concat_elu_padded(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(elu(cat([x, -x])), pad)`` in one pass, so a shifted conv can run unpadded.
+
+    Uses ``elu(x) = max(x, m)`` and ``elu(-x) = max(-x, m)`` with ``m = exp(-|x|) - 1`` (one
+    exp for both halves; ``e^t >= 1 + t`` makes the max pick the right branch).  Without
+    autograd both halves are written straight into a zero-bordered channels-last buffer;
+    with autograd the same formula runs as ordinary differentiable ops.
+
+    Args:
+        x: ``(N, F, H, W)`` activations.
+        pad: zero padding ``(left, right, top, bottom)``.
+
+    Returns:
+        ``(N, 2F, H + top + bottom, W + left + right)``, channels-last when x is.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        m = torch.exp(-x.abs()) - 1.0
+        out = torch.cat([torch.maximum(x, m), torch.maximum(-x, m)], dim=1)
+        return F.pad(out, pad) if any(pad) else out
+    m = torch.exp(-x.abs()).sub_(1.0)
+    n, c, h, w = x.shape
+    left, right, top, bottom = pad
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if channels_last:
+        buf = x.new_empty(n, h + top + bottom, w + left + right, 2 * c).permute(0, 3, 1, 2)
+    else:
+        buf = x.new_empty(n, 2 * c, h + top + bottom, w + left + right)
+    if any(pad):  # only the border needs zeros: the interior is overwritten below
+        if top:
+            buf[:, :, :top].zero_()
+        if bottom:
+            buf[:, :, h + top :].zero_()
+        if left:
+            buf[:, :, :, :left].zero_()
+        if right:
+            buf[:, :, :, w + left :].zero_()
+    inner = buf[:, :, top : top + h, left : left + w]
+    torch.maximum(x, m, out=inner[:, :c])
+    torch.maximum(torch.neg(x), m, out=inner[:, c:])
+    return buf
+
+
+def down_shift(x: torch.Tensor) -> torch.Tensor:
+    """Move the map one row down (zero first row) so a pixel cannot see its own row."""
+    return F.pad(x[:, :, :-1, :], (0, 0, 1, 0))
+
+
+def right_shift(x: torch.Tensor) -> torch.Tensor:
+    """Move the map one column right (zero first column) so a pixel cannot see itself."""
+    return F.pad(x[:, :, :, :-1], (1, 0, 0, 0))
+
+
+class ShiftedConv(nn.Conv2d):
+    """Causal convolution: pad above (and left/right) so the output never sees later pixels."""
+
+    def __init__(self, c_in: int, c_out: int, kind: str, kernel=None, stride: int = 1):
+        kernel = kernel or _KERNELS[kind]
+        super().__init__(c_in, c_out, kernel, stride=stride)
+        kh, kw = kernel
+        if kind == "down":
+            self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)
+        else:
+            self.pad = (kw - 1, 0, kh - 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class ShiftedDeconv(nn.ConvTranspose2d):
+    """Stride-2 transposed convolution cropped so that it stays causal."""
+
+    def __init__(self, c_in: int, c_out: int, kind: str):
+        super().__init__(c_in, c_out, _KERNELS[kind], stride=2, output_padding=1)
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = 2 * x.shape[2], 2 * x.shape[3]
+        y = super().forward(x)
+        if self.kind == "down":
+            return y[:, :, :h, 1 : w + 1]
+        return y[:, :, :h, :w]
+
+
+class GatedResnet(nn.Module):
+    """Gated residual block: x + a * sigmoid(b), [a, b] = conv(elu(conv(elu(x)) + nin(elu(aux)))).
+
+    Args:
+        filters: feature channels F.
+        kind: ``down`` (u stream) or ``downright`` (ul stream).
+        aux_mult: 0 for no auxiliary input, else the auxiliary input has aux_mult * F channels.
+        dropout: dropout rate applied (in training only) before the second convolution.
+    """
+
+    def __init__(self, filters: int, kind: str, aux_mult: int, dropout: float):
+        super().__init__()
+        self.conv_in = ShiftedConv(2 * filters, filters, kind)
+        self.aux = nn.Conv2d(2 * aux_mult * filters, filters, 1) if aux_mult else None
+        self.conv_out = ShiftedConv(2 * filters, 2 * filters, kind)
+        self.dropout = dropout
+        with torch.no_grad():  # start close to identity, as the original's init_scale=0.1
+            self.conv_out.weight.mul_(0.1)
+            self.conv_out.bias.zero_()
+
+    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        pad = self.conv_in.pad
+        h = F.conv2d(concat_elu_padded(x, pad), self.conv_in.weight, self.conv_in.bias)
+        if aux is not None:
+            h = h + F.conv2d(concat_elu_padded(aux, (0, 0, 0, 0)), self.aux.weight, self.aux.bias)
+        if self.training and self.dropout > 0:
+            h = F.dropout(concat_elu(h), self.dropout, training=True)
+            h = F.pad(h, pad)
+        else:
+            h = concat_elu_padded(h, pad)
+        gated = F.glu(F.conv2d(h, self.conv_out.weight, self.conv_out.bias), dim=1)
+        if torch.is_grad_enabled():
+            return x + gated
+        return gated.add_(x)  # x stays untouched: it is also a skip connection
+
+
+class _Stage(nn.Module):
+    """One resolution of the up or down pass: paired u and ul residual blocks."""
+
+    def __init__(self, n_blocks: int, filters: int, dropout: float, up: bool):
+        super().__init__()
+        self.u_blocks = nn.ModuleList(GatedResnet(filters, "down", 0 if up else 1, dropout) for _ in range(n_blocks))
+        self.ul_blocks = nn.ModuleList(GatedResnet(filters, "downright", 1 if up else 2, dropout) for _ in range(n_blocks))
+
+
+class PixelCNN(nn.Module):
+    """PixelCNN++ density model over ``(C, H, W)`` images.
+
+    Args:
+        config: a :class:`PixelCNNConfig` (or a dict accepted by ``from_dict``).
+    """
+
+    def __init__(self, config: PixelCNNConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = PixelCNNConfig.from_dict(config)
+        config.validate()
+        self.config = config
+        self.head = get_head(config.head)
+        c, f = config.in_channels, config.nr_filters
+        self.u_init = ShiftedConv(c + 1, f, "down", kernel=(2, 3))
+        self.ul_init_down = ShiftedConv(c + 1, f, "down", kernel=(1, 3))
+        self.ul_init_right = ShiftedConv(c + 1, f, "downright", kernel=(2, 1))
+        self.up = nn.ModuleList(_Stage(config.nr_resnet, f, config.dropout, up=True) for _ in range(3))
+        self.downsample_u = nn.ModuleList(ShiftedConv(f, f, "down", stride=2) for _ in range(2))
+        self.downsample_ul = nn.ModuleList(ShiftedConv(f, f, "downright", stride=2) for _ in range(2))
+        sizes = (config.nr_resnet, config.nr_resnet + 1, config.nr_resnet + 1)
+        self.down = nn.ModuleList(_Stage(n, f, config.dropout, up=False) for n in sizes)
+        self.upsample_u = nn.ModuleList(ShiftedDeconv(f, f, "down") for _ in range(2))
+        self.upsample_ul = nn.ModuleList(ShiftedDeconv(f, f, "downright") for _ in range(2))
+        self.out = nn.Conv2d(f, self.head.n_params(c, config.nr_logistic_mix), 1)
+
+    # ------------------------------------------------------------------ input handling
+    def _check_input(self, x) -> torch.Tensor:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if x.dim() == 3 and cfg.in_channels == 1:
+            x = x.unsqueeze(1)
+        expected = (cfg.in_channels, cfg.height, cfg.width)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise MorphllrError(
+                f"images of shape {tuple(x.shape)} do not fit this model, which expects (N, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}); prepare the images with the model's preprocessing"
+            )
+        if x.is_floating_point() and bool(torch.isnan(x).any()):
+            raise MorphllrError("images contain NaN pixels; replace or mask them before scoring")
+        return x
+
+    def to_net_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Map user-space images to what the network and head see (float32, clamped)."""
+        x = x.float()
+        if self.head.discrete:
+            return x.round().clamp(0.0, 255.0) / 127.5 - 1.0
+        x = (x - self.config.input_shift) / self.config.input_scale
+        return x.clamp(-NET_INPUT_LIMIT, NET_INPUT_LIMIT)
+
+    # ------------------------------------------------------------------ network
+    def _network(self, x_net: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(x_net[:, :1])
+        x = torch.cat([x_net, ones], dim=1)
+        u_list = [down_shift(self.u_init(x))]
+        ul_list = [down_shift(self.ul_init_down(x)) + right_shift(self.ul_init_right(x))]
+        for level, stage in enumerate(self.up):
+            for u_block, ul_block in zip(stage.u_blocks, stage.ul_blocks):
+                u_list.append(u_block(u_list[-1]))
+                ul_list.append(ul_block(ul_list[-1], u_list[-1]))
+            if level < 2:
+                u_list.append(self.downsample_u[level](u_list[-1]))
+                ul_list.append(self.downsample_ul[level](ul_list[-1]))
+        u, ul = u_list.pop(), ul_list.pop()
+        for level, stage in enumerate(self.down):
+            if level > 0:
+                u = self.upsample_u[level - 1](u)
+                ul = self.upsample_ul[level - 1](ul)
+            for u_block, ul_block in zip(stage.u_blocks, stage.ul_blocks):
+                u = u_block(u, u_list.pop())
+                ul = ul_block(ul, torch.cat([u, ul_list.pop()], dim=1))
+        return self.out(F.elu(ul))
+
+    def forward(self, x) -> torch.Tensor:
+        """Head parameters for every pixel.
+
+        Args:
+            x: ``(N, C, H, W)`` images in input space (user units; 0..255 for the discretized head).
+
+        Returns:
+            ``(N, P, H, W)`` raw head parameters (dtype of the network's compute).
+        """
+        x = self._check_input(x)
+        return self._network(self.to_net_units(x))
+
+    def log_prob_channels(self, x) -> torch.Tensor:
+        """Per-channel conditional log-probabilities.
+
+        Args:
+            x: ``(N, C, H, W)`` (or ``(N, H, W)`` when C = 1) images in input space.
+
+        Returns:
+            ``(N, C, H, W)`` float32 nats: ``log p(x_c | earlier pixels, channels < c)`` in user units.
+        """
+        x = self._check_input(x)
+        x_net = self.to_net_units(x)
+        params = self._network(x_net)
+        log_p = self.head.log_prob(params, x_net)
+        if not self.head.discrete:
+            log_p = log_p - math.log(self.config.input_scale)
+        return log_p
+
+    def log_prob_pixels(self, x) -> torch.Tensor:
+        """Log-probability of every pixel (summed over channels), ``(N, H, W)`` float32 nats."""
+        return self.log_prob_channels(x).sum(dim=1)
+
+    def log_prob(self, x) -> torch.Tensor:
+        """Log-likelihood of each image, ``(N,)`` float32 nats."""
+        return self.log_prob_pixels(x).sum(dim=(1, 2))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate images pixel by pixel (slow: H*W network passes; for sanity plots).
+
+        Args:
+            n: number of images.
+            generator: optional torch random generator for reproducibility.
+
+        Returns:
+            ``(n, C, H, W)`` float32 images in input space.
+        """
+        cfg = self.config
+        x_net = torch.zeros(n, cfg.in_channels, cfg.height, cfg.width, device=self.out.weight.device)
+        for i in range(cfg.height):
+            for j in range(cfg.width):
+                params = self._network(x_net)
+                draw = self.head.sample(params[:, :, i : i + 1, j : j + 1], cfg.in_channels, generator)
+                x_net[:, :, i, j] = draw[:, :, 0, 0]
+        if self.head.discrete:
+            return torch.round((x_net + 1.0) * 127.5)
+        return x_net * cfg.input_scale + cfg.input_shift

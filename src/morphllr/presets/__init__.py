@@ -1,0 +1,1 @@
+"""Shipped preprocessing presets (TOML files read by morphllr.preprocess.Preprocessing.preset)."""

@@ -1,0 +1,518 @@
+"""Readers: survey and simulation files -> raw images with what we know about them.
+
+Every reader yields :class:`RawImage` records (raw pixels as (C, H, W), an id, the
+file they came from, and - when the file says so - their units and pixel scale).
+:meth:`morphllr.preprocess.Preprocessing.cut` then turns them into flux cutouts.
+
+Supported inputs (a file, a folder, or a glob; folders are searched recursively):
+
+* FITS images (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``): the HDU given by
+  ``hdu`` (index or EXTNAME), else the first HDU holding an image.  A 3-D HDU is a cube
+  of N single-band images.  ``BUNIT`` tells the units (``mag/arcsec2``, ``nanomaggies``),
+  the pixel scale comes from ``FOVARC`` (arcsec across the image), a celestial WCS, or a
+  physical ``CDELT`` in pc/kpc plus ``REDSHIFT`` (Planck18 cosmology).
+* IllustrisTNG SKIRT mocks: one FITS per subhalo with per-band HDUs in AB mag/arcsec^2
+  (+inf where no light: becomes zero flux) - just FITS with the header keys above; pick
+  the band with ``hdu``.
+* HDF5 datasets (``.h5``, ``.hdf5``): the dataset named by ``hdu`` or the only/first
+  array of 3 or 4 dimensions; ``.npy`` / ``.npz`` arrays: (N, H, W), (N, C, H, W) or (H, W).
+* JPEG / PNG: one 8-bit channel (``channel``; default 1 = green, closest to SDSS r in a
+  gri colour composite).  Beware: survey JPEGs are already arcsinh-stretched and
+  clipped to 8 bits, so their values are not linear flux; use a preset that does not
+  stretch again (``jpeg8bit``) and compare only with images made the same way.
+
+Catalogues (FITS tables, CSV, ECSV, Parquet) are joined by ``id`` (:func:`join_catalog`).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import MorphllrError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+NPY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ALL_SUFFIXES = FITS_SUFFIXES + HDF5_SUFFIXES + NPY_SUFFIXES + IMAGE_SUFFIXES
+
+
+@dataclass
+class RawImage:
+    """One raw image as read from disk.
+
+    Attributes:
+        id: unique identifier (file stem, or ``stem:index`` inside cubes/arrays).
+        image: float (C, H, W) raw pixels in the file's units.
+        source: file (and HDU / index) for messages and the ``file`` catalogue column.
+        units: ``mag_arcsec2`` / ``nanomaggies`` / ``counts`` if the file says, else None.
+        pixel_scale: arcsec/px if the file says, else None.
+        meta: extra catalogue columns (e.g. ``redshift``).
+    """
+
+    id: str
+    image: np.ndarray
+    source: str
+    units: str | None = None
+    pixel_scale: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- input expansion
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in ALL_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _is_supported(path: Path) -> bool:
+    return _suffix(path) in ALL_SUFFIXES
+
+
+def expand_inputs(inputs: list[str | os.PathLike], exclude: list[Path] | None = None) -> list[Path]:
+    """Turn files, folders (recursive) and globs into a sorted list of image files.
+
+    Args:
+        inputs: what the user typed.
+        exclude: files to leave out (e.g. the output file or a catalogue in the folder).
+
+    Returns:
+        sorted, de-duplicated supported files.
+    """
+    excluded = {p.resolve() for p in (exclude or [])}
+    files: list[Path] = []
+    for item in inputs:
+        item = str(item)
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p) and not p.name.startswith(".")]
+            found = [p for p in found if not _is_mask_file(p)]
+            if not found:
+                raise MorphllrError(f"{path}: folder holds no FITS/HDF5/npy/JPEG/PNG files; check the path")
+            files.extend(found)
+        elif path.is_file():
+            if not _is_supported(path):
+                raise MorphllrError(f"{path}: unsupported file type; use FITS, HDF5, .npy/.npz, JPEG or PNG")
+            files.append(path)
+        elif any(ch in item for ch in "*?["):
+            found = [Path(p) for p in sorted(globlib.glob(item, recursive=True)) if Path(p).is_file()]
+            found = [p for p in found if _is_supported(p)]
+            if not found:
+                raise MorphllrError(f"{item}: pattern matches no FITS/HDF5/npy/JPEG/PNG files")
+            files.extend(found)
+        else:
+            raise MorphllrError(f"{item}: no such file or folder")
+    unique = []
+    seen = set()
+    for p in files:
+        key = p.resolve()
+        if key not in seen and key not in excluded:
+            seen.add(key)
+            unique.append(p)
+    if not unique:
+        raise MorphllrError(f"{' '.join(map(str, inputs))}: no input images found")
+    return unique
+
+
+def _is_mask_file(path: Path) -> bool:
+    """Bad-pixel masks shipped next to images (``*_mask*.fits``) are not galaxies."""
+    return "_mask" in path.name.lower() and _suffix(path) in FITS_SUFFIXES
+
+
+def file_ids(files: list[Path]) -> dict[Path, str]:
+    """Id per file: its stem, or its path relative to the common folder when stems clash."""
+    stems = [_stem(p) for p in files]
+    if len(set(stems)) == len(stems):
+        return dict(zip(files, stems))
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+    return {p: str(p.resolve().relative_to(root).with_name(_stem(p))) for p in files}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    suffix = _suffix(path)
+    return name[: -len(suffix)] if name.lower().endswith(suffix) else path.stem
+
+
+# ---------------------------------------------------------------------- FITS
+def _fits_open(path: Path):
+    from astropy.io import fits
+
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+    except (OSError, TypeError, ValueError, EOFError) as exc:
+        raise MorphllrError(f"{path}: cannot read FITS file ({exc}); the file is corrupt or not FITS") from None
+    return hdul
+
+
+def _fits_hdu(hdul, path: Path, hdu: int | str | None):
+    if hdu is None:
+        for candidate in hdul:
+            if candidate.is_image and candidate.header.get("NAXIS", 0) >= 2:
+                return candidate
+        raise MorphllrError(f"{path}: no image HDU found; pick one with --hdu N or --hdu EXTNAME")
+    key = int(hdu) if isinstance(hdu, str) and hdu.lstrip("-").isdigit() else hdu
+    try:
+        chosen = hdul[key]
+    except (KeyError, IndexError):
+        names = [h.name for h in hdul]
+        raise MorphllrError(f"{path}: no HDU {hdu!r}; it has {len(hdul)} HDUs named {names}") from None
+    if not chosen.is_image or chosen.header.get("NAXIS", 0) < 2:
+        raise MorphllrError(f"{path}: HDU {hdu!r} holds no image; pick another with --hdu")
+    return chosen
+
+
+def _fits_units(header) -> str | None:
+    unit = str(header.get("BUNIT", "")).lower().replace(" ", "")
+    if "mag" in unit and "arcsec" in unit:
+        return "mag_arcsec2"
+    if "nanomag" in unit or "nmgy" in unit:
+        return "nanomaggies"
+    if unit in ("counts", "count", "dn", "adu"):
+        return "counts"
+    return None
+
+
+def _physical_length_pc(ctype: str) -> float | None:
+    unit = ctype.strip().lower()
+    return {"pc": 1.0, "kpc": 1e3, "mpc": 1e6}.get(unit)
+
+
+def fits_pixel_scale(header, path: Path | str = "") -> float | None:
+    """Pixel scale (arcsec/px) from a FITS header, or None if it does not say.
+
+    Tries ``FOVARC`` / NAXIS1 (TNG SKIRT mocks), a celestial WCS, and a physical CDELT
+    (pc or kpc) at ``REDSHIFT`` (angular-diameter distance, Planck18).
+
+    Args:
+        header: astropy FITS header.
+        path: file name for messages.
+
+    Returns:
+        arcsec per pixel or None.
+    """
+    naxis1 = header.get("NAXIS1")
+    if "FOVARC" in header and naxis1:
+        return float(header["FOVARC"]) / float(naxis1)
+    pc_per_unit = _physical_length_pc(str(header.get("CTYPE1", "")))
+    if pc_per_unit is not None and "CDELT1" in header:
+        z = header.get("REDSHIFT")
+        if z is None or float(z) <= 0:
+            return None
+        from astropy.cosmology import Planck18
+
+        kpc_per_arcsec = Planck18.angular_diameter_distance(float(z)).to_value("kpc") / 206264.806
+        return abs(float(header["CDELT1"])) * pc_per_unit / 1e3 / kpc_per_arcsec
+    try:
+        import warnings
+
+        from astropy.wcs import WCS
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+        if wcs.has_celestial:
+            return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+    except Exception:  # malformed WCS keywords are common; then the header does not say
+        return None
+    return None
+
+
+def _fits_meta(header) -> dict[str, Any]:
+    meta = {}
+    if "REDSHIFT" in header:
+        meta["redshift"] = float(header["REDSHIFT"])
+    return meta
+
+
+def _merged_header(primary, own):
+    """The image HDU's header, completed by file-wide keys (SKIRT mocks keep FOVARC,
+    REDSHIFT and BUNIT in the primary header and the bands in extensions)."""
+    header = own.copy()
+    for key in ("FOVARC", "REDSHIFT", "BUNIT"):
+        if key not in header and key in primary:
+            header[key] = primary[key]
+    return header
+
+
+def count_fits(path: Path, hdu=None) -> int:
+    """Number of images in a FITS file (planes of a cube count one each)."""
+    with _fits_open(path) as hdul:
+        header = _fits_hdu(hdul, path, hdu).header
+    return int(header["NAXIS3"]) if header.get("NAXIS", 0) >= 3 else 1
+
+
+def read_fits(path: Path, image_id: str, hdu=None) -> Iterator[RawImage]:
+    """Images in one FITS file (one, or one per plane of a cube)."""
+    with _fits_open(path) as hdul:
+        chosen = _fits_hdu(hdul, path, hdu)
+        try:
+            data = chosen.data
+        except (OSError, ValueError, TypeError) as exc:
+            raise MorphllrError(f"{path}: cannot read image data ({exc}); the file is truncated or corrupt") from None
+        header = _merged_header(hdul[0].header, chosen.header)
+        data = np.asarray(data, dtype=np.float64)  # native byte order for sep/scipy
+    units, scale, meta = _fits_units(header), fits_pixel_scale(header, path), _fits_meta(header)
+    label = f"{path}[{chosen.name or hdu or 0}]"
+    if data.ndim == 2:
+        yield RawImage(image_id, data[None], label, units, scale, meta)
+    elif data.ndim == 3:
+        for i, plane in enumerate(data):
+            yield RawImage(f"{image_id}:{i}", plane[None], f"{label} plane {i}", units, scale, meta)
+    else:
+        raise MorphllrError(f"{path}: image HDU has {data.ndim} dimensions; expected 2 (image) or 3 (cube)")
+
+
+# ---------------------------------------------------------------------- arrays
+def _array_images(array, channel: int | None, source: str) -> tuple[Any, int]:
+    """Normalise an array-like to (N, C, H, W) indexing; returns (array, ndim_kind)."""
+    ndim = array.ndim
+    if ndim not in (2, 3, 4):
+        raise MorphllrError(f"{source}: array has shape {array.shape}; expected (H, W), (N, H, W) or (N, C, H, W)")
+    if ndim == 4 and channel is not None and not (0 <= channel < array.shape[1]):
+        raise MorphllrError(f"{source}: --channel {channel} out of range; the array has {array.shape[1]} channels")
+    return array, ndim
+
+
+def _array_item(array, ndim: int, i: int, channel: int | None) -> np.ndarray:
+    if ndim == 2:
+        return np.asarray(array, dtype=np.float64)[None]
+    item = np.asarray(array[i], dtype=np.float64)
+    if ndim == 3:
+        return item[None]
+    return item[channel : channel + 1] if channel is not None else item
+
+
+def _hdf5_dataset(f, path: Path, name: str | None):
+    import h5py
+
+    if name is not None:
+        if str(name) not in f:
+            raise MorphllrError(f"{path}: no dataset {name!r}; it has {list(f.keys())}")
+        dataset = f[str(name)]
+        if not isinstance(dataset, h5py.Dataset):
+            raise MorphllrError(f"{path}: {name!r} is a group, not an array; give the dataset path with --hdu")
+        return dataset
+    candidates = []
+    f.visititems(lambda n, obj: candidates.append(obj) if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) else None)
+    if f.attrs.get("format") == "morphllr.imageset":
+        raise MorphllrError(f"{path}: already a prepared morphllr image set; use it directly instead of preparing it again")
+    preferred = [d for d in candidates if d.name.strip("/") in ("images", "image", "data", "x")]
+    if preferred or len(candidates) == 1:
+        return (preferred or candidates)[0]
+    if not candidates:
+        raise MorphllrError(f"{path}: no 3-D or 4-D image dataset found; name one with --hdu DATASET")
+    raise MorphllrError(f"{path}: several image datasets {[d.name for d in candidates]}; choose one with --hdu DATASET")
+
+
+def _open_h5(path: Path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise MorphllrError(f"{path}: cannot read HDF5 file ({exc}); the file is corrupt or truncated") from None
+
+
+def _load_npy(path: Path, hdu: str | None):
+    try:
+        if _suffix(path) == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
+            key = hdu if hdu is not None else ("images" if "images" in keys else keys[0] if keys else None)
+            if key not in keys:
+                raise MorphllrError(f"{path}: no array {hdu!r}; it holds {keys}")
+            return npz[key]
+    except MorphllrError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise MorphllrError(f"{path}: cannot read numpy file ({exc}); the file is corrupt or pickled objects") from None
+
+
+def count_array_file(path: Path, hdu=None) -> int:
+    """Number of images in an .npy/.npz/HDF5 file."""
+    if _suffix(path) in HDF5_SUFFIXES:
+        with _open_h5(path) as f:
+            shape = _hdf5_dataset(f, path, hdu).shape
+    else:
+        shape = _load_npy(path, hdu).shape
+    return 1 if len(shape) == 2 else int(shape[0])
+
+
+def read_array_file(path: Path, image_id: str, hdu=None, channel: int | None = None) -> Iterator[RawImage]:
+    """Images in an .npy/.npz/HDF5 file, one at a time (memory-mapped where possible)."""
+    if _suffix(path) in HDF5_SUFFIXES:
+        with _open_h5(path) as f:
+            dataset = _hdf5_dataset(f, path, hdu)
+            yield from _iter_array(dataset, path, image_id, channel)
+    else:
+        yield from _iter_array(_load_npy(path, hdu), path, image_id, channel)
+
+
+def _iter_array(array, path: Path, image_id: str, channel: int | None) -> Iterator[RawImage]:
+    array, ndim = _array_images(array, channel, str(path))
+    n = 1 if ndim == 2 else array.shape[0]
+    for i in range(n):
+        rid = image_id if ndim == 2 else f"{image_id}:{i}"
+        yield RawImage(rid, _array_item(array, ndim, i, channel), f"{path}[{i}]")
+
+
+# ---------------------------------------------------------------------- JPEG / PNG
+def read_picture(path: Path, image_id: str, channel: int | None = None) -> Iterator[RawImage]:
+    """One 8-bit channel of a JPEG/PNG (default green, channel 1) as a (1, H, W) image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            array = np.asarray(picture)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MorphllrError(f"{path}: cannot read image ({exc}); the file is corrupt or not a JPEG/PNG") from None
+    if array.ndim == 2:
+        if channel not in (None, 0):
+            raise MorphllrError(f"{path}: grey-scale image has one channel; drop --channel or use --channel 0")
+        plane = array
+    else:
+        chosen = 1 if channel is None else channel
+        if not 0 <= chosen < array.shape[2]:
+            raise MorphllrError(f"{path}: --channel {chosen} out of range; the image has {array.shape[2]} channels")
+        plane = array[:, :, chosen]
+    yield RawImage(image_id, plane.astype(np.float64)[None], str(path))
+
+
+# ---------------------------------------------------------------------- dispatch
+def count_images(files: list[Path], hdu=None) -> int:
+    """Total number of images in ``files`` (reads only headers / array shapes)."""
+    total = 0
+    for path in files:
+        kind = _suffix(path)
+        if kind in FITS_SUFFIXES:
+            total += count_fits(path, hdu)
+        elif kind in HDF5_SUFFIXES or kind in NPY_SUFFIXES:
+            total += count_array_file(path, hdu)
+        else:
+            total += 1
+    return total
+
+
+def iter_images(files: list[Path], *, hdu=None, channel: int | None = None) -> Iterator[RawImage]:
+    """Yield every image in ``files`` in order.
+
+    Args:
+        files: from :func:`expand_inputs`.
+        hdu: FITS HDU index/EXTNAME, or HDF5/npz dataset name.
+        channel: channel of JPEG/PNG (default 1, green) or of (N, C, H, W) arrays (default: all).
+
+    Returns:
+        iterator of :class:`RawImage`.
+    """
+    ids = file_ids(files)
+    for path in files:
+        kind = _suffix(path)
+        if kind in FITS_SUFFIXES:
+            yield from read_fits(path, ids[path], hdu)
+        elif kind in HDF5_SUFFIXES or kind in NPY_SUFFIXES:
+            yield from read_array_file(path, ids[path], hdu, channel)
+        else:
+            yield from read_picture(path, ids[path], channel)
+
+
+# ---------------------------------------------------------------------- catalogues
+def read_catalog(path: str | Path):
+    """Read a catalogue (FITS table, CSV, ECSV, Parquet, VOTable) with an ``id`` column.
+
+    Args:
+        path: catalogue file.
+
+    Returns:
+        astropy Table; ``id`` values are turned into strings for joining.
+    """
+    from astropy.table import Table
+
+    path = Path(path)
+    if not path.is_file():
+        raise MorphllrError(f"--catalog {path}: file not found")
+    name = path.name.lower()
+    fmt = None
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        fmt = "ascii.csv"
+    elif name.endswith(".ecsv"):
+        fmt = "ascii.ecsv"
+    elif name.endswith(".parquet") or name.endswith(".pq"):
+        fmt = "parquet"
+    elif name.endswith(".xml") or name.endswith(".vot"):
+        fmt = "votable"
+    elif _suffix(path) in FITS_SUFFIXES:
+        fmt = "fits"
+    try:
+        if fmt == "parquet":  # astropy's parquet reader wants pandas; pyarrow alone is enough
+            import pyarrow.parquet as pq
+
+            columns = pq.read_table(path).to_pydict()
+            table = Table({k: np.asarray(v) for k, v in columns.items()})
+        else:
+            table = Table.read(path, format=fmt) if fmt else Table.read(path)
+    except ImportError as exc:
+        raise MorphllrError(f"--catalog {path}: reading needs an optional package ({exc}); "
+                            "`pip install pyarrow` for Parquet") from None
+    except Exception as exc:  # astropy raises many types for unreadable tables
+        raise MorphllrError(f"--catalog {path}: cannot read the table ({exc}); use FITS, CSV, ECSV or Parquet") from None
+    id_col = next((c for c in table.colnames if c.lower() == "id"), None)
+    if id_col is None:
+        raise MorphllrError(f"--catalog {path}: no `id` column (columns: {table.colnames[:12]}); "
+                            "rename the column holding the image ids (file names without suffix) to `id`")
+    if id_col != "id":
+        table.rename_column(id_col, "id")
+    table["id"] = [str(v).strip() for v in table["id"]]
+    ids = np.asarray(table["id"])
+    if len(np.unique(ids)) != len(ids):
+        raise MorphllrError(f"--catalog {path}: duplicated ids in the `id` column; each image needs one row")
+    return table
+
+
+def join_catalog(images_table, catalog, catalog_name: str = "catalog"):
+    """Attach catalogue columns to the images' own table (left join on ``id``).
+
+    Args:
+        images_table: astropy Table from prepare (``id`` + per-image columns).
+        catalog: user catalogue with a string ``id``.
+        catalog_name: file name for the report.
+
+    Returns:
+        (joined table in the images' order, report dict with ``n_matched``,
+        ``images_without_row`` (list of ids) and ``rows_without_image`` (count)).
+    """
+    from astropy.table import MaskedColumn
+
+    index = {v: i for i, v in enumerate(catalog["id"])}
+    image_ids = [str(v) for v in images_table["id"]]
+    rows = np.array([index.get(v, -1) for v in image_ids])
+    matched = rows >= 0
+    joined = images_table.copy()
+    for name in catalog.colnames:
+        if name == "id":
+            continue
+        column = catalog[name]
+        out_name = name if name not in joined.colnames else f"{name}_catalog"
+        values = column[np.where(matched, rows, 0)] if len(catalog) else np.zeros(len(rows))
+        if matched.all():
+            joined[out_name] = values
+        else:
+            joined[out_name] = MaskedColumn(np.asarray(values), mask=~matched)
+    report = {
+        "catalog": catalog_name,
+        "n_matched": int(matched.sum()),
+        "images_without_row": [v for v, m in zip(image_ids, matched) if not m],
+        "rows_without_image": int(len(catalog) - len(set(rows[matched].tolist()))),
+    }
+    return joined, report

@@ -1,0 +1,489 @@
+"""The comparison report: PNG figures and one self-contained ``index.html``.
+
+Every figure is drawn with matplotlib's Agg backend, saved under ``figures/`` and also
+embedded in ``index.html`` as a base64 data URI, so the page can be mailed or copied
+on its own.  A figure whose inputs are missing (e.g. no stellar-mass column) is skipped
+with a note on the page, never an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .compare import MASS_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column, merge_notes
+
+_CMAP_LLR = "RdBu"  # blue = more likely under p_obs (realistic), red = more likely under p_arch
+
+
+# --------------------------------------------------------------------------- helpers
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    plt = _plt()
+    cycle = plt.get_cmap("tab10")
+    return {name: cycle(i % 10) for i, name in enumerate(names)}
+
+
+def _symmetric_limit(arrays: list[np.ndarray], q: float = 99.0) -> float:
+    values = np.concatenate([np.abs(a[np.isfinite(a)]).ravel() for a in arrays if a is not None] or [np.zeros(1)])
+    lim = float(np.percentile(values, q)) if values.size else 1.0
+    return lim if lim > 0 else 1.0
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) model-input image -> (H, W) for display (channel mean)."""
+    return np.asarray(image, dtype=np.float64).mean(axis=0)
+
+
+class _Figures:
+    """Collects saved figures (file name, caption) in page order."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder / "figures"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.items: list[tuple[str, str, str]] = []  # (section, file name, caption)
+
+    def save(self, fig, name: str, section: str, caption: str) -> None:
+        plt = _plt()
+        fig.savefig(self.folder / name, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        self.items.append((section, name, caption))
+
+
+# --------------------------------------------------------------------------- figures
+def plot_llr_histograms(result, figs: _Figures) -> None:
+    """All sets' LLR distributions on one axis, with the outlier threshold."""
+    plt = _plt()
+    colours = _colours(list(result.sets))
+    all_llr = np.concatenate([r.llr for r in result.sets.values()])
+    lo, hi = np.percentile(all_llr, [0.5, 99.5])
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, res in result.sets.items():
+        ax.hist(np.clip(res.llr, bins[0], bins[-1]), bins=bins, density=True, histtype="step", lw=2,
+                color=colours[name], label=f"{name} (mean {res.llr.mean():.3g})")
+    ax.axvline(result.summary["outlier_threshold_llr"], color="k", ls=":", label="reference 0.15th percentile")
+    ax.set_xlabel("LLR = log p_obs - log p_arch  [nats per image]")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    figs.save(fig, "llr_histograms.png", "Distributions",
+              "LLR of every image, all sets on one axis. Right = more like the observed galaxies than like "
+              "their smooth Sérsic archetypes; values outside the plotted range are piled into the end bins.")
+
+
+def plot_logp_scatter(result, figs: _Figures) -> None:
+    """log p_obs against log p_arch per image; the diagonal is LLR = 0."""
+    plt = _plt()
+    colours = _colours(list(result.sets))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, res in result.sets.items():
+        n = len(res.llr)
+        keep = np.random.default_rng(0).choice(n, size=min(n, 3000), replace=False)  # readable, fast
+        ax.scatter(res.scores["logp_arch"][keep], res.scores["logp_obs"][keep], s=4, alpha=0.5,
+                   color=colours[name], label=name)
+    lims = np.array([ax.get_xlim(), ax.get_ylim()])
+    line = [lims.min(), lims.max()]
+    ax.plot(line, line, "k--", lw=1, label="LLR = 0")
+    ax.set_xlabel("log p_arch  [nats]")
+    ax.set_ylabel("log p_obs  [nats]")
+    ax.legend(fontsize=8, markerscale=3)
+    figs.save(fig, "logp_scatter.png", "Distributions",
+              "Log-likelihood under the observed-galaxy model against the archetype model (up to 3000 images "
+              "per set). Points above the dashed line have LLR > 0.")
+
+
+def plot_pixel_maps(result, figs: _Figures) -> None:
+    """Gallery of per-pixel maps: image | log p_obs | log p_arch | LLR, per set."""
+    plt = _plt()
+    for name, res in result.sets.items():
+        g = res.gallery.get("maps")
+        if not g or len(g["indices"]) == 0:
+            continue
+        rows = len(g["indices"])
+        fig, axes = plt.subplots(rows, 4, figsize=(8, 2.0 * rows), squeeze=False)
+        lim = _symmetric_limit([g["map_obs"] - g["map_arch"]])
+        lp = np.concatenate([g["map_obs"].ravel(), g["map_arch"].ravel()])
+        lp_lo, lp_hi = np.percentile(lp, [1, 99])
+        images = {}
+        for r in range(rows):
+            panels = [(_display(g["images"][r]), "gray", None, None, "image"),
+                      (g["map_obs"][r], "viridis", lp_lo, lp_hi, "log p_obs / pixel"),
+                      (g["map_arch"][r], "viridis", lp_lo, lp_hi, "log p_arch / pixel"),
+                      (g["map_obs"][r] - g["map_arch"][r], _CMAP_LLR, -lim, lim, "LLR / pixel")]
+            for c, (img, cmap, vmin, vmax, title) in enumerate(panels):
+                ax = axes[r, c]
+                im = ax.imshow(img, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(title, fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(f"id {g['ids'][r]}\nLLR {g['llr'][r]:.3g}", fontsize=8)
+                images[c] = im
+        for c in (1, 2, 3):  # one bar under each column keeps every panel the same size
+            fig.colorbar(images[c], ax=list(axes[:, c]), orientation="horizontal", fraction=0.04, pad=0.02,
+                         label="nats")
+        figs.save(fig, f"pixel_maps_{_slug(name)}.png", "Pixel maps",
+                  f"{name}: galaxies spanning the LLR range (highest first). Per-pixel log-likelihoods in nats; "
+                  "in the LLR map blue pixels are better explained by the observed-galaxy model, red pixels by "
+                  "the smooth Sérsic model.")
+
+
+def plot_mean_maps(result, figs: _Figures) -> None:
+    """Per set: mean pixel LLR after centring each galaxy on its light-weighted centroid."""
+    plt = _plt()
+    names = list(result.sets)
+    lim = _symmetric_limit([r.mean_map for r in result.sets.values()])
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.8, 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        im = ax.imshow(result.sets[name].mean_map, origin="lower", cmap=_CMAP_LLR, vmin=-lim, vmax=lim)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes[0]), label="mean LLR per pixel [nats]")
+    figs.save(fig, "mean_llr_maps.png", "Where the difference is",
+              "Mean per-pixel LLR of each set, every galaxy shifted so that its light-weighted centre is at the "
+              "stamp centre. Shows where in a galaxy the images look real (blue) or Sérsic-like (red).")
+
+
+def plot_radial_profiles(result, figs: _Figures, notes: list[str]) -> None:
+    """Mean pixel LLR against radius, in R_e when every set has sizes, else in model pixels."""
+    from .compare import PROFILE_RE_EDGES
+
+    plt = _plt()
+    colours = _colours(list(result.sets))
+    in_re = all(r.profile_re is not None for r in result.sets.values())
+    if not in_re:
+        notes.append("radial profiles are in model pixels: not every set has half-light radii "
+                     "(catalogue sersic_re_pix) and a recorded zoom")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in result.sets.items():
+        if in_re:
+            x = 0.5 * (PROFILE_RE_EDGES[1:] + PROFILE_RE_EDGES[:-1])
+            y = res.profile_re
+        else:
+            y = res.profile_pix
+            x = np.arange(len(y)) + 0.5
+        ok = np.isfinite(y)
+        ax.plot(x[ok], y[ok], "o-", ms=3, color=colours[name], label=name)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("r / R_e" if in_re else "r  [model pixels]")
+    ax.set_ylabel("mean LLR per pixel [nats]")
+    ax.legend(fontsize=8)
+    figs.save(fig, "radial_llr_profile.png", "Where the difference is",
+              "Mean LLR per pixel in annuli around each galaxy's centre"
+              + (" in units of its half-light radius (catalogue sersic_re_pix x preprocessing zoom)."
+                 if in_re else " in model pixels."))
+
+
+def _property(res, candidates, log: bool) -> tuple[np.ndarray | None, str | None]:
+    col = find_column(res.catalog, candidates)
+    values = catalog_values(res.catalog, col)
+    if values is None:
+        return None, None
+    if log:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.log10(np.where(values > 0, values, np.nan))
+    return values, col
+
+
+def plot_scaling_relation(result, figs: _Figures, notes: list[str], x_spec, y_spec, title: str,
+                          file_name: str) -> None:
+    """One panel per set: 2-D bins of a scaling relation coloured by mean LLR, reference medians on top.
+
+    Args:
+        x_spec / y_spec: (candidate columns, take log10?, axis label).
+    """
+    from scipy.stats import binned_statistic, binned_statistic_2d
+
+    plt = _plt()
+    data = {}
+    for name, res in result.sets.items():
+        x, xcol = _property(res, x_spec[0], x_spec[1])
+        y, ycol = _property(res, y_spec[0], y_spec[1])
+        if x is None or y is None:
+            notes.append(f"{name}: {title} skipped, the catalogue lacks "
+                         f"{' / '.join(x_spec[0]) if x is None else ' / '.join(y_spec[0])}")
+            continue
+        ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(res.llr)
+        if ok.sum() < 5:
+            notes.append(f"{name}: {title} skipped, fewer than 5 galaxies with both properties")
+            continue
+        data[name] = (x[ok], y[ok], res.llr[ok], xcol, ycol)
+    if not data:
+        return
+    ref = data.get(result.reference)
+    pool_x = np.concatenate([d[0] for d in data.values()])
+    pool_y = np.concatenate([d[1] for d in data.values()])
+    # about 4+ galaxies per bin in the smallest set, between 4 and 12 bins a side
+    n_bins = int(np.clip(np.sqrt(min(len(d[0]) for d in data.values()) / 4), 4, 12))
+    xe = np.linspace(*np.percentile(pool_x, [1, 99]), n_bins + 1)
+    ye = np.linspace(*np.percentile(pool_y, [1, 99]), n_bins + 1)
+    if xe[0] == xe[-1] or ye[0] == ye[-1]:
+        notes.append(f"{title} skipped: a property has a single value")
+        return
+    stats2d = {n: binned_statistic_2d(d[0], d[1], d[2], "mean", bins=[xe, ye]).statistic for n, d in data.items()}
+    counts = {n: binned_statistic_2d(d[0], d[1], None, "count", bins=[xe, ye]).statistic for n, d in data.items()}
+    finite = np.concatenate([s[np.isfinite(s)] for s in stats2d.values()])
+    vmin, vmax = np.percentile(finite, [5, 95]) if finite.size else (0, 1)
+    fig, axes = plt.subplots(1, len(data), figsize=(3.2 * len(data) + 1, 3.3), squeeze=False, sharey=True)
+    for ax, (name, d) in zip(axes[0], data.items()):
+        img = np.where(counts[name] >= 2, stats2d[name], np.nan).T  # one galaxy is not a mean
+        mesh = ax.pcolormesh(xe, ye, img, cmap="viridis", vmin=vmin, vmax=vmax)
+        if ref is not None:
+            med = binned_statistic(ref[0], ref[1], "median", bins=xe).statistic
+            ax.plot(0.5 * (xe[1:] + xe[:-1]), med, "w-", lw=3)
+            ax.plot(0.5 * (xe[1:] + xe[:-1]), med, "k-", lw=1.5, label=f"{result.reference} median")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(x_spec[2].format(col=d[3]))
+        if ax is axes[0][0]:
+            ax.set_ylabel(y_spec[2].format(col=d[4]))
+            if ref is not None:
+                ax.legend(fontsize=7, loc="best")
+    fig.colorbar(mesh, ax=list(axes[0]), label="mean LLR [nats]")
+    figs.save(fig, file_name, "Scaling relations",
+              f"{title}: bins (2 or more galaxies) coloured by the mean LLR of the galaxies in them; black line: "
+              "the reference set's median relation. Shows which kinds of galaxies look realistic.")
+
+
+def plot_galleries(result, figs: _Figures) -> None:
+    """Per set: most realistic, least realistic, and outliers below the reference's 0.15th percentile."""
+    plt = _plt()
+    rows_spec = [("most_realistic", "most realistic"), ("least_realistic", "least realistic"),
+                 ("outliers", "outliers")]
+    for name, res in result.sets.items():
+        rows = [(key, label) for key, label in rows_spec if res.gallery.get(key) and len(res.gallery[key]["indices"])]
+        if not rows:
+            continue
+        cols = max(len(res.gallery[key]["indices"]) for key, _ in rows)
+        fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.7 * len(rows)), squeeze=False)
+        for r, (key, label) in enumerate(rows):
+            g = res.gallery[key]
+            for c in range(cols):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(g["indices"]):
+                    ax.axis("off")
+                    continue
+                ax.imshow(_display(g["images"][c]), origin="lower", cmap="gray")
+                ax.set_title(f"{g['llr'][c]:.3g}", fontsize=7)
+                if c == 0:
+                    extra = f"\n({g['n_total']} in all)" if key == "outliers" else ""
+                    ax.set_ylabel(label + extra, fontsize=8)
+        figs.save(fig, f"gallery_{_slug(name)}.png", "Galleries",
+                  f"{name}: highest- and lowest-LLR images (LLR in nats above each) and outliers below the "
+                  f"reference's 0.15th percentile (LLR < {result.summary['outlier_threshold_llr']:.3g}).")
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+# --------------------------------------------------------------------------- html
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.92em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td{white-space:nowrap}
+th{background:#f3f3f3} td.name{text-align:left;font-weight:bold} td.text{text-align:left;white-space:normal}
+figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:0.9em;color:#444}
+.note{color:#8a5a00} code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.{digits}g}"
+
+
+def _ranking_table(summary: dict) -> str:
+    matched = summary.get("matched") or {}
+    head = ("<tr><th>rank</th><th>set</th><th>n</th><th>mean LLR</th><th>95% interval</th><th>median</th>"
+            "<th>ΔLLR vs reference</th><th>matched ΔLLR</th><th>AUROC vs reference</th><th>KS</th>"
+            "<th>outliers</th><th class='text'>E_q[LLR] = KL(q‖p_arch) − KL(q‖p_obs)</th></tr>")
+    rows = []
+    for rank, name in enumerate(summary["ranking"], 1):
+        e = summary["sets"][name]
+        ref = " (reference)" if name == summary["reference"] else ""
+        md = (matched.get("delta_llr") or {}).get(name)
+        me = (matched.get("delta_llr_err") or {}).get(name)
+        rows.append(
+            f"<tr><td>{rank}</td><td class='name'>{html.escape(name)}{ref}</td><td>{e['n']}</td>"
+            f"<td>{_fmt(e['mean_llr'])}</td><td>[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]</td>"
+            f"<td>{_fmt(e['median_llr'])}</td><td>{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}</td>"
+            f"<td>{_fmt(md)} ± {_fmt(me, 2)}</td><td>{_fmt(e['auroc_vs_reference'], 3)}</td>"
+            f"<td>{_fmt(e['ks_vs_reference'], 3)}</td><td>{100 * e.get('outlier_fraction', np.nan):.3g} %</td>"
+            f"<td class='text'>{html.escape(e['verdict'])}</td></tr>")
+    readings = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(summary['sets'][name]['reading'])}</li>"
+                       for name in summary["ranking"])
+    return (f"<table id='ranking'>{head}{''.join(rows)}</table>"
+            "<p>Outliers: share of the set below the reference's 0.15th LLR percentile "
+            f"({_fmt(summary['outlier_threshold_llr'])} nats).</p><ul>{readings}</ul>")
+
+
+def _panels_table(summary: dict) -> str:
+    panels = summary.get("mass_panels") or {}
+    if not panels:
+        return ""
+    labels = sorted({lab for p in panels.values() for lab in p}, key=lambda s: float(s.strip(">").split("-")[0]))
+    head = "<tr><th>set</th>" + "".join(f"<th>log M* {html.escape(l)}: n</th><th>mean LLR</th>"
+                                        f"<th>ΔLLR</th>" for l in labels) + "</tr>"
+    rows = []
+    for name in summary["ranking"]:
+        if name not in panels:
+            continue
+        cells = []
+        for lab in labels:
+            e = panels[name].get(lab)
+            cells.append("<td>–</td><td>–</td><td>–</td>" if e is None else
+                         f"<td>{e['n']}</td><td>{_fmt(e['mean_llr'])}</td>"
+                         f"<td>{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}</td>")
+        rows.append(f"<tr><td class='name'>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return ("<h2>Stellar-mass panels</h2><p>The same statistics within log10(M*/M☉) panels "
+            "(paper: 9.5–10, 10–10.5, &gt; 10.5); ΔLLR is against the reference in the same panel.</p>"
+            f"<table id='mass-panels'>{head}{''.join(rows)}</table>")
+
+
+_HOW_TO_READ = """
+<h2>How to read this report</h2>
+<ul>
+<li><b>LLR</b> = log p_obs(x) − log p_arch(x), in nats per image. p_obs is a PixelCNN++ trained on observed
+galaxies, p_arch the same network trained on smooth Sérsic renderings (“archetypes”) of the same galaxies with the
+same PSF and noise. A positive LLR means the image is better explained by real-galaxy structure than by a smooth
+Sérsic profile.</li>
+<li><b>Mean LLR</b> of a set with image distribution q estimates KL(q‖p_arch) − KL(q‖p_obs): the higher, the closer
+the set is to the observations (relative to Sérsic blobs). Sets are ranked by it. The interval is a 95 % bootstrap
+interval of the mean.</li>
+<li><b>ΔLLR</b> = mean(set) − mean(reference) with a bootstrap error. The reference is held-out real data, so a
+realistic simulation has ΔLLR ≈ 0; negative means less realistic than real galaxies. <b>Matched ΔLLR</b> draws the
+same number of galaxies from every set in each cell of a stellar mass × size × Sérsic-index grid, so differences
+in the populations (e.g. more massive galaxies in one simulation) do not masquerade as morphology.</li>
+<li><b>AUROC</b>: probability that a random image of the set has a higher LLR than a random reference image (0.5 =
+indistinguishable). <b>KS</b>: largest difference between the two cumulative LLR distributions.</li>
+<li><b>Pixel maps</b> show where in an image the two models disagree: the PixelCNN log-likelihood is a sum over
+pixels of log p(pixel | pixels above and to the left), so each pixel's contribution can be mapped.</li>
+<li>LLRs depend on the models and the preprocessing; compare numbers only within one report (same models).</li>
+</ul>
+"""
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
+
+
+def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: Path, notes: list[str]) -> str:
+    """The report page as one string (figures embedded).
+
+    Args:
+        summary: the content of summary.json.
+        figures: (section, file name, caption) in page order.
+        figure_dir: folder holding the PNG files.
+        notes: things skipped and why.
+
+    Returns:
+        HTML text.
+    """
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>morphllr comparison</title>", f"<style>{_STYLE}</style></head><body>",
+             "<h1>morphllr: how realistic is each set?</h1>",
+             f"<p>Reference (held-out observed galaxies): <b>{html.escape(summary['reference'])}</b>. "
+             f"Model head: <code>{html.escape(str(summary.get('models', {}).get('head')))}</code>. "
+             "Sets ordered by mean LLR, most realistic first.</p>",
+             _ranking_table(summary), _panels_table(summary)]
+    matched = summary.get("matched") or {}
+    if matched:
+        props = ", ".join(f"{k} ({html.escape(str(v))})" for k, v in matched["properties"].items())
+        parts.append(f"<p>Matched comparison: {matched['n_per_set']} galaxies per set per draw in "
+                     f"{matched['n_cells']} grid cells of {props}; {matched['n_draws']} draws.</p>")
+    section = None
+    for sec, name, caption in figures:
+        if sec != section:
+            parts.append(f"<h2>{html.escape(sec)}</h2>")
+            section = sec
+        parts.append(f"<figure>{_image_tag(figure_dir / name, caption)}"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class='note'>{html.escape(n)}</li>" for n in notes)
+                     + "</ul>")
+    parts.append(_HOW_TO_READ)
+    parts.append("<p>Files: <code>scores.csv</code> / <code>scores.parquet</code> (one row per image), "
+                 "<code>summary.json</code>, <code>summary.csv</code>, <code>figures/</code>.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result, folder: str | Path) -> Path:
+    """Draw every figure and write ``index.html`` into ``folder`` (already a temporary folder).
+
+    Args:
+        result: a :class:`morphllr.compare.CompareResult`.
+        folder: output folder; ``figures/`` is created inside.
+
+    Returns:
+        path of index.html.
+    """
+    folder = Path(folder)
+    figs = _Figures(folder)
+    notes = result.notes
+    steps: list[Callable[[], None]] = [
+        lambda: plot_llr_histograms(result, figs),
+        lambda: plot_logp_scatter(result, figs),
+        lambda: plot_mean_maps(result, figs),
+        lambda: plot_radial_profiles(result, figs, notes),
+        lambda: plot_pixel_maps(result, figs),
+        lambda: plot_scaling_relation(result, figs, notes, (MASS_COLUMNS, False, "{col}  [log M☉]"),
+                                      (SIZE_COLUMNS, True, "log10 {col}"), "size–mass relation",
+                                      "scaling_size_mass.png"),
+        lambda: plot_scaling_relation(result, figs, notes, (SIZE_COLUMNS, True, "log10 {col}"),
+                                      (SERSIC_N_COLUMNS, False, "{col}"), "Sérsic index–size relation",
+                                      "scaling_sersic_size.png"),
+        lambda: plot_galleries(result, figs),
+    ]
+    for step in steps:
+        step()
+    notes[:] = merge_notes(notes, result.sets)  # in place: summary.json shares this list
+    page = render_html(result.summary, figs.items, figs.folder, notes)
+    index = folder / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def print_ranking(summary: dict, console=None) -> None:
+    """Print the ranking table in the terminal (rich).
+
+    Args:
+        summary: the content of summary.json.
+        console: a rich Console (default: a new one on stdout).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    matched = summary.get("matched") or {}
+    table = Table(title=f"LLR ranking (reference: {summary['reference']}; higher = more realistic)")
+    for col in ("rank", "set", "n", "mean LLR", "95% interval", "ΔLLR vs ref", "matched ΔLLR", "AUROC"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    for rank, name in enumerate(summary["ranking"], 1):
+        e = summary["sets"][name]
+        md = (matched.get("delta_llr") or {}).get(name)
+        me = (matched.get("delta_llr_err") or {}).get(name)
+        table.add_row(str(rank), name + (" (ref)" if name == summary["reference"] else ""), str(e["n"]),
+                      _fmt(e["mean_llr"]), f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]",
+                      f"{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}",
+                      "–" if md is None else f"{_fmt(md)} ± {_fmt(me, 2)}", _fmt(e["auroc_vs_reference"], 3))
+    console.print(table)

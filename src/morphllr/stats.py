@@ -1,0 +1,358 @@
+"""Statistics of log-likelihood ratios: bootstrap, AUROC, KS, mass panels, matched draws.
+
+What the numbers mean.  For images x drawn from a set with distribution q, the mean
+log-likelihood ratio estimates
+
+    E_q[LLR] = E_q[log p_obs - log p_arch] = KL(q || p_arch) - KL(q || p_obs),
+
+so a positive mean says the set is closer (in KL) to the observations than to smooth
+Sérsic blobs, and the difference of two sets' means says which one is closer to the
+observations.  Everything here works on plain 1-D numpy arrays of per-image LLRs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MorphllrError
+
+#: Stellar-mass panels of the paper, log10(M*/Msun); the last one is open-ended.
+MASS_PANELS: tuple[tuple[float, float], ...] = ((9.5, 10.0), (10.0, 10.5), (10.5, np.inf))
+
+# Resampling is done in chunks of at most this many drawn values to keep memory flat.
+_MAX_DRAWS_PER_CHUNK = 4_000_000
+
+
+def _as_finite_1d(values, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        raise MorphllrError(f"{what}: no finite values; check that the set is not empty")
+    return arr
+
+
+def bootstrap_means(values, n_boot: int = 1000, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+    """Means of ``n_boot`` bootstrap resamples (with replacement) of ``values``.
+
+    Args:
+        values: 1-D sample (non-finite values are ignored).
+        n_boot: number of bootstrap replicates.
+        rng: numpy Generator or seed, for reproducible intervals.
+
+    Returns:
+        float64 array ``(n_boot,)`` of resampled means.
+    """
+    x = _as_finite_1d(values, "bootstrap")
+    rng = np.random.default_rng(rng)
+    n = x.size
+    per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, per_chunk):
+        stop = min(n_boot, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = x[idx].mean(axis=1)
+    return means
+
+
+def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 1000,
+                      rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean.
+
+    Args:
+        values: 1-D sample.
+        level: coverage, e.g. 0.95.
+        n_boot: bootstrap replicates.
+        rng: Generator or seed.
+
+    Returns:
+        ``(lo, hi)``.
+    """
+    means = bootstrap_means(values, n_boot, rng)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def delta_mean(values, reference, n_boot: int = 1000,
+               rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+    """Difference of means ``mean(values) - mean(reference)`` and its bootstrap standard error.
+
+    The two samples are resampled independently (they are different galaxies).
+
+    Args:
+        values: LLRs of the set.
+        reference: LLRs of the reference set.
+        n_boot: bootstrap replicates.
+        rng: Generator or seed.
+
+    Returns:
+        ``(delta, error)``.
+    """
+    rng = np.random.default_rng(rng)
+    x = _as_finite_1d(values, "delta_mean")
+    r = _as_finite_1d(reference, "delta_mean reference")
+    diffs = bootstrap_means(x, n_boot, rng) - bootstrap_means(r, n_boot, rng)
+    return float(x.mean() - r.mean()), float(diffs.std(ddof=1))
+
+
+def auroc(values, reference) -> float:
+    """Area under the ROC curve separating ``values`` from ``reference``.
+
+    It is the probability that a random member of ``values`` has a higher LLR than a
+    random member of ``reference`` (ties count one half): 0.5 means indistinguishable,
+    below 0.5 means the set scores lower than the reference.
+
+    Args:
+        values: LLRs of the set.
+        reference: LLRs of the reference set.
+
+    Returns:
+        AUROC in [0, 1].
+    """
+    from scipy.stats import mannwhitneyu
+
+    x = _as_finite_1d(values, "auroc")
+    r = _as_finite_1d(reference, "auroc reference")
+    u = mannwhitneyu(x, r, alternative="two-sided", method="asymptotic").statistic
+    return float(u / (x.size * r.size))
+
+
+def ks_statistic(values, reference) -> tuple[float, float]:
+    """Two-sample Kolmogorov–Smirnov statistic and p-value.
+
+    Args:
+        values: LLRs of the set.
+        reference: LLRs of the reference set.
+
+    Returns:
+        ``(statistic, pvalue)``.
+    """
+    from scipy.stats import ks_2samp
+
+    res = ks_2samp(_as_finite_1d(values, "ks"), _as_finite_1d(reference, "ks reference"))
+    return float(res.statistic), float(res.pvalue)
+
+
+def kl_divergence(q, p) -> float:
+    """KL(q || p) in nats for two discrete distributions on the same support.
+
+    Args:
+        q: probabilities (sum to 1).
+        p: probabilities (positive wherever q is).
+
+    Returns:
+        the divergence in nats.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    support = q > 0
+    return float(np.sum(q[support] * (np.log(q[support]) - np.log(p[support]))))
+
+
+def read_mean_llr(mean_llr: float, ci95: tuple[float, float] | None = None) -> str:
+    """Say in words what a set's mean LLR means, via E_q[LLR] = KL(q||p_arch) - KL(q||p_obs).
+
+    Args:
+        mean_llr: mean LLR of the set in nats.
+        ci95: optional bootstrap interval; an interval containing 0 is read as undecided.
+
+    Returns:
+        one sentence.
+    """
+    identity = f"E_q[LLR] = KL(q||p_arch) - KL(q||p_obs) = {mean_llr:+.3g} nats"
+    if ci95 is not None and ci95[0] <= 0.0 <= ci95[1]:
+        return (f"{identity}: the 95% interval contains 0, so this set is about as close to Sérsic "
+                "archetypes as to the observations.")
+    if mean_llr > 0:
+        return (f"{identity}: closer to the observations than to smooth Sérsic blobs "
+                "(the observed-galaxy model explains these images better).")
+    return (f"{identity}: closer to smooth Sérsic blobs than to the observations "
+            "(the images lack the structure real galaxies have, or have structure real galaxies lack).")
+
+
+def verdict(mean_llr: float, ci95: tuple[float, float] | None = None) -> str:
+    """A few words for tables: which side of the identity the set falls on.
+
+    Args:
+        mean_llr: mean LLR in nats.
+        ci95: optional bootstrap interval (containing 0 = undecided).
+
+    Returns:
+        ``"closer to observations"``, ``"closer to Sérsic archetypes"`` or ``"undecided"``.
+    """
+    if ci95 is not None and ci95[0] <= 0.0 <= ci95[1]:
+        return "undecided"
+    return "closer to observations" if mean_llr > 0 else "closer to Sérsic archetypes"
+
+
+def summarize(values, reference=None, n_boot: int = 1000,
+              rng: np.random.Generator | int | None = 0) -> dict:
+    """All per-set numbers of the report for one sample of LLRs.
+
+    Args:
+        values: LLRs of the set.
+        reference: LLRs of the reference set, or None for the reference itself.
+        n_boot: bootstrap replicates.
+        rng: Generator or seed.
+
+    Returns:
+        dict with ``n, mean_llr, median_llr, std_llr, ci95, delta_llr, delta_llr_err,
+        auroc_vs_reference, ks_vs_reference, ks_pvalue, reading, verdict``.  With a reference of
+        itself the comparisons are 0 / 0.5 by definition.
+    """
+    rng = np.random.default_rng(rng)
+    x = _as_finite_1d(values, "summary")
+    ci = bootstrap_mean_ci(x, 0.95, n_boot, rng)
+    out = {
+        "n": int(x.size),
+        "mean_llr": float(x.mean()),
+        "median_llr": float(np.median(x)),
+        "std_llr": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "ci95": [ci[0], ci[1]],
+    }
+    if reference is None:
+        out.update(delta_llr=0.0, delta_llr_err=0.0, auroc_vs_reference=0.5, ks_vs_reference=0.0, ks_pvalue=1.0)
+    else:
+        delta, err = delta_mean(x, reference, n_boot, rng)
+        ks, pval = ks_statistic(x, reference)
+        out.update(delta_llr=delta, delta_llr_err=err, auroc_vs_reference=auroc(x, reference),
+                   ks_vs_reference=ks, ks_pvalue=pval)
+    out["reading"] = read_mean_llr(out["mean_llr"], ci)
+    out["verdict"] = verdict(out["mean_llr"], ci)
+    return out
+
+
+def panel_label(lo: float, hi: float) -> str:
+    """Human label of a stellar-mass panel, e.g. ``'10.0-10.5'`` or ``'>10.5'``."""
+    return f">{lo:g}" if not np.isfinite(hi) else f"{lo:g}-{hi:g}"
+
+
+def mass_panel_masks(log_mstar, panels=MASS_PANELS) -> dict[str, np.ndarray]:
+    """Boolean masks selecting each stellar-mass panel.
+
+    Args:
+        log_mstar: log10 stellar masses (NaN = unknown, never selected).
+        panels: ``(lo, hi)`` pairs; ``lo <= m < hi``.
+
+    Returns:
+        ordered dict label -> mask.
+    """
+    m = np.asarray(log_mstar, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return {panel_label(lo, hi): (m >= lo) & (m < hi) for lo, hi in panels}
+
+
+@dataclass
+class MatchedResult:
+    """Outcome of :func:`matched_delta`.
+
+    Attributes:
+        delta: set name -> mean over draws of mean(set) - mean(reference) in matched cells.
+        error: set name -> standard deviation of that difference over draws.
+        n_per_set: galaxies drawn from each set per draw (identical for every set).
+        n_cells: number of grid cells that contain galaxies of every set.
+    """
+
+    delta: dict[str, float]
+    error: dict[str, float]
+    n_per_set: int
+    n_cells: int
+
+
+def grid_edges(reference_columns: dict[str, np.ndarray], n_bins: int = 3,
+               fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Bin edges per property: quantiles of the reference unless fixed edges are given.
+
+    Args:
+        reference_columns: property name -> reference values.
+        n_bins: quantile bins per property.
+        fixed: property name -> explicit edges (e.g. the mass panels).
+
+    Returns:
+        property name -> increasing edges (outer edges are +-inf so nobody is lost).
+    """
+    fixed = fixed or {}
+    edges = {}
+    for name, values in reference_columns.items():
+        if name in fixed:
+            inner = np.asarray(fixed[name], dtype=np.float64)
+        else:
+            v = np.asarray(values, dtype=np.float64)
+            v = v[np.isfinite(v)]
+            inner = np.unique(np.quantile(v, np.linspace(0, 1, n_bins + 1)[1:-1])) if v.size else np.array([])
+        edges[name] = np.concatenate([[-np.inf], inner, [np.inf]])
+    return edges
+
+
+def cell_index(columns: dict[str, np.ndarray], edges: dict[str, np.ndarray]) -> np.ndarray:
+    """Flat grid-cell number of each galaxy (-1 when any property is missing).
+
+    Args:
+        columns: property name -> values (same length).
+        edges: property name -> bin edges from :func:`grid_edges`.
+
+    Returns:
+        int64 array of cell numbers.
+    """
+    names = list(edges)
+    n = len(next(iter(columns.values())))
+    cell = np.zeros(n, dtype=np.int64)
+    valid = np.ones(n, dtype=bool)
+    for name in names:
+        v = np.asarray(columns[name], dtype=np.float64)
+        valid &= np.isfinite(v)
+        k = np.clip(np.searchsorted(edges[name], v, side="right") - 1, 0, len(edges[name]) - 2)
+        cell = cell * (len(edges[name]) - 1) + k
+    cell[~valid] = -1
+    return cell
+
+
+def matched_delta(llr: dict[str, np.ndarray], cells: dict[str, np.ndarray], reference: str,
+                  n_draws: int = 200, rng: np.random.Generator | int | None = 0) -> MatchedResult:
+    """ΔLLR between sets with identical distributions of galaxy properties.
+
+    In every grid cell that all sets populate, draw the same number of galaxies (the
+    smallest count among the sets, with replacement) from every set, so each draw has
+    the same mass/size/Sérsic-index make-up in every set; the spread over draws is the
+    error (paper, Section 4).
+
+    Args:
+        llr: set name -> per-image LLRs.
+        cells: set name -> per-image cell numbers (from :func:`cell_index`; -1 = skip).
+        reference: the name in ``llr`` to compare against.
+        n_draws: bootstrap draws.
+        rng: Generator or seed.
+
+    Returns:
+        a :class:`MatchedResult`; ``n_per_set == 0`` when no cell is shared.
+    """
+    rng = np.random.default_rng(rng)
+    names = list(llr)
+    members = {}
+    for name in names:
+        ok = (cells[name] >= 0) & np.isfinite(llr[name])
+        order = np.argsort(cells[name][ok], kind="stable")
+        sorted_cells = cells[name][ok][order]
+        values = np.asarray(llr[name], dtype=np.float64)[ok][order]
+        uniq, start, count = np.unique(sorted_cells, return_index=True, return_counts=True)
+        members[name] = {int(c): values[s:s + k] for c, s, k in zip(uniq, start, count)}
+    shared = set.intersection(*(set(m) for m in members.values())) if members else set()
+    take = {c: min(len(members[name][c]) for name in names) for c in shared}
+    n_per_set = int(sum(take.values()))
+    if n_per_set == 0:
+        nan = {name: float("nan") for name in names}
+        return MatchedResult(delta=nan, error=dict(nan), n_per_set=0, n_cells=0)
+    means = {name: np.empty(n_draws) for name in names}
+    for d in range(n_draws):
+        for name in names:
+            total = 0.0
+            for c, k in take.items():
+                pool = members[name][c]
+                total += pool[rng.integers(0, len(pool), size=k)].sum()
+            means[name][d] = total / n_per_set
+    delta = {name: float(np.mean(means[name] - means[reference])) for name in names}
+    error = {name: float(np.std(means[name] - means[reference], ddof=1)) if n_draws > 1 else 0.0
+             for name in names}
+    return MatchedResult(delta=delta, error=error, n_per_set=n_per_set, n_cells=len(shared))

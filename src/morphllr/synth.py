@@ -1,0 +1,989 @@
+"""A synthetic galaxy universe whose right answer is known.
+
+Real SDSS cutouts cannot be shipped, so morphllr's embedded default is a generated
+universe of SDSS-r-like galaxy cutouts ("observed") plus "simulation" sets of
+decreasing, known morphological fidelity.  A likelihood-ratio comparison run on these
+sets must recover :data:`EXPECTED_ORDER`; that is what the demo and its tests check.
+
+What an "observed" galaxy is
+----------------------------
+A Sérsic bulge plus an exponential disk, with the small-scale structure smooth
+profiles lack: logarithmic spiral arms (m = 1-3), bars, star-forming clumps, dust lanes
+in edge-on disks, occasional companions and foreground stars.  Each is convolved with
+an SDSS-like Moffat PSF and given SDSS-like sky and shot noise.
+
+Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
+
+* stellar mass and redshift: galaxies are drawn uniformly in comoving volume for
+  0.05 < z < 0.1 (astropy Planck18 cosmology) from the GAMA double-Schechter stellar
+  mass function (Baldry et al. 2012: log M* = 10.66, alpha1 = -0.35, phi1 = 3.96e-3,
+  alpha2 = -1.47, phi2 = 0.79e-3) and kept if brighter than the SDSS spectroscopic
+  limit r < 17.77 (Strauss et al. 2002), which gives the joint mass-redshift-magnitude
+  distribution of a flux-limited sample.
+* mass-to-light: log(M/L_r) = -0.306 + 1.097 (g - r) (Bell et al. 2003), with g - r
+  rising with bulge fraction; M_sun,r = 4.65 (Willmer 2018); K-corrections ignored.
+* bulge fraction: the early-type fraction rises with mass (logistic in log M*, midpoint
+  10.5, width 0.25, as in GAMA, Kelvin et al. 2014, and Galaxy Zoo, Bamford et al.
+  2009); early types have B/T in 0.5-1, late types B/T mostly < 0.3 (Meert et al. 2015).
+* size: Shen et al. (2003) SDSS size-mass relations, early types R50 = 2.88e-6 M^0.56
+  kpc, late types R50 = 0.1 M^0.14 (1 + M/3.98e10)^0.25 kpc, log-normal scatter
+  sigma_lnR = s2 + (s1 - s2) / (1 + (M/3.98e10)^2) with (s1, s2) = (0.47, 0.34) for late
+  and (0.45, 0.27) for early types.  The catalogue's ``r50_kpc`` is this half-light
+  radius; the bulge and disk radii are chosen so that the circularised composite has it.
+* bulge Sérsic index: classical bulges/ellipticals n ~ 4 +- 0.8, pseudo-bulges of late
+  types n ~ 1.5 (Fisher & Drory 2008); bulge-to-disk size ratio Re_b/Re_d ~ 0.15-0.45
+  (Gadotti 2009).
+* axis ratios: disks are thin oblate discs with intrinsic thickness 0.1-0.2 seen at
+  random inclination (cos i uniform; Unterborn & Ryden 2008); bulges and ellipticals
+  have apparent q ~ 0.8 +- 0.12 (Padilla & Strauss 2008).  Position angles uniform.
+* spiral arms: 85 % of disk-dominated galaxies; arm number m = 1, 2, 3 with
+  probabilities 0.1, 0.6, 0.3 and pitch angles 10-30 deg (Hart et al. 2016, 2017); the
+  arm-interarm modulation amplitude is 0.2-0.6 of the disk light (Elmegreen et al. 2011).
+* bars: 30 % of disks with B/T < 0.5 (Masters et al. 2011), length 0.5-1.2 Re_disk,
+  5-15 % of the disk light.
+* clumps: ~6 (1 - B/T) star-forming clumps of 0.15-0.4 kpc carrying 2-8 % of the disk
+  light, placed on the arms.
+* dust lanes: disks seen more edge-on than q < 0.35 get a mid-plane lane of optical
+  depth 0.4-1.2, slightly offset from the major axis.
+* companions (20 %) and foreground stars (25 %, r = 15.5-21).
+* PSF: Moffat, FWHM 1.2-1.6 arcsec, beta 3-4.7 (SDSS r-band seeing).
+* units: SDSS r counts (DN) per 0.396" pixel, sky-subtracted; a count is AB mag 28.2
+  (the ``zero_point`` of the ``zanisi21`` preprocessing).  Sky 120-190 DN/px, gain
+  4.6-5.1 e-/DN, dark variance 1 DN^2, i.e. sky noise ~5-6 DN, as in SDSS frames.  With
+  the zanisi21 stretch arcsinh(flux/1000) the noise sits at ~0.005 and bright galaxy
+  centres (hundreds to thousands of DN) fill the [0, 1] range.
+
+The sets
+--------
+``observed-train`` / ``observed-test``: the recipe above (independent random streams).
+``sim-good``: same recipe with mildly different distributions (10 % larger, weaker
+arms, more clumps, fewer bars).  ``sim-softened``: the galaxies' central light is
+flattened inside a gravitational-softening-like core of 2 kpc (radii r -> (r^4 + eps^4)^(1/4))
+and the missing light spread as a Gaussian of that radius; the outskirts are unchanged.  ``sim-smooth``: no
+arms, clumps, bars or dust (bulge + disk only).  ``archetypes``: single-Sérsic
+archetypes of the observed test set (made with :mod:`morphllr.archetypes` when writing
+ImageSets).
+
+Rendering is vectorised with numpy: profiles are evaluated on a 2x oversampled grid
+(the central pixels 5x5 supersampled so that n = 4 cusps are integrated, not sampled),
+structure is applied in the disk plane, clumps and stars are deposited as points and
+blurred in Fourier space, everything is convolved with the per-galaxy PSF by FFT and
+binned 2x2 to 0.396" pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MorphllrError
+
+PIXEL_SCALE = 0.396
+"""SDSS pixel scale in arcsec per pixel."""
+
+STAMP = 128
+"""Cutout side in pixels (what the ``zanisi21`` preprocessing consumes)."""
+
+ZERO_POINT = 28.2
+"""AB magnitude of one count (DN); matches the ``zanisi21`` preprocessing."""
+
+MAG_LIMIT = 17.77
+"""SDSS main-sample spectroscopic limit (Petrosian r), applied to the total magnitude."""
+
+Z_RANGE = (0.05, 0.1)
+
+SET_NAMES = ("observed-train", "observed-test", "sim-good", "sim-softened", "sim-smooth", "archetypes",
+             "archetypes-train")
+"""Every set ``morphllr synth`` can write (``archetypes-train``: archetypes of observed-train,
+the training set of p_arch)."""
+
+DEMO_SETS = ("observed-test", "sim-good", "sim-softened", "sim-smooth", "archetypes")
+"""The sets the demo scores."""
+
+EXPECTED_ORDER = ("observed-test", "sim-good", "sim-softened", "sim-smooth", "archetypes")
+"""Sets from most to least realistic, the known answer of this universe.
+
+Each set's mean LLR should exceed the next one's, except that ``sim-smooth`` and
+``archetypes`` may tie (both lack all small-scale structure); see
+:data:`EXPECTED_TIES`."""
+
+EXPECTED_TIES = (("sim-smooth", "archetypes"),)
+
+_OVERSAMPLE = 2
+_CHUNK = 32  # galaxies rendered at once; fixed so results do not depend on memory
+_MAX_CLUMPS = 12
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a set of galaxies is drawn and rendered.
+
+    Args:
+        size_scale: multiplies every half-light radius (1 = Shen et al. 2003).
+        arm_strength_scale: multiplies the spiral-arm modulation amplitude.
+        arm_fraction: fraction of disk-dominated galaxies with arms.
+        bar_fraction: fraction of disks (B/T < 0.5) with a bar.
+        clump_scale: multiplies the clump light fraction.
+        late_bt_beta: Beta(a, b) parameters of B/T for late types (scaled to 0-0.45).
+        structure: False renders bulge + disk only (no arms, bars, clumps, dust).
+        softening_kpc: Plummer-like core radius flattening the centre (0 = none).
+        companion_fraction: fraction of cutouts with a companion galaxy.
+        star_fraction: fraction of cutouts with a foreground star.
+    """
+
+    size_scale: float = 1.0
+    arm_strength_scale: float = 1.0
+    arm_fraction: float = 0.85
+    bar_fraction: float = 0.30
+    clump_scale: float = 1.0
+    late_bt_beta: tuple[float, float] = (1.3, 4.0)
+    structure: bool = True
+    softening_kpc: float = 0.0
+    companion_fraction: float = 0.20
+    star_fraction: float = 0.25
+
+    def check(self, where: str = "recipe") -> None:
+        """Raise :class:`MorphllrError` if a parameter is outside its possible range."""
+        for name in ("size_scale", "arm_strength_scale", "clump_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise MorphllrError(f"{where}: {name}={value!r} must be a positive number")
+        for name in ("arm_fraction", "bar_fraction", "companion_fraction", "star_fraction"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise MorphllrError(f"{where}: {name}={value!r} must be a fraction between 0 and 1")
+        if not (math.isfinite(self.softening_kpc) and 0 <= self.softening_kpc <= 20):
+            raise MorphllrError(f"{where}: softening_kpc={self.softening_kpc!r} must be between 0 and 20 kpc")
+        a, b = self.late_bt_beta
+        if not (a > 0 and b > 0):
+            raise MorphllrError(f"{where}: late_bt_beta={self.late_bt_beta!r} needs two positive numbers")
+
+
+RECIPES: dict[str, Recipe] = {
+    "observed-train": Recipe(),
+    "observed-test": Recipe(),
+    "sim-good": Recipe(size_scale=1.1, arm_strength_scale=0.8, clump_scale=1.4, bar_fraction=0.2,
+                       late_bt_beta=(1.6, 4.0)),
+    "sim-softened": Recipe(softening_kpc=2.0),
+    "sim-smooth": Recipe(structure=False),
+}
+"""The recipe of every generated set (``archetypes`` is derived from observed-test)."""
+
+
+# --------------------------------------------------------------------------- sampling
+def _stream(seed: int, name: str) -> np.random.Generator:
+    """An independent, reproducible random stream per (seed, set name)."""
+    key = [int(b) for b in name.encode()]
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *key]))
+
+
+def _mass_function_draw(rng: np.random.Generator, n: int, lo: float = 9.5, hi: float = 12.0) -> np.ndarray:
+    """log10 M* drawn from the Baldry et al. (2012) double-Schechter mass function."""
+    grid = np.linspace(lo, hi, 2001)
+    x = 10 ** (grid - 10.66)
+    phi = np.log(10) * np.exp(-x) * (3.96e-3 * x ** (1 - 0.35) + 0.79e-3 * x ** (1 - 1.47))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (phi[1:] + phi[:-1]) * np.diff(grid))])
+    return np.interp(rng.random(n), cdf / cdf[-1], grid)
+
+
+def _volume_redshift_draw(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Redshifts uniform in comoving volume between :data:`Z_RANGE`."""
+    from astropy.cosmology import Planck18
+
+    z = np.linspace(*Z_RANGE, 256)
+    dc3 = Planck18.comoving_distance(z).value ** 3
+    return np.interp(rng.random(n), (dc3 - dc3[0]) / (dc3[-1] - dc3[0]), z)
+
+
+def shen03_r50_kpc(log_mstar: np.ndarray, early: np.ndarray) -> np.ndarray:
+    """Median half-light radius (kpc) at fixed stellar mass, Shen et al. (2003) eqs. 17-18.
+
+    Args:
+        log_mstar: log10 stellar mass in Msun.
+        early: True for early types (concentrated, Sérsic n > 2.5 in Shen et al.).
+
+    Returns:
+        R50 in kpc.
+    """
+    m = 10.0 ** np.asarray(log_mstar, dtype=float)
+    late = 0.1 * m**0.14 * (1 + m / 3.98e10) ** (0.39 - 0.14)
+    return np.where(early, 2.88e-6 * m**0.56, late)
+
+
+def shen03_sigma_lnr(log_mstar: np.ndarray, early: np.ndarray) -> np.ndarray:
+    """Log-normal scatter (in ln R) of the Shen et al. (2003) size-mass relations."""
+    m = 10.0 ** np.asarray(log_mstar, dtype=float)
+    s1 = np.where(early, 0.45, 0.47)
+    s2 = np.where(early, 0.27, 0.34)
+    return s2 + (s1 - s2) / (1 + (m / 3.98e10) ** 2)
+
+
+def sersic_b(n: np.ndarray) -> np.ndarray:
+    """b_n such that Re encloses half the light of a Sérsic profile of index n."""
+    from scipy.special import gammaincinv
+
+    return gammaincinv(2 * np.asarray(n, dtype=float), 0.5)
+
+
+def _disk_radius_for_r50(r50: np.ndarray, bt: np.ndarray, n_b: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """Disk Re such that bulge (Re = ratio * Re_d) + disk have half-light radius r50."""
+    from scipy.special import gammainc
+
+    b_b, b_d = sersic_b(n_b), sersic_b(np.ones_like(n_b))
+
+    def enclosed(x):  # light fraction inside x disk radii
+        return bt * gammainc(2 * n_b, b_b * (x / ratio) ** (1 / n_b)) + (1 - bt) * gammainc(2.0, b_d * x)
+
+    lo, hi = np.full_like(r50, 1e-3), np.full_like(r50, 10.0)
+    for _ in range(40):  # bisection, vectorised over galaxies
+        mid = 0.5 * (lo + hi)
+        inside = enclosed(mid) > 0.5
+        hi, lo = np.where(inside, mid, hi), np.where(inside, lo, mid)
+    return r50 / (0.5 * (lo + hi))
+
+
+_Z_GRID = np.linspace(Z_RANGE[0], Z_RANGE[1], 101)
+
+
+def _cosmology_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Distance modulus and kpc/arcsec on :data:`_Z_GRID` (Planck18), interpolated later."""
+    global _COSMO
+    if _COSMO is None:
+        from astropy.cosmology import Planck18
+
+        _COSMO = (Planck18.distmod(_Z_GRID).value, Planck18.kpc_proper_per_arcmin(_Z_GRID).value / 60.0)
+    return _COSMO
+
+
+_COSMO: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe()) -> dict[str, np.ndarray]:
+    """Draw the true parameters of ``n`` galaxies (vectorised).
+
+    Args:
+        n: number of galaxies.
+        rng: numpy random generator (the set's stream).
+        recipe: the set's :class:`Recipe`.
+
+    Returns:
+        dict of float/int/bool arrays of length n: the catalogue columns (sizes in
+        arcsec along the major axis, PA in degrees east of +y... measured from the
+        +x axis counter-clockwise, fluxes in counts).
+    """
+    # Flux-limited sample by rejection: draw from the volume-limited population.
+    keep_mass, keep_z, keep_early, keep_bt, keep_mag, keep_gr = [], [], [], [], [], []
+    got = 0
+    while got < n:
+        m = max(4 * (n - got), 256)
+        logm = _mass_function_draw(rng, m)
+        z = _volume_redshift_draw(rng, m)
+        early = rng.random(m) < 1 / (1 + np.exp(-(logm - 10.5) / 0.25))
+        a, b = recipe.late_bt_beta
+        bt = np.where(early, 0.5 + 0.5 * rng.beta(2.5, 1.5, m), 0.45 * rng.beta(a, b, m))
+        gr = np.clip(0.45 + 0.35 * bt + rng.normal(0, 0.05, m), 0.2, 0.95)
+        log_ml = -0.306 + 1.097 * gr
+        abs_mag = 4.65 - 2.5 * (logm - log_ml)
+        mag = abs_mag + np.interp(z, _Z_GRID, _cosmology_tables()[0])
+        ok = mag < MAG_LIMIT
+        for lst, arr in zip((keep_mass, keep_z, keep_early, keep_bt, keep_mag, keep_gr),
+                            (logm, z, early, bt, mag, gr)):
+            lst.append(arr[ok])
+        got += int(ok.sum())
+    logm, z, early, bt, mag, gr = (np.concatenate(x)[:n] for x in
+                                   (keep_mass, keep_z, keep_early, keep_bt, keep_mag, keep_gr))
+
+    r50_kpc = shen03_r50_kpc(logm, early) * np.exp(rng.normal(0, 1, n) * shen03_sigma_lnr(logm, early))
+    r50_kpc *= recipe.size_scale
+    kpc_per_arcsec = np.interp(z, _Z_GRID, _cosmology_tables()[1])
+    r50 = r50_kpc / kpc_per_arcsec
+
+    n_bulge = np.where(early, np.clip(rng.normal(4.0, 0.8, n), 2.0, 6.0),
+                       np.clip(np.exp(rng.normal(np.log(1.5), 0.3, n)), 0.7, 4.0))
+    ratio = np.where(early, rng.uniform(0.3, 0.8, n), rng.uniform(0.15, 0.45, n))
+    re_disk = _disk_radius_for_r50(r50, bt, n_bulge, ratio)
+    re_bulge = ratio * re_disk
+
+    cos_i = rng.random(n)
+    thickness = rng.uniform(0.1, 0.2, n)
+    q_disk = np.sqrt(cos_i**2 + thickness**2 * (1 - cos_i**2))
+    q_bulge = np.maximum(np.clip(rng.normal(0.8, 0.12, n), 0.45, 1.0), np.minimum(q_disk, 1.0))
+    pa = rng.uniform(0, 180, n)
+
+    disky = bt < 0.6
+    structure = recipe.structure
+    has_arms = structure & disky & (rng.random(n) < recipe.arm_fraction)
+    arm_m = rng.choice([1, 2, 3], size=n, p=[0.1, 0.6, 0.3])
+    arm_pitch = rng.uniform(10, 30, n)
+    arm_strength = np.where(has_arms, np.clip(rng.uniform(0.2, 0.6, n) * recipe.arm_strength_scale, 0, 0.95), 0.0)
+    has_bar = structure & (bt < 0.5) & (rng.random(n) < recipe.bar_fraction)
+    bar_frac = np.where(has_bar, rng.uniform(0.05, 0.15, n), 0.0)
+    bar_length = rng.uniform(0.5, 1.2, n) * re_disk
+    bar_angle = rng.uniform(0, 180, n)
+    n_clumps = np.where(structure, np.minimum(rng.poisson(6 * (1 - bt)), _MAX_CLUMPS), 0)
+    clump_frac = np.where(n_clumps > 0, np.clip(rng.uniform(0.02, 0.08, n) * recipe.clump_scale, 0, 0.3), 0.0)
+    clump_sigma = rng.uniform(0.15, 0.4, n) / kpc_per_arcsec
+    has_dust = structure & disky & (q_disk < 0.35)
+    dust_tau = np.where(has_dust, rng.uniform(0.4, 1.2, n), 0.0)
+    # The lane sits slightly off the major axis because the near side of the disk hides it.
+    dust_offset = rng.uniform(-0.08, 0.08, n) * re_disk
+
+    # Neighbours: a companion galaxy 8-22" away, a foreground star anywhere off-centre.
+    comp_dist = rng.uniform(20, 55, n) * PIXEL_SCALE
+    comp_angle = rng.uniform(0, 2 * np.pi, n)
+    star_dist = rng.uniform(10, 60, n) * PIXEL_SCALE
+    star_angle = rng.uniform(0, 2 * np.pi, n)
+
+    flux = 10 ** (-0.4 * (mag - ZERO_POINT))
+    return {
+        "log_mstar": logm, "z": z, "kpc_per_arcsec": kpc_per_arcsec, "early_type": early,
+        "g_r": gr, "mag_r": mag, "flux": flux, "r50_kpc": r50_kpc, "r50_arcsec": r50,
+        "bt": bt, "n_bulge": n_bulge, "re_bulge_arcsec": re_bulge, "q_bulge": q_bulge,
+        "n_disk": np.ones(n), "re_disk_arcsec": re_disk, "q_disk": q_disk, "pa_deg": pa,
+        "inclination_deg": np.degrees(np.arccos(cos_i)),
+        "arm_m": np.where(has_arms, arm_m, 0), "arm_pitch_deg": np.where(has_arms, arm_pitch, 0.0),
+        "arm_strength": arm_strength, "arm_phase": rng.uniform(0, 2 * np.pi, n),
+        "bar_frac": bar_frac, "bar_length_arcsec": np.where(has_bar, bar_length, 0.0),
+        "bar_angle_deg": np.where(has_bar, bar_angle, 0.0),
+        "n_clumps": n_clumps, "clump_frac": clump_frac, "clump_sigma_arcsec": clump_sigma,
+        "dust_tau": dust_tau, "dust_offset_arcsec": dust_offset,
+        "softening_kpc": np.full(n, recipe.softening_kpc),
+        "has_companion": rng.random(n) < recipe.companion_fraction,
+        "has_star": rng.random(n) < recipe.star_fraction,
+        "psf_fwhm_arcsec": rng.uniform(1.2, 1.6, n), "psf_beta": rng.uniform(3.0, 4.7, n),
+        "companion_dx_arcsec": comp_dist * np.cos(comp_angle), "companion_dy_arcsec": comp_dist * np.sin(comp_angle),
+        "companion_flux": flux * 10 ** (-0.4 * rng.uniform(0.5, 3.0, n)),
+        "companion_re_arcsec": r50 * rng.uniform(0.3, 0.8, n), "companion_n": rng.uniform(0.8, 4.0, n),
+        "companion_q": rng.uniform(0.3, 1.0, n), "companion_pa_deg": rng.uniform(0, 180, n),
+        "star_dx_arcsec": star_dist * np.cos(star_angle), "star_dy_arcsec": star_dist * np.sin(star_angle),
+        "star_flux": 10 ** (-0.4 * (rng.uniform(15.5, 21.0, n) - ZERO_POINT)),
+        "sky_level": rng.uniform(120, 190, n), "gain": rng.uniform(4.6, 5.1, n),
+        "x0": STAMP / 2 + rng.uniform(-0.5, 0.5, n), "y0": STAMP / 2 + rng.uniform(-0.5, 0.5, n),
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+@dataclass
+class Rendered:
+    """Images of a batch of galaxies at 0.396"/px, in counts (sky-subtracted).
+
+    Attributes:
+        flux: float32 (N, 128, 128) observed cutouts (PSF, sky and shot noise).
+        noiseless: float32 (N, 128, 128) the central galaxy alone, PSF-convolved, no noise.
+        segmap: int32 (N, 128, 128) 0 sky, 1 central galaxy, 2 companion, 3 star (pixels
+            whose noiseless flux exceeds the sky noise, labelled by the brightest source).
+        sky_sigma: float64 (N,) sky noise per pixel in counts.
+    """
+
+    flux: np.ndarray
+    noiseless: np.ndarray
+    segmap: np.ndarray
+    sky_sigma: np.ndarray
+
+
+def _col(params: dict[str, np.ndarray], key: str, sl: slice, extra_dims: int = 2) -> np.ndarray:
+    """One parameter for a chunk, shaped (B, 1, 1[, 1]) to broadcast against images."""
+    # float32 halves the cost of the per-pixel transcendental functions; plenty for counts.
+    return np.asarray(params[key][sl], dtype=np.float32).reshape((-1,) + (1,) * extra_dims)
+
+
+def _sersic_norm(flux, re, n, q):
+    """Surface brightness at Re of a Sérsic profile with the given total flux."""
+    from scipy.special import gamma
+
+    b = sersic_b(n)
+    return flux * b ** (2 * n) / (2 * np.pi * q * re**2 * n * np.exp(b) * gamma(2 * n))
+
+
+def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None = None):
+    """Surface brightness (counts / arcsec^2) of bulge + disk (+ arms, bar, dust).
+
+    Args:
+        dx, dy: offsets from the galaxy centre in arcsec, broadcastable against the
+            (B, 1, 1[, 1]) parameter arrays in ``g``.
+        g: per-galaxy parameters of the chunk (see :func:`_chunk_params`).
+        softening: per-galaxy Plummer core radius in arcsec, or None.
+
+    Returns:
+        float64 array of the broadcast shape.
+    """
+    c, s = np.cos(g["pa"]), np.sin(g["pa"])
+    u = dx * c + dy * s
+    v = -dx * s + dy * c
+    vd = v / g["q_d"]  # disk-plane coordinate along the minor axis
+    r_d2 = u**2 + vd**2
+    r_b2 = u**2 + (v / g["q_b"]) ** 2
+    if softening is not None:
+        # r -> (r^4 + eps^4)^(1/4): a flat core inside eps, the untouched profile a few eps out.
+        r_d2 = np.sqrt(r_d2**2 + softening**4)
+        r_b2 = np.sqrt(r_b2**2 + softening**4)
+    r_d, r_b = np.sqrt(r_d2), np.sqrt(r_b2)
+
+    h = g["re_d"] / 1.6783469900166605  # exponential scale length
+    disk = g["disk_flux"] / (2 * np.pi * g["q_d"] * h**2) * np.exp(-r_d / h)
+    arms = g["arm_a"] != 0
+    if np.any(arms):
+        theta = np.arctan2(vd, u)
+        lnr = np.log(np.maximum(r_d, 1e-3) / g["re_d"])
+        phase = g["arm_m"] * (theta - lnr / np.tan(g["pitch"])) + g["arm_phase"]
+        # Squared cosine makes arms narrower than inter-arm gaps; mean-zero modulation keeps the flux.
+        wave = ((1 + np.cos(phase)) / 2) ** 2 / 0.375 - 1
+        envelope = np.clip((r_d / g["re_d"] - 0.4) / 0.6, 0, 1)
+        disk = disk * (1 + g["arm_a"] * envelope * wave)
+    bulge = g["bulge_ie"] * np.exp(-g["b_n"] * ((r_b / g["re_b"]) ** (1 / g["n_b"]) - 1))
+    light = disk + bulge
+    if np.any(g["bar_flux"] > 0):
+        cb, sb = np.cos(g["bar_angle"]), np.sin(g["bar_angle"])
+        a = np.maximum(g["bar_len"], 1e-3)
+        s2 = ((u * cb + vd * sb) / a) ** 2 + ((-u * sb + vd * cb) / (0.3 * a)) ** 2
+        # Ferrers n=2 bar; its disk-plane area is 0.3 pi a^2 / 3, projected by q_d.
+        light = light + g["bar_flux"] / (0.1 * np.pi * a**2 * g["q_d"]) * np.clip(1 - s2, 0, None) ** 2
+    if np.any(g["dust_tau"] > 0):
+        width = np.maximum(0.06 * g["re_d"], 0.12)
+        lane = np.exp(-0.5 * ((v - g["dust_off"]) / width) ** 2) * np.exp(-0.5 * (u / (1.5 * g["re_d"])) ** 2)
+        light = light * np.exp(-g["dust_tau"] * lane)
+    return light
+
+
+def _chunk_params(params: dict[str, np.ndarray], sl: slice, extra_dims: int = 2) -> dict[str, np.ndarray]:
+    """Derived per-galaxy quantities of one chunk, broadcastable against images."""
+    col = lambda k: _col(params, k, sl, extra_dims)  # noqa: E731
+    flux, bt = col("flux"), col("bt")
+    n_b, re_b, q_b = col("n_bulge"), col("re_bulge_arcsec"), col("q_bulge")
+    disk_total = flux * (1 - bt)
+    return {
+        "pa": np.radians(col("pa_deg")), "q_d": col("q_disk"), "q_b": q_b, "re_d": col("re_disk_arcsec"),
+        "re_b": re_b, "n_b": n_b, "b_n": sersic_b(n_b).astype(np.float32),
+        "bulge_ie": _sersic_norm(flux * bt, re_b, n_b, q_b).astype(np.float32),
+        "disk_flux": disk_total * (1 - col("bar_frac") - col("clump_frac")),
+        "arm_a": col("arm_strength"), "arm_m": col("arm_m"), "pitch": np.radians(np.maximum(col("arm_pitch_deg"), 1.0)),
+        "arm_phase": col("arm_phase"), "bar_flux": disk_total * col("bar_frac"),
+        "bar_len": col("bar_length_arcsec"), "bar_angle": np.radians(col("bar_angle_deg")),
+        "dust_tau": col("dust_tau"), "dust_off": col("dust_offset_arcsec"),
+    }
+
+
+def _fine_axis() -> np.ndarray:
+    """Fine-pixel centres in coarse-pixel units (coarse pixel i spans [i - 0.5, i + 0.5])."""
+    nf = STAMP * _OVERSAMPLE
+    return (np.arange(nf) + 0.5) / _OVERSAMPLE - 0.5
+
+
+def _moffat_transfer(fwhm: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """rfft2 of unit-flux Moffat PSFs on the fine grid (wrap-around centred at 0)."""
+    import scipy.fft
+
+    nf = STAMP * _OVERSAMPLE
+    step = PIXEL_SCALE / _OVERSAMPLE
+    d = np.fft.fftfreq(nf, 1.0 / nf) * step  # signed offsets in arcsec
+    r2 = d[None, :, None] ** 2 + d[None, None, :] ** 2
+    fwhm, beta = fwhm[:, None, None], beta[:, None, None]
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    psf = (1 + r2 / alpha**2) ** (-beta)
+    psf /= psf.sum(axis=(1, 2), keepdims=True)
+    return scipy.fft.rfft2(psf, workers=1)
+
+
+def _deposit(image: np.ndarray, index: np.ndarray, fx: np.ndarray, fy: np.ndarray, flux: np.ndarray) -> None:
+    """Add point sources to (B, H, W) ``image`` with bilinear weights (fine-pixel coords)."""
+    nf = image.shape[-1]
+    x0, y0 = np.floor(fx).astype(int), np.floor(fy).astype(int)
+    wx, wy = fx - x0, fy - y0
+    for ox, oy, w in ((0, 0, (1 - wx) * (1 - wy)), (1, 0, wx * (1 - wy)), (0, 1, (1 - wx) * wy), (1, 1, wx * wy)):
+        xi, yi = x0 + ox, y0 + oy
+        ok = (xi >= 0) & (xi < nf) & (yi >= 0) & (yi < nf)
+        np.add.at(image, (index[ok], yi[ok], xi[ok]), (flux * w)[ok])
+
+
+def _clump_positions(params, sl, rng):
+    """Clump centres (fine pixels) and fluxes for one chunk, placed along the arms."""
+    nb = sl.stop - sl.start
+    k = np.arange(_MAX_CLUMPS)
+    idx = np.repeat(np.arange(nb), _MAX_CLUMPS)
+    present = (k[None, :] < params["n_clumps"][sl][:, None]).ravel()
+    get = lambda key: np.repeat(np.asarray(params[key][sl], float), _MAX_CLUMPS)  # noqa: E731
+    re_d, m = get("re_disk_arcsec"), np.maximum(get("arm_m"), 1)
+    radius = re_d * rng.uniform(0.5, 2.0, idx.size)
+    on_arm = get("arm_strength") > 0
+    arm_theta = (np.log(radius / re_d) / np.tan(np.radians(np.maximum(get("arm_pitch_deg"), 1.0)))
+                 + (2 * np.pi * rng.integers(0, 3, idx.size) - get("arm_phase")) / m + rng.normal(0, 0.2, idx.size))
+    theta = np.where(on_arm, arm_theta, rng.uniform(0, 2 * np.pi, idx.size))
+    u, vd = radius * np.cos(theta), radius * np.sin(theta)
+    v = vd * get("q_disk")
+    pa = np.radians(get("pa_deg"))
+    dx, dy = u * np.cos(pa) - v * np.sin(pa), u * np.sin(pa) + v * np.cos(pa)
+    weights = rng.exponential(1.0, (nb, _MAX_CLUMPS)) * (k[None, :] < params["n_clumps"][sl][:, None])
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    total = np.asarray(params["flux"][sl] * (1 - params["bt"][sl]) * params["clump_frac"][sl], float)
+    flux = (weights * total[:, None]).ravel()
+    fx = (get("x0") + dx / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
+    fy = (get("y0") + dy / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
+    return idx[present], fx[present], fy[present], flux[present]
+
+
+def _companion_light(params, sl, fine_x, fine_y):
+    """Surface brightness of the companion galaxies of one chunk (zeros where absent)."""
+    col = lambda k: _col(params, k, sl)  # noqa: E731
+    dx = (fine_x[None, None, :] - col("x0")) * PIXEL_SCALE - col("companion_dx_arcsec")
+    dy = (fine_y[None, :, None] - col("y0")) * PIXEL_SCALE - col("companion_dy_arcsec")
+    pa, q = np.radians(col("companion_pa_deg")), col("companion_q")
+    u = dx * np.cos(pa) + dy * np.sin(pa)
+    v = (-dx * np.sin(pa) + dy * np.cos(pa)) / q
+    n, re = col("companion_n"), col("companion_re_arcsec")
+    r = np.sqrt(u**2 + v**2)
+    light = _sersic_norm(col("companion_flux"), re, n, q) * np.exp(-sersic_b(n) * ((r / re) ** (1 / n) - 1))
+    return light * col("has_companion")
+
+
+def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: bool = True) -> Rendered:
+    """Render galaxies drawn by :func:`sample_galaxies` as SDSS-like cutouts.
+
+    Args:
+        params: the catalogue columns from :func:`sample_galaxies`.
+        seed_key: integers seeding the noise/clump streams (one stream per chunk, so the
+            result is reproducible and independent of the caller's batching).
+        noise: add sky and shot noise (False: ``flux`` equals the noiseless scene).
+
+    Returns:
+        :class:`Rendered`.
+    """
+    import scipy.fft
+
+    n = len(params["flux"])
+    nf = STAMP * _OVERSAMPLE
+    step = PIXEL_SCALE / _OVERSAMPLE
+    fine = _fine_axis().astype(np.float32)
+    area = np.float32(step**2)
+    # Central block supersampled 5x5 so that cuspy bulges are integrated over pixels.
+    sub = (np.arange(5) + 0.5) / 5 - 0.5
+    block = np.arange(STAMP * _OVERSAMPLE // 2 - 7, STAMP * _OVERSAMPLE // 2 + 7)
+    bx = (fine[block][None, :, None] + sub[None, None, :] / _OVERSAMPLE)  # (1, 14, 5)
+    out_flux = np.empty((n, STAMP, STAMP), np.float32)
+    out_clean = np.empty_like(out_flux)
+    out_seg = np.zeros((n, STAMP, STAMP), np.int32)
+    sky_sigma = np.sqrt(params["sky_level"] / params["gain"] + 1.0)
+    freq = np.fft.fftfreq(nf)[:, None] ** 2 + np.fft.rfftfreq(nf)[None, :] ** 2  # cycles / fine px
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(start + _CHUNK, n))
+        nb = sl.stop - sl.start
+        rng = np.random.default_rng(np.random.SeedSequence([*seed_key, start // _CHUNK]))
+        g = _chunk_params(params, sl)
+        x0, y0 = _col(params, "x0", sl), _col(params, "y0", sl)
+        soft = _col(params, "softening_kpc", sl) / _col(params, "kpc_per_arcsec", sl)
+        softened = bool(np.any(soft > 0))
+        dx = (fine[None, None, :] - x0) * PIXEL_SCALE
+        dy = (fine[None, :, None] - y0) * PIXEL_SCALE
+
+        def light_with_centre(soft_r):
+            img = _galaxy_light(dx, dy, g, soft_r)
+            gb = _chunk_params(params, sl, extra_dims=4)
+            sx = (bx[:, None, :, None, :] - x0[..., None, None]) * PIXEL_SCALE  # (B,1,14,1,5)
+            sy = (bx[:, :, None, :, None] - y0[..., None, None]) * PIXEL_SCALE  # (B,14,1,5,1)
+            sb = None if soft_r is None else soft_r[..., None, None]
+            fine_block = _galaxy_light(sx, sy, gb, sb).mean(axis=(-2, -1))
+            img[:, block[0]:block[-1] + 1, block[0]:block[-1] + 1] = fine_block
+            return img * area
+
+        scene = light_with_centre(soft if softened else None)
+        if softened:
+            # Light removed from the core reappears just outside it (mass is conserved).
+            missing = light_with_centre(None).sum(axis=(1, 2)) - scene.sum(axis=(1, 2))
+            q = _col(params, "bt", sl) * g["q_b"] + (1 - _col(params, "bt", sl)) * g["q_d"]
+            u = dx * np.cos(g["pa"]) + dy * np.sin(g["pa"])
+            v = (-dx * np.sin(g["pa"]) + dy * np.cos(g["pa"])) / q
+            puff = np.exp(-0.5 * (u**2 + v**2) / np.maximum(soft, 1e-6) ** 2)
+            scene += missing[:, None, None] * puff / puff.sum(axis=(1, 2), keepdims=True)
+        clumps = np.zeros((nb, nf, nf))
+        idx, cfx, cfy, cflux = _clump_positions(params, sl, rng)
+        _deposit(clumps, idx, cfx, cfy, cflux)
+        sigma_fine = _col(params, "clump_sigma_arcsec", sl) / step
+        psf_ft = _moffat_transfer(params["psf_fwhm_arcsec"][sl], params["psf_beta"][sl])
+        central_ft = (scipy.fft.rfft2(scene, workers=1)
+                      + scipy.fft.rfft2(clumps, workers=1) * np.exp(-2 * np.pi**2 * sigma_fine**2 * freq)) * psf_ft
+        central = scipy.fft.irfft2(central_ft, s=(nf, nf), workers=1)
+
+        others = np.zeros((2, nb, nf, nf))
+        if np.any(params["has_companion"][sl]):
+            others[0] = scipy.fft.irfft2(scipy.fft.rfft2(_companion_light(params, sl, fine, fine) * area, workers=1)
+                                         * psf_ft, s=(nf, nf), workers=1)
+        stars = np.flatnonzero(params["has_star"][sl])
+        if stars.size:
+            points = np.zeros((nb, nf, nf))
+            sx = (params["x0"][sl][stars] + params["star_dx_arcsec"][sl][stars] / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
+            sy = (params["y0"][sl][stars] + params["star_dy_arcsec"][sl][stars] / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
+            _deposit(points, stars, sx, sy, params["star_flux"][sl][stars])
+            others[1] = scipy.fft.irfft2(scipy.fft.rfft2(points, workers=1) * psf_ft, s=(nf, nf), workers=1)
+
+        def bin2(x):
+            return x.reshape(x.shape[:-2] + (STAMP, _OVERSAMPLE, STAMP, _OVERSAMPLE)).sum(axis=(-3, -1))
+
+        central, others = bin2(central), bin2(others)
+        total = central + others.sum(axis=0)
+        if noise:
+            sky, gain = _col(params, "sky_level", sl), _col(params, "gain", sl)
+            var = (sky + np.maximum(total, 0)) / gain + 1.0
+            observed = total + rng.standard_normal(total.shape) * np.sqrt(var)
+        else:
+            observed = total
+        stack = np.stack([central, others[0], others[1]])
+        label = np.argmax(stack, axis=0) + 1
+        out_seg[sl] = np.where(stack.max(axis=0) > sky_sigma[sl][:, None, None], label, 0)
+        out_flux[sl] = observed
+        out_clean[sl] = central
+    return Rendered(flux=out_flux, noiseless=out_clean, segmap=out_seg, sky_sigma=sky_sigma)
+
+
+# --------------------------------------------------------------------------- sets
+@dataclass
+class SynthSet:
+    """One generated set in memory.
+
+    Attributes:
+        name: set name (one of :data:`SET_NAMES`).
+        flux: float32 (N, 128, 128) cutouts in counts at 0.396"/px.
+        segmap: int32 (N, 128, 128) 0 sky, 1 central galaxy, 2 companion, 3 star.
+        catalog: astropy Table, one row per image, with ``id`` and the true parameters.
+        noiseless: float32 (N, 128, 128) the central galaxy without noise/neighbours.
+    """
+
+    name: str
+    flux: np.ndarray
+    segmap: np.ndarray
+    catalog: object
+    noiseless: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.flux)
+
+
+def check_set_names(names, where: str = "--sets") -> list[str]:
+    """Validate set names; returns them as a list (MorphllrError on an unknown name)."""
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in SET_NAMES]
+    if unknown:
+        raise MorphllrError(f"{where}: unknown set {', '.join(unknown)}; choose from {', '.join(SET_NAMES)}")
+    if not names:
+        raise MorphllrError(f"{where}: no set given; choose from {', '.join(SET_NAMES)}")
+    return names
+
+
+def _check_count(n: int, what: str) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 1 or n > 10_000_000:
+        raise MorphllrError(f"{what}={n!r}: must be a whole number of galaxies between 1 and 10 million")
+
+
+def _to_table(params: dict[str, np.ndarray], ids: np.ndarray, set_name: str):
+    from astropy.table import Table
+
+    table = Table()
+    table["id"] = ids
+    for key, value in params.items():
+        table[key] = np.asarray(value)
+    table.meta["set"] = set_name
+    return table
+
+
+def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> SynthSet:
+    """Draw and render one generated set (not ``archetypes``; see :func:`archetype_flux`).
+
+    Args:
+        name: ``observed-train``, ``observed-test``, ``sim-good``, ``sim-softened`` or ``sim-smooth``.
+        n: number of galaxies.
+        seed: universe seed; every set has its own stream derived from (seed, name).
+        recipe: override the set's :data:`RECIPES` entry.
+
+    Returns:
+        :class:`SynthSet` with ids ``<name>-<index>``.
+    """
+    if name not in RECIPES:
+        raise MorphllrError(f"set {name!r}: not a generated set; choose from {', '.join(RECIPES)} "
+                            "(archetypes are made from an observed set by morphllr.archetypes)")
+    _check_count(n, f"number of galaxies for {name}")
+    recipe = recipe or RECIPES[name]
+    recipe.check(f"recipe of {name}")
+    key = [int(seed), *[int(b) for b in name.encode()]]
+    params = sample_galaxies(n, _stream(seed, name), recipe)
+    rendered = render_galaxies(params, key + [1])
+    ids = np.array([f"{name}-{i:06d}" for i in range(n)])
+    params["sky_sigma"] = rendered.sky_sigma
+    return SynthSet(name, rendered.flux, rendered.segmap, _to_table(params, ids, name), rendered.noiseless)
+
+
+def _fit_one_chunk(args):
+    """Single-Sérsic fits of a chunk of cutouts, each with its own PSF (process worker)."""
+    from .psf import make_psf
+    from .sersic_fit import fit_sersic, psf_kernel_for
+
+    flux, segmap, sigma, gain, fwhm, beta = args
+    out = []
+    for i in range(len(flux)):
+        kernel = psf_kernel_for(make_psf(float(fwhm[i]), beta=float(beta[i])), PIXEL_SCALE)
+        out.append(fit_sersic(flux[i], kernel, segmap[i], float(sigma[i]), float(gain[i])))
+    return out
+
+
+def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, progress=None):
+    """Single-Sérsic fits (:func:`morphllr.sersic_fit.fit_sersic`) of every cutout.
+
+    The fit uses the central ``fit_size``^2 pixels (what the zanisi21 model sees) with
+    the galaxy's own PSF, sky noise and gain; companions are masked by the segmap.
+
+    Args:
+        synth: the set to fit.
+        fit_size: side of the central region fitted, in pixels.
+        workers: processes to use.
+        progress: optional callable(n_done).
+
+    Returns:
+        astropy Table with ``id`` and the ``sersic_*`` columns (positions and radii in
+        pixels of the full 128^2 cutout).
+    """
+    from .sersic_fit import fits_to_table
+
+    cat = synth.catalog
+    a = (STAMP - fit_size) // 2
+    crop = np.s_[:, a:a + fit_size, a:a + fit_size]
+    flux, seg = synth.flux[crop], synth.segmap[crop]
+    cols = [np.asarray(cat[k]) for k in ("sky_sigma", "gain", "psf_fwhm_arcsec", "psf_beta")]
+    step = 16
+    jobs = [(flux[i:i + step], seg[i:i + step], *[c[i:i + step] for c in cols]) for i in range(0, len(flux), step)]
+    fits = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            fits.extend(_fit_one_chunk(job))
+            if progress:
+                progress(len(fits))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for part in pool.map(_fit_one_chunk, jobs):
+                fits.extend(part)
+                if progress:
+                    progress(len(fits))
+    table = fits_to_table(fits, ids=np.asarray(cat["id"]))
+    table["sersic_x0_pix"] += a
+    table["sersic_y0_pix"] += a
+    return table
+
+
+def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0) -> np.ndarray:
+    """Single-Sérsic archetypes of an observed set, rendered by :mod:`morphllr.archetypes`.
+
+    Each archetype has the fitted n, Re, q, PA, flux and centre of its galaxy, the
+    galaxy's own Moffat PSF and (with ``noise``) its sky noise and gain; no companions,
+    stars or internal structure.
+
+    Args:
+        observed: the observed set.
+        fits: table from :func:`fit_single_sersic` (same order).
+        noise: add matched sky + shot noise.
+        seed: noise seed.
+
+    Returns:
+        float32 (N, 128, 128) flux cutouts.
+    """
+    from . import archetypes
+
+    table = _join_fits(observed.catalog.copy(copy_data=False), fits)
+    params, _ = archetypes.params_from_catalog(table, where=f"{observed.name} fits", drop_bad=True)
+    if len(params) != len(table):
+        raise MorphllrError(f"{observed.name}: {len(table) - len(params)} single-Sérsic fits failed; "
+                            "cannot pair every galaxy with an archetype")
+    psfs = archetypes.psfs_for_catalog(table, None, "moffat", pixel_scale=PIXEL_SCALE)
+    model = None
+    if noise:
+        model = archetypes.NoiseModel(sky_sigma=np.asarray(table["sky_sigma"], float),
+                                      gain=np.asarray(table["gain"], float))
+    return archetypes.render_archetypes(params, (1, STAMP, STAMP), PIXEL_SCALE, psfs, model, seed)[:, 0]
+
+
+# --------------------------------------------------------------------------- writing
+def _segmap_model(segmap: np.ndarray, prep) -> np.ndarray:
+    """Central-source masks resampled like the model images (crop, zoom, >= half covered)."""
+    from .preprocess import central_crop, zoom_images
+
+    mask = (segmap == 1).astype(np.float32)[:, None]
+    if prep.crop is not None:
+        mask = central_crop(mask, prep.crop)
+    return (zoom_images(mask, prep.zoom)[:, 0] >= 0.5).astype(np.uint8)
+
+
+def write_set(path, synth: SynthSet, preprocessing="zanisi21", overwrite: bool = False, seed: int | None = None):
+    """Write a :class:`SynthSet` as a morphllr ImageSet (``/images``, ``/flux``, segmaps, catalogue).
+
+    Args:
+        path: output ``.h5`` file.
+        synth: the set.
+        preprocessing: preset name, dict or Preprocessing giving the model-input images.
+        overwrite: replace an existing file.
+        seed: universe seed, recorded as a file attribute.
+
+    Returns:
+        the written path.
+    """
+    from .imageset import write_imageset
+    from .preprocess import as_preprocessing
+
+    prep = as_preprocessing(preprocessing)
+    flux = synth.flux[:, None]
+    images = prep.flux_to_model(flux)
+    attrs = {"synth_set": synth.name, "synth_expected_order": ",".join(EXPECTED_ORDER)}
+    if seed is not None:
+        attrs["synth_seed"] = int(seed)
+    return write_imageset(path, images, synth.catalog, prep, flux=flux, segmap=synth.segmap,
+                          segmap_model=_segmap_model(synth.segmap, prep), overwrite=overwrite, attrs=attrs)
+
+
+def _plan(sets: list[str]) -> list[str]:
+    """Sets to generate in memory (observed sets are needed for their archetypes)."""
+    need = list(sets)
+    if "archetypes" in need and "observed-test" not in need:
+        need.insert(0, "observed-test")
+    if "archetypes-train" in need and "observed-train" not in need:
+        need.insert(0, "observed-train")
+    order = [n for n in SET_NAMES if n in need]
+    return order
+
+
+def generate(sets, n_train: int = 2000, n_test: int = 500, n_sim: int | None = None, seed: int = 0,
+             workers: int = 1, progress=None) -> dict[str, SynthSet]:
+    """Generate sets in memory.
+
+    Args:
+        sets: names from :data:`SET_NAMES`.
+        n_train: galaxies in observed-train (and archetypes-train).
+        n_test: galaxies in observed-test (and archetypes).
+        n_sim: galaxies in each sim-* set (default: n_test).
+        seed: universe seed.
+        workers: processes for the Sérsic fits behind the archetypes.
+        progress: optional callable(message) told about each step.
+
+    Returns:
+        dict name -> :class:`SynthSet` for the rendered sets; the observed sets behind
+        requested archetypes are included, with their single-Sérsic fits as catalogue
+        columns (the archetypes themselves are rendered when writing).
+    """
+    sets = check_set_names(list(sets))
+    _check_count(n_train, "--n-train")
+    _check_count(n_test, "--n-test")
+    n_sim = n_test if n_sim is None else n_sim
+    _check_count(n_sim, "--n-sim")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MorphllrError(f"--seed={seed!r}: must be a non-negative whole number")
+    sizes = {"observed-train": n_train, "observed-test": n_test}
+    out: dict[str, SynthSet] = {}
+    say = progress or (lambda message: None)
+    for name in _plan(sets):
+        if name.startswith("archetypes"):
+            source = out["observed-train" if name == "archetypes-train" else "observed-test"]
+            if "sersic_n" not in source.catalog.colnames:
+                say(f"fitting single Sérsic profiles to {len(source)} {source.name} galaxies")
+                _join_fits(source.catalog, fit_single_sersic(source, workers=workers))
+        else:
+            say(f"rendering {name}")
+            out[name] = make_set(name, sizes.get(name, n_sim), seed)
+    return out
+
+
+def _archetype_seed(seed: int, name: str) -> int:
+    """Noise seed of an archetype set, distinct per (universe seed, set)."""
+    return int(np.random.SeedSequence([int(seed), *[int(b) for b in name.encode()]]).generate_state(1)[0])
+
+
+def _join_fits(catalog, fits):
+    """The catalogue with the single-Sérsic fit columns added (same row order)."""
+    for col in fits.colnames:
+        if col != "id":
+            catalog[col] = fits[col]
+    return catalog
+
+
+def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, n_sim: int | None = None,
+                   seed: int = 0, overwrite: bool = False, workers: int = 1, preprocessing="zanisi21",
+                   progress=None) -> dict[str, "Path"]:
+    """Generate sets and write them as ImageSets ``<out>/<set>.h5`` plus ``universe.json``.
+
+    The folder appears only when everything is written (:func:`morphllr.atomic.atomic_dir`).
+
+    Args:
+        out: output folder (refused if it exists, unless ``overwrite``).
+        sets, n_train, n_test, n_sim, seed, workers, progress: see :func:`generate`.
+        overwrite: replace an existing folder.
+        preprocessing: preprocessing of the model-input images (default zanisi21).
+
+    Returns:
+        dict set name -> final file path.
+    """
+    from pathlib import Path
+
+    from .preprocess import as_preprocessing
+
+    sets = check_set_names(list(sets))
+    prep = as_preprocessing(preprocessing)
+    out = Path(out)
+    _check_destination(out, overwrite)
+    say = progress or (lambda message: None)
+    generated = generate(sets, n_train, n_test, n_sim, seed, workers, progress)
+    try:
+        return _write_all(out, sets, generated, prep, seed, overwrite, say)
+    except OSError as exc:
+        raise MorphllrError(f"--out {out}: writing failed ({exc.strerror or exc}); nothing was kept, "
+                            "free some space or choose another folder") from None
+
+
+def _check_destination(out, overwrite: bool) -> None:
+    """Refuse an existing or unwritable --out before spending time on generation."""
+    import shutil
+    import tempfile
+
+    if out.exists() and not overwrite:
+        raise MorphllrError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise MorphllrError(f"{out} exists and is not a folder; choose another --out")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=parent))
+    except OSError as exc:
+        raise MorphllrError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}); "
+                            "choose a writable folder") from None
+
+
+def _write_all(out, sets, generated, prep, seed, overwrite, say):
+    """Write the generated sets, their archetypes and universe.json atomically into ``out``."""
+    import json
+
+    from . import __version__
+    from .archetypes import make_archetype_set
+    from .atomic import atomic_dir
+
+    written = {}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, synth in generated.items():
+            write_set(tmp / f"{name}.h5", synth, prep, seed=seed)
+        for name in sets:
+            if name.startswith("archetypes"):
+                source = "observed-train" if name == "archetypes-train" else "observed-test"
+                say(f"rendering {name} with morphllr.archetypes")
+                make_archetype_set(tmp / f"{source}.h5", tmp / f"{name}.h5", seed=_archetype_seed(seed, name))
+        for name in generated:
+            if name not in sets:  # only needed as the source of archetypes
+                (tmp / f"{name}.h5").unlink()
+        written = {name: out / f"{name}.h5" for name in sets}
+        info = {
+            "format": "morphllr.synth", "version": __version__, "seed": int(seed),
+            "sets": {name: len(generated["observed-test" if name == "archetypes" else "observed-train"
+                                         if name == "archetypes-train" else name]) for name in sets},
+            "expected_order": list(EXPECTED_ORDER), "expected_ties": [list(t) for t in EXPECTED_TIES],
+            "recipes": {name: dataclasses.asdict(r) for name, r in RECIPES.items()},
+            "units": "SDSS r counts (DN) per 0.396 arcsec pixel, sky-subtracted; AB zero point 28.2",
+            "preprocessing": prep.to_dict(),
+        }
+        (tmp / "universe.json").write_text(json.dumps(info, indent=2) + "\n")
+    return written

@@ -1,0 +1,160 @@
+"""Sérsic archetypes: conventions shared with the fitter, noise matching, bad input, ImageSet output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+galsim = pytest.importorskip("galsim")
+
+from morphllr.archetypes import (  # noqa: E402
+    ArchetypeParams,
+    NoiseModel,
+    make_archetype_set,
+    params_from_catalog,
+    render_archetypes,
+)
+from morphllr.errors import MorphllrError  # noqa: E402
+from morphllr.psf import make_psf  # noqa: E402
+from morphllr.sersic_fit import ConvolvedSersicRenderer, fit_sersic, psf_kernel_for  # noqa: E402
+
+SCALE = 0.396
+
+
+def params(n, re, q, pa, flux, x0=None, y0=None):
+    k = len(n)
+    return ArchetypeParams(ids=np.arange(k), n=np.asarray(n, float), re_pix=np.asarray(re, float),
+                           q=np.asarray(q, float), pa_deg=np.asarray(pa, float), flux=np.asarray(flux, float),
+                           x0_pix=None if x0 is None else np.asarray(x0, float),
+                           y0_pix=None if y0 is None else np.asarray(y0, float), n_clipped=np.zeros(k, bool))
+
+
+def catalog(**overrides):
+    from astropy.table import Table
+
+    cols = {"id": ["g0", "g1", "g2"], "sersic_n": [1.0, 2.5, 4.0], "sersic_re_pix": [4.0, 6.0, 3.0],
+            "sersic_q": [0.5, 0.8, 1.0], "sersic_pa_deg": [20.0, 100.0, 0.0], "sersic_flux": [2e4, 3e4, 1e4],
+            "sky_sigma": [5.7, 5.7, 5.7], "psf_fwhm_arcsec": [1.4, 1.3, 1.5]}
+    cols.update(overrides)
+    return Table(cols)
+
+
+@pytest.fixture(scope="module")
+def psf():
+    return make_psf(1.4)
+
+
+def test_archetype_matches_fitter_model(psf):
+    """GalSim archetype and the fitter's own renderer agree: both read R_e, q, PA, centre alike."""
+    p = params([1.0, 4.0], [5.0, 3.0], [0.5, 0.8], [30.0, 120.0], [1e4, 1e4], x0=[30.2, 33.0], y0=[32.7, 31.0])
+    images = render_archetypes(p, (1, 64, 64), SCALE, psf, noise=None)
+    renderer = ConvolvedSersicRenderer((64, 64), psf_kernel_for(psf, SCALE))
+    for i in range(2):
+        model = renderer.render(1e4, p.re_pix[i], p.n[i], p.x0_pix[i], p.y0_pix[i], p.q[i], np.radians(p.pa_deg[i]))
+        assert np.abs(images[i, 0] - model).max() < 0.015 * model.max()
+
+
+def test_fit_of_archetype_returns_its_parameters(psf):
+    p = params([2.0], [6.0], [0.6], [150.0], [5e4])
+    noise = NoiseModel(sky_sigma=np.array([5.7]), gain=np.array([4.8]))
+    image = render_archetypes(p, (1, 64, 64), SCALE, psf, noise, seed=1)[0, 0]
+    fit = fit_sersic(image, psf_kernel_for(psf, SCALE), sky_sigma=5.7, gain=4.8)
+    assert abs(fit.n - 2.0) < 0.2 and abs(fit.re_pix / 6.0 - 1) < 0.05
+    assert abs(fit.q - 0.6) < 0.03 and abs((fit.pa_deg - 150 + 90) % 180 - 90) < 3
+    assert abs(fit.flux / 5e4 - 1) < 0.03
+
+
+def test_noise_matches_sky_and_poisson(psf):
+    """Per-pixel variance over many realisations = sky_sigma^2 + flux / gain."""
+    k = 40
+    p = params([1.0] * k, [2.0] * k, [1.0] * k, [0.0] * k, [2e5] * k)
+    sigma, gain = 3.0, 2.0
+    clean = render_archetypes(p, (1, 32, 32), SCALE, psf, None)[0, 0]
+    noisy = render_archetypes(p, (1, 32, 32), SCALE, psf, NoiseModel(np.full(k, sigma), np.full(k, gain)), seed=3)
+    var = noisy[:, 0].var(axis=0, ddof=1)
+    expected = sigma**2 + clean / gain
+    bright = clean / gain > 3 * sigma**2  # where the Poisson term dominates
+    faint = clean / gain < 0.05 * sigma**2
+    assert bright.sum() > 10 and faint.sum() > 10
+    assert abs(np.mean(var[bright] / expected[bright]) - 1) < 0.1
+    assert abs(np.mean(var[faint]) / sigma**2 - 1) < 0.1
+    assert abs(noisy[:, 0].mean(axis=0)[bright] / clean[bright] - 1).mean() < 0.02  # unbiased
+
+
+def test_result_does_not_depend_on_workers(psf):
+    k = 70  # two chunks
+    p = params([1.0] * k, [3.0] * k, [0.7] * k, [10.0] * k, [1e4] * k)
+    noise = NoiseModel(np.full(k, 5.0), np.full(k, 4.8))
+    a = render_archetypes(p, (1, 32, 32), SCALE, psf, noise, seed=9, workers=1)
+    b = render_archetypes(p, (1, 32, 32), SCALE, psf, noise, seed=9, workers=2)
+    assert np.array_equal(a, b)
+
+
+def test_n_is_clipped_to_galsim_range_and_flagged():
+    p, keep = params_from_catalog(catalog(sersic_n=[0.2, 7.0, 3.0]))
+    assert list(p.n) == [0.3, 6.2, 3.0]
+    assert list(p.n_clipped) == [True, True, False]
+    assert keep.all()
+
+
+@pytest.mark.parametrize("column,values", [("sersic_q", [0.5, 1.5, 1.0]), ("sersic_re_pix", [4.0, 0.0, 3.0]),
+                                           ("sersic_flux", [2e4, np.nan, 1e4]), ("sersic_n", [1.0, -1.0, 2.0])])
+def test_bad_values_name_the_row(column, values):
+    with pytest.raises(MorphllrError, match=f"{column}.*g1"):
+        params_from_catalog(catalog(**{column: values}), where="obs.h5")
+    p, keep = params_from_catalog(catalog(**{column: values}), drop_bad=True)
+    assert list(p.ids) == ["g0", "g2"] and list(keep) == [True, False, True]
+
+
+def test_missing_column_is_explained():
+    table = catalog()
+    table.remove_column("sersic_q")
+    with pytest.raises(MorphllrError, match="sersic_q.*fit-sersic"):
+        params_from_catalog(table, where="obs.h5")
+
+
+def _observed_set(path, table, size=64):
+    from morphllr.imageset import write_flux_set
+    from morphllr.preprocess import Preprocessing
+
+    prep = Preprocessing.preset("zanisi21").replace(cutout=size, crop=32)
+    flux = np.random.default_rng(0).normal(0, 5.7, (len(table), 1, size, size)).astype(np.float32)
+    write_flux_set(path, flux, table, prep, segmentation=None)
+    return prep
+
+
+def test_archetype_set_is_an_imageset_with_same_ids(tmp_path):
+    from morphllr.imageset import ImageSet
+
+    prep = _observed_set(tmp_path / "obs.h5", catalog())
+    summary = make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5", seed=1)
+    arch = ImageSet.open(tmp_path / "arch.h5")
+    assert summary["n"] == 3 and list(arch.catalog["id"]) == ["g0", "g1", "g2"]
+    assert arch.preprocessing == prep.to_dict()
+    assert np.allclose(arch.images[:], prep.flux_to_model(arch.flux[:]), atol=1e-6)
+    # the brightest archetype carries its flux (within the 64^2 cutout, minus noise)
+    assert 0.8 < arch.flux[1].sum() / 3e4 < 1.05
+    assert list(arch.catalog["sersic_n"]) == [1.0, 2.5, 4.0]
+
+
+def test_sky_patches_give_the_background(tmp_path):
+    from morphllr.imageset import ImageSet
+
+    _observed_set(tmp_path / "obs.h5", catalog(sersic_flux=[10.0, 10.0, 10.0]))
+    patches = np.random.default_rng(2).normal(0, 3.0, (5, 80, 70)).astype(np.float32)
+    np.save(tmp_path / "sky.npy", patches)
+    make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5", psf_fwhm=1.4, sky_patches_path=tmp_path / "sky.npy")
+    flux = ImageSet.open(tmp_path / "arch.h5").flux[:]
+    assert abs(flux.std() / 3.0 - 1) < 0.05
+    np.save(tmp_path / "small.npy", patches[:, :20, :20])
+    with pytest.raises(MorphllrError):
+        make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch2.h5", psf_fwhm=1.4,
+                           sky_patches_path=tmp_path / "small.npy")
+
+
+def test_no_psf_anywhere_is_explained(tmp_path):
+    table = catalog()
+    table.remove_column("psf_fwhm_arcsec")
+    _observed_set(tmp_path / "obs.h5", table)
+    with pytest.raises(MorphllrError, match="--psf-fwhm"):
+        make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5")

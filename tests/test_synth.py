@@ -1,0 +1,209 @@
+"""The synthetic universe: reproducible, SDSS-like, and with the known differences it promises."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from morphllr import synth
+from morphllr.errors import MorphllrError
+
+
+def _radial_profile(images: np.ndarray, x0: np.ndarray, y0: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean flux per pixel in circular annuli around each galaxy's centre, (N, len(edges) - 1)."""
+    yy, xx = np.mgrid[: images.shape[1], : images.shape[2]]
+    out = np.empty((len(images), len(edges) - 1))
+    for i, img in enumerate(images):
+        r = np.hypot(xx - x0[i], yy - y0[i])
+        which = np.digitize(r, edges) - 1
+        for k in range(len(edges) - 1):
+            out[i, k] = img[which == k].mean()
+    return out
+
+
+def _small_scale_power(residual: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """Power of the residuals on scales below ~2 px in the central 64^2, per unit galaxy flux^2."""
+    c = residual[:, 32:96, 32:96].astype(np.float64)
+    high = c - ndimage.gaussian_filter(c, sigma=(0, 2, 2))
+    return (high**2).sum(axis=(1, 2)) / flux**2
+
+
+def test_same_seed_same_universe_other_seed_other_universe():
+    a = synth.make_set("observed-test", 6, seed=7)
+    b = synth.make_set("observed-test", 6, seed=7)
+    c = synth.make_set("observed-test", 6, seed=8)
+    np.testing.assert_array_equal(a.flux, b.flux)
+    np.testing.assert_array_equal(a.segmap, b.segmap)
+    assert list(a.catalog["id"]) == list(b.catalog["id"])
+    np.testing.assert_array_equal(np.asarray(a.catalog["r50_kpc"]), np.asarray(b.catalog["r50_kpc"]))
+    assert not np.allclose(a.flux, c.flux)
+    # train and test sets of one universe are different galaxies
+    d = synth.make_set("observed-train", 6, seed=7)
+    assert not np.allclose(a.catalog["log_mstar"], d.catalog["log_mstar"])
+
+
+def test_cutouts_look_like_sdss_r_counts():
+    s = synth.make_set("observed-test", 48, seed=1)
+    cat = s.catalog
+    assert s.flux.shape == (48, synth.STAMP, synth.STAMP) and s.flux.dtype == np.float32
+    # sky noise of SDSS r frames: ~5-6 counts per pixel; measured in the corners, away from galaxies
+    corners = np.concatenate([s.flux[:, :12, :12], s.flux[:, -12:, -12:]], axis=1)
+    sky_mask = np.concatenate([s.segmap[:, :12, :12], s.segmap[:, -12:, -12:]], axis=1) == 0
+    measured = np.median([np.std(c[m]) for c, m in zip(corners, sky_mask)])
+    assert 4.0 < measured < 7.5
+    assert abs(measured / np.median(cat["sky_sigma"]) - 1) < 0.1
+    # flux-limited sample at 0.05 < z < 0.1
+    assert np.all(cat["mag_r"] < synth.MAG_LIMIT)
+    assert np.all((cat["z"] >= 0.05) & (cat["z"] <= 0.1))
+    # the galaxy centre lands at the middle of the zanisi21 crop and is a few hundred counts or more
+    centre = s.noiseless[:, 62:67, 62:67].max(axis=(1, 2))
+    assert np.median(centre) > 100
+    assert np.all(s.segmap[np.arange(48), 64, 64] == 1)
+
+
+def test_noiseless_flux_matches_catalogue_for_compact_undusted_galaxies():
+    s = synth.make_set("sim-smooth", 40, seed=2)
+    cat = s.catalog
+    compact = (np.asarray(cat["r50_arcsec"]) < 3.0)
+    assert compact.sum() >= 10
+    ratio = s.noiseless.sum(axis=(1, 2))[compact] / np.asarray(cat["flux"])[compact]
+    assert np.all(np.abs(ratio - 1) < 0.03)
+
+
+def test_composite_half_light_radius_is_the_catalogued_one():
+    rng = synth._stream(4, "radius-check")
+    p = synth.sample_galaxies(6, rng, synth.Recipe(structure=False))
+    p["q_disk"][:] = 1.0
+    p["q_bulge"][:] = 1.0
+    g = synth._chunk_params(p, slice(0, 6))
+    step = 0.06  # arcsec; fine enough for the n = 4 cusps
+    ax = (np.arange(-500, 500) + 0.5) * step
+    light = synth._galaxy_light(ax[None, None, :], ax[None, :, None], g) * step**2
+    r = np.hypot(ax[None, :], ax[:, None])
+    order = np.argsort(r.ravel())
+    for i in range(6):
+        grow = np.cumsum(light[i].ravel()[order])
+        half = r.ravel()[order][np.searchsorted(grow, 0.5 * p["flux"][i])]
+        assert half == pytest.approx(p["r50_arcsec"][i], rel=0.05, abs=2 * step)
+
+
+def test_sizes_follow_shen03_and_early_types_rise_with_mass():
+    p = synth.sample_galaxies(20000, synth._stream(5, "distributions"))
+    logm, early = p["log_mstar"], p["early_type"]
+    for kind, bins in ((False, (9.9, 10.3, 10.7)), (True, (10.3, 10.7, 11.0))):
+        for lo in bins:
+            sel = (early == kind) & (logm >= lo) & (logm < lo + 0.2)
+            assert sel.sum() > 200
+            ratio = np.median(p["r50_kpc"][sel]) / np.median(synth.shen03_r50_kpc(logm[sel], early[sel]))
+            assert abs(ratio - 1) < 0.1, (kind, lo, ratio)
+            scatter = np.std(np.log(p["r50_kpc"][sel] / synth.shen03_r50_kpc(logm[sel], early[sel])))
+            assert scatter == pytest.approx(np.median(synth.shen03_sigma_lnr(logm[sel], early[sel])), rel=0.15)
+    frac = [early[(logm >= lo) & (logm < lo + 0.3)].mean() for lo in (9.9, 10.5, 11.1)]
+    assert frac[0] < frac[1] < frac[2]
+    # disks at random inclination: apparent axis ratios nearly uniform above the intrinsic thickness
+    disky = p["bt"] < 0.3
+    assert 0.45 < np.median(p["q_disk"][disky]) < 0.6
+    assert np.all(p["q_disk"] >= 0.1)
+
+
+def test_observed_galaxies_leave_structured_residuals_that_smooth_ones_do_not():
+    """A single Sérsic cannot describe arms, bars and clumps: the same galaxies with structure
+    leave much more small-scale residual power around their archetypes than without."""
+    n = 16
+    recipe = synth.Recipe(arm_fraction=1.0, bar_fraction=0.0)
+    obs = synth.make_set("observed-test", n, seed=11, recipe=recipe)
+    smooth = synth.make_set("observed-test", n, seed=11, recipe=synth.Recipe(structure=False))
+    np.testing.assert_array_equal(obs.catalog["r50_kpc"], smooth.catalog["r50_kpc"])  # same galaxies
+    disks = (np.asarray(obs.catalog["arm_strength"]) > 0) & (np.asarray(obs.catalog["r50_arcsec"]) > 2.0)
+    assert disks.sum() >= 5
+    power = {}
+    for label, s in (("obs", obs), ("smooth", smooth)):
+        fits = synth.fit_single_sersic(s, workers=1)
+        arch = synth.archetype_flux(s, fits, noise=False)
+        power[label] = _small_scale_power(s.noiseless - arch, np.asarray(s.catalog["flux"]))
+    ratio = power["obs"][disks] / power["smooth"][disks]
+    print("small-scale residual power ratio, structured / smooth:", np.round(ratio, 2))
+    assert np.median(ratio) > 3.0
+
+
+def test_softened_galaxies_differ_at_the_centre_not_in_the_outskirts():
+    n = 32
+    obs = synth.make_set("observed-test", n, seed=3)
+    soft = synth.make_set("observed-test", n, seed=3, recipe=synth.RECIPES["sim-softened"])
+    x0, y0 = np.asarray(obs.catalog["x0"]), np.asarray(obs.catalog["y0"])
+    edges = np.array([0, 1.5, 3, 5, 8, 12, 18, 26])
+    p_obs = _radial_profile(obs.noiseless, x0, y0, edges)
+    p_soft = _radial_profile(soft.noiseless, x0, y0, edges)
+    change = np.median(p_soft / p_obs, axis=0)
+    assert change[0] < 0.85  # the core is flattened
+    assert np.all(np.abs(change[-2:] - 1) < 0.03)  # beyond ~4 softening lengths nothing changes
+    # flux is conserved: the light missing from the core reappears just outside it
+    total = soft.noiseless.sum(axis=(1, 2)) / obs.noiseless.sum(axis=(1, 2))
+    assert np.all(np.abs(total - 1) < 0.01)
+
+
+def test_bad_input_is_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(MorphllrError, match="unknown set sim-bad"):
+        synth.check_set_names(["observed-test", "sim-bad"])
+    with pytest.raises(MorphllrError, match="--n-test"):
+        synth.generate(["sim-good"], n_test=0)
+    with pytest.raises(MorphllrError, match="size_scale"):
+        synth.Recipe(size_scale=-1.0).check()
+    with pytest.raises(MorphllrError, match="bar_fraction"):
+        synth.make_set("sim-good", 3, recipe=synth.Recipe(bar_fraction=1.5))
+    with pytest.raises(MorphllrError, match="archetypes"):
+        synth.make_set("archetypes", 3)
+    existing = tmp_path / "u"
+    existing.mkdir()
+    with pytest.raises(MorphllrError, match="--overwrite"):
+        synth.write_universe(existing, ["sim-good"], n_test=2)
+
+
+def test_nothing_half_written_when_writing_fails(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_second(path, s, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return original(path, s, *args, **kwargs)
+
+    original = synth.write_set
+    monkeypatch.setattr(synth, "write_set", fail_second)
+    out = tmp_path / "u"
+    with pytest.raises(MorphllrError, match="nothing was kept"):
+        synth.write_universe(out, ["sim-good", "sim-smooth"], n_test=2, seed=1)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_universe_is_a_set_of_imagesets(tmp_path):
+    from morphllr.imageset import ImageSet
+
+    out = tmp_path / "u"
+    written = synth.write_universe(out, ["sim-smooth", "archetypes"], n_test=4, seed=2)
+    assert sorted(p.name for p in out.iterdir()) == ["archetypes.h5", "sim-smooth.h5", "universe.json"]
+    info = json.loads((out / "universe.json").read_text())
+    assert info["expected_order"] == list(synth.EXPECTED_ORDER)
+    assert info["sets"] == {"sim-smooth": 4, "archetypes": 4}
+    s = ImageSet.open(written["sim-smooth"])
+    assert s.shape == (4, 1, 32, 32)
+    images = np.asarray(s.images[:])
+    assert images.min() >= -1 and images.max() <= 1 and images.max() > 0.1
+    assert {"id", "log_mstar", "r50_kpc", "bt", "arm_strength"} <= set(s.catalog.colnames)
+    a = ImageSet.open(written["archetypes"])
+    assert a.shape == (4, 1, 32, 32)
+    assert a.preprocessing == s.preprocessing
+
+
+def test_cli_refuses_existing_folder(tmp_path, capsys):
+    from morphllr.cli import main
+
+    (tmp_path / "u").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path / "u"), "--sets", "sim-good", "--n-test", "2"])
+    assert exit_info.value.code == 2
+    assert "already exists" in capsys.readouterr().err

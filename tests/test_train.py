@@ -1,0 +1,177 @@
+"""Training: it learns, it resumes, it protects folders, augmentations keep what they must."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from morphllr.errors import MorphllrError
+from morphllr.model import PRESETS, PixelCNN
+from morphllr.modelio import load_model
+from morphllr.score import log_likelihood
+from morphllr.train import (InterruptAfter, augment_batch, rotate_continuous, rotate_lossless, split_indices,
+                            train_model)
+
+FAST = dict(config="tiny", batch_size=4, augment="none", precision="32", progress=False, threads=1,
+            warmup_steps=5)
+
+
+def galaxies(n: int, seed: int = 0, size: int = 8) -> np.ndarray:
+    """Smooth blobs of random brightness plus a little noise: very learnable structure."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r2 = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2
+    blob = np.exp(-r2 / (size / 2.0))
+    return (blob[None] * rng.uniform(0.5, 1.0, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
+        np.float32)
+
+
+def _bpd(net_or_model, x: np.ndarray) -> float:
+    return float(-log_likelihood(net_or_model, x, bf16=False, threads=1).mean() / (x[0].size * np.log(2)))
+
+
+def test_overfitting_a_handful_of_images_drives_bits_per_dim_down(tmp_path):
+    x = galaxies(8)
+    torch.manual_seed(0)
+    start = _bpd(PixelCNN(PRESETS["tiny"]), x)
+    result = train_model(x, tmp_path / "m", max_steps=60, lr=1e-2, val_fraction=0.0, seed=0,
+                         **{**FAST, "batch_size": 8})
+    model = load_model(tmp_path / "m")
+    end = _bpd(model, x)
+    # the noise is 0.02 wide (about -3.5 bits/dim for a perfect model); a random net is near +1
+    assert end < start - 2.0, (start, end)
+    assert result.metrics["train_bits_per_dim"] == pytest.approx(end, abs=1e-3)
+    assert result.metrics["val_bits_per_dim"] is None and result.metrics["steps"] == 60
+    meta = model.meta
+    assert meta["data_fingerprint"] == __import__("morphllr.sources").sources.open_images(x).fingerprint()
+    assert (tmp_path / "m" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "m" / "logs" / "metrics.csv").is_file()
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    tr, va = split_indices(50, 0.2, seed=3)
+    assert len(va) == 10 and len(tr) == 40 and not set(tr) & set(va) and set(tr) | set(va) == set(range(50))
+    tr2, va2 = split_indices(50, 0.2, seed=3)
+    assert np.array_equal(va, va2)
+    assert not np.array_equal(va, split_indices(50, 0.2, seed=4)[1])
+    assert len(split_indices(5, 0.01, 0)[1]) == 1  # a requested split is never empty
+    with pytest.raises(MorphllrError, match="--val-fraction"):
+        split_indices(10, 1.0, 0)
+
+
+def test_interrupted_run_resumes_to_the_same_step_with_checkpoints_loaded_safely(tmp_path, monkeypatch):
+    x = galaxies(12, seed=1)
+    out = tmp_path / "m"
+    # 10 training images / batch 4 -> 3 steps per epoch; interrupt during epoch 3
+    with pytest.raises(KeyboardInterrupt):
+        train_model(x, out, max_steps=12, val_fraction=0.2, callbacks=[InterruptAfter(7)], **FAST)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "model.json").exists()  # an interrupted run never looks finished
+    with pytest.raises(MorphllrError, match="unfinished training run.*--resume"):
+        train_model(x, out, max_steps=12, val_fraction=0.2, **FAST)
+
+    loads = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    result = train_model(x, out, max_steps=12, val_fraction=0.2, resume=True, **FAST)
+    assert loads and all(w is True for w in loads)  # no checkpoint was ever unpickled freely
+    assert result.metrics["steps"] == 12
+    model = load_model(out)
+    assert model.meta["metrics"]["steps"] == 12
+    assert np.isfinite(log_likelihood(model, x, bf16=False, threads=1)).all()
+
+
+def test_resume_refuses_different_data(tmp_path):
+    out = tmp_path / "m"
+    train_model(galaxies(8), out, max_steps=2, val_fraction=0.0, **FAST)
+    with pytest.raises(MorphllrError, match="different training images"):
+        train_model(galaxies(8, seed=9), out, max_steps=4, val_fraction=0.0, resume=True, **FAST)
+
+
+def test_finished_and_foreign_folders_are_protected(tmp_path):
+    out = tmp_path / "m"
+    train_model(galaxies(8), out, max_steps=1, val_fraction=0.0, **FAST)
+    before = (out / "weights.safetensors").read_bytes()
+    with pytest.raises(MorphllrError, match="finished model.*--overwrite"):
+        train_model(galaxies(8), out, max_steps=1, val_fraction=0.0, **FAST)
+    assert (out / "weights.safetensors").read_bytes() == before
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(MorphllrError, match="did not write.*notes.txt"):
+        train_model(galaxies(8), out, max_steps=1, val_fraction=0.0, overwrite=True, **FAST)
+    assert (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    train_model(galaxies(8), out, max_steps=1, val_fraction=0.0, overwrite=True, seed=5, **FAST)
+    assert load_model(out).meta["metrics"]["steps"] == 1
+
+
+def test_bad_training_data_fails_before_creating_anything(tmp_path):
+    x = galaxies(8)
+    x[3, 1, 1] = np.nan
+    with pytest.raises(MorphllrError, match=r"image\(s\) 3"):
+        train_model(x, tmp_path / "m", max_steps=1, **FAST)
+    with pytest.raises(MorphllrError, match="integer pixel values"):
+        train_model(galaxies(8), tmp_path / "m", max_steps=1,
+                    **{**FAST, "config": PRESETS["tiny"].with_(head="discretized_logistic_mixture")})
+    assert os.listdir(tmp_path) == []
+
+
+def test_bf16_mixed_channels_last_training_runs(tmp_path):
+    x = galaxies(8)
+    result = train_model(x, tmp_path / "m", max_steps=3, val_fraction=0.25,
+                         **{**FAST, "precision": "bf16-mixed", "augment": "rot,flip"})
+    assert np.isfinite(result.metrics["val_bits_per_dim"])
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["precision"] == "bf16-mixed"
+
+
+def test_lossless_augmentations_keep_integer_pixels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 2, 8, 8), generator=g).float()
+    y = augment_batch(x, ("rot", "flip"), discrete=True, generator=g)
+    assert torch.equal(y, y.round())
+    # each image is a rearrangement of its own pixels
+    assert torch.equal(y.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+    assert not torch.equal(y, x)
+    # non-square images are only turned by 0 or 180 deg
+    rect = torch.arange(2 * 8 * 12, dtype=torch.float32).reshape(2, 1, 8, 12)
+    out = rotate_lossless(rect, torch.tensor([1, 2]))
+    assert torch.equal(out[0], rect[0]) and torch.equal(out[1], rect[1].flip(-1).flip(-2))
+
+
+def test_interpolated_rotation_matches_exact_turns():
+    x = torch.from_numpy(galaxies(3, size=16))[:, None]
+    assert torch.allclose(rotate_continuous(x, torch.zeros(3)), x, atol=1e-5)
+    quarter = rotate_continuous(x, torch.full((3,), 90.0))
+    assert any(torch.allclose(quarter, torch.rot90(x, k, dims=(-2, -1)), atol=1e-4) for k in (1, 3))
+    half = rotate_continuous(x, torch.full((3,), 180.0))
+    assert torch.allclose(half, x.flip(-1).flip(-2), atol=1e-4)
+    # a 45 deg turn of a noiseless round blob keeps its flux and its shape
+    yy, xx = np.mgrid[:16, :16]
+    blob = torch.from_numpy(np.exp(-((yy - 7.5) ** 2 + (xx - 7.5) ** 2) / 8.0).astype(np.float32))[None, None]
+    turned = rotate_continuous(blob, torch.full((1,), 45.0))
+    inside = torch.from_numpy((yy - 7.5) ** 2 + (xx - 7.5) ** 2 < 7.5**2)  # corners hold reflected pixels
+    assert torch.allclose(turned[0, 0][inside], blob[0, 0][inside], atol=0.02)
+    assert torch.allclose(turned[0, 0][inside].sum(), blob[0, 0][inside].sum(), rtol=0.01)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains(tmp_path):
+    np.save(tmp_path / "x.npy", galaxies(16))
+    env = {**os.environ, "MORPHLLR_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "morphllr", "train", str(tmp_path / "x.npy"), "--out", str(tmp_path / "m"),
+           "--preset", "tiny", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--max-steps", "2",
+           "--batch-size", "4", "--precision", "32", "--threads", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(tmp_path / "m")
+    assert model.meta["metrics"]["steps"] == 2
