@@ -84,6 +84,83 @@ def bench_prepare(n: int = 800, size: int = 140, workers: int = 1) -> dict:
 BENCHMARKS = {"segmentation": bench_segmentation, "prepare": bench_prepare}
 
 
+# ---------------------------------------------------------------------- fit-sersic + archetypes
+GAL_SCALE = 0.396  # arcsec/px (SDSS)
+
+
+def _sdss_like_sersics(n: int, rng: np.random.Generator) -> dict:
+    """Sérsic parameters roughly like the SDSS main sample at 0.396"/px (n from 0.5 to 6, r ~ 16.5-19)."""
+    return {"n": np.clip(np.exp(rng.normal(np.log(1.8), 0.55, n)), 0.5, 6.0), "re": rng.uniform(2.0, 10.0, n),
+            "q": rng.uniform(0.3, 1.0, n), "pa": rng.uniform(0, 180, n), "flux": rng.uniform(5e3, 5e4, n)}
+
+
+def bench_fit_sersic(n: int = 64, workers: int = 2, seed: int = 0) -> dict:
+    """Fits/s of the Sérsic fitter on 64x64 GalSim mocks (Moffat 1.4", SDSS noise) and its accuracy.
+
+    Targets: >= 15 fits/s on 2 cores; median |dn| <= 0.2 and median |dRe/Re| <= 5 %.
+    """
+    import galsim
+
+    from morphllr.psf import make_psf
+    from morphllr.sersic_fit import fit_sersic_many, psf_kernel_for
+
+    rng = np.random.default_rng(seed)
+    p = _sdss_like_sersics(n, rng)
+    psf = make_psf(1.4)
+    images = []
+    for i in range(n):
+        gal = galsim.Sersic(p["n"][i], half_light_radius=p["re"][i] * np.sqrt(p["q"][i]) * GAL_SCALE, flux=p["flux"][i])
+        gal = gal.shear(q=p["q"][i], beta=p["pa"][i] * galsim.degrees)
+        img = galsim.Convolve(gal, psf).drawImage(nx=64, ny=64, scale=GAL_SCALE).array.astype(np.float64)
+        images.append(img + rng.normal(0, 5.7, img.shape) + rng.poisson(img.clip(0) * 4.8) / 4.8 - img.clip(0))
+    kernel = psf_kernel_for(psf, GAL_SCALE)
+    fit_sersic_many(np.stack(images[:2]), kernel, sky_sigma=5.7, gain=4.8, workers=1)  # imports, set-up
+    # CPU seconds per fit of one process: what a free core delivers, whatever the machine's load
+    cpu = time.process_time()
+    fit_sersic_many(np.stack(images[:24]), kernel, sky_sigma=5.7, gain=4.8, workers=1)
+    fits_per_cpu_s = 24 / (time.process_time() - cpu)
+    start = time.perf_counter()
+    fits = fit_sersic_many(np.stack(images), kernel, sky_sigma=5.7, gain=4.8, workers=workers)
+    seconds = time.perf_counter() - start
+    got_n, got_re = np.array([f.n for f in fits]), np.array([f.re_pix for f in fits])
+    return {"fits": n, "workers": workers, "seconds": round(seconds, 2), "fits_per_s": round(n / seconds, 1),
+            "target_fits_per_s": 15, "fits_per_cpu_s": round(fits_per_cpu_s, 1), "median_abs_dn": round(float(np.nanmedian(np.abs(got_n - p["n"]))), 3),
+            "median_abs_dre_over_re": round(float(np.nanmedian(np.abs(got_re / p["re"] - 1))), 4),
+            "flag0_fraction": round(float(np.mean([f.flag == 0 for f in fits])), 3),
+            "load_average": os.getloadavg()[0]}
+
+
+def bench_archetypes(n: int = 512, workers: int = 2, size: int = 128, seed: int = 0) -> dict:
+    """Archetypes/s (GalSim Sérsic * Moffat drawn on size x size + matched noise); target >= 200 img/s.
+
+    ``cold`` includes building GalSim's Sérsic tables for every index on the n grid (once per
+    process); ``warm`` is the steady state of a large set.
+    """
+    from morphllr.archetypes import ArchetypeParams, NoiseModel, render_archetypes
+    from morphllr.psf import make_psf
+
+    rng = np.random.default_rng(seed)
+    p = _sdss_like_sersics(n, rng)
+    params = ArchetypeParams(ids=np.arange(n), n=p["n"], re_pix=p["re"], q=p["q"], pa_deg=p["pa"], flux=p["flux"],
+                             n_clipped=np.zeros(n, bool))
+    noise = NoiseModel(sky_sigma=np.full(n, 5.7), gain=np.full(n, 4.8))
+    psf = make_psf(1.4)
+    start = time.perf_counter()
+    render_archetypes(params, (1, size, size), GAL_SCALE, psf, noise, seed=seed, workers=workers)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    render_archetypes(params, (1, size, size), GAL_SCALE, psf, noise, seed=seed, workers=workers)
+    warm = time.perf_counter() - start
+    cpu = time.process_time()
+    render_archetypes(params, (1, size, size), GAL_SCALE, psf, noise, seed=seed, workers=1)
+    per_cpu_s = n / (time.process_time() - cpu)
+    return {"images": n, "size": size, "workers": workers, "images_per_s_cold": round(n / cold, 1),
+            "images_per_s_warm": round(n / warm, 1), "images_per_cpu_s_warm": round(per_cpu_s, 1), "target_images_per_s": 200, "load_average": os.getloadavg()[0]}
+
+
+BENCHMARKS.update({"fit_sersic": bench_fit_sersic, "archetypes": bench_archetypes})
+
+
 def main(names: list[str]) -> None:
     for name in names or list(BENCHMARKS):
         if name not in BENCHMARKS:

@@ -158,3 +158,22 @@ def test_no_psf_anywhere_is_explained(tmp_path):
     _observed_set(tmp_path / "obs.h5", table)
     with pytest.raises(MorphllrError, match="--psf-fwhm"):
         make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5")
+
+
+def test_huge_high_n_profile_is_drawn_without_giant_fft(psf):
+    """R_e of hundreds of pixels at n = 6.2 would need a ~10^4-pixel FFT; the truncated redraw is exact here."""
+    import warnings
+
+    from morphllr.archetypes import SersicProfileCache, draw_archetype_safely
+
+    cache = SersicProfileCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = draw_archetype_safely(cache, 6.2, 300.0, 0.7, 30.0, 1e6, psf, (64, 64), SCALE)
+    assert np.isfinite(big).all() and big.min() > 0
+    # the fallback's truncation is invisible on the cutout for a profile GalSim can draw directly
+    normal = draw_archetype_safely(cache, 4.0, 40.0, 0.7, 30.0, 1e6, psf, (64, 64), SCALE)
+    trunc = galsim.Sersic(cache.grid_n(4.0), half_light_radius=40.0 * np.sqrt(0.7) * SCALE, flux=1e6,
+                          trunc=2 * np.hypot(64, 64) * SCALE, flux_untruncated=True)
+    trunc = galsim.Convolve(trunc.shear(q=0.7, beta=30 * galsim.degrees), psf)
+    assert np.abs(trunc.drawImage(nx=64, ny=64, scale=SCALE).array - normal).max() < 1e-3 * normal.max()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig
+from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded
 from morphllr.reference import ReferencePixelCNN
 
 
@@ -225,3 +225,35 @@ def test_sampling_gives_images_of_the_right_shape():
     draws = net.sample(2, torch.Generator().manual_seed(0))
     assert draws.shape == (2, cfg.in_channels, cfg.height, cfg.width)
     assert torch.isfinite(net.log_prob(draws)).all()
+
+
+# ---------------------------------------------------------------- fused building blocks
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("pad", [(0, 0, 0, 0), (1, 1, 1, 0), (1, 0, 1, 0)])
+def test_fused_concat_elu_matches_elu_pad_and_has_exact_gradient(channels_last, pad):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    expected = torch.nn.functional.pad(torch.nn.functional.elu(torch.cat([x, -x], 1)), pad)
+    assert torch.allclose(concat_elu_padded(x, pad), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: concat_elu_padded(t, pad), (x,))
+    with torch.no_grad():  # the inference branch writes into a preallocated buffer
+        assert torch.allclose(concat_elu_padded(x, pad), expected, atol=1e-12)
+
+
+def test_fused_dropout_keeps_the_right_fraction_and_backpropagates_through_kept_values():
+    torch.manual_seed(3)
+    x = torch.randn(4, 16, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = concat_elu_padded(x, (1, 1, 1, 0), dropout=0.5)
+    inner = out[:, :, 1:, 1:-1]
+    elu = torch.nn.functional.elu(torch.cat([x, -x], 1))
+    keep = inner != 0
+    assert 0.45 < keep.double().mean().item() < 0.55
+    assert torch.allclose(inner[keep], 2.0 * elu[keep])  # kept values scaled by 1 / keep probability
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    elu2 = torch.nn.functional.elu(torch.cat([x2, -x2], 1))
+    (elu2 * keep * 2.0 * weights[:, :, 1:, 1:-1]).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-12)

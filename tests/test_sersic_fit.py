@@ -61,7 +61,8 @@ def test_fit_recovers_galsim_truth(kernel, psf):
         flux = rng.uniform(5e3, 5e4)  # r ~ 16.5-19 mag: the SDSS main-sample range
         offset = tuple(rng.uniform(-1.5, 1.5, 2))
         clean = galsim_image(n, re, q, pa, flux, psf, offset=offset)
-        noisy = clean + rng.normal(0, SKY_SIGMA, clean.shape) + (rng.poisson(clean.clip(0) * GAIN) / GAIN - clean.clip(0))
+        shot = rng.poisson(clean.clip(0) * GAIN) / GAIN - clean.clip(0)
+        noisy = clean + rng.normal(0, SKY_SIGMA, clean.shape) + shot
         truths.append((n, re, q, pa, flux, 31.5 + offset[0], 31.5 + offset[1]))
         fits.append(fit_sersic(noisy, kernel, sky_sigma=SKY_SIGMA, gain=GAIN))
     t = np.array(truths)
@@ -122,3 +123,20 @@ def test_fit_imageset_writes_catalogue(tmp_path, psf):
     # the fit runs on the central 64^2 but reports positions on the 128^2 flux cutout
     assert np.allclose(cat["sersic_x0_pix"], 63.5, atol=0.3)
     assert summary["n_good"] == 3
+
+
+def test_surface_brightness_matches_astropy_sersic2d():
+    """Our (flux, major-axis R_e, n, q, theta) profile = astropy's Sersic2D(amplitude at R_e, r_eff, n, ellip=1-q)."""
+    from astropy.modeling.models import Sersic2D
+    from scipy.special import gammaln
+
+    from morphllr.sersic_fit import sersic_b, sersic_surface_brightness
+
+    n, re, q, theta, flux = 2.5, 6.0, 0.6, np.radians(35.0), 1e4
+    b = sersic_b(n)
+    # I_e of a Sérsic of total flux F: F / (2 pi q Re^2 n e^b b^-2n Gamma(2n))
+    i_e = flux / (2 * np.pi * q * re**2 * n * np.exp(b + gammaln(2 * n) - 2 * n * np.log(b)))
+    yy, xx = np.mgrid[-20:21, -20:21].astype(float)
+    ours = sersic_surface_brightness(xx, yy, flux, re, n, q, theta)
+    theirs = Sersic2D(amplitude=i_e, r_eff=re, n=n, x_0=0, y_0=0, ellip=1 - q, theta=theta)(xx, yy)
+    assert np.allclose(ours, theirs, rtol=1e-6)

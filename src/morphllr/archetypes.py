@@ -26,6 +26,7 @@ computed once.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,11 @@ class ArchetypeParams:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def part(self, start: int, stop: int) -> "ArchetypeParams":
+        """Rows ``start:stop`` (what one worker process receives)."""
+        cut = slice(start, stop)
+        return ArchetypeParams(**{k: None if v is None else v[cut] for k, v in self.__dict__.items()})
 
 
 def _bad_rows(ids, bad: np.ndarray) -> str:
@@ -215,6 +221,34 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
     return img.array.astype(np.float64)
 
 
+def draw_archetype_safely(cache, n, re_pix, q, pa_deg, flux, psf, shape, pixel_scale, x0_pix=None, y0_pix=None):
+    """:func:`draw_archetype` of :func:`sersic_profile`, without GalSim's giant FFTs.
+
+    A high-n profile whose R_e is many cutouts wide would make GalSim ask for a 10^4-pixel
+    FFT (gigabytes) to hold wings that never reach the cutout.  Such profiles are redrawn
+    truncated at twice the cutout's diagonal (same R_e and total flux as the untruncated
+    profile inside it), which is identical on the cutout.
+    """
+    import galsim
+    from galsim.errors import GalSimFFTSizeError, GalSimFFTSizeWarning
+
+    profile = sersic_profile(cache, n, re_pix, q, pa_deg, flux, pixel_scale)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GalSimFFTSizeWarning)
+            return draw_archetype(profile, psf, shape, pixel_scale, x0_pix, y0_pix)
+    except (GalSimFFTSizeWarning, GalSimFFTSizeError):
+        pass
+    ny, nx = shape
+    trunc_arcsec = 2.0 * math.hypot(ny, nx) * pixel_scale
+    hlr_arcsec = float(re_pix) * math.sqrt(float(q)) * float(pixel_scale)
+    truncated = galsim.Sersic(cache.grid_n(float(n)), half_light_radius=hlr_arcsec, flux=float(flux),
+                              trunc=trunc_arcsec, flux_untruncated=True)
+    if q < 1.0:
+        truncated = truncated.shear(q=float(q), beta=float(pa_deg) * galsim.degrees)
+    return draw_archetype(truncated, psf, shape, pixel_scale, x0_pix, y0_pix)
+
+
 def add_matched_noise(image: np.ndarray, sky_sigma: float, gain: float | None, rng: np.random.Generator) -> np.ndarray:
     """Gaussian sky noise plus, when ``gain`` is known, the source's Poisson noise.
 
@@ -273,18 +307,18 @@ CHUNK = 64  # images per work unit; each chunk has its own noise stream (seed, c
 
 
 def _render_chunk(args) -> np.ndarray:
-    params, start, stop, shape, pixel_scale, psfs, noise, seed = args
+    """Render one chunk; ``first`` is its absolute index, which seeds its noise stream."""
+    params, first, shape, pixel_scale, psfs, noise, seed = args
     c, ny, nx = shape
-    rng = np.random.default_rng([int(seed), start // CHUNK])
-    cache = _CACHE
-    out = np.empty((stop - start, c, ny, nx), np.float32)
-    for j, i in enumerate(range(start, stop)):
-        prof = sersic_profile(cache, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
-                              params.flux[i], pixel_scale)
+    rng = np.random.default_rng([int(seed), first // CHUNK])
+    out = np.empty((len(params), c, ny, nx), np.float32)
+    for i in range(len(params)):
         psf = psfs[i] if isinstance(psfs, (list, tuple)) else psfs
         x0 = None if params.x0_pix is None else params.x0_pix[i]
         y0 = None if params.y0_pix is None else params.y0_pix[i]
-        img = np.broadcast_to(draw_archetype(prof, psf, (ny, nx), pixel_scale, x0, y0), (c, ny, nx))
+        clean = draw_archetype_safely(_CACHE, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
+                                      params.flux[i], psf, (ny, nx), pixel_scale, x0, y0)
+        img = np.broadcast_to(clean, (c, ny, nx))
         if noise is not None:
             gain = None if noise.gain is None else float(noise.gain[i])
             if noise.sky_patches is not None:
@@ -292,8 +326,16 @@ def _render_chunk(args) -> np.ndarray:
                 img = add_matched_noise(img, 0.0, gain, rng) if gain and np.isfinite(gain) else img
             else:
                 img = add_matched_noise(img, float(noise.sky_sigma[i]), gain, rng)
-        out[j] = img
+        out[i] = img
     return out
+
+
+def _noise_part(noise: NoiseModel | None, start: int, stop: int) -> NoiseModel | None:
+    if noise is None:
+        return None
+    cut = slice(start, stop)
+    return NoiseModel(sky_sigma=None if noise.sky_sigma is None else noise.sky_sigma[cut],
+                      gain=None if noise.gain is None else noise.gain[cut], sky_patches=noise.sky_patches)
 
 
 #: profiles shared by every render in this process (and inherited by forked workers)
@@ -301,7 +343,8 @@ _CACHE = SersicProfileCache()
 
 
 def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixel_scale: float, psfs,
-                      noise: NoiseModel | None, seed: int = 0, workers: int = 1, progress=None) -> np.ndarray:
+                      noise: NoiseModel | None, seed: int = 0, workers: int = 1, progress=None,
+                      start: int = 0, stop: int | None = None) -> np.ndarray:
     """Render the archetypes of a set (noise-free when ``noise`` is None).
 
     The result does not depend on ``workers``: every chunk of :data:`CHUNK` images draws
@@ -316,15 +359,22 @@ def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixe
         seed: random seed (noise and sky-patch choice).
         workers: processes (the images are independent).
         progress: optional callable(n_done) after each chunk.
+        start, stop: render only rows ``start:stop`` (``start`` a multiple of :data:`CHUNK`
+            keeps the noise identical to a full render).
 
     Returns:
-        float32 ``(N, C, ny, nx)`` flux cutouts.
+        float32 ``(stop - start, C, ny, nx)`` flux cutouts.
     """
-    n = len(params)
+    stop = len(params) if stop is None else int(stop)
     shape = tuple(int(v) for v in shape)
-    _CACHE.warm(params.n)  # once, here; forked workers inherit the tables
-    jobs = [(params, a, min(a + CHUNK, n), shape, pixel_scale, psfs, noise, seed) for a in range(0, n, CHUNK)]
-    out = np.empty((n,) + shape, np.float32)
+    _CACHE.warm(params.n[start:stop])  # once, here; forked workers inherit the tables
+    per_galaxy_psf = isinstance(psfs, (list, tuple))
+    jobs = []
+    for a in range(start, stop, CHUNK):
+        b = min(a + CHUNK, stop)
+        jobs.append((params.part(a, b), a, shape, pixel_scale, list(psfs[a:b]) if per_galaxy_psf else psfs,
+                     _noise_part(noise, a, b), seed))
+    out = np.empty((stop - start,) + shape, np.float32)
     done = 0
     if workers <= 1 or len(jobs) <= 1:
         results = map(_render_chunk, jobs)
@@ -338,7 +388,7 @@ def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixe
         results = pool.map(_render_chunk, jobs)
     try:
         for job, part in zip(jobs, results):
-            out[job[1]:job[2]] = part
+            out[job[1] - start: job[1] - start + len(part)] = part
             done += len(part)
             if progress:
                 progress(done)
@@ -490,8 +540,8 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
             raise MorphllrError(f"--sky-patches {sky_patches_path}: sky cutouts are {hp}x{wp} pixels, smaller than the "
                                 f"{hf}x{wf} flux cutouts; cut larger empty-sky patches")
         if noise.sky_patches.shape[1] != s.flux.shape[1]:
-            raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but the set "
-                                f"has {s.flux.shape[1]}; use sky cutouts of the same bands")
+            raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but "
+                                f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
     else:
         sigma = _first_column(kept, ("sky_sigma",))
         if sigma is None or not np.all(np.isfinite(sigma) & (sigma >= 0)):
@@ -499,13 +549,39 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
                                 "segmentation (it measures sky_sigma) or pass --sky-patches FILE")
         noise.sky_sigma = sigma
     noise.gain = _first_column(kept, ("gain",))
-    flux = render_archetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
+    flux = _LazyArchetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
     table = _archetype_table(kept, params, psf_fwhm, noise)
-    write_flux_set(out, flux, table, prep, overwrite=overwrite,
+    write_flux_set(out, flux, table, prep, overwrite=overwrite, batch_size=_LazyArchetypes.BATCH,
                    attrs={"archetypes_of": str(set_path), "archetype_seed": int(seed)})
     return {"n": len(params), "n_dropped": int((~keep).sum()), "n_clipped": int(params.n_clipped.sum()),
             "noise": "sky patches" if sky_patches_path else "gaussian" + ("+poisson" if noise.gain is not None else ""),
             "out": str(out)}
+
+
+class _LazyArchetypes:
+    """Array-like over the archetypes, rendered batch by batch as the writer asks for them.
+
+    Keeps memory flat for large sets (40,000 128^2 cutouts would be 2.6 GB at once).
+    """
+
+    BATCH = 16 * CHUNK  # a multiple of CHUNK, so the noise equals a full render's
+
+    def __init__(self, params, shape, pixel_scale, psfs, noise, seed, workers, progress):
+        self.params, self.item_shape, self.pixel_scale = params, tuple(shape), pixel_scale
+        self.psfs, self.noise, self.seed, self.workers, self.progress = psfs, noise, seed, workers, progress
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.params),) + self.item_shape
+
+    def __getitem__(self, cut: slice) -> np.ndarray:
+        start, stop, _ = cut.indices(len(self.params))
+        report = (lambda k: self.progress(start + k)) if self.progress else None
+        return render_archetypes(self.params, self.item_shape, self.pixel_scale, self.psfs, self.noise, self.seed,
+                                 self.workers, report, start=start, stop=stop)
 
 
 def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel):

@@ -131,46 +131,96 @@ def concat_elu(x: torch.Tensor) -> torch.Tensor:
     return concat_elu_padded(x, (0, 0, 0, 0))
 
 
-def concat_elu_padded(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    """``F.pad(elu(cat([x, -x])), pad)`` in one pass, so a shifted conv can run unpadded.
-
-    Uses ``elu(x) = max(x, m)`` and ``elu(-x) = max(-x, m)`` with ``m = exp(-|x|) - 1`` (one
-    exp for both halves; ``e^t >= 1 + t`` makes the max pick the right branch).  Without
-    autograd both halves are written straight into a zero-bordered channels-last buffer;
-    with autograd the same formula runs as ordinary differentiable ops.
+def concat_elu_padded(x: torch.Tensor, pad: tuple[int, int, int, int], dropout: float = 0.0) -> torch.Tensor:
+    """``F.pad(dropout(elu(cat([x, -x]))), pad)`` as one op, so a shifted conv can run unpadded.
 
     Args:
         x: ``(N, F, H, W)`` activations.
         pad: zero padding ``(left, right, top, bottom)``.
+        dropout: drop probability (0 in eval); kept values are scaled by ``1 / keep``.
 
     Returns:
         ``(N, 2F, H + top + bottom, W + left + right)``, channels-last when x is.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        m = torch.exp(-x.abs()) - 1.0
-        out = torch.cat([torch.maximum(x, m), torch.maximum(-x, m)], dim=1)
-        return F.pad(out, pad) if any(pad) else out
-    m = torch.exp(-x.abs()).sub_(1.0)
-    n, c, h, w = x.shape
-    left, right, top, bottom = pad
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if channels_last:
-        buf = x.new_empty(n, h + top + bottom, w + left + right, 2 * c).permute(0, 3, 1, 2)
-    else:
-        buf = x.new_empty(n, 2 * c, h + top + bottom, w + left + right)
-    if any(pad):  # only the border needs zeros: the interior is overwritten below
-        if top:
+    return _ConcatEluPad.apply(x, pad, dropout)
+
+
+def _empty_like_layout(x: torch.Tensor, channels: int, height: int, width: int, dtype=None) -> torch.Tensor:
+    """Uninitialised (N, channels, height, width) tensor in x's memory format."""
+    n = x.shape[0]
+    dtype = dtype or x.dtype
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.empty(n, height, width, channels, dtype=dtype, device=x.device).permute(0, 3, 1, 2)
+    return torch.empty(n, channels, height, width, dtype=dtype, device=x.device)
+
+
+def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
+    """Random boolean keep-mask shaped like ``like``, from 8 random bits per element.
+
+    ``torch.bernoulli`` draws one float per element and costs more than the convolutions
+    it sits between; one random byte per element (drop probability rounded to 1/256)
+    is ~10x cheaper.
+
+    Returns:
+        (mask, exact keep probability).
+    """
+    threshold = int(round(drop * 256))
+    words = (like.numel() + 7) // 8
+    bits = torch.randint(-(2**63), 2**63 - 1, (words,), dtype=torch.int64, device=like.device)
+    n, c, h, w = like.shape
+    mask = _empty_like_layout(like, c, h, w, dtype=torch.bool)
+    raw = bits.view(torch.uint8)[: like.numel()]
+    # Fill in memory order, so the mask shares the layout of ``like``.
+    torch.ge(raw.view(n, h, w, c).permute(0, 3, 1, 2) if mask.stride(1) == 1 else raw.view(n, c, h, w), threshold, out=mask)
+    return mask, 1.0 - threshold / 256.0
+
+
+class _ConcatEluPad(torch.autograd.Function):
+    """Fused concat-ELU + dropout + zero padding with a hand-written backward.
+
+    Forward uses ``elu(x) = max(x, m)`` and ``elu(-x) = max(-x, m)`` with ``m = exp(-|x|) - 1``
+    (one exp for both halves; ``e^t >= 1 + t`` makes the max pick the right branch) and writes
+    straight into the interior of a zero-bordered buffer.  Backward needs only that buffer
+    (which the following convolution keeps anyway): ``elu'(t) = 1 + min(elu(t), 0)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, pad, dropout):
+        n, c, h, w = x.shape
+        left, right, top, bottom = pad
+        buf = _empty_like_layout(x, 2 * c, h + top + bottom, w + left + right)
+        if top:  # only the border needs zeros: the interior is overwritten below
             buf[:, :, :top].zero_()
         if bottom:
-            buf[:, :, h + top :].zero_()
+            buf[:, :, top + h :].zero_()
         if left:
             buf[:, :, :, :left].zero_()
         if right:
-            buf[:, :, :, w + left :].zero_()
-    inner = buf[:, :, top : top + h, left : left + w]
-    torch.maximum(x, m, out=inner[:, :c])
-    torch.maximum(torch.neg(x), m, out=inner[:, c:])
-    return buf
+            buf[:, :, :, left + w :].zero_()
+        inner = buf[:, :, top : top + h, left : left + w]
+        m = torch.exp(-x.abs()).sub_(1.0)
+        torch.maximum(x, m, out=inner[:, :c])
+        torch.maximum(torch.neg(x), m, out=inner[:, c:])
+        keep, keep_prob = None, 1.0
+        if dropout > 0:
+            keep, keep_prob = _keep_mask(inner, dropout)
+            inner.mul_(keep).mul_(1.0 / keep_prob)
+        ctx.geometry = (c, h, w, top, left, keep_prob)
+        ctx.save_for_backward(buf, keep)
+        return buf
+
+    @staticmethod
+    def backward(ctx, grad_buf):
+        buf, keep = ctx.saved_tensors
+        c, h, w, top, left, keep_prob = ctx.geometry
+        grad = grad_buf[:, :, top : top + h, left : left + w]
+        elu = buf[:, :, top : top + h, left : left + w]
+        if keep is not None:
+            grad = grad * keep * (1.0 / keep_prob)
+            elu = elu * keep_prob  # undo the scaling; dropped entries are 0 and get 0 gradient
+        slope = elu.clamp(max=0.0).add_(1.0)  # elu'(x) and elu'(-x)
+        slope.mul_(grad)
+        return slope[:, :c] - slope[:, c:], None, None
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -200,18 +250,32 @@ class ShiftedConv(nn.Conv2d):
 
 
 class ShiftedDeconv(nn.ConvTranspose2d):
-    """Stride-2 transposed convolution cropped so that it stays causal."""
+    """Stride-2 transposed convolution cropped so that it stays causal.
+
+    Computed as one 1x1 convolution to ``kh * kw * C_out`` channels followed by a
+    sub-pixel rearrangement (each input pixel feeds a 2 x kw output patch; for kw = 3
+    neighbouring patches overlap by one column, which is added).  Same numbers as
+    ``ConvTranspose2d`` + crop, but oneDNN's bf16 channels-last transposed convolution
+    is ~20x slower than this.
+    """
 
     def __init__(self, c_in: int, c_out: int, kind: str):
         super().__init__(c_in, c_out, _KERNELS[kind], stride=2, output_padding=1)
         self.kind = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = 2 * x.shape[2], 2 * x.shape[3]
-        y = super().forward(x)
+        n, _, h, w = x.shape
+        c_in, c_out, kh, kw = self.weight.shape
+        # weight[c, o, a, b] -> 1x1 conv producing channel (a * kw + b) * c_out + o
+        w1 = self.weight.permute(2, 3, 1, 0).reshape(kh * kw * c_out, c_in, 1, 1)
+        taps = F.conv2d(x, w1).permute(0, 2, 3, 1).reshape(n, h, w, kh, kw, c_out)
         if self.kind == "down":
-            return y[:, :, :h, 1 : w + 1]
-        return y[:, :, :h, :w]
+            # cropped column 2j <- tap b=1 at j;  column 2j+1 <- tap b=2 at j + tap b=0 at j+1
+            even = taps[:, :, :, :, 1]
+            odd = taps[:, :, :, :, 2] + F.pad(taps[:, :, 1:, :, 0], (0, 0, 0, 0, 0, 1))
+            taps = torch.stack([even, odd], dim=4)  # (n, h, w, a, 2, c_out)
+        out = taps.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out) + self.bias
+        return out.permute(0, 3, 1, 2)
 
 
 class GatedResnet(nn.Module):
@@ -238,13 +302,9 @@ class GatedResnet(nn.Module):
         pad = self.conv_in.pad
         h = F.conv2d(concat_elu_padded(x, pad), self.conv_in.weight, self.conv_in.bias)
         if aux is not None:
-            h = h + F.conv2d(concat_elu_padded(aux, (0, 0, 0, 0)), self.aux.weight, self.aux.bias)
-        if self.training and self.dropout > 0:
-            h = F.dropout(concat_elu(h), self.dropout, training=True)
-            h = F.pad(h, pad)
-        else:
-            h = concat_elu_padded(h, pad)
-        gated = F.glu(F.conv2d(h, self.conv_out.weight, self.conv_out.bias), dim=1)
+            h = h + F.conv2d(concat_elu(aux), self.aux.weight, self.aux.bias)
+        drop = self.dropout if self.training else 0.0
+        gated = F.glu(F.conv2d(concat_elu_padded(h, pad, drop), self.conv_out.weight, self.conv_out.bias), dim=1)
         if torch.is_grad_enabled():
             return x + gated
         return gated.add_(x)  # x stays untouched: it is also a skip connection

@@ -328,8 +328,9 @@ class Preprocessing:
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Raw image -> sky-subtracted linear flux at ``pixel_scale``, before cutting.
 
-        Frames much larger than the cutout are trimmed to twice the cutout around their
-        centre (a galaxy is expected near the centre; this bounds the segmentation cost).
+        Frames much larger than the cutout are trimmed around their centre to twice the
+        cutout (``center``: the galaxy may sit off-centre) or to the cutout itself; this
+        bounds the segmentation cost.
 
         Args:
             image: raw (C, H, W) or (H, W) pixels.
@@ -360,9 +361,11 @@ class Preprocessing:
             flux = resample_to_scale(flux, input_pixel_scale, self.pixel_scale)
         if self.pad and self.cutout is not None and min(flux.shape[1:]) < self.cutout:
             flux = pad_to(flux, self.cutout)
-        if self.cutout is not None and max(flux.shape[1:]) > 2 * self.cutout:
+        # without centring only the central cutout matters; with it, allow the galaxy to be off-centre
+        limit = None if self.cutout is None else (2 * self.cutout if self.center else self.cutout)
+        if limit is not None and max(flux.shape[1:]) > limit:
             h, w = flux.shape[1:]
-            flux = cutout_at(flux, (w - 1) / 2, (h - 1) / 2, min(2 * self.cutout, h, w), source)
+            flux = cutout_at(flux, (w - 1) / 2, (h - 1) / 2, min(limit, h, w), source)
         info = {"n_nonfinite": n_bad, "sky": float(sky.mean())}
         return np.ascontiguousarray(flux, dtype=np.float32), info
 

@@ -12,7 +12,7 @@ from . import app
 
 FIT_HELP = """Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
 
-Each flux cutout (central --fit-size pixels; default = the part the model sees) is fitted with an elliptical Sérsic convolved with the PSF and integrated over the pixels (3x3 sub-pixels, finer at the centre), with companions (segmentation label > 1) masked and the sky noise from the catalogue's sky_sigma as weights (plus Poisson noise when a `gain` column exists).  Astropy Levenberg-Marquardt; initial guesses from image moments; one process per core.
+Each flux cutout (central --fit-size pixels; default = the part the model sees) is fitted with an elliptical Sérsic convolved with the PSF and integrated over the pixels (3x3 sub-pixels with a sub-pixel PSF convolution in the central 11x11 pixels, finer still at the cusp; 2x2 sub-pixels further out), with companions (segmentation label > 1) masked and the sky noise from the catalogue's sky_sigma as weights (plus Poisson noise when a `gain` column exists).  Astropy Levenberg-Marquardt; initial guesses from image moments; one process per core.
 
 Columns written: sersic_n, sersic_re_pix (half-light radius along the MAJOR axis, pixels of the flux cutout), sersic_q (b/a), sersic_pa_deg (major axis, degrees counter-clockwise from the +x/column axis; GalSim's beta), sersic_flux (total flux, flux units of the set), sersic_x0_pix, sersic_y0_pix (centre, 0-based pixels of the flux cutout), sersic_chi2nu, sersic_flag (bit mask, 0 = good: 1 n at the search bound 0.2 or 8; 2 R_e or q at a bound, e.g. unresolved; 4 not converged; 8 no fit, parameters NaN).
 

@@ -1,0 +1,49 @@
+"""Train the two shipped demo models (``make models``).
+
+Generates the synthetic universe's observed-train set (seed 0) and the Sérsic
+archetypes of its galaxies, trains p_obs and p_arch on them with ``morphllr train``
+(fixed recipe: :data:`morphllr.demo.TRAIN_RECIPE`) and installs the results into
+``src/morphllr/pretrained/{obs,arch}/`` (weights.safetensors + model.json only).
+
+Usage::
+
+    .venv/bin/python scripts/make_models.py [--work build/make_models] [--dest src/morphllr/pretrained]
+
+The training sets in ``WORK/universe`` are reused when present (they are deterministic
+for a given seed); delete the folder to regenerate them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, train both models and install them."""
+    from morphllr.demo import TRAIN_RECIPE, install_models, pretrained_dir, train_models
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("build/make_models"),
+                        help="working folder for the training sets, runs and logs")
+    parser.add_argument("--dest", type=Path, default=pretrained_dir(), help="where the models are installed")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the Sérsic fits")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    print(f"recipe: {TRAIN_RECIPE}")
+    obs_dir, arch_dir = train_models(args.work, TRAIN_RECIPE, workers=args.workers,
+                                     say=lambda message: print(message, flush=True))
+    dest = install_models(obs_dir, arch_dir, args.dest)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"installed p_obs and p_arch into {dest} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    from morphllr.errors import MorphllrError
+
+    try:
+        main()
+    except MorphllrError as exc:
+        raise SystemExit(f"error: {exc}") from None
