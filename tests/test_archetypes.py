@@ -177,3 +177,35 @@ def test_huge_high_n_profile_is_drawn_without_giant_fft(psf):
                           trunc=2 * np.hypot(64, 64) * SCALE, flux_untruncated=True)
     trunc = galsim.Convolve(trunc.shear(q=0.7, beta=30 * galsim.degrees), psf)
     assert np.abs(trunc.drawImage(nx=64, ny=64, scale=SCALE).array - normal).max() < 1e-3 * normal.max()
+
+
+def test_multiband_archetype_follows_each_bands_flux(tmp_path):
+    """Two bands: the archetype in band 1 is the fitted profile scaled to band 1's flux."""
+    from morphllr.imageset import ImageSet, write_flux_set
+    from morphllr.preprocess import Preprocessing
+
+    prep = Preprocessing.preset("zanisi21").replace(cutout=64, crop=32)
+    p = params([1.0] * 3, [4.0] * 3, [0.7] * 3, [20.0] * 3, [2e5] * 3)
+    clean = render_archetypes(p, (1, 64, 64), SCALE, make_psf(1.4), None)
+    flux = np.concatenate([clean, 0.5 * clean], axis=1)  # band 1 is half as bright
+    write_flux_set(tmp_path / "obs.h5", flux, catalog(sersic_flux=[2e5] * 3), prep, segmentation=None)
+    make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5", seed=0)
+    arch = ImageSet.open(tmp_path / "arch.h5").flux[:]
+    assert arch.shape == (3, 2, 64, 64)
+    ratio = arch[:, 1].sum(axis=(1, 2)) / arch[:, 0].sum(axis=(1, 2))
+    assert np.allclose(ratio, 0.5, atol=0.01)  # sky noise in the sums is ~0.4 %
+
+
+def test_psf_image_equals_the_profile_it_samples(tmp_path):
+    from astropy.io import fits
+
+    from morphllr.imageset import ImageSet
+    from morphllr.psf import psf_image
+
+    _observed_set(tmp_path / "obs.h5", catalog())
+    fits.PrimaryHDU(psf_image(make_psf(1.4, "gaussian"), SCALE, size=31, pixel_integrated=False)).writeto(
+        tmp_path / "psf.fits")
+    make_archetype_set(tmp_path / "obs.h5", tmp_path / "a.h5", psf_fwhm=1.4, psf_kind="gaussian", seed=4)
+    make_archetype_set(tmp_path / "obs.h5", tmp_path / "b.h5", psf_image_path=tmp_path / "psf.fits", seed=4)
+    a, b = ImageSet.open(tmp_path / "a.h5").flux[:], ImageSet.open(tmp_path / "b.h5").flux[:]
+    assert np.abs(a - b).max() < 0.01 * a.max()

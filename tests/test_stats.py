@@ -144,3 +144,13 @@ def test_cell_index_marks_missing_properties():
     cells = stats.cell_index({"a": np.array([0.0, 9.0, np.nan]), "b": np.array([9.0, 0.0, 1.0])}, edges)
     assert cells[2] == -1
     assert cells[0] != cells[1] and min(cells[:2]) >= 0
+
+
+def test_large_sample_bootstrap_matches_resampling():
+    """The Gaussian shortcut above LARGE_SAMPLE gives the same spread as true resampling."""
+    rng = np.random.default_rng(12)
+    x = rng.exponential(2.0, stats.LARGE_SAMPLE + 1)
+    fast = stats.bootstrap_means(x, n_boot=2000, rng=1)
+    slow = stats.bootstrap_means(x[: stats.LARGE_SAMPLE], n_boot=300, rng=1)  # exact resampling path
+    assert fast.mean() == pytest.approx(x.mean(), abs=0.1 * x.std() / np.sqrt(x.size))
+    assert fast.std() == pytest.approx(slow.std(), rel=0.15)

@@ -64,6 +64,7 @@ class ArchetypeParams:
     x0_pix: np.ndarray | None = None
     y0_pix: np.ndarray | None = None
     n_clipped: np.ndarray = field(default=None)
+    band_scale: np.ndarray | None = None  # (N, C) flux of each band relative to the fitted one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -318,7 +319,10 @@ def _render_chunk(args) -> np.ndarray:
         y0 = None if params.y0_pix is None else params.y0_pix[i]
         clean = draw_archetype_safely(_CACHE, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
                                       params.flux[i], psf, (ny, nx), pixel_scale, x0, y0)
-        img = np.broadcast_to(clean, (c, ny, nx))
+        if params.band_scale is None:
+            img = np.broadcast_to(clean, (c, ny, nx))
+        else:
+            img = clean[None] * params.band_scale[i][:, None, None]
         if noise is not None:
             gain = None if noise.gain is None else float(noise.gain[i])
             if noise.sky_patches is not None:
@@ -531,6 +535,9 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     kept = catalog[keep]
     psf_image = _load_psf_image(psf_image_path) if psf_image_path else None
     psfs = psfs_for_catalog(kept, psf_fwhm, psf_kind, psf_image, pixel_scale, where)
+    if s.flux.shape[1] > 1:
+        fitted_channel = int((catalog.meta.get("sersic_fit") or {}).get("channel", 0))
+        params.band_scale = band_flux_ratios(s, np.flatnonzero(keep), fitted_channel)
     noise = NoiseModel()
     if sky_patches_path:
         noise.sky_patches = load_sky_patches(sky_patches_path)
@@ -556,6 +563,33 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     return {"n": len(params), "n_dropped": int((~keep).sum()), "n_clipped": int(params.n_clipped.sum()),
             "noise": "sky patches" if sky_patches_path else "gaussian" + ("+poisson" if noise.gain is not None else ""),
             "out": str(out)}
+
+
+def band_flux_ratios(imageset, rows: np.ndarray, reference: int) -> np.ndarray:
+    """Flux of each band over that of the fitted band, in the central source's pixels.
+
+    A multi-band archetype is the fitted single-band profile scaled to each band's flux
+    (same shape in every band: the archetype carries no colour gradients).
+
+    Args:
+        imageset: the observed ImageSet.
+        rows: indices of the galaxies.
+        reference: the band the Sérsic fit used.
+
+    Returns:
+        float64 (len(rows), C) ratios (1 where the reference band has no positive flux).
+    """
+    out = np.ones((len(rows), imageset.flux.shape[1]))
+    for a in range(0, len(rows), 1024):
+        idx = rows[a:a + 1024]
+        flux = np.asarray(imageset.flux[idx.min():idx.max() + 1])[idx - idx.min()]
+        if imageset.segmap is not None:
+            seg = np.asarray(imageset.segmap[idx.min():idx.max() + 1])[idx - idx.min()]
+            flux = flux * (seg == 1)[:, None]
+        sums = np.clip(flux, 0, None).sum(axis=(2, 3))
+        ref = sums[:, reference:reference + 1]
+        out[a:a + len(idx)] = np.where(ref > 0, sums / np.where(ref > 0, ref, 1.0), 1.0)
+    return out
 
 
 class _LazyArchetypes:

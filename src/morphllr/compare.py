@@ -623,6 +623,18 @@ def _write_summary_csv(summary: dict, path: Path) -> None:
             writer.writerow([name, *["" if e.get(k) is None else e.get(k) for k in keys]])
 
 
+def _write_panels_csv(summary: dict, path: Path) -> None:
+    """One row per set and stellar-mass panel (only when the catalogues have masses)."""
+    keys = ["n", "mean_llr", "median_llr", "std_llr", "delta_llr", "delta_llr_err", "auroc_vs_reference",
+            "ks_vs_reference"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["set", "log_mstar_panel", *keys, "ci95_lo", "ci95_hi"])
+        for name, panels in summary["mass_panels"].items():
+            for label, e in panels.items():
+                writer.writerow([name, label, *[e.get(k) for k in keys], *e["ci95"]])
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -782,6 +794,8 @@ def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:
     with open(folder / "summary.json", "w") as fh:
         json.dump(_jsonable(result.summary), fh, indent=2)
     _write_summary_csv(result.summary, folder / "summary.csv")
+    if result.summary["mass_panels"]:
+        _write_panels_csv(result.summary, folder / "mass_panels.csv")
     _make_readable(folder)
 
 

@@ -124,6 +124,7 @@ PRESETS: dict[str, PixelCNNConfig] = {
 # ---------------------------------------------------------------------------------------------
 _PADS = {"down": (1, 1, 1, 0), "downright": (1, 0, 1, 0)}
 _KERNELS = {"down": (2, 3), "downright": (2, 2)}
+_DOWN, _DOWNRIGHT, _NO_PAD = _PADS["down"], _PADS["downright"], (0, 0, 0, 0)
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -198,9 +199,10 @@ class _ConcatEluPad(torch.autograd.Function):
         if right:
             buf[:, :, :, left + w :].zero_()
         inner = buf[:, :, top : top + h, left : left + w]
-        m = torch.exp(-x.abs()).sub_(1.0)
+        m = torch.abs(x).neg_().exp_().sub_(1.0)
         torch.maximum(x, m, out=inner[:, :c])
-        torch.maximum(torch.neg(x), m, out=inner[:, c:])
+        negative = torch.neg(x, out=inner[:, c:])
+        torch.maximum(negative, m, out=negative)
         keep, keep_prob = None, 1.0
         if dropout > 0:
             keep, keep_prob = _keep_mask(inner, dropout)
@@ -299,15 +301,41 @@ class GatedResnet(nn.Module):
             self.conv_out.bias.zero_()
 
     def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        pad = self.conv_in.pad
-        h = F.conv2d(concat_elu_padded(x, pad), self.conv_in.weight, self.conv_in.bias)
-        if aux is not None:
-            h = h + F.conv2d(concat_elu(aux), self.aux.weight, self.aux.bias)
+        """Apply the block to ``x`` (and the auxiliary input ``aux``, if the block has one)."""
+        aux_elus = [(concat_elu(aux), _NO_PAD)] if aux is not None else []
+        return self.run(x, concat_elu_padded(x, self.conv_in.pad), aux_elus)
+
+    def run(self, x: torch.Tensor, x_elu: torch.Tensor, aux_elus: list) -> torch.Tensor:
+        """:meth:`forward` with the concat-ELUs already computed (the network shares them).
+
+        Args:
+            x: ``(N, F, H, W)`` block input.
+            x_elu: ``concat_elu_padded(x, self.conv_in.pad)``.
+            aux_elus: for ``aux = cat([a_1, ..., a_k])``, the list of ``(concat_elu_padded(a_i, pad_i),
+                pad_i)``; the 1x1 convolution runs on each padded buffer and the border is cropped.
+
+        Returns:
+            ``(N, F, H, W)`` block output.
+        """
+        h = F.conv2d(x_elu, self.conv_in.weight, self.conv_in.bias)
+        if aux_elus:
+            h = self._add_aux(h, aux_elus)
         drop = self.dropout if self.training else 0.0
-        gated = F.glu(F.conv2d(concat_elu_padded(h, pad, drop), self.conv_out.weight, self.conv_out.bias), dim=1)
+        gated = F.glu(F.conv2d(concat_elu_padded(h, self.conv_in.pad, drop), self.conv_out.weight, self.conv_out.bias), dim=1)
         if torch.is_grad_enabled():
             return x + gated
         return gated.add_(x)  # x stays untouched: it is also a skip connection
+
+    def _add_aux(self, h: torch.Tensor, aux_elus: list) -> torch.Tensor:
+        f, height, width = h.shape[1], h.shape[2], h.shape[3]
+        parts = len(aux_elus)
+        weight = self.aux.weight  # input channels: [elu(a_1) .. elu(a_k), elu(-a_1) .. elu(-a_k)]
+        for i, (buf, (left, _, top, _)) in enumerate(aux_elus):
+            w_i = torch.cat([weight[:, i * f : (i + 1) * f], weight[:, (parts + i) * f : (parts + i + 1) * f]], dim=1)
+            y = F.conv2d(buf, w_i, self.aux.bias if i == 0 else None)
+            y = y[:, :, top : top + height, left : left + width]
+            h = h + y if torch.is_grad_enabled() else h.add_(y)
+        return h
 
 
 class _Stage(nn.Module):
@@ -373,25 +401,33 @@ class PixelCNN(nn.Module):
 
     # ------------------------------------------------------------------ network
     def _network(self, x_net: torch.Tensor) -> torch.Tensor:
+        # Every stream tensor travels with its concat-ELU, zero-padded for its own stream's
+        # shifted conv, so that each is computed once although up to three blocks read it.
+        def with_elu(t, pad):
+            return t, concat_elu_padded(t, pad)
+
         ones = torch.ones_like(x_net[:, :1])
         x = torch.cat([x_net, ones], dim=1)
-        u_list = [down_shift(self.u_init(x))]
-        ul_list = [down_shift(self.ul_init_down(x)) + right_shift(self.ul_init_right(x))]
+        u_list = [with_elu(down_shift(self.u_init(x)), _DOWN)]
+        ul_list = [with_elu(down_shift(self.ul_init_down(x)) + right_shift(self.ul_init_right(x)), _DOWNRIGHT)]
         for level, stage in enumerate(self.up):
             for u_block, ul_block in zip(stage.u_blocks, stage.ul_blocks):
-                u_list.append(u_block(u_list[-1]))
-                ul_list.append(ul_block(ul_list[-1], u_list[-1]))
+                u_list.append(with_elu(u_block.run(*u_list[-1], []), _DOWN))
+                ul_list.append(with_elu(ul_block.run(*ul_list[-1], [(u_list[-1][1], _DOWN)]), _DOWNRIGHT))
             if level < 2:
-                u_list.append(self.downsample_u[level](u_list[-1]))
-                ul_list.append(self.downsample_ul[level](ul_list[-1]))
-        u, ul = u_list.pop(), ul_list.pop()
+                u_list.append(with_elu(self.downsample_u[level](u_list[-1][0]), _DOWN))
+                ul_list.append(with_elu(self.downsample_ul[level](ul_list[-1][0]), _DOWNRIGHT))
+        (u, u_elu), (ul, ul_elu) = u_list.pop(), ul_list.pop()
         for level, stage in enumerate(self.down):
             if level > 0:
-                u = self.upsample_u[level - 1](u)
-                ul = self.upsample_ul[level - 1](ul)
+                u, u_elu = with_elu(self.upsample_u[level - 1](u), _DOWN)
+                ul, ul_elu = self.upsample_ul[level - 1](ul), None
             for u_block, ul_block in zip(stage.u_blocks, stage.ul_blocks):
-                u = u_block(u, u_list.pop())
-                ul = ul_block(ul, torch.cat([u, ul_list.pop()], dim=1))
+                u, u_elu = with_elu(u_block.run(u, u_elu, [(u_list.pop()[1], _DOWN)]), _DOWN)
+                if ul_elu is None:
+                    ul_elu = concat_elu_padded(ul, _DOWNRIGHT)
+                ul = ul_block.run(ul, ul_elu, [(u_elu, _DOWN), (ul_list.pop()[1], _DOWNRIGHT)])
+                ul_elu = None
         return self.out(F.elu(ul))
 
     def forward(self, x) -> torch.Tensor:

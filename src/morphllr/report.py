@@ -423,7 +423,8 @@ def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: 
                      + "</ul>")
     parts.append(_HOW_TO_READ)
     parts.append("<p>Files: <code>scores.csv</code> / <code>scores.parquet</code> (one row per image), "
-                 "<code>summary.json</code>, <code>summary.csv</code>, <code>figures/</code>.</p></body></html>")
+                 "<code>summary.json</code>, <code>summary.csv</code>, <code>mass_panels.csv</code> (when masses are known), "
+                 "<code>figures/</code>.</p></body></html>")
     return "\n".join(parts)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,7 @@ CENTRE_REFINE = 8  # samples per sub-pixel side there (even: never exactly on an
 N_BOUNDS = (0.2, 8.0)
 Q_BOUNDS = (0.05, 1.0)
 RE_MIN_PIX = 0.3
+RETRY_N = (1.0, 4.0)  # restarts when a fit ends at the n bound or does not converge
 
 FLAG_N_AT_BOUND = 1
 FLAG_SHAPE_AT_BOUND = 2
@@ -371,8 +372,6 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
     Returns:
         :class:`SersicFit`.
     """
-    from astropy.modeling.fitting import LevMarLSQFitter
-
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise MorphllrError(f"fit_sersic: expected a 2-D image, got shape {image.shape}")
@@ -400,6 +399,22 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
     weights = weight_mask / np.sqrt(variance)
 
     renderer = _renderer_for(image.shape, psf_kernel)
+    best = _levmar(image, weights, renderer, guess, maxiter)
+    if best is None or best.flag & (FLAG_N_AT_BOUND | FLAG_NOT_CONVERGED):
+        # a bad start (e.g. the moments of a compact, noisy source) can send n to a bound;
+        # restart from a disc and from a bulge and keep the best chi^2
+        for n_start in RETRY_N:
+            other = _levmar(image, weights, renderer, replace(guess, n=n_start), maxiter)
+            if other is not None and (best is None or other.chi2nu < best.chi2nu):
+                best = other
+    return best if best is not None else SersicFit.failed()
+
+
+def _levmar(image: np.ndarray, weights: np.ndarray, renderer: ConvolvedSersicRenderer, guess: _Guess,
+            maxiter: int) -> SersicFit | None:
+    """One Levenberg-Marquardt run from ``guess``; None if the optimiser broke down."""
+    from astropy.modeling.fitting import LevMarLSQFitter
+
     ny, nx = image.shape
     eta1, eta2 = shape_to_eta(guess.q, guess.theta)
     model = _astropy_model_class()(
@@ -413,7 +428,7 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
         try:
             fitted = fitter(model, xx, yy, image, weights=weights, maxiter=maxiter, acc=1e-5)
         except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError):
-            return SersicFit.failed()
+            return None
     flag = 0
     if (fitter.fit_info or {}).get("ierr") not in (1, 2, 3, 4):
         flag |= FLAG_NOT_CONVERGED
@@ -427,10 +442,12 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
         flag |= FLAG_NOT_CONVERGED
     resid = (image - fitted(xx, yy)) * weights
     dof = max(int((weights > 0).sum()) - 7, 1)
+    chi2nu = float((resid ** 2).sum() / dof)
+    if not np.isfinite(chi2nu):
+        return None
     return SersicFit(
         n=n, re_pix=re, q=q, pa_deg=float(np.degrees(theta) % 180.0),
-        flux=float(fitted.flux.value), x0_pix=x0, y0_pix=y0,
-        chi2nu=float((resid ** 2).sum() / dof), flag=flag)
+        flux=float(fitted.flux.value), x0_pix=x0, y0_pix=y0, chi2nu=chi2nu, flag=flag)
 
 
 def psf_kernel_for(psf, pixel_scale: float, oversample: int = OVERSAMPLE) -> np.ndarray:

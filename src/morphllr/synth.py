@@ -270,9 +270,11 @@ def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe())
         recipe: the set's :class:`Recipe`.
 
     Returns:
-        dict of float/int/bool arrays of length n: the catalogue columns (sizes in
-        arcsec along the major axis, PA in degrees east of +y... measured from the
-        +x axis counter-clockwise, fluxes in counts).
+        dict of float/int/bool arrays of length n: the catalogue columns.  Radii are
+        half-light radii along the major axis in arcsec (``r50_*``: of the whole galaxy),
+        position angles in degrees counter-clockwise from the array's +x axis (the
+        :mod:`morphllr.sersic_fit` convention), fluxes in counts, ``x0``/``y0`` the centre
+        in 0-based pixel coordinates of the 128^2 cutout.
     """
     # Flux-limited sample by rejection: draw from the volume-limited population.
     keep_mass, keep_z, keep_early, keep_bt, keep_mag, keep_gr = [], [], [], [], [], []

@@ -114,7 +114,7 @@ def archetypes_command(
 
 MOCK_HELP = """Turn idealised simulation images (noise-free, PSF-free, AB mag/arcsec^2, empty pixels = +inf, e.g. SKIRT / RealSim) into survey-like mock observations, written as an image set.
 
-Steps: the redshift gives the angular pixel size (physical size from the FITS header CDELT1/CTYPE1 or --sim-pixel-kpc; Planck18) and the cosmological dimming relative to the header's REDSHIFT (no K-correction); surface brightness becomes flux per pixel in the preset's working unit (AB zero point: 28.2 = SDSS r counts for zanisi21, 22.5 = nanomaggies); PSF convolution and flux-conserving resampling to the survey pixel scale; Gaussian sky noise and Poisson shot noise (gain); then the preset's preprocessing.
+Steps: the redshift gives the angular pixel size (physical size from the FITS header CDELT1/CTYPE1 or --sim-pixel-kpc; Planck18) and the cosmological (1+z)^4 dimming relative to the header REDSHIFT the surface brightnesses refer to (rest frame, z = 0, when the header has none; no K-correction); surface brightness becomes flux per pixel in the preset's working unit (AB zero point: 28.2 = SDSS r counts for zanisi21, 22.5 = nanomaggies); PSF convolution and flux-conserving resampling to the survey pixel scale; Gaussian sky noise and Poisson shot noise (gain); then the preset's preprocessing.
 
 Preset zanisi21 (SDSS r): 0.396"/px, 128x128 cutout, Moffat PSF FWHM 1.4", sky sigma 5.7 counts, gain 4.8 e-/count.  Any option overrides it (a different --zero-point is recorded, so models trained in other units will refuse the set).
 
