@@ -156,3 +156,19 @@ def test_a_failure_mid_scoring_leaves_no_files(tmp_path, net, images):
     with pytest.raises(MorphllrError):
         score_to_files(net, bad, tmp_path / "s.csv", maps_path=tmp_path / "m.h5", batch_size=6, threads=1)
     assert os.listdir(tmp_path) == []
+
+
+def test_runtime_threads_and_bf16_detection():
+    from morphllr import runtime
+
+    assert runtime.configure_cpu(1) == 1 and torch.get_num_threads() == 1
+    assert runtime.configure_cpu(None) == 1  # an explicit choice is kept by later automatic calls
+    assert 1 <= runtime.idle_cores() <= runtime.usable_cores()
+    flags = runtime._cpu_flags()
+    if flags and not {"avx512_bf16", "amx_bf16"} & flags and "MORPHLLR_BF16" not in os.environ:
+        assert runtime.bf16_supported() is False
+    assert runtime.default_precision() in ("bf16-mixed", "32")
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and "MORPHLLR_NO_MALLOPT" not in os.environ:
+        assert runtime.tune_glibc_allocator() is True

@@ -87,6 +87,8 @@ def test_interrupted_run_resumes_to_the_same_step_with_checkpoints_loaded_safely
     result = train_model(x, out, max_steps=12, val_fraction=0.2, resume=True, **FAST)
     assert loads and all(w is True for w in loads)  # no checkpoint was ever unpickled freely
     assert result.metrics["steps"] == 12
+    # the interrupted run's log survives next to the resumed run's
+    assert (out / "logs" / "metrics.csv").is_file() and (out / "logs" / "resume1" / "metrics.csv").is_file()
     model = load_model(out)
     assert model.meta["metrics"]["steps"] == 12
     assert np.isfinite(log_likelihood(model, x, bf16=False, threads=1)).all()

@@ -165,15 +165,13 @@ def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
     Returns:
         (mask, exact keep probability).
     """
-    threshold = int(round(drop * 256))
-    words = (like.numel() + 7) // 8
-    bits = torch.randint(-(2**63), 2**63 - 1, (words,), dtype=torch.int64, device=like.device)
+    threshold = min(255, int(round(drop * 256)))
     n, c, h, w = like.shape
-    mask = _empty_like_layout(like, c, h, w, dtype=torch.bool)
+    bits = torch.randint(-(2**63), 2**63 - 1, ((like.numel() + 7) // 8,), dtype=torch.int64, device=like.device)
     raw = bits.view(torch.uint8)[: like.numel()]
-    # Fill in memory order, so the mask shares the layout of ``like``.
-    torch.ge(raw.view(n, h, w, c).permute(0, 3, 1, 2) if mask.stride(1) == 1 else raw.view(n, c, h, w), threshold, out=mask)
-    return mask, 1.0 - threshold / 256.0
+    # Lay the bytes out like ``like`` (channels fastest for channels-last) so the multiply streams.
+    raw = raw.view(n, h, w, c).permute(0, 3, 1, 2) if like.stride(1) == 1 else raw.view(n, c, h, w)
+    return raw >= threshold, 1.0 - threshold / 256.0
 
 
 class _ConcatEluPad(torch.autograd.Function):
@@ -200,9 +198,9 @@ class _ConcatEluPad(torch.autograd.Function):
             buf[:, :, :, left + w :].zero_()
         inner = buf[:, :, top : top + h, left : left + w]
         m = torch.abs(x).neg_().exp_().sub_(1.0)
-        torch.maximum(x, m, out=inner[:, :c])
-        negative = torch.neg(x, out=inner[:, c:])
-        torch.maximum(negative, m, out=negative)
+        # Two contiguous results + one cat into the strided interior beat writing each half
+        # through a strided ``out=`` (measured ~2x on channels-last bf16).
+        torch.cat([torch.maximum(x, m), torch.maximum(torch.neg(x), m)], dim=1, out=inner)
         keep, keep_prob = None, 1.0
         if dropout > 0:
             keep, keep_prob = _keep_mask(inner, dropout)

@@ -6,10 +6,11 @@ and ``score`` behave the same way:
 
 * the number of intra-op threads should equal the cores this process may use
   (``os.sched_getaffinity`` respects cgroups / ``taskset`` / SLURM binding, unlike
-  ``os.cpu_count``), with a single inter-op thread (the network is one sequential
-  stream of ops; extra inter-op pools only oversubscribe the cores);
-* bf16 autocast roughly doubles convolution throughput on CPUs with native bf16
-  (AVX512_BF16 or AMX) and is slower than fp32 everywhere else;
+  ``os.cpu_count``) and are not busy with other work, with a single inter-op thread
+  (the network is one sequential stream of ops; extra pools only oversubscribe);
+* bf16 autocast speeds convolutions up on CPUs with native bf16 (AVX512_BF16 or
+  AMX; measured on a 2-core EPYC: training the ``small`` preset 12.9 -> 25.8 img/s,
+  scoring with ``zanisi21`` 9.6 -> 13.7 img/s) and is slower than fp32 elsewhere;
 * glibc returns every allocation above its mmap threshold (32 MiB at most with the
   dynamic threshold) straight to the kernel, so a large activation tensor is
   page-faulted in again on every batch.  Raising the threshold keeps freed blocks
@@ -29,7 +30,6 @@ from typing import Iterator
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 
 # Largest activation we aim for when choosing a default batch size: glibc's maximum
 # dynamic mmap threshold, so that tensors stay in reusable heap memory even when
@@ -37,6 +37,7 @@ _M_ARENA_MAX = -8
 ACTIVATION_BUDGET_BYTES = 32 * 1024 * 1024
 
 _allocator_tuned: bool | None = None
+_configured = False
 
 
 def usable_cores() -> int:
@@ -51,12 +52,36 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.lru_cache(maxsize=1)
+def idle_cores() -> int:
+    """Usable cores minus those other processes keep busy (1-minute load average).
+
+    Decided once per process (later calls would see this process's own load).
+
+    OpenMP threads spin-wait for each other, so on an oversubscribed machine one
+    thread per core is much slower than fewer threads: on a 2-core machine with load
+    ~6, scoring the zanisi21 network ran at 4.5 img/s with 2 threads and 9.6 img/s
+    with 1.  An idle machine (load below 3/4 of the cores) gets every core.
+
+    Returns:
+        threads to use, at least 1.
+    """
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cores
+    if load < 0.75 * cores:
+        return cores
+    return max(1, min(cores, int(round(cores - (load - 0.75 * cores)))))
+
+
 def configure_cpu(threads: int | None = None, tune_allocator: bool = True) -> int:
     """Set torch's thread pools (and the allocator) for this process.
 
     Args:
-        threads: intra-op threads; None means every usable core (or the
-            ``MORPHLLR_THREADS`` environment variable when set).
+        threads: intra-op threads; None keeps an earlier configuration of this
+            process, else uses ``MORPHLLR_THREADS`` when set, else :func:`idle_cores`.
         tune_allocator: also apply :func:`tune_glibc_allocator`.
 
     Returns:
@@ -64,9 +89,13 @@ def configure_cpu(threads: int | None = None, tune_allocator: bool = True) -> in
     """
     import torch
 
+    global _configured
+    if threads is None and _configured:
+        return torch.get_num_threads()  # keep an earlier explicit choice (e.g. train --threads)
+    _configured = True
     if threads is None:
         env = os.environ.get("MORPHLLR_THREADS")
-        threads = int(env) if env and env.isdigit() and int(env) > 0 else usable_cores()
+        threads = int(env) if env and env.isdigit() and int(env) > 0 else idle_cores()
     threads = max(1, int(threads))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -97,11 +126,13 @@ def _glibc() -> ctypes.CDLL | None:
 def tune_glibc_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> bool:
     """Keep large freed tensors in glibc's heap instead of unmapping them.
 
-    Measured on a 2-core AMD EPYC (see ``benchmarks/``): scoring 32x32 images with
-    the zanisi21 network at batch 64 (activations > 32 MiB) spends a large share of
-    its time in page faults without this; with it the per-batch allocations are
-    recycled.  Only applied on glibc Linux, once per process; set
-    ``MORPHLLR_NO_MALLOPT=1`` to skip it.
+    Measured on a 2-core AMD EPYC (scoring 256-512 32x32 images with zanisi21,
+    1 thread, fp32): minor page faults per batch fell from 13 000 / 420 000 /
+    3 000 000 to 2 000 / 6 200 / 10 000 at batch 16 / 64 / 128, and throughput rose
+    by about 10 % at batch 64 and 40 % at batch 128 (largest activation 32 and
+    64 MiB).  M_ARENA_MAX is left alone: torch runs its work in one process-wide
+    thread pool, so extra arenas were not measured to matter.  Only applied on glibc
+    Linux, once per process; set ``MORPHLLR_NO_MALLOPT=1`` to skip it.
 
     Args:
         mmap_threshold: allocations at least this large still go to mmap (bytes).

@@ -72,7 +72,7 @@ def check_images_fit(source: ImageSource, config, model_preprocessing: dict, mod
             f"{want[0]}x{want[1]}x{want[2]}; prepare them with the model's preprocessing (same cutout, zoom, bands)")
     set_prep = dict(getattr(source, "preprocessing", None) or {})
     if model_preprocessing and set_prep:
-        _check_preprocessing(model_preprocessing, set_prep, f"{source.name} vs {model_name}")
+        _check_preprocessing(model_preprocessing, set_prep, f"model {model_name} vs set {source.name}")
 
 
 def _check_preprocessing(model_prep: dict, set_prep: dict, what: str) -> None:
@@ -136,14 +136,16 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
         runtime.configure_cpu(threads)
     head = getattr(config, "head", None)
     net = net.to(memory_format=torch.channels_last)
-    with _eval_mode(net), torch.inference_mode(), _progress(progress, len(source), source.name) as advance:
+    with _eval_mode(net), _progress(progress, len(source), source.name) as advance:
         start = 0
         for batch in source.batches(batch_size):
             check_batch(batch, source.name, head, start)
-            x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-            with runtime.autocast_context(device, bf16):
-                maps = net.log_prob_pixels(x)
-            yield maps.float().cpu().numpy()
+            # inference mode only around the forward pass: a generator must not leave it
+            # switched on in the caller's code between batches
+            with torch.inference_mode(), runtime.autocast_context(device, bf16):
+                x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+                maps = net.log_prob_pixels(x).float().cpu().numpy()
+            yield maps
             start += len(batch)
             advance(len(batch))
 
@@ -266,7 +268,6 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
 
     source = open_images(images)
     n, c, h, w = source.shape
-    _, config, _, _ = _unpack(model)
     ids = image_ids(source)
     logp = np.empty(n, dtype=np.float64)
     with contextlib.ExitStack() as stack:
@@ -299,5 +300,4 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
             writer.writerow(["id", "logp", "bits_per_dim"])
             for ident, lp, b in zip(ids, logp, bpd):
                 writer.writerow([ident, repr(float(lp)), repr(float(b))])
-    del config
     return {"n": int(n), "mean_logp": float(logp.mean()), "mean_bits_per_dim": float(bpd.mean())}

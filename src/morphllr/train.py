@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import lightning.pytorch as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
@@ -282,6 +283,10 @@ class PixelCNNModule(L.LightningModule):
         if self.augment:
             batch = augment_batch(batch, self.augment, self.discrete)
         loss = self.bits_per_dim(batch).mean()
+        if not torch.isfinite(loss):
+            raise MorphllrError(
+                f"training diverged at step {self.global_step} (loss is {loss.item()}); lower --lr, use "
+                "--precision 32, or check the images' value range; continue from the last good epoch with --resume")
         self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
         return loss
 
@@ -337,6 +342,15 @@ class Throughput(L.Callback):
         rate = len(batch) * trainer.world_size / max(1e-9, time.perf_counter() - self._t0)
         self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
         pl_module.log("img_s", self._rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+class _TrainingBar(TQDMProgressBar):
+    """Lightning's bar without the per-epoch validation bars (val_bpd shows in the main bar)."""
+
+    def init_validation_tqdm(self):
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+        return Tqdm(disable=True)
 
 
 class InterruptAfter(L.Callback):
@@ -437,15 +451,22 @@ def _check_resume_matches(out_dir: Path, run: dict) -> None:
                 "options, or start a new run with --overwrite")
 
 
-def _loggers(out_dir: Path) -> list:
+def _loggers(out_dir: Path, resume: bool) -> list:
+    """CSV (and TensorBoard) loggers; a resumed run logs to logs/resumeN/ so earlier logs survive."""
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers = [CSVLogger(str(out_dir), name=LOG_DIR, version="")]
+    version = ""
+    if resume:
+        k = 1
+        while (out_dir / LOG_DIR / f"resume{k}").exists():
+            k += 1
+        version = f"resume{k}"
+    loggers = [CSVLogger(str(out_dir), name=LOG_DIR, version=version)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(str(out_dir), name=LOG_DIR, version="tensorboard"))
+        loggers.append(TensorBoardLogger(str(out_dir), name=LOG_DIR, version=f"tensorboard{version}"))
     except ImportError:
         pass
     return loggers
@@ -532,7 +553,7 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
 
     n_procs = _processes_per_node(devices, accelerator)
     if accelerator in ("auto", "cpu") and not torch.cuda.is_available():
-        runtime.configure_cpu(threads or max(1, runtime.usable_cores() // n_procs))
+        runtime.configure_cpu(threads or max(1, runtime.idle_cores() // n_procs))
     run = {"config": cfg.to_dict(), "data_fingerprint": source.fingerprint(), "data": source.name,
            "augment": list(augment), "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
            "seed": seed, "precision": precision}
@@ -543,7 +564,7 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
     module = PixelCNNModule(cfg.to_dict(), lr=lr, warmup_steps=warmup_steps, augment=augment)
     datamodule = ImageDataModule(source, batch_size, val_fraction, seed)
     has_val = len(datamodule.val_idx) > 0
-    trainer, ckpt_cb = _make_trainer(out_dir, has_val=has_val, max_steps=max_steps, max_epochs=max_epochs,
+    trainer, ckpt_cb = _make_trainer(out_dir, resume=resume, has_val=has_val, max_steps=max_steps, max_epochs=max_epochs,
                                      precision=precision, devices=devices, num_nodes=num_nodes, strategy=strategy,
                                      accelerator=accelerator, patience=early_stopping_patience,
                                      progress=progress, callbacks=callbacks,
@@ -605,16 +626,16 @@ def _processes_per_node(devices: int | str, accelerator: str) -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
-def _make_trainer(out_dir: Path, *, has_val: bool, max_steps, max_epochs, precision, devices, num_nodes,
+def _make_trainer(out_dir: Path, *, resume: bool, has_val: bool, max_steps, max_epochs, precision, devices, num_nodes,
                   strategy, accelerator, patience, progress, callbacks, steps_per_epoch: int):
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     monitor = "val_bpd" if has_val else "train_bpd_epoch"
     ckpt_cb = ModelCheckpoint(dirpath=str(out_dir / CHECKPOINT_DIR), filename="best", monitor=monitor, mode="min",
                               save_top_k=1, save_last=True, enable_version_counter=False)
     cbs: list = [ckpt_cb, Throughput(), *callbacks]
     if progress:
-        cbs.append(TQDMProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 5 or 1))))
+        cbs.append(_TrainingBar(refresh_rate=max(1, min(20, steps_per_epoch // 5 or 1))))
     if patience is not None:
         cbs.append(EarlyStopping(monitor=monitor, mode="min", patience=int(patience)))
     if max_steps is None and max_epochs is None:
@@ -622,7 +643,7 @@ def _make_trainer(out_dir: Path, *, has_val: bool, max_steps, max_epochs, precis
     trainer = L.Trainer(
         default_root_dir=str(out_dir), max_steps=max_steps if max_steps is not None else -1,
         max_epochs=max_epochs if max_steps is None else None, precision=precision, devices=devices,
-        num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, callbacks=cbs, logger=_loggers(out_dir),
+        num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, callbacks=cbs, logger=_loggers(out_dir, resume),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=max(1, min(50, steps_per_epoch)),
         num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0, deterministic=False,
     )

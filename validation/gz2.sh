@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Validate morphllr on real galaxies: Galaxy Zoo 2 SDSS gri JPEGs (issue 7).
+#
+# Reproduces everything in VALIDATION.md from ../shared/data/gz2_sdss_jpeg:
+#   split -> linearise + prepare -> fit-sersic -> archetypes -> train p_obs / p_arch
+#   -> degraded copies -> compare (report).
+#
+# Usage:   validation/gz2.sh                    # the whole run (about 40 min on 2 busy cores)
+#          validation/gz2.sh STEP ...           # only these steps: split prepare fit arch train degrade compare ship
+#          validation/gz2.sh jpegs DIR OUT.h5   # prepare your own SDSS-like JPEG cutouts exactly like the
+#                                               # shipped validation models' training data
+# Environment: DATA (default ../shared/data/gz2_sdss_jpeg), RUN (default runs/gz2), PY (default .venv/bin/python),
+#              EPOCHS_OBS / EPOCHS_ARCH (training passes), THREADS (CPU threads per training run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/gz2_sdss_jpeg}
+RUN=${RUN:-runs/gz2}
+PY=${PY:-.venv/bin/python}
+MORPHLLR=${MORPHLLR:-.venv/bin/morphllr}
+EPOCHS_OBS=${EPOCHS_OBS:-40}
+EPOCHS_ARCH=${EPOCHS_ARCH:-40}
+THREADS=${THREADS:-1}
+PSF_FWHM=1.4   # arcsec, SDSS r median; ~1.4 px at the nominal 1"/px of the binned cutouts (see recipe)
+mkdir -p "$RUN"
+
+# The recipe.  GZ2 JPEGs are asinh-stretched (Lupton et al. 2004; we assume the softening Q = 8) and 8-bit.
+# `jpegs` below undoes the stretch: flux = (255/Q) sinh(Q v/255) (v = green value), i.e. linear flux
+# in units of one 8-bit level at the faint end, then bins 4x4 (424 -> 106 px, nominal 1"/px: GZ2 cutouts
+# are 0.02 petroR90 arcsec/px, ~0.25"/px for typical galaxies).  The model side re-applies the same
+# arcsinh (stretch_scale = 255/Q) after the 2x2 mean, so p_obs and p_arch see pixels made the same way
+# from linear flux, and the Sérsic fits and archetypes live in (approximately) linear flux.
+write_recipe() {
+cat > "$RUN/gz2_linear.toml" <<'TOML'
+# GZ2 JPEGs linearised by validation/gz2.sh (flux = 31.875 sinh(8 v/255), 4x4 binned).
+name = "gz2_linear"
+units = "counts"
+sky = "estimate"       # the JPEG sky sits a few levels above black
+nonfinite = "fail"
+center = false         # GZ2 cutouts are centred on the galaxy
+pixel_scale = 1.0      # nominal (arcsec/px after 4x4 binning); only sets the PSF size in pixels
+cutout = 64            # = central 256 px of the 424 px JPEG
+zoom = 0.5             # 2x2 mean -> 32x32
+stretch = "arcsinh"
+stretch_scale = 31.875 # 255 / Q: the JPEG's own stretch, re-applied after binning
+clip_lo = -1.0
+clip_hi = 8.0          # = Q: a saturated (255) pixel
+quantise_8bit = false
+TOML
+}
+
+step_split() {
+  "$PY" - "$DATA" "$RUN" <<'PY'
+"""Seeded, label-stratified 80/20 train/validation split -> validation/split.csv."""
+import sys
+from pathlib import Path
+import numpy as np
+data, run = Path(sys.argv[1]), Path(sys.argv[2])
+if not (data / "train").is_dir():
+    sys.exit(f"error: {data}/train not found; set DATA=/path/to/gz2_sdss_jpeg")
+rng = np.random.default_rng(2021)
+rows = []
+for label, folder in (("spiral", "spirals"), ("non_spiral", "non_spirals")):
+    ids = sorted(p.stem for p in (data / "train" / folder).glob("*.jpg"))
+    val = set(rng.choice(ids, size=round(0.2 * len(ids)), replace=False))
+    rows += [(i, label, "val" if i in val else "train", f"train/{folder}/{i}.jpg") for i in ids]
+out = Path("validation/split.csv")
+out.write_text("id,label,split,file\n" + "".join(",".join(r) + "\n" for r in rows))
+print(f"split: {sum(r[2] == 'train' for r in rows)} train, {sum(r[2] == 'val' for r in rows)} val -> {out}")
+PY
+}
+
+# Linearise + bin + prepare JPEGs.  Args: OUT.h5, then either a split name (train/val, from split.csv) or a folder.
+prepare_jpegs() {
+  write_recipe
+  "$PY" - "$DATA" "$RUN/gz2_linear.toml" "$@" <<'PY'
+"""JPEG green channel -> approximately linear flux, 4x4 binned -> morphllr ImageSet."""
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from morphllr.errors import MorphllrError
+from morphllr.imageset import prepare_imageset
+from morphllr.preprocess import Preprocessing
+from morphllr.readers import RawImage
+
+Q = 8.0      # Lupton et al. (2004) softening assumed for the SDSS/GZ2 colour JPEGs
+BIN = 4      # 424 px -> 106 px
+
+
+def linear_flux(path: Path) -> np.ndarray:
+    """Green channel of an SDSS gri JPEG as approximately linear flux, (1, H/BIN, W/BIN).
+
+    Args:
+        path: JPEG file.
+
+    Returns:
+        float32 flux in units of one 8-bit level at the faint (linear) end of the stretch.
+    """
+    try:
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    except OSError as exc:
+        raise MorphllrError(f"{path}: cannot read JPEG ({exc})") from None
+    flux = (255.0 / Q) * np.sinh(Q * rgb[..., 1] / 255.0)
+    h, w = (s // BIN * BIN for s in flux.shape)
+    binned = flux[:h, :w].reshape(h // BIN, BIN, w // BIN, BIN).mean(axis=(1, 3))
+    return binned[None].astype(np.float32)
+
+
+data, recipe, out, what = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+if Path(what).is_dir():
+    files = sorted(p for p in Path(what).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    meta = [{} for _ in files]
+else:
+    import csv
+    rows = [r for r in csv.DictReader(open("validation/split.csv")) if r["split"] == what]
+    files = [data / r["file"] for r in rows]
+    meta = [{"label": r["label"], "split": r["split"]} for r in rows]
+if not files:
+    sys.exit(f"error: no JPEG/PNG files for {what!r}")
+records = (RawImage(id=f.stem, image=linear_flux(f), source=str(f), meta=m) for f, m in zip(files, meta))
+report = prepare_imageset(records, out, Preprocessing.from_file(recipe), n=len(files), overwrite=True, workers=1)
+print(f"{out}: {report['n_images']} images {report['image_shape']}, central source missing in "
+      f"{report['n_central_missing']}")
+PY
+}
+
+step_prepare() {
+  prepare_jpegs "$RUN/train_real.h5" train
+  prepare_jpegs "$RUN/val_real.h5" val
+}
+
+step_fit() {
+  "$MORPHLLR" fit-sersic "$RUN/train_real.h5" --psf-fwhm $PSF_FWHM --workers 2
+  "$MORPHLLR" fit-sersic "$RUN/val_real.h5" --psf-fwhm $PSF_FWHM --workers 2
+}
+
+step_arch() {
+  "$MORPHLLR" archetypes "$RUN/train_real.h5" --out "$RUN/train_arch.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 1 --overwrite
+  "$MORPHLLR" archetypes "$RUN/val_real.h5" --out "$RUN/val_arch.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 2 --overwrite
+}
+
+step_train() {
+  # both runs in parallel, one thread each (2-core machine)
+  "$MORPHLLR" train "$RUN/train_real.h5" --out "$RUN/models/obs" --preset zanisi21 --epochs "$EPOCHS_OBS" \
+      --augment rot,flip --threads "$THREADS" --overwrite --quiet > "$RUN/train_obs.log" 2>&1 &
+  local pid_obs=$!
+  "$MORPHLLR" train "$RUN/train_arch.h5" --out "$RUN/models/arch" --preset zanisi21 --epochs "$EPOCHS_ARCH" \
+      --augment rot,flip --threads "$THREADS" --overwrite --quiet > "$RUN/train_arch.log" 2>&1 &
+  local pid_arch=$!
+  wait $pid_obs; wait $pid_arch
+  tail -n 3 "$RUN/train_obs.log" "$RUN/train_arch.log"
+}
+
+step_degrade() {
+  "$PY" - "$RUN" "$PSF_FWHM" <<'PY'
+"""Label subsets and degraded copies of the validation galaxies, through identical preprocessing."""
+import sys
+from pathlib import Path
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from morphllr.imageset import ImageSet, write_flux_set
+from morphllr.segmentation import background_stats
+
+run, psf_fwhm = Path(sys.argv[1]), float(sys.argv[2])
+rng = np.random.default_rng(7)
+with ImageSet.open(run / "val_real.h5") as real:
+    flux, cat, prep = np.asarray(real.flux[:]), real.catalog, real.preprocessing
+scale = prep["pixel_scale"]
+
+
+def restore_noise(smoothed: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Add white noise so the smoothed image's sky rms matches the original's again."""
+    target, now = background_stats(original)[1], background_stats(smoothed)[1]
+    return smoothed + rng.normal(0.0, np.sqrt(max(target**2 - now**2, 0.0)), smoothed.shape)
+
+
+def broader_psf(img: np.ndarray) -> np.ndarray:
+    """PSF 2x broader: convolve with a Gaussian of FWHM sqrt(3) x PSF (FWHMs add in quadrature)."""
+    sigma = np.sqrt(3.0) * psf_fwhm / scale / 2.3548
+    return restore_noise(gaussian_filter(img, sigma), img)
+
+
+def smoothed_centre(img: np.ndarray, re_pix: float) -> np.ndarray:
+    """Blur the galaxy inside ~1.5 R_e (sigma = R_e/2), keep the outskirts: structure erased at the centre."""
+    re_pix = float(re_pix) if np.isfinite(re_pix) and re_pix > 0 else 4.0
+    yy, xx = np.indices(img.shape)
+    c = (img.shape[0] - 1) / 2
+    weight = np.clip(1.5 - np.hypot(yy - c, xx - c) / (1.5 * re_pix), 0.0, 1.0)  # 1 inside, ramps to 0
+    blurred = restore_noise(gaussian_filter(img, max(re_pix / 2, 1.0)), img)
+    return weight * blurred + (1 - weight) * img
+
+
+psf2 = np.stack([[broader_psf(f[0])] for f in flux]).astype(np.float32)
+centre = np.stack([[smoothed_centre(f[0], r)] for f, r in zip(flux, cat["sersic_re_pix"])]).astype(np.float32)
+write_flux_set(run / "val_psf2x.h5", psf2, cat, prep, overwrite=True)
+write_flux_set(run / "val_smooth_centre.h5", centre, cat, prep, overwrite=True)
+for label in ("spiral", "non_spiral"):
+    keep = np.asarray(cat["label"]) == label
+    write_flux_set(run / f"val_{label}s.h5", flux[keep], cat[keep], prep, overwrite=True)
+print("degraded copies and label subsets written")
+PY
+}
+
+step_compare() {
+  "$MORPHLLR" compare --obs "$RUN/models/obs" --arch "$RUN/models/arch" --reference "GZ2-val=$RUN/val_real.h5" \
+      "archetypes=$RUN/val_arch.h5" "spirals=$RUN/val_spirals.h5" "non-spirals=$RUN/val_non_spirals.h5" \
+      "smoothed-centre=$RUN/val_smooth_centre.h5" "PSF-2x=$RUN/val_psf2x.h5" \
+      --out "$RUN/report" --overwrite
+}
+
+step_ship() {
+  for m in obs arch; do
+    mkdir -p "validation/models/$m"
+    cp "$RUN/models/$m/weights.safetensors" "$RUN/models/$m/model.json" "validation/models/$m/"
+  done
+  mkdir -p validation/figures
+  echo "models copied to validation/models/; pick figures from $RUN/report/figures/"
+}
+
+if [[ $# -ge 1 && $1 == jpegs ]]; then
+  shift; [[ $# -eq 2 ]] || { echo "usage: $0 jpegs DIR OUT.h5" >&2; exit 2; }
+  prepare_jpegs "$2" "$1"; exit
+fi
+steps=("$@"); [[ ${#steps[@]} -gt 0 ]] || steps=(split prepare fit arch train degrade compare ship)
+for s in "${steps[@]}"; do echo "== $s ($(date -u +%H:%M:%S))"; "step_$s"; done
