@@ -6,7 +6,7 @@
 #   -> degraded copies -> compare (report).
 #
 # Usage:   validation/gz2.sh                    # the whole run (about 40 min on 2 busy cores)
-#          validation/gz2.sh STEP ...           # only these steps: split prepare fit arch train degrade compare ship
+#          validation/gz2.sh STEP ...           # only these steps: split prepare fit residuals arch train degrade compare ship
 #          validation/gz2.sh jpegs DIR OUT.h5   # prepare your own SDSS-like JPEG cutouts exactly like the
 #                                               # shipped validation models' training data
 # Environment: DATA (default ../shared/data/gz2_sdss_jpeg), RUN (default runs/gz2), PY (default .venv/bin/python),
@@ -134,6 +134,59 @@ step_fit() {
   "$MORPHLLR" fit-sersic "$RUN/val_real.h5" --psf-fwhm $PSF_FWHM --workers 2
 }
 
+step_residuals() {
+  "$PY" - "$RUN" "$PSF_FWHM" <<'PY'
+"""Sérsic fit quality: good-fit fractions per class and a figure of residuals for 4 + 4 validation galaxies."""
+import sys
+from pathlib import Path
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from morphllr.archetypes import SersicProfileCache, draw_archetype_safely
+from morphllr.imageset import ImageSet
+from morphllr.psf import make_psf
+
+run, psf_fwhm = Path(sys.argv[1]), float(sys.argv[2])
+for name in ("train_real", "val_real"):
+    with ImageSet.open(run / f"{name}.h5") as s:
+        cat = s.catalog
+    for label in ("spiral", "non_spiral"):
+        rows = np.asarray(cat["label"]) == label
+        good = np.asarray(cat["sersic_flag"])[rows] == 0
+        n = np.asarray(cat["sersic_n"])[rows][good]
+        print(f"{name} {label}: {good.mean():.3f} good fits (flag 0) of {rows.sum()}; median n {np.median(n):.2f}, "
+              f"median chi2nu {np.nanmedian(np.asarray(cat['sersic_chi2nu'])[rows][good]):.2f}")
+with ImageSet.open(run / "val_real.h5") as s:
+    cat, flux, scale = s.catalog, np.asarray(s.flux[:]), s.preprocessing["pixel_scale"]
+psf, cache = make_psf(psf_fwhm, "moffat"), SersicProfileCache()
+rng = np.random.default_rng(3)
+picks = [rng.choice(np.flatnonzero((np.asarray(cat["label"]) == lab) & (np.asarray(cat["sersic_flag"]) == 0)), 4,
+                    replace=False) for lab in ("spiral", "non_spiral")]
+fig, axes = plt.subplots(3, 8, figsize=(16, 6.4))
+for col, i in enumerate(np.concatenate(picks)):
+    r = cat[i]
+    model = draw_archetype_safely(cache, np.clip(r["sersic_n"], 0.3, 6.2), r["sersic_re_pix"], r["sersic_q"],
+                                  r["sersic_pa_deg"], r["sersic_flux"], psf, flux.shape[2:], scale,
+                                  r["sersic_x0_pix"], r["sersic_y0_pix"])
+    img, sig = flux[i, 0], float(r["sky_sigma"])
+    for row, (panel, kw) in enumerate(((img, {}), (model, {}), ((img - model) / sig, {"cmap": "RdBu_r"}))):
+        ax = axes[row, col]
+        if row < 2:
+            ax.imshow(np.arcsinh(panel / 31.875), origin="lower", cmap="gray", vmin=-0.2, vmax=5)
+        else:
+            ax.imshow(panel, origin="lower", cmap="RdBu_r", vmin=-10, vmax=10)
+        ax.set_xticks([]); ax.set_yticks([])
+    axes[0, col].set_title(f"{r['label']} {r['id']}\nn={r['sersic_n']:.1f} Re={r['sersic_re_pix']:.1f}px", fontsize=8)
+for row, text in enumerate(("GZ2 (linearised)", "Sérsic fit (PSF)", "residual / sky σ (±10)")):
+    axes[row, 0].set_ylabel(text)
+fig.tight_layout()
+out = Path("validation/figures"); out.mkdir(parents=True, exist_ok=True)
+fig.savefig(out / "sersic_residuals.png", dpi=80)
+print(f"wrote {out / 'sersic_residuals.png'}")
+PY
+}
+
 step_arch() {
   "$MORPHLLR" archetypes "$RUN/train_real.h5" --out "$RUN/train_arch.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 1 --overwrite
   "$MORPHLLR" archetypes "$RUN/val_real.h5" --out "$RUN/val_arch.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 2 --overwrite
@@ -221,5 +274,5 @@ if [[ $# -ge 1 && $1 == jpegs ]]; then
   shift; [[ $# -eq 2 ]] || { echo "usage: $0 jpegs DIR OUT.h5" >&2; exit 2; }
   prepare_jpegs "$2" "$1"; exit
 fi
-steps=("$@"); [[ ${#steps[@]} -gt 0 ]] || steps=(split prepare fit arch train degrade compare ship)
+steps=("$@"); [[ ${#steps[@]} -gt 0 ]] || steps=(split prepare fit residuals arch train degrade compare ship)
 for s in "${steps[@]}"; do echo "== $s ($(date -u +%H:%M:%S))"; "step_$s"; done

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MorphllrError
+from .psf import PSF_FWHM_COLUMNS, first_column
 
 #: GalSim's valid Sérsic range; indices outside are clipped (and flagged).
 GALSIM_N_RANGE = (0.3, 6.2)
@@ -46,8 +47,6 @@ DEFAULT_COLUMNS = {
     "flux": "sersic_flux", "x0_pix": "sersic_x0_pix", "y0_pix": "sersic_y0_pix",
 }
 OPTIONAL = ("x0_pix", "y0_pix")
-PSF_FWHM_COLUMNS = ("psf_fwhm_arcsec", "psf_fwhm")
-PSF_BETA_COLUMNS = ("psf_beta",)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -403,13 +402,6 @@ def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixe
 
 
 # --------------------------------------------------------------------------- whole sets
-def _first_column(catalog, names):
-    for name in names:
-        if name in catalog.colnames:
-            return np.asarray(catalog[name], dtype=np.float64)
-    return None
-
-
 def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=None, pixel_scale: float = 1.0,
                      where: str = "catalogue"):
     """One PSF per galaxy from the options or the catalogue (``psf_fwhm_arcsec``, ``psf_beta``).
@@ -425,31 +417,13 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
     Returns:
         a single GalSim PSF or a list with one per row (profiles shared between equal FWHMs).
     """
-    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
+    from .psf import make_psf, psf_from_image, psfs_from_catalog
 
     if psf_image is not None:
         return psf_from_image(psf_image, pixel_scale)
     if psf_fwhm is not None:
         return make_psf(float(psf_fwhm), psf_kind)
-    fwhm = _first_column(catalog, PSF_FWHM_COLUMNS)
-    if fwhm is None:
-        raise MorphllrError(
-            f"{where}: no PSF given and the catalogue has no {PSF_FWHM_COLUMNS[0]!r} column; "
-            "pass --psf-fwhm ARCSEC (SDSS r median seeing ~1.4) or --psf-image FILE")
-    bad = ~np.isfinite(fwhm) | (fwhm <= 0)
-    if bad.any():
-        raise MorphllrError(f"{where}: PSF FWHM is missing or <= 0 for id(s) {_bad_rows(catalog['id'], bad)}; "
-                            "fix the column or pass --psf-fwhm ARCSEC for all galaxies")
-    beta = _first_column(catalog, PSF_BETA_COLUMNS)
-    cache: dict = {}
-    psfs = []
-    for i, f in enumerate(fwhm):
-        b = DEFAULT_MOFFAT_BETA if beta is None or not np.isfinite(beta[i]) else float(beta[i])
-        key = (round(float(f), 3), round(b, 2))
-        if key not in cache:
-            cache[key] = make_psf(key[0], psf_kind, beta=key[1])
-        psfs.append(cache[key])
-    return psfs
+    return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE")
 
 
 def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
@@ -528,7 +502,7 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     catalog = s.catalog
     params, keep = params_from_catalog(catalog, columns, where, drop_bad)
     prep = s.preprocessing
-    pixel_scale = prep.get("pixel_scale") or _first_column(catalog, ("pixel_scale",))
+    pixel_scale = prep.get("pixel_scale") or first_column(catalog, ("pixel_scale",))
     if pixel_scale is None:
         raise MorphllrError(f"{where}: the set records no pixel_scale; prepare it with a preset that sets pixel_scale")
     pixel_scale = float(np.ravel(pixel_scale)[0])
@@ -550,12 +524,12 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
             raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but "
                                 f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
     else:
-        sigma = _first_column(kept, ("sky_sigma",))
+        sigma = first_column(kept, ("sky_sigma",))
         if sigma is None or not np.all(np.isfinite(sigma) & (sigma >= 0)):
             raise MorphllrError(f"{where}: no usable `sky_sigma` column to match the noise; prepare the set with "
                                 "segmentation (it measures sky_sigma) or pass --sky-patches FILE")
         noise.sky_sigma = sigma
-    noise.gain = _first_column(kept, ("gain",))
+    noise.gain = first_column(kept, ("gain",))
     flux = _LazyArchetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
     table = _archetype_table(kept, params, psf_fwhm, noise)
     write_flux_set(out, flux, table, prep, overwrite=overwrite, batch_size=_LazyArchetypes.BATCH,
@@ -632,7 +606,7 @@ def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel)
     if params.x0_pix is not None:
         table["sersic_x0_pix"] = params.x0_pix
         table["sersic_y0_pix"] = params.y0_pix
-    fwhm = _first_column(kept, PSF_FWHM_COLUMNS)
+    fwhm = first_column(kept, PSF_FWHM_COLUMNS)
     if psf_fwhm is not None or fwhm is not None:
         table["psf_fwhm_arcsec"] = np.full(len(params), float(psf_fwhm)) if psf_fwhm is not None else fwhm
     if noise.gain is not None:

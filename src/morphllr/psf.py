@@ -84,3 +84,51 @@ def psf_image(psf, pixel_scale: float, size: int | None = None, pixel_integrated
     method = "auto" if pixel_integrated else "no_pixel"
     img = psf.drawImage(nx=size, ny=size, scale=float(pixel_scale), method=method).array.astype(np.float64)
     return img / img.sum()
+
+
+#: Catalogue columns read for per-galaxy PSFs, in order of preference.
+PSF_FWHM_COLUMNS = ("psf_fwhm_arcsec", "psf_fwhm")
+PSF_BETA_COLUMNS = ("psf_beta",)
+
+
+def first_column(catalog, names) -> np.ndarray | None:
+    """The first of ``names`` present in ``catalog`` as float64, or None if none is."""
+    for name in names:
+        if name in catalog.colnames:
+            return np.asarray(catalog[name], dtype=np.float64)
+    return None
+
+
+def psfs_from_catalog(catalog, kind: str = "moffat", where: str = "catalogue", fix: str = "pass --psf-fwhm ARCSEC"):
+    """One PSF profile per catalogue row from ``psf_fwhm_arcsec`` (and optional ``psf_beta``).
+
+    Rows with the same FWHM and beta share one profile object, so callers can cache
+    anything derived from a profile by ``id(profile)``.
+
+    Args:
+        catalog: astropy Table with an ``id`` column.
+        kind: ``moffat`` or ``gaussian``.
+        where: file name for messages.
+        fix: what the user can do instead, for messages.
+
+    Returns:
+        list of GalSim profiles, one per row.
+    """
+    fwhm = first_column(catalog, PSF_FWHM_COLUMNS)
+    if fwhm is None:
+        raise MorphllrError(f"{where}: no PSF given and the catalogue has no {PSF_FWHM_COLUMNS[0]!r} column; "
+                            f"{fix} (SDSS r median seeing ~1.4)")
+    bad = ~np.isfinite(fwhm) | (fwhm <= 0)
+    if bad.any():
+        ids = ", ".join(str(v) for v in np.asarray(catalog["id"])[bad][:5])
+        raise MorphllrError(f"{where}: PSF FWHM is missing or <= 0 for id(s) {ids}; fix the column or {fix}")
+    beta = first_column(catalog, PSF_BETA_COLUMNS)
+    cache: dict = {}
+    profiles = []
+    for i, f in enumerate(fwhm):
+        b = DEFAULT_MOFFAT_BETA if beta is None or not np.isfinite(beta[i]) else float(beta[i])
+        key = (round(float(f), 3), round(b, 2))
+        if key not in cache:
+            cache[key] = make_psf(key[0], kind, beta=key[1])
+        profiles.append(cache[key])
+    return profiles

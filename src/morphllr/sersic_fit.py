@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import MorphllrError
+from .psf import first_column
 
 OVERSAMPLE = 3
 BOX_HALF = 5  # pixels each side of the centre convolved on the sub-pixel grid
@@ -552,13 +553,6 @@ def fits_to_table(fits: list[SersicFit], ids=None):
 
 
 # --------------------------------------------------------------------------- image sets
-def _catalog_column(catalog, names):
-    for name in names:
-        if name in catalog.colnames:
-            return np.asarray(catalog[name], dtype=np.float64)
-    return None
-
-
 def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf_kind: str, where: str):
     """The fitter's PSF kernel(s): one from ``psf_fwhm``, or one per row from the catalogue.
 
@@ -572,28 +566,16 @@ def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf
     Returns:
         a kernel array, or a list with one kernel per row.
     """
-    from .psf import DEFAULT_MOFFAT_BETA, make_psf
+    from .psf import make_psf, psfs_from_catalog
 
     if psf_fwhm is not None:
         return psf_kernel_for(make_psf(float(psf_fwhm), psf_kind), pixel_scale)
-    fwhm = _catalog_column(catalog, ("psf_fwhm_arcsec", "psf_fwhm"))
-    if fwhm is None:
-        raise MorphllrError(f"{where}: no PSF given and the catalogue has no `psf_fwhm_arcsec` column; pass "
-                            "--psf-fwhm ARCSEC (SDSS r median seeing ~1.4) or --no-psf to fit without one")
-    bad = ~np.isfinite(fwhm) | (fwhm <= 0)
-    if bad.any():
-        ids = ", ".join(str(v) for v in np.asarray(catalog["id"])[bad][:5])
-        raise MorphllrError(f"{where}: PSF FWHM missing or <= 0 for id(s) {ids}; fix the column or pass --psf-fwhm")
-    beta = _catalog_column(catalog, ("psf_beta",))
-    cache: dict = {}
-    kernels = []
-    for i, f in enumerate(fwhm):
-        b = DEFAULT_MOFFAT_BETA if beta is None or not np.isfinite(beta[i]) else float(beta[i])
-        key = (round(float(f), 3), round(b, 2))
-        if key not in cache:
-            cache[key] = psf_kernel_for(make_psf(key[0], psf_kind, beta=key[1]), pixel_scale)
-        kernels.append(cache[key])
-    return kernels
+    kernels: dict[int, np.ndarray] = {}
+    profiles = psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --no-psf to fit without one")
+    for p in profiles:
+        if id(p) not in kernels:
+            kernels[id(p)] = psf_kernel_for(p, pixel_scale)
+    return [kernels[id(p)] for p in profiles]
 
 
 def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat", no_psf: bool = False,
@@ -629,7 +611,7 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     pixel_scale = prep.get("pixel_scale")
     catalog = s.catalog
     if pixel_scale is None:
-        scales = _catalog_column(catalog, ("pixel_scale",))
+        scales = first_column(catalog, ("pixel_scale",))
         if scales is None:
             raise MorphllrError(f"{where}: records no pixel scale; prepare it with a preset that sets pixel_scale")
         pixel_scale = float(scales[0])
@@ -638,8 +620,8 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     y0, x0 = (hf - size) // 2, (wf - size) // 2
     window = np.s_[y0:y0 + size, x0:x0 + size]
     kernels = None if no_psf else kernels_for_catalog(catalog, float(pixel_scale), psf_fwhm, psf_kind, where)
-    sigma = _catalog_column(catalog, ("sky_sigma",))
-    gain = _catalog_column(catalog, ("gain",))
+    sigma = first_column(catalog, ("sky_sigma",))
+    gain = first_column(catalog, ("gain",))
     fits = []
     for start in range(0, n, 1024):  # bounded memory for large sets
         stop = min(start + 1024, n)
