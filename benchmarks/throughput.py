@@ -131,11 +131,12 @@ def bench_size(size: int, repeats: int, bf16: bool, batch: int | None) -> list[d
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32x32 only, fewer repeats (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="32x32 only, fewer repeats (a few minutes on a busy 2-core machine)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes (default 32 64)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per path (default 6, quick 3)")
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default: score's default)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all usable cores)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: morphllr.runtime.configure_cpu's choice, i.e. all usable "
+                        "cores on an idle machine, fewer when other processes keep cores busy)")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([32] if args.quick else [32, 64])
     repeats = args.repeats or (3 if args.quick else 6)

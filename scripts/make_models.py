@@ -20,6 +20,25 @@ import time
 from pathlib import Path
 
 
+def _with_overrides(recipe, items: list[str]):
+    """The recipe with FIELD=VALUE overrides applied (values cast to the field's type)."""
+    import dataclasses
+
+    from morphllr.errors import MorphllrError
+
+    changes = {}
+    fields = {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise MorphllrError(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        try:
+            changes[key] = fields[key](value)
+        except ValueError:
+            raise MorphllrError(f"--set {item}: {value!r} is not a valid {fields[key].__name__}") from None
+    return dataclasses.replace(recipe, **changes)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, train both models and install them."""
     from morphllr.demo import TRAIN_RECIPE, install_models, pretrained_dir, train_models
@@ -29,11 +48,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="working folder for the training sets, runs and logs")
     parser.add_argument("--dest", type=Path, default=pretrained_dir(), help="where the models are installed")
     parser.add_argument("--workers", type=int, default=2, help="processes for the Sérsic fits")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainRecipe field, e.g. --set max_steps=3000 --set nr_filters=32 "
+                             "(a stronger model for a faster machine); repeatable")
     args = parser.parse_args(argv)
 
+    recipe = _with_overrides(TRAIN_RECIPE, args.set)
     start = time.perf_counter()
-    print(f"recipe: {TRAIN_RECIPE}")
-    obs_dir, arch_dir = train_models(args.work, TRAIN_RECIPE, workers=args.workers,
+    print(f"recipe: {recipe}")
+    obs_dir, arch_dir = train_models(args.work, recipe, workers=args.workers,
                                      say=lambda message: print(message, flush=True))
     dest = install_models(obs_dir, arch_dir, args.dest)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())

@@ -158,7 +158,8 @@ def install_models(obs_dir: Path, arch_dir: Path, dest: Path | None = None) -> P
     for name, src in (("obs", obs_dir), ("arch", arch_dir)):
         with atomic_dir(dest / name, overwrite=True) as tmp:
             for f in MODEL_FILES:
-                shutil.copy2(Path(src) / f, tmp / f)
+                shutil.copyfile(Path(src) / f, tmp / f)
+                (tmp / f).chmod(0o644)  # package data must be readable by every user
             tmp.chmod(0o755)
     return dest
 

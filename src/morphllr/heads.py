@@ -202,10 +202,11 @@ class Head:
             logits, means, log_scales, coeffs = _split_mixture(params, channels)
             low = MIN_LOG_SCALE_DISCRETE if self.discrete else math.log(MIN_SCALE)
             scales = log_scales.clamp(low, MAX_LOG_SCALE).exp()
+            # Gumbel-max: argmax(logits + Gumbel noise) picks component m with probability softmax(logits)_m.
             gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator, device=params.device).clamp(1e-7, 1 - 1e-7)))
             chosen = (logits + gumbel).argmax(dim=1, keepdim=True)
             u = torch.rand(n, channels, h, w, generator=generator, device=params.device).clamp(1e-6, 1 - 1e-6)
-            noise = torch.log(u) - torch.log1p(-u)
+            noise = torch.log(u) - torch.log1p(-u)  # standard logistic by inverse CDF
         slopes = torch.tanh(coeffs)
         values = []
         pair = 0

@@ -9,6 +9,12 @@ for every pixel, depending only on pixels before it in raster order.
 Weight normalisation of the original is left out: it costs speed at inference and the plain
 convolutions with a 0.1-scaled residual output train stably here.
 
+Speed (see BENCHMARKS.md): concat-ELU, dropout and the causal zero padding are one fused op
+with its own backward (:func:`concat_elu_padded`), each stream tensor's concat-ELU is computed
+once and shared by the blocks that read it, and the stride-2 transposed convolutions run as a
+1x1 convolution plus a sub-pixel shuffle.  :mod:`morphllr.reference` is the plain version the
+tests hold this one to.  Use channels-last inputs and bf16 autocast on CPUs with native bf16.
+
 Units: continuous heads take images in the user's units, feed ``(x - input_shift) /
 input_scale`` to the network and report densities in the user's units (the Jacobian
 ``-log(input_scale)`` per dimension is added).  The discretized head takes integers 0..255.

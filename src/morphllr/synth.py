@@ -56,8 +56,8 @@ Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
 The sets
 --------
 ``observed-train`` / ``observed-test``: the recipe above (independent random streams).
-``sim-good``: same recipe with mildly different distributions (10 % larger, weaker
-arms, more clumps, fewer bars).  ``sim-softened``: the galaxies' central light is
+``sim-good``: same recipe with mildly different distributions (10 % larger, 30 % weaker
+arms and clumps, fewer bars, slightly larger bulges).  ``sim-softened``: the galaxies' central light is
 flattened inside a gravitational-softening-like core of 2 kpc (radii r -> (r^4 + eps^4)^(1/4))
 and the missing light spread as a Gaussian of that radius; the outskirts are unchanged.  ``sim-smooth``: no
 arms, clumps, bars or dust (bulge + disk only).  ``archetypes``: single-Sérsic
@@ -165,7 +165,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "observed-train": Recipe(),
     "observed-test": Recipe(),
-    "sim-good": Recipe(size_scale=1.1, arm_strength_scale=0.8, clump_scale=1.4, bar_fraction=0.2,
+    "sim-good": Recipe(size_scale=1.1, arm_strength_scale=0.7, clump_scale=0.7, bar_fraction=0.2,
                        late_bt_beta=(1.6, 4.0)),
     "sim-softened": Recipe(softening_kpc=2.0),
     "sim-smooth": Recipe(structure=False),

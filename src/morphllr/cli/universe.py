@@ -34,7 +34,7 @@ def synth_command(
 
     The "simulation" sets have known, decreasing fidelity: sim-good (mildly different distributions) > sim-softened (cores flattened inside 2 kpc, as by gravitational softening) > sim-smooth (no arms/bars/clumps/dust) >= archetypes.  A likelihood-ratio comparison should recover this order (stored in universe.json).
 
-    Writes OUT/<set>.h5 (morphllr ImageSets whose catalogues hold the true parameters and single-Sérsic fits) and OUT/universe.json.  Speed: ~40 images/s per core, plus ~0.1 s per Sérsic fit for the archetypes.
+    Writes OUT/<set>.h5 (morphllr ImageSets whose catalogues hold the true parameters and single-Sérsic fits) and OUT/universe.json.  Speed: ~90 images/s per CPU core, plus ~0.05 CPU-s per Sérsic fit for the archetypes.
     """
     import time
 
