@@ -1,5 +1,7 @@
 # make demo  — create .venv if needed, run the embedded demo, write ./morphllr-demo/
 # make test  — create .venv if needed, run the test suite
+# make models — retrain the two shipped demo models from scratch (<= 30 min on 2 cores)
+# make bench — speed tables quoted in BENCHMARKS.md
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -25,6 +27,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/compare.py
+
+models: $(STAMP)
+	$(BIN)/python scripts/make_models.py
 
 clean:
 	rm -rf $(VENV) morphllr-demo
