@@ -161,11 +161,33 @@ def bench_archetypes(n: int = 512, workers: int = 2, size: int = 128, seed: int 
 BENCHMARKS.update({"fit_sersic": bench_fit_sersic, "archetypes": bench_archetypes})
 
 
-def main(names: list[str]) -> None:
-    for name in names or list(BENCHMARKS):
+#: (benchmark, measured key, target key, "higher" or "lower" is better, unit) for the summary table.
+SUMMARY = [
+    ("segmentation", "images_per_s", "target_images_per_s", "higher", "img/s (64x64)"),
+    ("prepare", "seconds_for_40000", "target_seconds_for_40000", "lower", "s for 40,000 cutouts"),
+    ("fit_sersic", "fits_per_s", "target_fits_per_s", "higher", "fits/s (64x64)"),
+    ("archetypes", "images_per_s_warm", "target_images_per_s", "higher", "img/s (128x128)"),
+]
+
+
+def main(argv: list[str]) -> None:
+    """Run the named benchmarks (all by default), print each result as JSON, then a summary table."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    results = {}
+    for name in argv or list(BENCHMARKS):
         if name not in BENCHMARKS:
             raise SystemExit(f"unknown benchmark {name}; choose from {list(BENCHMARKS)}")
-        print(json.dumps({name: BENCHMARKS[name]()}), flush=True)
+        results[name] = BENCHMARKS[name]()
+        print(json.dumps({name: results[name]}), flush=True)
+    print(f"\n| benchmark | measured | target | unit | met |\n|---|---|---|---|---|")
+    for name, key, target_key, better, unit in SUMMARY:
+        if name in results:
+            got, target = results[name][key], results[name][target_key]
+            met = got >= target if better == "higher" else got <= target
+            print(f"| {name} | {got} | {target} | {unit} | {'yes' if met else 'no'} |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}")
 
 
 if __name__ == "__main__":

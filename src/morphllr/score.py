@@ -21,6 +21,7 @@ import numpy as np
 
 from . import runtime
 from .errors import MorphllrError
+from .preprocess import check_compatible
 from .sources import ImageSource, check_batch, open_images
 
 
@@ -72,22 +73,7 @@ def check_images_fit(source: ImageSource, config, model_preprocessing: dict, mod
             f"{want[0]}x{want[1]}x{want[2]}; prepare them with the model's preprocessing (same cutout, zoom, bands)")
     set_prep = dict(getattr(source, "preprocessing", None) or {})
     if model_preprocessing and set_prep:
-        _check_preprocessing(model_preprocessing, set_prep, f"model {model_name} vs set {source.name}")
-
-
-def _check_preprocessing(model_prep: dict, set_prep: dict, what: str) -> None:
-    try:
-        from .preprocess import check_compatible
-    except ImportError:
-        check_compatible = None
-    if check_compatible is not None:
-        check_compatible(model_prep, set_prep, what)
-        return
-    if model_prep != set_prep:
-        keys = sorted(k for k in set(model_prep) | set(set_prep) if model_prep.get(k) != set_prep.get(k))
-        raise MorphllrError(
-            f"{what}: images were preprocessed differently from the model's training data "
-            f"(differs in {', '.join(keys)}); prepare them with the same preprocessing")
+        check_compatible(model_preprocessing, set_prep, f"model {model_name} vs set {source.name}")
 
 
 def _device_of(net) -> "torch.device":

@@ -416,10 +416,6 @@ def _single_image_dataset(fh, path: Path) -> str:
 
 
 def _open_imageset(path: Path) -> ImageSource:
-    try:
-        from .imageset import ImageSet
-    except ImportError:
-        raise MorphllrError(
-            f"{path}: is a morphllr ImageSet but this installation cannot read ImageSets; "
-            f"pass {path.name}:images to read the pixels directly") from None
+    from .imageset import ImageSet
+
     return ImageSet.open(path)

@@ -15,7 +15,7 @@ an SDSS-like Moffat PSF and given SDSS-like sky and shot noise.
 Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
 
 * stellar mass and redshift: galaxies are drawn uniformly in comoving volume for
-  0.05 < z < 0.1 (astropy Planck18 cosmology) from the GAMA double-Schechter stellar
+  0.02 < z < 0.05 (nearby, so that structure is resolved at 32^2; astropy Planck18 cosmology) from the GAMA double-Schechter stellar
   mass function (Baldry et al. 2012: log M* = 10.66, alpha1 = -0.35, phi1 = 3.96e-3,
   alpha2 = -1.47, phi2 = 0.79e-3) and kept if brighter than the SDSS spectroscopic
   limit r < 17.77 (Strauss et al. 2002), which gives the joint mass-redshift-magnitude
@@ -38,14 +38,17 @@ Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
   have apparent q ~ 0.8 +- 0.12 (Padilla & Strauss 2008).  Position angles uniform.
 * spiral arms: 85 % of disk-dominated galaxies; arm number m = 1, 2, 3 with
   probabilities 0.1, 0.6, 0.3 and pitch angles 10-30 deg (Hart et al. 2016, 2017); the
-  arm-interarm modulation amplitude is 0.2-0.6 of the disk light (Elmegreen et al. 2011).
+  arm-interarm modulation amplitude is 0.3-0.7 of the disk light (Elmegreen et al. 2011
+  measure arm/interarm contrasts of 1.5-3 in the near-infrared, i.e. amplitudes 0.2-0.5,
+  and higher in the optical where young stars line the arms).
 * bars: 30 % of disks with B/T < 0.5 (Masters et al. 2011), length 0.5-1.2 Re_disk,
   5-15 % of the disk light.
 * clumps: ~6 (1 - B/T) star-forming clumps of 0.15-0.4 kpc carrying 2-8 % of the disk
   light, placed on the arms.
 * dust lanes: disks seen more edge-on than q < 0.35 get a mid-plane lane of optical
   depth 0.4-1.2, slightly offset from the major axis.
-* companions (20 %) and foreground stars (25 %, r = 15.5-21).
+* companions (10 %) and foreground stars (10 %, r = 15.5-21): realistic but modest
+  rates.  Archetypes inherit their galaxy's exact neighbour layer (see below).
 * PSF: Moffat, FWHM 1.2-1.6 arcsec, beta 3-4.7 (SDSS r-band seeing).
 * units: SDSS r counts (DN) per 0.396" pixel, sky-subtracted; a count is AB mag 28.2
   (the ``zero_point`` of the ``zanisi21`` preprocessing).  Sky 120-190 DN/px, gain
@@ -56,13 +59,25 @@ Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
 The sets
 --------
 ``observed-train`` / ``observed-test``: the recipe above (independent random streams).
-``sim-good``: same recipe with mildly different distributions (10 % larger, 30 % weaker
-arms and clumps, fewer bars, slightly larger bulges).  ``sim-softened``: the galaxies' central light is
-flattened inside a gravitational-softening-like core of 2 kpc (radii r -> (r^4 + eps^4)^(1/4))
+``sim-good``: same recipe with mildly weaker small-scale structure (arms 40 % weaker,
+half the clump light, bars in 20 % instead of 30 % of disks, slightly larger bulges); sizes
+are unchanged so that only morphology differs.  ``sim-softened``: the galaxies' central light is
+flattened inside a gravitational-softening-like core of 1 kpc (1-3 model pixels at these
+distances; radii r -> (r^4 + eps^4)^(1/4))
 and the missing light spread as a Gaussian of that radius; the outskirts are unchanged.  ``sim-smooth``: no
 arms, clumps, bars or dust (bulge + disk only).  ``archetypes``: single-Sérsic
-archetypes of the observed test set (made with :mod:`morphllr.archetypes` when writing
-ImageSets).
+archetypes of the observed test set.
+
+Archetypes in the same sky
+--------------------------
+The paper inserts each archetype into real sky, so that everything around the galaxy
+(neighbours, sky) is shared by the observed image and its archetype and cancels in the
+likelihood ratio; only the central galaxy's morphology is compared.  The synthetic
+equivalent: every archetype is the PSF-convolved single Sérsic fit of its galaxy
+(rendered by :func:`morphllr.archetypes.render_archetypes`) plus the *same* noiseless
+companion/star layer as its observed image, plus fresh sky and shot noise drawn from the
+same noise model (see :func:`make_archetypes`).  Without that, companions and stars that
+p_arch never saw dominate the LLR by 10^2-10^4 nats.
 
 Rendering is vectorised with numpy: profiles are evaluated on a 2x oversampled grid
 (the central pixels 5x5 supersampled so that n = 4 cusps are integrated, not sampled),
@@ -93,7 +108,10 @@ ZERO_POINT = 28.2
 MAG_LIMIT = 17.77
 """SDSS main-sample spectroscopic limit (Petrosian r), applied to the total magnitude."""
 
-Z_RANGE = (0.05, 0.1)
+Z_RANGE = (0.02, 0.05)
+"""Redshift range of the universe.  Nearer than the paper's sample (0.05-0.1) on purpose:
+after the zanisi21 zoom a model pixel is 0.79", i.e. 0.33-0.77 kpc here, so arms, bars
+and clumps of a few kpc span several model pixels and the 32^2 models can see them."""
 
 SET_NAMES = ("observed-train", "observed-test", "sim-good", "sim-softened", "sim-smooth", "archetypes",
              "archetypes-train")
@@ -142,8 +160,8 @@ class Recipe:
     late_bt_beta: tuple[float, float] = (1.3, 4.0)
     structure: bool = True
     softening_kpc: float = 0.0
-    companion_fraction: float = 0.20
-    star_fraction: float = 0.25
+    companion_fraction: float = 0.10
+    star_fraction: float = 0.10
 
     def check(self, where: str = "recipe") -> None:
         """Raise :class:`MorphllrError` if a parameter is outside its possible range."""
@@ -165,9 +183,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "observed-train": Recipe(),
     "observed-test": Recipe(),
-    "sim-good": Recipe(size_scale=1.1, arm_strength_scale=0.7, clump_scale=0.7, bar_fraction=0.2,
-                       late_bt_beta=(1.6, 4.0)),
-    "sim-softened": Recipe(softening_kpc=2.0),
+    "sim-good": Recipe(arm_strength_scale=0.6, clump_scale=0.5, bar_fraction=0.2, late_bt_beta=(1.6, 4.0)),
+    "sim-softened": Recipe(softening_kpc=1.0),
     "sim-smooth": Recipe(structure=False),
 }
 """The recipe of every generated set (``archetypes`` is derived from observed-test)."""
@@ -320,7 +337,7 @@ def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe())
     has_arms = structure & disky & (rng.random(n) < recipe.arm_fraction)
     arm_m = rng.choice([1, 2, 3], size=n, p=[0.1, 0.6, 0.3])
     arm_pitch = rng.uniform(10, 30, n)
-    arm_strength = np.where(has_arms, np.clip(rng.uniform(0.2, 0.6, n) * recipe.arm_strength_scale, 0, 0.95), 0.0)
+    arm_strength = np.where(has_arms, np.clip(rng.uniform(0.3, 0.7, n) * recipe.arm_strength_scale, 0, 0.95), 0.0)
     has_bar = structure & (bt < 0.5) & (rng.random(n) < recipe.bar_fraction)
     bar_frac = np.where(has_bar, rng.uniform(0.05, 0.15, n), 0.0)
     bar_length = rng.uniform(0.5, 1.2, n) * re_disk
@@ -378,12 +395,46 @@ class Rendered:
         segmap: int32 (N, 128, 128) 0 sky, 1 central galaxy, 2 companion, 3 star (pixels
             whose noiseless flux exceeds the sky noise, labelled by the brightest source).
         sky_sigma: float64 (N,) sky noise per pixel in counts.
+        neighbours: float32 (N, 128, 128) the noiseless companion + star layer.
+        neighbour_label: int8 (N, 128, 128) which neighbour dominates a pixel (2 companion, 3 star).
     """
 
     flux: np.ndarray
     noiseless: np.ndarray
     segmap: np.ndarray
     sky_sigma: np.ndarray
+    neighbours: np.ndarray
+    neighbour_label: np.ndarray
+
+
+def _add_noise(total: np.ndarray, sky: np.ndarray, gain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sky-subtracted counts with SDSS-like noise: sky + source shot noise and 1 DN^2 dark/read variance.
+
+    Args:
+        total: (B, H, W) noiseless scene in counts (sky already subtracted).
+        sky, gain: (B, 1, 1) sky level (counts per pixel) and gain (electrons per count).
+        rng: the chunk's random stream.
+
+    Returns:
+        float64 (B, H, W) noisy image.
+    """
+    var = (sky + np.maximum(total, 0)) / gain + 1.0
+    return total + rng.standard_normal(total.shape) * np.sqrt(var)
+
+
+def _label_sources(layers: np.ndarray, labels: tuple[int, ...], sky_sigma: np.ndarray) -> np.ndarray:
+    """Segmap: each pixel labelled by its brightest noiseless layer where that exceeds the sky noise.
+
+    Args:
+        layers: (L, B, H, W) noiseless images of the sources.
+        labels: the segmap value of each layer.
+        sky_sigma: (B,) per-pixel sky noise.
+
+    Returns:
+        int32 (B, H, W) segmap, 0 = sky.
+    """
+    label = np.asarray(labels, np.int32)[np.argmax(layers, axis=0)]
+    return np.where(layers.max(axis=0) > sky_sigma[:, None, None], label, 0)
 
 
 def _col(params: dict[str, np.ndarray], key: str, sl: slice, extra_dims: int = 2) -> np.ndarray:
@@ -566,6 +617,8 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
     out_flux = np.empty((n, STAMP, STAMP), np.float32)
     out_clean = np.empty_like(out_flux)
     out_seg = np.zeros((n, STAMP, STAMP), np.int32)
+    out_neigh = np.zeros((n, STAMP, STAMP), np.float32)
+    out_neigh_label = np.zeros((n, STAMP, STAMP), np.int8)
     sky_sigma = np.sqrt(params["sky_level"] / params["gain"] + 1.0)
     freq = np.fft.fftfreq(nf)[:, None] ** 2 + np.fft.rfftfreq(nf)[None, :] ** 2  # cycles / fine px
     for start in range(0, n, _CHUNK):
@@ -625,17 +678,16 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
         central, others = bin2(central), bin2(others)
         total = central + others.sum(axis=0)
         if noise:
-            sky, gain = _col(params, "sky_level", sl), _col(params, "gain", sl)
-            var = (sky + np.maximum(total, 0)) / gain + 1.0
-            observed = total + rng.standard_normal(total.shape) * np.sqrt(var)
+            observed = _add_noise(total, _col(params, "sky_level", sl), _col(params, "gain", sl), rng)
         else:
             observed = total
-        stack = np.stack([central, others[0], others[1]])
-        label = np.argmax(stack, axis=0) + 1
-        out_seg[sl] = np.where(stack.max(axis=0) > sky_sigma[sl][:, None, None], label, 0)
+        out_seg[sl] = _label_sources(np.stack([central, others[0], others[1]]), (1, 2, 3), sky_sigma[sl])
         out_flux[sl] = observed
         out_clean[sl] = central
-    return Rendered(flux=out_flux, noiseless=out_clean, segmap=out_seg, sky_sigma=sky_sigma)
+        out_neigh[sl] = others.sum(axis=0)
+        out_neigh_label[sl] = np.where(others[1] > others[0], 3, 2)
+    return Rendered(flux=out_flux, noiseless=out_clean, segmap=out_seg, sky_sigma=sky_sigma,
+                    neighbours=out_neigh, neighbour_label=out_neigh_label)
 
 
 # --------------------------------------------------------------------------- sets
@@ -649,6 +701,9 @@ class SynthSet:
         segmap: int32 (N, 128, 128) 0 sky, 1 central galaxy, 2 companion, 3 star.
         catalog: astropy Table, one row per image, with ``id`` and the true parameters.
         noiseless: float32 (N, 128, 128) the central galaxy without noise/neighbours.
+        neighbours: float32 (N, 128, 128) the noiseless companion + star layer (shared
+            with the galaxies' archetypes), or None.
+        neighbour_label: int8 (N, 128, 128) 2 where the companion dominates that layer, 3 the star.
     """
 
     name: str
@@ -656,6 +711,8 @@ class SynthSet:
     segmap: np.ndarray
     catalog: object
     noiseless: np.ndarray
+    neighbours: np.ndarray | None = None
+    neighbour_label: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.flux)
@@ -711,7 +768,8 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> 
     rendered = render_galaxies(params, key + [1])
     ids = np.array([f"{name}-{i:06d}" for i in range(n)])
     params["sky_sigma"] = rendered.sky_sigma
-    return SynthSet(name, rendered.flux, rendered.segmap, _to_table(params, ids, name), rendered.noiseless)
+    return SynthSet(name, rendered.flux, rendered.segmap, _to_table(params, ids, name), rendered.noiseless,
+                    rendered.neighbours, rendered.neighbour_label)
 
 
 def _fit_one_chunk(args):
@@ -803,6 +861,60 @@ def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0) 
         model = archetypes.NoiseModel(sky_sigma=np.asarray(table["sky_sigma"], float),
                                       gain=np.asarray(table["gain"], float))
     return archetypes.render_archetypes(params, (1, STAMP, STAMP), PIXEL_SCALE, psfs, model, seed)[:, 0]
+
+
+_ARCHETYPE_COLUMNS = ("log_mstar", "z", "kpc_per_arcsec", "r50_kpc", "early_type", "psf_fwhm_arcsec", "psf_beta",
+                      "sky_level", "gain", "sky_sigma", "has_companion", "has_star")
+"""Columns of the observed galaxy an archetype keeps (its host's mass, distance, PSF and noise)."""
+
+
+def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0) -> SynthSet:
+    """The archetype set of an observed set, in the same sky as the observed images.
+
+    Each archetype is the galaxy's PSF-convolved single-Sérsic fit (:func:`archetype_flux`,
+    i.e. :mod:`morphllr.archetypes`) plus the galaxy's own noiseless companion/star layer,
+    plus fresh sky and shot noise from the same noise model: the synthetic equivalent of
+    the paper's insertion of archetypes into real sky, so that neighbours and background
+    cancel in the likelihood ratio and only the central galaxy's morphology is compared.
+
+    Args:
+        observed: a set from :func:`make_set` whose catalogue holds the ``sersic_*`` fit
+            columns (:func:`fit_single_sersic`, joined by :func:`generate`).
+        name: ``archetypes`` or ``archetypes-train``.
+        seed: noise seed.
+
+    Returns:
+        :class:`SynthSet` with the observed ids, ``sersic_*`` columns and ``archetype`` = True.
+    """
+    from astropy.table import Table
+
+    cat = observed.catalog
+    if "sersic_n" not in cat.colnames:
+        raise MorphllrError(f"{observed.name}: no single-Sérsic fits in the catalogue; run fit_single_sersic first")
+    sersic = archetype_flux(observed, cat[["id"]], noise=False, seed=seed)
+    neighbours = observed.neighbours if observed.neighbours is not None else np.zeros_like(sersic)
+    labels = observed.neighbour_label if observed.neighbour_label is not None else np.full(sersic.shape, 2, np.int8)
+    sky_sigma = np.asarray(cat["sky_sigma"], float)
+    flux = np.empty_like(sersic)
+    segmap = np.empty(sersic.shape, np.int32)
+    for start in range(0, len(sersic), _CHUNK):
+        sl = slice(start, start + _CHUNK)
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), start // _CHUNK]))
+        total = sersic[sl] + neighbours[sl]
+        col = lambda key: np.asarray(cat[key][sl], float)[:, None, None]  # noqa: E731
+        flux[sl] = _add_noise(total, col("sky_level"), col("gain"), rng)
+        neighbour_seg = _label_sources(neighbours[sl][None], (2,), sky_sigma[sl])
+        own = (sersic[sl] > neighbours[sl]) & (sersic[sl] > sky_sigma[sl][:, None, None])
+        segmap[sl] = np.where(own, 1, np.where(neighbour_seg > 0, labels[sl], 0))
+    table = Table()
+    table["id"] = cat["id"]
+    for key in cat.colnames:
+        if key.startswith("sersic_") or key in _ARCHETYPE_COLUMNS:
+            table[key] = cat[key]
+    table["sersic_n_clipped"] = (np.asarray(cat["sersic_n"]) < 0.3) | (np.asarray(cat["sersic_n"]) > 6.2)
+    table["archetype"] = np.ones(len(table), bool)
+    table.meta["set"] = name
+    return SynthSet(name, flux, segmap, table, sersic, neighbours, labels)
 
 
 # --------------------------------------------------------------------------- writing
@@ -962,7 +1074,6 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say):
     import json
 
     from . import __version__
-    from .archetypes import make_archetype_set
     from .atomic import atomic_dir
 
     written = {}
@@ -972,8 +1083,9 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say):
         for name in sets:
             if name.startswith("archetypes"):
                 source = "observed-train" if name == "archetypes-train" else "observed-test"
-                say(f"rendering {name} with morphllr.archetypes")
-                make_archetype_set(tmp / f"{source}.h5", tmp / f"{name}.h5", seed=_archetype_seed(seed, name))
+                say(f"rendering {name} (morphllr.archetypes Sérsic + the observed neighbours + fresh noise)")
+                write_set(tmp / f"{name}.h5", make_archetypes(generated[source], name, _archetype_seed(seed, name)),
+                          prep, seed=seed)
         for name in generated:
             if name not in sets:  # only needed as the source of archetypes
                 (tmp / f"{name}.h5").unlink()
