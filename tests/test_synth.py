@@ -55,9 +55,9 @@ def test_cutouts_look_like_sdss_r_counts():
     measured = np.median([np.std(c[m]) for c, m in zip(corners, sky_mask)])
     assert 4.0 < measured < 7.5
     assert abs(measured / np.median(cat["sky_sigma"]) - 1) < 0.1
-    # flux-limited sample at 0.05 < z < 0.1
+    # flux-limited sample inside the universe's redshift range
     assert np.all(cat["mag_r"] < synth.MAG_LIMIT)
-    assert np.all((cat["z"] >= 0.05) & (cat["z"] <= 0.1))
+    assert np.all((cat["z"] >= synth.Z_RANGE[0]) & (cat["z"] <= synth.Z_RANGE[1]))
     # the galaxy centre lands at the middle of the zanisi21 crop and is a few hundred counts or more
     centre = s.noiseless[:, 62:67, 62:67].max(axis=(1, 2))
     assert np.median(centre) > 100
@@ -130,13 +130,19 @@ def test_observed_galaxies_leave_structured_residuals_that_smooth_ones_do_not():
 
 
 def test_softened_galaxies_differ_at_the_centre_not_in_the_outskirts():
+    """The softening operation alone (sim-softened also weakens structure) flattens the core,
+    moves the light just outside it and leaves the profile beyond ~4 softening lengths alone."""
     n = 32
     obs = synth.make_set("observed-test", n, seed=3)
-    soft = synth.make_set("observed-test", n, seed=3, recipe=synth.RECIPES["sim-softened"])
+    eps_kpc = synth.RECIPES["sim-softened"].softening_kpc
+    soft = synth.make_set("observed-test", n, seed=3, recipe=synth.Recipe(softening_kpc=eps_kpc))
     x0, y0 = np.asarray(obs.catalog["x0"]), np.asarray(obs.catalog["y0"])
-    edges = np.array([0, 1.5, 3, 5, 8, 12, 18, 26])
-    p_obs = _radial_profile(obs.noiseless, x0, y0, edges)
-    p_soft = _radial_profile(soft.noiseless, x0, y0, edges)
+    eps_pix = eps_kpc / np.asarray(obs.catalog["kpc_per_arcsec"]) / synth.PIXEL_SCALE
+    edges = np.array([0, 0.25, 0.5, 1, 2, 3, 4, 6])  # in softening lengths
+    p_obs = np.concatenate([_radial_profile(obs.noiseless[i:i + 1], x0[i:i + 1], y0[i:i + 1], edges * eps_pix[i])
+                            for i in range(n)])
+    p_soft = np.concatenate([_radial_profile(soft.noiseless[i:i + 1], x0[i:i + 1], y0[i:i + 1], edges * eps_pix[i])
+                             for i in range(n)])
     change = np.median(p_soft / p_obs, axis=0)
     assert change[0] < 0.85  # the core is flattened
     assert np.all(np.abs(change[-2:] - 1) < 0.03)  # beyond ~4 softening lengths nothing changes
@@ -207,3 +213,42 @@ def test_cli_refuses_existing_folder(tmp_path, capsys):
         main(["synth", "--out", str(tmp_path / "u"), "--sets", "sim-good", "--n-test", "2"])
     assert exit_info.value.code == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_archetypes_live_in_the_same_sky_as_their_galaxies():
+    """An archetype keeps its galaxy's companion/star layer (so neighbours cancel in the LLR);
+    only the central galaxy is replaced by its Sérsic fit and the noise is drawn afresh."""
+    n = 6
+    obs = synth.make_set("observed-test", n, seed=5, recipe=synth.Recipe(companion_fraction=1.0, star_fraction=1.0))
+    synth._join_fits(obs.catalog, synth.fit_single_sersic(obs, workers=1))
+    arch = synth.make_archetypes(obs, seed=1)
+    assert list(arch.catalog["id"]) == list(obs.catalog["id"]) and np.all(arch.catalog["archetype"])
+    np.testing.assert_array_equal(arch.neighbours, obs.neighbours)
+    assert obs.neighbours.max() > 100  # every cutout really has a bright neighbour
+    sigma = np.asarray(obs.catalog["sky_sigma"])[:, None, None]
+    # residual of the archetype about its own noiseless scene: pure noise of the sky's size
+    noise = (arch.flux - arch.noiseless - arch.neighbours)[:, :16, :16] / sigma
+    assert 0.8 < noise.std() < 1.2 and abs(noise.mean()) < 0.1
+    # fresh noise: not the observed image's noise realisation
+    obs_noise = (obs.flux - obs.noiseless - obs.neighbours)[:, :16, :16] / sigma
+    assert abs(np.corrcoef(noise.ravel(), obs_noise.ravel())[0, 1]) < 0.1
+    # neighbour pixels far from the centre carry the same labels in both segmaps
+    far = np.zeros(obs.segmap.shape[1:], bool)
+    far[:20], far[-20:], far[:, :20], far[:, -20:] = True, True, True, True
+    neighbour = np.isin(obs.segmap, (2, 3)) & far
+    assert neighbour.sum() > 50
+    assert np.mean(arch.segmap[neighbour] == obs.segmap[neighbour]) > 0.95
+
+
+def test_simulations_are_the_observed_test_galaxies_re_rendered():
+    """Paired sets: same galaxies, so only the recipe's morphology changes differ."""
+    n = 8
+    obs = synth.make_set("observed-test", n, seed=4)
+    for name in ("sim-good", "sim-softened", "sim-smooth"):
+        sim = synth.make_set(name, n, seed=4)
+        for key in ("log_mstar", "z", "r50_kpc", "pa_deg", "q_disk", "bt"):
+            np.testing.assert_array_equal(sim.catalog[key], obs.catalog[key])
+        assert not np.array_equal(sim.flux, obs.flux)  # own noise and structure
+    good = synth.make_set("sim-good", n, seed=4)
+    assert np.all(np.asarray(good.catalog["arm_strength"]) <= np.asarray(obs.catalog["arm_strength"]))
+    assert np.asarray(good.catalog["arm_strength"]).sum() < 0.8 * np.asarray(obs.catalog["arm_strength"]).sum()

@@ -59,11 +59,13 @@ Parameter distributions (vectorised draws, see :func:`sample_galaxies`):
 The sets
 --------
 ``observed-train`` / ``observed-test``: the recipe above (independent random streams).
-``sim-good``: same recipe with mildly weaker small-scale structure (arms 40 % weaker,
-half the clump light, bars in 20 % instead of 30 % of disks, slightly larger bulges); sizes
-are unchanged so that only morphology differs.  ``sim-softened``: the galaxies' central light is
-flattened inside a gravitational-softening-like core of 1 kpc (1-3 model pixels at these
-distances; radii r -> (r^4 + eps^4)^(1/4))
+The three simulations are the observed-test galaxies themselves (same masses, sizes,
+distances, orientations; see :data:`GALAXIES_FROM`) re-rendered with known changes.
+``sim-good``: mildly weaker small-scale structure (arms 30 % weaker, clump light 45 %
+lower, bars in 25 % instead of 30 % of disks).  ``sim-softened``: a low-resolution run:
+the central light is flattened inside a gravitational-softening core of 2 kpc (radii
+r -> (r^4 + eps^4)^(1/4)) and structure near the resolution scale is suppressed (arms at
+40 % strength, clumps at 35 %, bars in 15 % of disks)
 and the missing light spread as a Gaussian of that radius; the outskirts are unchanged.  ``sim-smooth``: no
 arms, clumps, bars or dust (bulge + disk only).  ``archetypes``: single-Sérsic
 archetypes of the observed test set.
@@ -183,11 +185,20 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "observed-train": Recipe(),
     "observed-test": Recipe(),
-    "sim-good": Recipe(arm_strength_scale=0.6, clump_scale=0.5, bar_fraction=0.2, late_bt_beta=(1.6, 4.0)),
-    "sim-softened": Recipe(softening_kpc=1.0),
+    "sim-good": Recipe(arm_strength_scale=0.7, clump_scale=0.55, bar_fraction=0.25),
+    "sim-softened": Recipe(softening_kpc=2.0, arm_strength_scale=0.4, clump_scale=0.35, bar_fraction=0.15),
     "sim-smooth": Recipe(structure=False),
 }
 """The recipe of every generated set (``archetypes`` is derived from observed-test)."""
+
+GALAXIES_FROM = {"sim-good": "observed-test", "sim-softened": "observed-test", "sim-smooth": "observed-test"}
+"""Sets whose galaxies (masses, sizes, distances, orientations, ...) are those of another set.
+
+The simulations are the observed-test galaxies re-rendered with each simulation's
+changes (a paired, controlled experiment): only morphology differs between the sets,
+so the known order is not blurred by sample variance of the heavy-tailed per-image LLR.
+Their noise and clump placements are still their own (drawn from the set's own stream).
+Pairing holds when the sets have the same size (the demo's case)."""
 
 
 # --------------------------------------------------------------------------- sampling
@@ -764,7 +775,7 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> 
     recipe = recipe or RECIPES[name]
     recipe.check(f"recipe of {name}")
     key = [int(seed), *[int(b) for b in name.encode()]]
-    params = sample_galaxies(n, _stream(seed, name), recipe)
+    params = sample_galaxies(n, _stream(seed, GALAXIES_FROM.get(name, name)), recipe)
     rendered = render_galaxies(params, key + [1])
     ids = np.array([f"{name}-{i:06d}" for i in range(n)])
     params["sky_sigma"] = rendered.sky_sigma
@@ -832,7 +843,7 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
     return table
 
 
-def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0) -> np.ndarray:
+def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0, workers: int = 1) -> np.ndarray:
     """Single-Sérsic archetypes of an observed set, rendered by :mod:`morphllr.archetypes`.
 
     Each archetype has the fitted n, Re, q, PA, flux and centre of its galaxy, the
@@ -844,6 +855,7 @@ def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0) 
         fits: table from :func:`fit_single_sersic` (same order).
         noise: add matched sky + shot noise.
         seed: noise seed.
+        workers: processes for the GalSim rendering.
 
     Returns:
         float32 (N, 128, 128) flux cutouts.
@@ -860,7 +872,7 @@ def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0) 
     if noise:
         model = archetypes.NoiseModel(sky_sigma=np.asarray(table["sky_sigma"], float),
                                       gain=np.asarray(table["gain"], float))
-    return archetypes.render_archetypes(params, (1, STAMP, STAMP), PIXEL_SCALE, psfs, model, seed)[:, 0]
+    return archetypes.render_archetypes(params, (1, STAMP, STAMP), PIXEL_SCALE, psfs, model, seed, workers)[:, 0]
 
 
 _ARCHETYPE_COLUMNS = ("log_mstar", "z", "kpc_per_arcsec", "r50_kpc", "early_type", "psf_fwhm_arcsec", "psf_beta",
@@ -868,7 +880,7 @@ _ARCHETYPE_COLUMNS = ("log_mstar", "z", "kpc_per_arcsec", "r50_kpc", "early_type
 """Columns of the observed galaxy an archetype keeps (its host's mass, distance, PSF and noise)."""
 
 
-def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0) -> SynthSet:
+def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0, workers: int = 1) -> SynthSet:
     """The archetype set of an observed set, in the same sky as the observed images.
 
     Each archetype is the galaxy's PSF-convolved single-Sérsic fit (:func:`archetype_flux`,
@@ -882,6 +894,7 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0)
             columns (:func:`fit_single_sersic`, joined by :func:`generate`).
         name: ``archetypes`` or ``archetypes-train``.
         seed: noise seed.
+        workers: processes for the GalSim rendering.
 
     Returns:
         :class:`SynthSet` with the observed ids, ``sersic_*`` columns and ``archetype`` = True.
@@ -891,7 +904,7 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0)
     cat = observed.catalog
     if "sersic_n" not in cat.colnames:
         raise MorphllrError(f"{observed.name}: no single-Sérsic fits in the catalogue; run fit_single_sersic first")
-    sersic = archetype_flux(observed, cat[["id"]], noise=False, seed=seed)
+    sersic = archetype_flux(observed, cat[["id"]], noise=False, seed=seed, workers=workers)
     neighbours = observed.neighbours if observed.neighbours is not None else np.zeros_like(sersic)
     labels = observed.neighbour_label if observed.neighbour_label is not None else np.full(sersic.shape, 2, np.int8)
     sky_sigma = np.asarray(cat["sky_sigma"], float)
@@ -1045,7 +1058,7 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
     say = progress or (lambda message: None)
     generated = generate(sets, n_train, n_test, n_sim, seed, workers, progress)
     try:
-        return _write_all(out, sets, generated, prep, seed, overwrite, say)
+        return _write_all(out, sets, generated, prep, seed, overwrite, say, workers)
     except OSError as exc:
         raise MorphllrError(f"--out {out}: writing failed ({exc.strerror or exc}); nothing was kept, "
                             "free some space or choose another folder") from None
@@ -1069,7 +1082,7 @@ def _check_destination(out, overwrite: bool) -> None:
                             "choose a writable folder") from None
 
 
-def _write_all(out, sets, generated, prep, seed, overwrite, say):
+def _write_all(out, sets, generated, prep, seed, overwrite, say, workers=1):
     """Write the generated sets, their archetypes and universe.json atomically into ``out``."""
     import json
 
@@ -1084,7 +1097,7 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say):
             if name.startswith("archetypes"):
                 source = "observed-train" if name == "archetypes-train" else "observed-test"
                 say(f"rendering {name} (morphllr.archetypes Sérsic + the observed neighbours + fresh noise)")
-                write_set(tmp / f"{name}.h5", make_archetypes(generated[source], name, _archetype_seed(seed, name)),
+                write_set(tmp / f"{name}.h5", make_archetypes(generated[source], name, _archetype_seed(seed, name), workers),
                           prep, seed=seed)
         for name in generated:
             if name not in sets:  # only needed as the source of archetypes

@@ -10,7 +10,7 @@ from . import app
 
 _SETS_HELP = (
     "Comma-separated sets to write: observed-train, observed-test, sim-good, sim-softened, sim-smooth, "
-    "archetypes (Sérsic archetypes of observed-test), archetypes-train (of observed-train; p_arch's "
+    "archetypes (Sérsic archetypes of observed-test, in the same sky: each archetype keeps its galaxy's companion/star layer and gets fresh noise, the synthetic equivalent of inserting archetypes into real sky), archetypes-train (of observed-train; p_arch's "
     "training set).  Default: all."
 )
 
@@ -30,9 +30,9 @@ def synth_command(
 ) -> None:
     """Generate a synthetic SDSS-r-like galaxy universe whose realism ranking is known.
 
-    "Observed" galaxies are Sérsic bulges + exponential disks with spiral arms, bars, star-forming clumps, dust lanes, companions and foreground stars (sizes from Shen et al. 2003, masses from the GAMA mass function, r < 17.77 at 0.05 < z < 0.1), a Moffat PSF of 1.2-1.6" FWHM and SDSS-like sky and shot noise.  Pixels are SDSS r counts (DN, AB zero point 28.2) at 0.396"/px in 128x128 cutouts (/flux); /images holds the model input (zanisi21: central 64x64, 2x2 mean, arcsinh(counts/1000) -> 32x32).
+    "Observed" galaxies are Sérsic bulges + exponential disks with spiral arms, bars, star-forming clumps, dust lanes, companions (10%) and foreground stars (10%) (sizes from Shen et al. 2003, masses from the GAMA mass function, r < 17.77 at 0.02 < z < 0.05, near enough that arms and clumps span several 0.79" model pixels), a Moffat PSF of 1.2-1.6" FWHM and SDSS-like sky and shot noise.  Pixels are SDSS r counts (DN, AB zero point 28.2) at 0.396"/px in 128x128 cutouts (/flux); /images holds the model input (zanisi21: central 64x64, 2x2 mean, arcsinh(counts/1000) -> 32x32).
 
-    The "simulation" sets have known, decreasing fidelity: sim-good (mildly different distributions) > sim-softened (cores flattened inside 2 kpc, as by gravitational softening) > sim-smooth (no arms/bars/clumps/dust) >= archetypes.  A likelihood-ratio comparison should recover this order (stored in universe.json).
+    The "simulation" sets have known, decreasing fidelity: sim-good (arms 30% weaker, clump light 45% lower, fewer bars) > sim-softened (a low-resolution run: cores flattened inside a 2 kpc softening length, arms and clumps at 40% and 35%) ; all three are the observed-test galaxies re-rendered (paired sets) > sim-smooth (no arms/bars/clumps/dust) >= archetypes.  A likelihood-ratio comparison should recover this order (stored in universe.json).
 
     Writes OUT/<set>.h5 (morphllr ImageSets whose catalogues hold the true parameters and single-Sérsic fits) and OUT/universe.json.  Speed: ~90 images/s per CPU core, plus ~0.05 CPU-s per Sérsic fit for the archetypes.
     """
