@@ -177,3 +177,25 @@ def test_two_process_ddp_on_cpu_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model(tmp_path / "m")
     assert model.meta["metrics"]["steps"] == 2
+
+
+def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_path):
+    """'auto' maps the training pixels to zero mean, unit spread; an explicit pair is kept as given."""
+    from morphllr.train import build_config, split_indices, with_input_norm
+    from morphllr.sources import open_images
+
+    rng = np.random.default_rng(3)
+    images = (0.02 + 0.005 * rng.standard_normal((40, 1, 8, 8))).astype(np.float32)
+    source = open_images(images)
+    train_idx, _ = split_indices(len(source), 0.25, seed=0)
+    cfg = build_config("tiny", shape=source.shape)
+    auto = with_input_norm(cfg, "auto", source, train_idx, seed=0)
+    assert auto.input_shift == pytest.approx(0.02, abs=0.002)
+    assert auto.input_scale == pytest.approx(0.005, rel=0.1)
+    assert with_input_norm(cfg, "preset", source, train_idx, seed=0) == cfg
+    explicit = with_input_norm(cfg, ("0.1", "2"), source, train_idx, seed=0)
+    assert (explicit.input_shift, explicit.input_scale) == (0.1, 2.0)
+    with pytest.raises(MorphllrError, match="--input-norm"):
+        with_input_norm(cfg, "median", source, train_idx, seed=0)
+    discrete = build_config("tiny", shape=source.shape, head="discretized_logistic_mixture")
+    assert with_input_norm(discrete, "auto", source, train_idx, seed=0) == discrete

@@ -89,7 +89,8 @@ def train_one(data: Path, out: Path, recipe: "TrainRecipe | None" = None, thread
     recipe = recipe or TRAIN_RECIPE
     result = train_model(data, out, config=recipe.config(), max_steps=recipe.max_steps,
                          batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=recipe.warmup_steps,
-                         seed=recipe.seed, threads=threads, overwrite=True, progress=False)
+                         seed=recipe.seed, threads=threads, overwrite=True, progress=False,
+                         input_norm=(recipe.input_shift, recipe.input_scale))
     metrics = getattr(result, "metrics", None) or {}
     return (f"model written to {out}: train {metrics.get('train_bits_per_dim', float('nan')):.4f} bits/dim, "
             f"val {metrics.get('val_bits_per_dim', float('nan')):.4f} bits/dim after {recipe.max_steps} steps")

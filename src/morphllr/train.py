@@ -406,6 +406,37 @@ def build_config(preset: str | PixelCNNConfig | dict = "zanisi21", *, shape: Seq
     return base.with_(**changes)
 
 
+def with_input_norm(cfg: PixelCNNConfig, input_norm: str | Sequence[float], source: Any,
+                    train_idx: np.ndarray, seed: int, sample: int = 512) -> PixelCNNConfig:
+    """The config with its network input mapping chosen by ``input_norm`` (see :func:`train_model`).
+
+    "auto" uses the mean and standard deviation of (up to ``sample``, seeded) training images, so the
+    network sees unit-scale inputs whatever the preprocessing: with the paper's [0, 1] stretch and
+    the preset's fixed 0.5 scale, sky noise of ~0.005 becomes 0.01 network units and the Gaussian
+    head needs thousands of steps just to shrink its scale that far.
+
+    Returns:
+        the (possibly) updated config; discretized heads are returned unchanged.
+    """
+    if cfg.head == "discretized_logistic_mixture" or input_norm == "preset":
+        return cfg
+    if isinstance(input_norm, str):
+        if input_norm != "auto":
+            raise MorphllrError(f"--input-norm: expected auto, preset or SHIFT,SCALE, got {input_norm!r}")
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(train_idx, size=min(sample, len(train_idx)), replace=False))
+        pixels = np.asarray(source.read(idx), dtype=np.float64)
+        shift, scale = float(pixels.mean()), float(pixels.std())
+        if not (math.isfinite(scale) and scale > 0):
+            shift, scale = shift if math.isfinite(shift) else 0.0, 1.0
+        return cfg.with_(input_shift=float(f"{shift:.4g}"), input_scale=float(f"{scale:.4g}"))
+    try:
+        shift, scale = (float(v) for v in input_norm)
+    except (TypeError, ValueError):
+        raise MorphllrError(f"--input-norm: expected auto, preset or SHIFT,SCALE, got {input_norm!r}") from None
+    return cfg.with_(input_shift=shift, input_scale=scale)
+
+
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber finished models or foreign folders; clear ours on --overwrite."""
     if not out_dir.exists():
@@ -498,7 +529,7 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
                 strategy: str = "auto", accelerator: str = "auto", seed: int = 0, resume: bool = False,
                 overwrite: bool = False, early_stopping_patience: int | None = None, warmup_steps: int = 200,
                 progress: bool = True, threads: int | None = None, callbacks: Sequence[Any] = (),
-                key: str | None = None) -> TrainResult | None:
+                key: str | None = None, input_norm: str | Sequence[float] = "auto") -> TrainResult | None:
     """Train a PixelCNN on ``data`` and write the best model to ``out_dir``.
 
     Args:
@@ -525,6 +556,10 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
         threads: CPU threads per process (None: usable cores / processes on this node).
         callbacks: extra Lightning callbacks.
         key: array name inside an .npz / dataset inside an HDF5 file.
+        input_norm: how continuous heads map pixels to network units, ``(x - shift) / scale``:
+            "auto" (mean and standard deviation of the training pixels), "preset" (the config's
+            own values) or an explicit (shift, scale).  Densities are always reported in the
+            data's units; this only conditions the optimisation.
 
     Returns:
         TrainResult (None on non-zero ranks of a multi-process run).
@@ -543,8 +578,9 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
         raise MorphllrError(f"--epochs: must be at least 1, got {max_epochs}")
     augment = parse_augment(augment)
     precision = _resolve_precision(precision)
-    split_indices(len(source), val_fraction, seed)  # validates the fraction before any work
+    train_idx, _ = split_indices(len(source), val_fraction, seed)  # validates the fraction before any work
     validate_source(source, cfg.head)
+    cfg = with_input_norm(cfg, input_norm, source, train_idx, seed)
     if _launched_rank() == 0:  # other ranks start after rank 0 has already set up the folder
         _prepare_out_dir(out_dir, resume, overwrite)
     last_ckpt = out_dir / CHECKPOINT_DIR / "last.ckpt"

@@ -75,6 +75,9 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default: usable cores "
                                           "/ processes; on a busy shared machine fewer is faster)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array name inside an .npz or dataset inside an .h5."),
+    input_norm: str = typer.Option("auto", "--input-norm", help="Network input mapping (x - shift) / scale for "
+                                   "continuous heads: auto (mean and std of the training pixels), preset (the "
+                                   "preset's 0.5, 0.5) or SHIFT,SCALE.  Densities stay in the data's units."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model / run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -85,11 +88,13 @@ def train(
                      dropout=dropout)
     config = build_config(preset, **overrides)
     devices_arg: int | str = int(devices) if devices.isdigit() else devices
+    norm: str | list[str] = input_norm if input_norm in ("auto", "preset") else input_norm.split(",")
     result = train_model(data, out, config=config, max_steps=max_steps, max_epochs=epochs, batch_size=batch_size,
                          lr=lr, val_fraction=val_fraction, augment=augment, precision=precision,
                          devices=devices_arg, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
                          seed=seed, resume=resume, overwrite=overwrite, early_stopping_patience=patience,
-                         warmup_steps=warmup_steps, progress=not quiet, threads=threads, key=key)
+                         warmup_steps=warmup_steps, progress=not quiet, threads=threads, key=key,
+                         input_norm=norm)
     if result is None:  # non-zero rank of a multi-process run
         return
     m = result.metrics
