@@ -1,5 +1,5 @@
 # make demo  — create .venv if needed, run the embedded demo, write ./morphllr-demo/
-# make test  — create .venv if needed, run the test suite
+# make test  — create .venv if needed, run the whole test suite (make test-fast skips the slow tests)
 # make models — retrain the two shipped demo models from scratch (<= 30 min on 2 cores)
 # make bench — speed tables quoted in BENCHMARKS.md
 PYTHON ?= python3
@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench models clean
+.PHONY: demo test test-fast bench models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(BIN)/morphllr demo --out morphllr-demo --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -79,6 +79,8 @@ def test_shipped_models_recover_the_known_order(demo_result):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known open problem (issue 6): sim-softened also has weaker arms and clumps, "
+                   "which keeps the order test's intervals apart but moves its LLR profile in the outskirts too")
 def test_softened_llr_profile_departs_at_the_centre_not_the_outskirts(demo_result):
     obs = demo_result.sets["observed-test"].profile_pix
     soft = demo_result.sets["sim-softened"].profile_pix

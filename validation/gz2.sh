@@ -184,7 +184,7 @@ for row, text in enumerate(("GZ2 (linearised)", "Sérsic fit (PSF)", "residual /
     axes[row, 0].set_ylabel(text)
 fig.tight_layout()
 out = Path("validation/figures"); out.mkdir(parents=True, exist_ok=True)
-fig.savefig(out / "sersic_residuals.png", dpi=80)
+fig.savefig(out / "sersic_residuals.png", dpi=60)
 print(f"wrote {out / 'sersic_residuals.png'}")
 PY
 }
@@ -267,9 +267,11 @@ step_ship() {
   for m in obs arch; do
     mkdir -p "validation/models/$m"
     cp "$RUN/models/$m/weights.safetensors" "$RUN/models/$m/model.json" "validation/models/$m/"
+    chmod 644 "validation/models/$m/"*
   done
   mkdir -p validation/figures
-  echo "models copied to validation/models/; pick figures from $RUN/report/figures/"
+  cp "$RUN"/report/figures/{radial_llr_profile,llr_histograms,mean_llr_maps}.png validation/figures/
+  echo "models copied to validation/models/, report figures to validation/figures/"
 }
 
 if [[ $# -ge 1 && $1 == jpegs ]]; then

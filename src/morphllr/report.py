@@ -476,9 +476,13 @@ def print_ranking(summary: dict, console=None) -> None:
 
     console = console or Console()
     matched = summary.get("matched") or {}
-    table = Table(title=f"LLR ranking (reference: {summary['reference']}; higher = more realistic)")
-    for col in ("rank", "set", "n", "mean LLR", "95% interval", "ΔLLR vs ref", "matched ΔLLR", "AUROC"):
-        table.add_column(col, justify="left" if col == "set" else "right")
+    from rich import box
+
+    # A light box and no wrapping keep the whole table legible in an 80-column terminal or CI log.
+    table = Table(title=f"LLR ranking (reference: {summary['reference']}; higher = more realistic)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("#", "set", "n", "mean LLR", "95% interval", "ΔLLR vs ref", "matched ΔLLR", "AUROC"):
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
     for rank, name in enumerate(summary["ranking"], 1):
         e = summary["sets"][name]
         md = (matched.get("delta_llr") or {}).get(name)
@@ -487,4 +491,13 @@ def print_ranking(summary: dict, console=None) -> None:
                       _fmt(e["mean_llr"]), f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]",
                       f"{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}",
                       "–" if md is None else f"{_fmt(md)} ± {_fmt(me, 2)}", _fmt(e["auroc_vs_reference"], 3))
-    console.print(table)
+    from rich.measure import Measurement
+
+    # Never cut numbers to fit a narrow terminal (or an 80-column CI log): print at full width.
+    needed = Measurement.get(console, console.options.update_width(1000), table).maximum
+    narrow = console.width
+    console.width = max(narrow, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = narrow
