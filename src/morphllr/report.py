@@ -295,9 +295,9 @@ def _slug(name: str) -> str:
 # --------------------------------------------------------------------------- html
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.92em}
+table{border-collapse:collapse;margin:1em 0;font-size:0.92em;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td{white-space:nowrap}
-th{background:#f3f3f3} td.name{text-align:left;font-weight:bold} td.text{text-align:left;white-space:normal}
+th{background:#f3f3f3} td.name{text-align:left;font-weight:bold} td.text{text-align:left;white-space:normal;min-width:14em}
 figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:0.9em;color:#444}
 .note{color:#8a5a00} code{background:#f4f4f4;padding:0 3px}
 """
