@@ -14,13 +14,7 @@ from morphllr.errors import MorphllrError
 from morphllr.heads import HEAD_NAMES, MIN_SCALE, bits_per_dim, get_head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 torch.manual_seed(1234)
 

@@ -12,13 +12,7 @@ from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded
 from morphllr.reference import ReferencePixelCNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = [
     PixelCNNConfig(in_channels=1, height=8, width=8, nr_resnet=1, nr_filters=8, dropout=0.0, head="gaussian"),

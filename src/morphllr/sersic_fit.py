@@ -519,22 +519,40 @@ def fit_sersic_many(images: np.ndarray, psf_kernel, segmaps: np.ndarray | None =
              None if segmaps is None else np.asarray(segmaps[i:i + chunk]),
              sigmas[i:i + chunk], gains[i:i + chunk],
              list(psf_kernel[i:i + chunk]) if per_image else psf_kernel) for i in range(0, n, chunk)]
-    results: list[SersicFit] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.extend(_fit_chunk(job))
-            if progress:
-                progress(len(results))
-        return results
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    return run_chunks(_fit_chunk, jobs, workers, progress)
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for part in pool.map(_fit_chunk, jobs):
+
+def run_chunks(worker, jobs: list, workers: int, progress=None) -> list:
+    """``worker(job)`` for every job (each returns a list), in order, in-process or in a process pool.
+
+    Args:
+        worker: picklable function of one job returning a list of results.
+        jobs: the jobs.
+        workers: processes (1 = run here).
+        progress: optional callable(number of results so far).
+
+    Returns:
+        the concatenated results, in job order.
+    """
+    results: list = []
+    if workers <= 1 or len(jobs) <= 1:
+        parts = map(worker, jobs)
+        pool = None
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        parts = pool.map(worker, jobs)
+    try:
+        for part in parts:
             results.extend(part)
             if progress:
                 progress(len(results))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
 
 

@@ -812,7 +812,7 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
         astropy Table with ``id`` and the ``sersic_*`` columns (positions and radii in
         pixels of the full 128^2 cutout).
     """
-    from .sersic_fit import fits_to_table
+    from .sersic_fit import fits_to_table, run_chunks
 
     cat = synth.catalog
     a = (STAMP - fit_size) // 2
@@ -821,22 +821,7 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
     cols = [np.asarray(cat[k]) for k in ("sky_sigma", "gain", "psf_fwhm_arcsec", "psf_beta")]
     step = 16
     jobs = [(flux[i:i + step], seg[i:i + step], *[c[i:i + step] for c in cols]) for i in range(0, len(flux), step)]
-    fits = []
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            fits.extend(_fit_one_chunk(job))
-            if progress:
-                progress(len(fits))
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for part in pool.map(_fit_one_chunk, jobs):
-                fits.extend(part)
-                if progress:
-                    progress(len(fits))
+    fits = run_chunks(_fit_one_chunk, jobs, workers, progress)
     table = fits_to_table(fits, ids=np.asarray(cat["id"]))
     table["sersic_x0_pix"] += a
     table["sersic_y0_pix"] += a
