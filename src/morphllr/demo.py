@@ -64,36 +64,24 @@ class TrainRecipe:
     lr: float = 2e-3
     warmup_steps: int = 50
 
-    def config(self):
-        """The network :class:`morphllr.model.PixelCNNConfig` (image shape set by the data)."""
-        from .train import build_config
+    def train_command(self, data: Path, out: Path, threads: int = 1) -> list[str]:
+        """The ``morphllr train`` command line that trains one model of this recipe.
 
-        return build_config(self.preset, nr_resnet=self.nr_resnet, nr_filters=self.nr_filters,
-                            dropout=self.dropout, input_shift=self.input_shift, input_scale=self.input_scale)
+        Args:
+            data: training ImageSet.
+            out: model folder (replaced).
+            threads: CPU threads of that process.
 
+        Returns:
+            argv for :func:`subprocess.Popen`.
+        """
+        import sys
 
-def train_one(data: Path, out: Path, recipe: "TrainRecipe | None" = None, threads: int = 1) -> str:
-    """Train one model of the demo with ``recipe`` (what each ``make models`` process runs).
-
-    Args:
-        data: training ImageSet.
-        out: model folder (replaced).
-        recipe: the :class:`TrainRecipe` (default :data:`TRAIN_RECIPE`).
-        threads: CPU threads of this process.
-
-    Returns:
-        one status line (final train/val bits per dimension).
-    """
-    from .train import train_model
-
-    recipe = recipe or TRAIN_RECIPE
-    result = train_model(data, out, config=recipe.config(), max_steps=recipe.max_steps,
-                         batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=recipe.warmup_steps,
-                         seed=recipe.seed, threads=threads, overwrite=True, progress=False,
-                         input_norm=(recipe.input_shift, recipe.input_scale))
-    metrics = getattr(result, "metrics", None) or {}
-    return (f"model written to {out}: train {metrics.get('train_bits_per_dim', float('nan')):.4f} bits/dim, "
-            f"val {metrics.get('val_bits_per_dim', float('nan')):.4f} bits/dim after {recipe.max_steps} steps")
+        return [sys.executable, "-m", "morphllr", "train", str(data), "--out", str(out), "--preset", self.preset,
+                "--nr-resnet", str(self.nr_resnet), "--nr-filters", str(self.nr_filters), "--dropout", str(self.dropout),
+                "--input-norm", f"{self.input_shift},{self.input_scale}", "--max-steps", str(self.max_steps),
+                "--batch-size", str(self.batch_size), "--lr", str(self.lr), "--warmup-steps", str(self.warmup_steps),
+                "--seed", str(self.seed), "--threads", str(threads), "--quiet", "--overwrite"]
 
 
 TRAIN_RECIPE = TrainRecipe()
@@ -140,10 +128,7 @@ def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2
     Returns:
         (obs_dir, arch_dir) model folders.
     """
-    import dataclasses
-    import json
     import subprocess
-    import sys
     import time
 
     from .synth import write_universe
@@ -161,8 +146,7 @@ def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2
     out.mkdir(parents=True, exist_ok=True)
     for name, data in (("obs", "observed-train.h5"), ("arch", "archetypes-train.h5")):
         log = open(out / f"train-{name}.log", "w")
-        cmd = [sys.executable, "-m", "morphllr.demo", "train-one", str(universe / data), str(out / name),
-               json.dumps(dataclasses.asdict(recipe))]
+        cmd = recipe.train_command(universe / data, out / name, threads=1)
         say(f"training p_{name} on {data}: {recipe}")
         runs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
     failed = []
@@ -273,22 +257,3 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
     result.timing["demo_total_s"] = time.perf_counter() - t0
     result.out = out / "report"
     return result
-
-
-def _main(argv: list[str]) -> None:
-    """``python -m morphllr.demo train-one DATA OUT RECIPE_JSON``: one model of :func:`train_models`."""
-    import json
-
-    if len(argv) != 4 or argv[0] != "train-one":
-        raise SystemExit("usage: python -m morphllr.demo train-one DATA OUT RECIPE_JSON")
-    recipe = TrainRecipe(**json.loads(argv[3]))
-    print(train_one(Path(argv[1]), Path(argv[2]), recipe, threads=1), flush=True)
-
-
-if __name__ == "__main__":
-    import sys
-
-    try:
-        _main(sys.argv[1:])
-    except MorphllrError as exc:
-        raise SystemExit(f"error: {exc}") from None
