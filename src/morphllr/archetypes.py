@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MorphllrError
+from .parallel import map_in_processes
 from .psf import PSF_FWHM_COLUMNS, first_column
 
 #: GalSim's valid Sérsic range; indices outside are clipped (and flagged).
@@ -379,25 +380,11 @@ def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixe
                      _noise_part(noise, a, b), seed))
     out = np.empty((stop - start,) + shape, np.float32)
     done = 0
-    if workers <= 1 or len(jobs) <= 1:
-        results = map(_render_chunk, jobs)
-        pool = None
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        results = pool.map(_render_chunk, jobs)
-    try:
-        for job, part in zip(jobs, results):
-            out[job[1] - start: job[1] - start + len(part)] = part
-            done += len(part)
-            if progress:
-                progress(done)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for job, part in zip(jobs, map_in_processes(_render_chunk, jobs, workers)):
+        out[job[1] - start: job[1] - start + len(part)] = part
+        done += len(part)
+        if progress:
+            progress(done)
     return out
 
 

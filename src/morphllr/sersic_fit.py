@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import MorphllrError
+from .parallel import concat_in_processes
 from .psf import first_column
 
 OVERSAMPLE = 3
@@ -519,41 +520,7 @@ def fit_sersic_many(images: np.ndarray, psf_kernel, segmaps: np.ndarray | None =
              None if segmaps is None else np.asarray(segmaps[i:i + chunk]),
              sigmas[i:i + chunk], gains[i:i + chunk],
              list(psf_kernel[i:i + chunk]) if per_image else psf_kernel) for i in range(0, n, chunk)]
-    return run_chunks(_fit_chunk, jobs, workers, progress)
-
-
-def run_chunks(worker, jobs: list, workers: int, progress=None) -> list:
-    """``worker(job)`` for every job (each returns a list), in order, in-process or in a process pool.
-
-    Args:
-        worker: picklable function of one job returning a list of results.
-        jobs: the jobs.
-        workers: processes (1 = run here).
-        progress: optional callable(number of results so far).
-
-    Returns:
-        the concatenated results, in job order.
-    """
-    results: list = []
-    if workers <= 1 or len(jobs) <= 1:
-        parts = map(worker, jobs)
-        pool = None
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        parts = pool.map(worker, jobs)
-    try:
-        for part in parts:
-            results.extend(part)
-            if progress:
-                progress(len(results))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return results
+    return concat_in_processes(_fit_chunk, jobs, workers, progress)
 
 
 def fits_to_table(fits: list[SersicFit], ids=None):

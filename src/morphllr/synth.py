@@ -812,7 +812,8 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
         astropy Table with ``id`` and the ``sersic_*`` columns (positions and radii in
         pixels of the full 128^2 cutout).
     """
-    from .sersic_fit import fits_to_table, run_chunks
+    from .parallel import concat_in_processes
+    from .sersic_fit import fits_to_table
 
     cat = synth.catalog
     a = (STAMP - fit_size) // 2
@@ -821,7 +822,7 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
     cols = [np.asarray(cat[k]) for k in ("sky_sigma", "gain", "psf_fwhm_arcsec", "psf_beta")]
     step = 16
     jobs = [(flux[i:i + step], seg[i:i + step], *[c[i:i + step] for c in cols]) for i in range(0, len(flux), step)]
-    fits = run_chunks(_fit_one_chunk, jobs, workers, progress)
+    fits = concat_in_processes(_fit_one_chunk, jobs, workers, progress)
     table = fits_to_table(fits, ids=np.asarray(cat["id"]))
     table["sersic_x0_pix"] += a
     table["sersic_y0_pix"] += a
