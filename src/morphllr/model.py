@@ -280,7 +280,9 @@ class ShiftedDeconv(nn.ConvTranspose2d):
             even = taps[:, :, :, :, 1]
             odd = taps[:, :, :, :, 2] + F.pad(taps[:, :, 1:, :, 0], (0, 0, 0, 0, 0, 1))
             taps = torch.stack([even, odd], dim=4)  # (n, h, w, a, 2, c_out)
-        out = taps.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out) + self.bias
+        # the bias in the taps' dtype: a float32 bias would promote the whole stream after
+        # the upsampling to float32 under bf16 autocast (every later conv then casts it back)
+        out = taps.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out) + self.bias.to(taps.dtype)
         return out.permute(0, 3, 1, 2)
 
 
