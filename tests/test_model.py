@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded
+from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded, gate
 from morphllr.reference import ReferencePixelCNN
 
 
@@ -251,3 +251,16 @@ def test_fused_dropout_keeps_the_right_fraction_and_backpropagates_through_kept_
     elu2 = torch.nn.functional.elu(torch.cat([x2, -x2], 1))
     (elu2 * keep * 2.0 * weights[:, :, 1:, 1:-1]).sum().backward()
     assert torch.allclose(x.grad, x2.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gate_matches_glu_and_keeps_the_gradient_layout(channels_last):
+    t = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    t.requires_grad_(True)
+    assert torch.allclose(gate(t), torch.nn.functional.glu(t, dim=1), atol=1e-12)
+    assert torch.autograd.gradcheck(gate, (t,))
+    (grad,) = torch.autograd.grad((gate(t) * torch.randn(2, 3, 4, 5, dtype=torch.float64)).sum(), t)
+    # a channels-last gradient stays channels-last, so the convolution before it needs no transpose
+    assert grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
