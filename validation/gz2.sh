@@ -2,15 +2,18 @@
 # Validate morphllr on real galaxies: Galaxy Zoo 2 SDSS gri JPEGs (issue 7).
 #
 # Reproduces everything in VALIDATION.md from ../shared/data/gz2_sdss_jpeg:
-#   split -> linearise + prepare -> fit-sersic -> archetypes -> train p_obs / p_arch
-#   -> degraded copies -> compare (report).
+#   split -> linearise + prepare -> fit-sersic -> archetypes (matched noise; and real sky tiled from the frames'
+#   empty blocks) -> train p_obs / p_arch (/ p_arch_sky) -> degraded copies -> compare (report).
 #
-# Usage:   validation/gz2.sh                    # the whole run (about 40 min on 2 busy cores)
-#          validation/gz2.sh STEP ...           # only these steps: split prepare fit residuals arch train degrade compare ship
+# Usage:   validation/gz2.sh                    # the whole run (about 40 min on 2 busy cores, + the train_sky run)
+#          validation/gz2.sh STEP ...           # only these steps: split prepare fit residuals arch sky arch_sky
+#                                               # skystats train train_sky degrade compare compare_sky ship
+#                                               # (shipped: use validation/models instead of step train)
 #          validation/gz2.sh jpegs DIR OUT.h5   # prepare your own SDSS-like JPEG cutouts exactly like the
 #                                               # shipped validation models' training data
 # Environment: DATA (default ../shared/data/gz2_sdss_jpeg), RUN (default runs/gz2), PY (default .venv/bin/python),
-#              NET (network options), STEPS (optimizer steps per model), THREADS (CPU threads per training run).
+#              NET (network options), STEPS (optimizer steps per model), THREADS (CPU threads per training run
+#              of step train), THREADS_SKY (CPU threads of step train_sky, default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/gz2_sdss_jpeg}
@@ -19,7 +22,8 @@ PY=${PY:-.venv/bin/python}
 MORPHLLR=${MORPHLLR:-.venv/bin/morphllr}
 # Network: the paper's PixelCNN++ (gaussian head, dropout 0.5, rot augmentation) slimmed to fit ~30 min of
 # two shared CPU cores: nr_resnet 2 / nr_filters 32 instead of 3 / 64 (3/64 ran at 11 s per step here).
-NET=${NET:---preset zanisi21 --nr-resnet 2 --nr-filters 32 --dropout 0.5 --warmup-steps 100}
+# --input-norm preset: the network input (x - 0.5) / 0.5 the shipped validation models were trained with.
+NET=${NET:---preset zanisi21 --nr-resnet 2 --nr-filters 32 --dropout 0.5 --warmup-steps 100 --input-norm preset}
 STEPS=${STEPS:-500}   # optimizer steps of 64 images (~31 epochs of the 1008 images left after the 10 % val split)
 THREADS=${THREADS:-1}
 PSF_FWHM=1.4   # arcsec, SDSS r median; ~1.4 px at the nominal 1"/px of the binned cutouts (see recipe)
@@ -71,19 +75,13 @@ print(f"split: {sum(r[2] == 'train' for r in rows)} train, {sum(r[2] == 'val' fo
 PY
 }
 
-# Linearise + bin + prepare JPEGs.  Args: OUT.h5, then either a split name (train/val, from split.csv) or a folder.
-prepare_jpegs() {
-  write_recipe
-  "$PY" - "$DATA" "$RUN/gz2_linear.toml" "$@" <<'PY'
-"""JPEG green channel -> approximately linear flux, 4x4 binned -> morphllr ImageSet."""
+# The JPEG linearisation, shared by every step that reads JPEGs (prepended to their Python).
+JPEG_PY=$(cat <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from morphllr.errors import MorphllrError
-from morphllr.imageset import prepare_imageset
-from morphllr.preprocess import Preprocessing
-from morphllr.readers import RawImage
 
 Q = 8.0      # Lupton et al. (2004) softening assumed for the SDSS/GZ2 colour JPEGs
 BIN = 4      # 424 px -> 106 px
@@ -106,7 +104,17 @@ def linear_flux(path: Path) -> np.ndarray:
     h, w = (s // BIN * BIN for s in flux.shape)
     binned = flux[:h, :w].reshape(h // BIN, BIN, w // BIN, BIN).mean(axis=(1, 3))
     return binned[None].astype(np.float32)
+PY
+)
 
+# Linearise + bin + prepare JPEGs.  Args: OUT.h5, then either a split name (train/val, from split.csv) or a folder.
+prepare_jpegs() {
+  write_recipe
+  { printf '%s\n' "$JPEG_PY"; cat <<'PY'
+# JPEG green channel -> approximately linear flux, 4x4 binned -> morphllr ImageSet.
+from morphllr.imageset import prepare_imageset
+from morphllr.preprocess import Preprocessing
+from morphllr.readers import RawImage
 
 data, recipe, out, what = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 if Path(what).is_dir():
@@ -124,6 +132,7 @@ report = prepare_imageset(records, out, Preprocessing.from_file(recipe), n=len(f
 print(f"{out}: {report['n_images']} images {report['image_shape']}, central source missing in "
       f"{report['n_central_missing']}")
 PY
+  } | "$PY" - "$DATA" "$RUN/gz2_linear.toml" "$@"
 }
 
 step_prepare() {
@@ -194,6 +203,122 @@ step_arch() {
   "$MORPHLLR" archetypes "$RUN/val_real.h5" --out "$RUN/val_arch.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 2 --overwrite
 }
 
+# Real-sky archetypes (second variant).  The 106 px frames hold no empty 64 px square, so each 64 px sky patch
+# is tiled from 16 empty 16x16 blocks of 16 different frames of the same split (train frames for the train
+# archetypes, validation frames for the validation ones): sky of the whole pool, not the galaxy's own frame.
+#   block 16 px: the 424 px JPEG has 8x8 luma blocks and 16x16 chroma blocks (4:2:0) = 2 and 4 binned px; a
+#     16 px block keeps 4x4 of them whole, with their phase (blocks start on the 4 px lattice, and so does the
+#     cutout, at frame pixel 20), so only 3 seams cross a patch; 95 % of the train frames have an empty block
+#     (8 px blocks lose the 4 px correlation at their 7 seams; 32 px blocks exist in only ~8 % of the frames).
+#   dilate 4 px: sources grown by ~3 PSF FWHM to keep their wings below the 1.5 sigma isophote out.
+#   the blocks of one patch come from the 32 frames nearest in (log sky rms, log sky level): one noise level and
+#     one 8-bit floor per patch, as in a real cutout (a free mix gives a patchwork of deep and shallow skies).
+SKY_BLOCK=16
+SKY_DILATE=4
+SKY_NEIGHBOURS=32
+
+step_sky() {
+  { printf '%s\n' "$JPEG_PY"; cat <<'PY'
+# Empty-sky patches for the real-sky archetypes, tiled from empty blocks of each split's own frames.
+from morphllr.imageset import ImageSet
+from morphllr.preprocess import cutout_window
+from morphllr.skypatches import empty_blocks, tile_sky_patches
+
+run, block, dilate, neighbours = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+GRID = 4  # the JPEG's 16 px chroma blocks after 4x4 binning: block corners stay on this lattice
+for split, seed in (("train", 11), ("val", 12)):
+    with ImageSet.open(run / f"{split}_real.h5") as s:
+        cat, cutouts = s.catalog, np.asarray(s.flux[:])
+    # the whole binned frame, minus the sky level that prepare subtracted (catalogue column sky_level)
+    frames = np.stack([linear_flux(Path(f)) - np.array([lvl])[:, None, None]
+                       for f, lvl in zip(cat["file"], cat["sky_level"])]).astype(np.float32)
+    size = cutouts.shape[-1]
+    rows, cols = cutout_window(frames.shape, (frames.shape[-1] - 1) / 2, (frames.shape[-2] - 1) / 2, size, split)
+    if not np.array_equal(frames[:, :, rows, cols], cutouts):
+        sys.exit(f"error: {split}: frames rebuilt from the JPEGs differ from {split}_real.h5; run `prepare` again")
+    if rows.start % GRID or cols.start % GRID:
+        sys.exit(f"error: the cutout starts at frame pixel {rows.start}, off the {GRID} px JPEG block lattice")
+    sky = empty_blocks(frames, block=block, grid=GRID, dilate=dilate)
+    patches = tile_sky_patches(sky, len(frames), size, seed=seed, neighbours=neighbours,
+                               match=np.log(np.asarray(cat["sky_level"], float)))
+    covered = np.zeros(frames.shape[:1] + frames.shape[2:], bool)
+    for f, y, x in zip(sky.frame, sky.y, sky.x):
+        covered[f, y:y + block, x:x + block] = True
+    out = run / f"{split}_sky.npy"
+    tmp = out.with_name(out.stem + ".tmp.npy")
+    np.save(tmp, patches)
+    tmp.replace(out)
+    print(f"{split}: {len(sky)} empty {block}x{block} blocks (on a {GRID} px lattice) in {len(np.unique(sky.frame))} "
+          f"of {len(frames)} frames, {covered.sum()} distinct sky pixels; {len(patches)} patches of {size}x{size} "
+          f"(patch pixels / pool pixels = {patches[:, 0].size / covered.sum():.1f}) -> {out}")
+PY
+  } | "$PY" - "$RUN" $SKY_BLOCK $SKY_DILATE $SKY_NEIGHBOURS
+}
+
+step_arch_sky() {
+  "$MORPHLLR" archetypes "$RUN/train_real.h5" --out "$RUN/train_arch_sky.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 1 \
+      --sky-patches "$RUN/train_sky.npy" --overwrite
+  "$MORPHLLR" archetypes "$RUN/val_real.h5" --out "$RUN/val_arch_sky.h5" --psf-fwhm $PSF_FWHM --drop-bad --seed 2 \
+      --sky-patches "$RUN/val_sky.npy" --overwrite
+}
+
+step_skystats() {
+  { printf '%s\n' "$JPEG_PY"; cat <<'PY'
+# Does the tiled sky look like the real sky?  Statistics of the empty sky of the train set, flux and model pixels.
+from morphllr.imageset import ImageSet
+from morphllr.preprocess import Preprocessing, cutout_window
+from morphllr.skypatches import sky_mask, sky_statistics
+
+run, dilate = Path(sys.argv[1]), int(sys.argv[2])
+with ImageSet.open(run / "train_real.h5") as s:
+    cat, prep = s.catalog, Preprocessing.from_dict(s.preprocessing)
+frames = np.stack([linear_flux(Path(f)) - np.array([lvl])[:, None, None]
+                   for f, lvl in zip(cat["file"], cat["sky_level"])]).astype(np.float32)
+size = int(prep.cutout)
+rows, cols = cutout_window(frames.shape, (frames.shape[-1] - 1) / 2, (frames.shape[-2] - 1) / 2, size, "train")
+
+
+def model_mask(mask: np.ndarray) -> np.ndarray:
+    """A model pixel (2x2 mean) is sky when its four flux pixels are."""
+    m, h, w = mask.shape
+    return mask[:, :h // 2 * 2, :w // 2 * 2].reshape(m, h // 2, 2, w // 2, 2).all(axis=(2, 4))
+
+
+def masks(flux: np.ndarray) -> np.ndarray:
+    return np.stack([sky_mask(f, dilate) for f in flux])
+
+
+frame_sky = masks(frames)
+sets = [("real: all empty sky of the 106 px frames", frames, frame_sky),
+        ("real: empty sky inside the 64 px cutouts", frames[:, :, rows, cols], frame_sky[:, rows, cols]),
+        ("tiled sky patches (train_sky.npy)", np.load(run / "train_sky.npy"), None)]
+for name, file in (("gaussian-noise archetypes", "train_arch.h5"), ("sky-patch archetypes", "train_arch_sky.h5")):
+    if (run / file).is_file():
+        with ImageSet.open(run / file) as s:
+            flux = np.asarray(s.flux[:])
+        sets.append((f"{name}: empty sky ({file})", flux, masks(flux)))
+head = "| sky | rms | mean | z skew | z 0.1% | z floor | z 99.9% | rho(1) | rho(1,1) | rho(2) | rho(4) |"
+for space in ("flux pixels", "model pixels (2x2 mean, arcsinh)"):
+    print(f"\n{space}: rms = median over images; z = pixels standardised by their image's own mean and rms; "
+          "z floor = median lowest z; rho = correlation of z at that lag in pixels")
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for name, flux, mask in sets:
+        if space.startswith("model"):
+            flux, mask = prep.flux_to_model(flux), None if mask is None else model_mask(mask)
+        st = sky_statistics(flux, mask)
+        q = st["z_quantiles"]
+        print(f"| {name} | {st['rms_median']:.4g} | {st['mean']:+.3g} | {st['z_skew']:+.2f} | {q[0.1]:+.2f} | "
+              f"{st['z_floor']:+.2f} | {q[99.9]:+.2f} | {st['corr_1']:.3f} | {st['corr']['1,1']:.3f} | "
+              f"{st['corr_2']:.3f} | {st['corr_4']:.3f} |")
+print("\nsep sky_sigma (catalogue, measured on each 64 px cutout as prepare does), median:")
+for file in ("train_real.h5", "train_arch.h5", "train_arch_sky.h5"):
+    if (run / file).is_file():
+        with ImageSet.open(run / file) as s:
+            print(f"  {file}: {np.median(np.asarray(s.catalog['sky_sigma'])):.3f}")
+PY
+  } | "$PY" - "$RUN" $SKY_DILATE
+}
+
 step_train() {
   # both runs in parallel, one thread each (2-core machine)
   "$MORPHLLR" train "$RUN/train_real.h5" --out "$RUN/models/obs" $NET --max-steps "$STEPS" \
@@ -204,6 +329,36 @@ step_train() {
   local pid_arch=$!
   wait $pid_obs; wait $pid_arch
   tail -n 3 "$RUN/train_obs.log" "$RUN/train_arch.log"
+}
+
+step_train_sky() {
+  # p_arch of the real-sky archetypes; p_obs is the one from step_train.  One run: both cores.
+  "$MORPHLLR" train "$RUN/train_arch_sky.h5" --out "$RUN/models/arch_sky" $NET --max-steps "$STEPS" \
+      --augment rot,flip --threads "${THREADS_SKY:-2}" --overwrite --quiet > "$RUN/train_arch_sky.log" 2>&1
+  tail -n 3 "$RUN/train_arch_sky.log"
+}
+
+step_shipped() {
+  # instead of `train`: score with the shipped validation models (same recipe, trained on the same train_real.h5;
+  # refused if the rebuilt training set differs from the one they were trained on)
+  "$PY" - "$RUN" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+from morphllr.imageset import ImageSet
+run = Path(sys.argv[1])
+for m, data in (("obs", "train_real.h5"), ("arch", "train_arch.h5")):
+    meta = json.loads(Path(f"validation/models/{m}/model.json").read_text())
+    with ImageSet.open(run / data) as s:
+        got = s.fingerprint()
+    if got != meta["data_fingerprint"]:
+        sys.exit(f"error: {run / data} (sha256 {got[:12]}) is not the set validation/models/{m} was trained on "
+                 f"({meta['data_fingerprint'][:12]}); run step train instead")
+    dest = run / "models" / m
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("weights.safetensors", "model.json"):
+        shutil.copy(Path(f"validation/models/{m}") / f, dest / f)
+    print(f"{dest}: the shipped model, trained on this very {data}")
+PY
 }
 
 step_degrade() {
@@ -263,6 +418,14 @@ step_compare() {
       --out "$RUN/report" --overwrite
 }
 
+step_compare_sky() {
+  # the same sets scored with p_arch trained on the real-sky archetypes (the Gaussian-noise archetypes too)
+  "$MORPHLLR" compare --obs "$RUN/models/obs" --arch "$RUN/models/arch_sky" --reference "GZ2-val=$RUN/val_real.h5" \
+      "sky-archetypes=$RUN/val_arch_sky.h5" "gaussian-archetypes=$RUN/val_arch.h5" "spirals=$RUN/val_spirals.h5" \
+      "non-spirals=$RUN/val_non_spirals.h5" "smoothed-centre=$RUN/val_smooth_centre.h5" "PSF-2x=$RUN/val_psf2x.h5" \
+      --out "$RUN/report_sky" --overwrite
+}
+
 step_ship() {
   for m in obs arch; do
     mkdir -p "validation/models/$m"
@@ -278,5 +441,7 @@ if [[ $# -ge 1 && $1 == jpegs ]]; then
   shift; [[ $# -eq 2 ]] || { echo "usage: $0 jpegs DIR OUT.h5" >&2; exit 2; }
   prepare_jpegs "$2" "$1"; exit
 fi
-steps=("$@"); [[ ${#steps[@]} -gt 0 ]] || steps=(split prepare fit residuals arch train degrade compare ship)
+steps=("$@")
+[[ ${#steps[@]} -gt 0 ]] ||
+  steps=(split prepare fit residuals arch sky arch_sky skystats train train_sky degrade compare compare_sky ship)
 for s in "${steps[@]}"; do echo "== $s ($(date -u +%H:%M:%S))"; "step_$s"; done
