@@ -7,7 +7,7 @@
 #
 # Usage:   validation/gz2.sh                    # the whole run (about 40 min on 2 busy cores, + the train_sky run)
 #          validation/gz2.sh STEP ...           # only these steps: split prepare fit residuals arch sky arch_sky
-#                                               # skystats train train_sky degrade compare compare_sky ship
+#                                               # skystats train train_sky degrade compare compare_sky skyllr ship
 #                                               # (shipped: use validation/models instead of step train)
 #          validation/gz2.sh jpegs DIR OUT.h5   # prepare your own SDSS-like JPEG cutouts exactly like the
 #                                               # shipped validation models' training data
@@ -426,14 +426,54 @@ step_compare_sky() {
       --out "$RUN/report_sky" --overwrite
 }
 
+step_skyllr() {
+  # Where the real-vs-archetype separation comes from: LLR summed over empty-sky pixels (no source within
+  # SKY_DILATE flux px: sky_mask on the flux cutout, a model pixel counts when its 2x2 flux pixels are all sky)
+  # and over the rest, for the validation galaxies and their archetypes, under both archetype models.
+  "$PY" - "$RUN" $SKY_DILATE <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+import morphllr
+from morphllr.imageset import ImageSet
+from morphllr.skypatches import sky_mask
+from morphllr.stats import auroc
+
+run, dilate = Path(sys.argv[1]), int(sys.argv[2])
+obs = morphllr.load_model(run / "models" / "obs")
+print("| p_arch | set | empty-sky model px per image | LLR in empty sky [nats/image] | per px | LLR elsewhere [nats/image] |")
+print("|---|---|---|---|---|---|")
+parts = {}
+for arch_name in ("arch", "arch_sky"):
+    arch = morphllr.load_model(run / "models" / arch_name)
+    for name in ("val_real", "val_arch", "val_arch_sky"):
+        with ImageSet.open(run / f"{name}.h5") as s:
+            images, flux = np.asarray(s.images[:]), np.asarray(s.flux[:])
+        llr = (morphllr.log_likelihood(obs, images, per_pixel=True)
+               - morphllr.log_likelihood(arch, images, per_pixel=True))
+        k = images.shape[-1]
+        z = flux.shape[-1] // k
+        sky = np.stack([sky_mask(f, dilate) for f in flux]).reshape(len(flux), k, z, k, z).all(axis=(2, 4))
+        in_sky = (llr * sky).sum(axis=(1, 2))
+        parts[arch_name, name] = in_sky, llr.sum(axis=(1, 2)) - in_sky
+        print(f"| {arch_name} | {name} | {sky.sum(axis=(1, 2)).mean():.0f} | {in_sky.mean():+.1f} | "
+              f"{(in_sky.sum() / sky.sum()):+.3f} | {parts[arch_name, name][1].mean():+.1f} |")
+for arch_name, arch_set in (("arch", "val_arch"), ("arch_sky", "val_arch_sky")):
+    (rs, rr), (as_, ar) = parts[arch_name, "val_real"], parts[arch_name, arch_set]
+    print(f"AUROC val_real > {arch_set} under p_{arch_name}: empty-sky pixels only {auroc(rs, as_):.4f}, "
+          f"all other pixels {auroc(rr, ar):.4f}")
+PY
+}
+
 step_ship() {
-  for m in obs arch; do
+  for m in obs arch arch_sky; do
     mkdir -p "validation/models/$m"
     cp "$RUN/models/$m/weights.safetensors" "$RUN/models/$m/model.json" "validation/models/$m/"
     chmod 644 "validation/models/$m/"*
   done
   mkdir -p validation/figures
   cp "$RUN"/report/figures/{radial_llr_profile,llr_histograms,mean_llr_maps}.png validation/figures/
+  cp "$RUN"/report_sky/figures/radial_llr_profile.png validation/figures/radial_llr_profile_sky.png
   echo "models copied to validation/models/, report figures to validation/figures/"
 }
 
@@ -443,5 +483,5 @@ if [[ $# -ge 1 && $1 == jpegs ]]; then
 fi
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] ||
-  steps=(split prepare fit residuals arch sky arch_sky skystats train train_sky degrade compare compare_sky ship)
+  steps=(split prepare fit residuals arch sky arch_sky skystats train train_sky degrade compare compare_sky skyllr ship)
 for s in "${steps[@]}"; do echo "== $s ($(date -u +%H:%M:%S))"; "step_$s"; done
