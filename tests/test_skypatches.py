@@ -134,3 +134,39 @@ def test_sky_statistics_measure_correlation_floor_and_mask():
     assert np.isclose(a["rms_median"], b["rms_median"]) and np.isclose(a["corr_1"], b["corr_1"])
     with pytest.raises(MorphllrError, match="mask shape"):
         sky_statistics(white, mask[:, :10])
+
+
+def test_sky_patches_command_tiles_real_sky_that_keeps_its_statistics(tmp_path):
+    from typer.testing import CliRunner
+
+    from morphllr.archetypes import load_sky_patches
+    from morphllr.cli import app
+
+    rng = np.random.default_rng(7)
+    # correlated sky (neighbour sums along x: rho(0,1) = 1/2) with a galaxy in the middle of every frame
+    white = rng.normal(0, 1.0, (40, 64, 65))
+    frames = (white[:, :, 1:] + white[:, :, :-1]).astype(np.float32)
+    yy, xx = np.indices((64, 64))
+    frames += (300.0 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 4.0**2))).astype(np.float32)
+    np.save(tmp_path / "frames.npy", frames)
+    out = tmp_path / "sky.npy"
+    args = ["sky-patches", str(tmp_path / "frames.npy"), "--size", "32", "--out", str(out), "--n", "25"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    patches = load_sky_patches(out)
+    assert patches.shape == (25, 1, 32, 32)
+    # no galaxy light: the patches look like the sky (rms sqrt(2); neighbour correlation 1/2 along x,
+    # 0 along y, which the blocks' random quarter turns mix to 1/4 on both axes, less a little at the seams)
+    assert abs(patches.std() / np.sqrt(2) - 1) < 0.05 and abs(patches.mean()) < 0.05
+    assert abs(sky_statistics(patches)["corr_1"] - 0.25) < 0.04
+    import json
+
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["n_patches"] == 25 and summary["n_frames_with_blocks"] == 40
+    assert abs(summary["patches_sky"]["corr_1"] - summary["frames_sky"]["corr_1"]) < 0.04
+    # the CLI's main() prints a MorphllrError as one line; the bare app raises it
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, MorphllrError) and "--overwrite" in str(again.exception)
+    bad = CliRunner().invoke(app, args[:-4] + ["--out", str(tmp_path / "sky.fits"), "--overwrite"])
+    assert isinstance(bad.exception, MorphllrError) and ".npy" in str(bad.exception)
+    assert not (tmp_path / "sky.fits").exists()

@@ -262,3 +262,48 @@ def sky_statistics(patches: np.ndarray, mask: np.ndarray | None = None, lags=LAG
         "corr_2": axis_pair(2),
         "corr_4": axis_pair(4),
     }
+
+
+def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block: int = 16, grid: int = 4,
+                     dilate: int = 4, neighbours: int = 32, seed: int = 0, overwrite: bool = False) -> dict:
+    """Tile sky patches from the empty blocks of a file of frames and write them as ``.npy``.
+
+    The engine of ``morphllr sky-patches``; the result feeds ``morphllr archetypes --sky-patches``.
+
+    Args:
+        frames_path: frames in linear flux with the sky level subtracted: an ImageSet (its
+            ``/flux``), ``.npy``/``.npz`` or FITS cube of (F, H, W) or (F, C, H, W).
+        out: output ``.npy`` (float32 (n, C, size, size)), written atomically.
+        size: patch side in pixels (the flux-cutout side of the set the archetypes are for).
+        n: number of patches (default: one per frame).
+        block, grid, dilate: see :func:`empty_blocks`.
+        neighbours: see :func:`tile_sky_patches`.
+        seed: random seed of the tiling.
+        overwrite: replace ``out`` if it exists.
+
+    Returns:
+        summary dict: n_frames, n_frames_with_blocks, n_blocks, n_patches, size, and the sky
+        statistics (rms_median, z_skew, corr_1) of the frames' empty sky and of the patches.
+    """
+    from pathlib import Path
+
+    from .archetypes import load_sky_patches
+    from .atomic import atomic_file
+
+    out = Path(out)
+    if out.suffix.lower() != ".npy":
+        raise MorphllrError(f"--out {out}: sky patches are written as .npy; give a name ending in .npy")
+    if out.exists() and not overwrite:
+        raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
+    frames = load_sky_patches(frames_path, where="FRAMES")
+    sky = empty_blocks(frames, block=block, grid=grid, dilate=dilate)
+    patches = tile_sky_patches(sky, len(frames) if n is None else int(n), int(size), seed=seed, neighbours=neighbours)
+    masks = np.stack([sky_mask(f, dilate) for f in frames])
+    real, tiled = sky_statistics(frames, masks), sky_statistics(patches)
+    with atomic_file(out, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
+            np.save(fh, patches)
+    keys = ("rms_median", "z_skew", "corr_1")
+    return {"n_frames": len(frames), "n_frames_with_blocks": int(len(np.unique(sky.frame))), "n_blocks": len(sky),
+            "n_patches": len(patches), "size": int(size), "out": str(out),
+            "frames_sky": {k: real[k] for k in keys}, "patches_sky": {k: tiled[k] for k in keys}}

@@ -31,7 +31,7 @@ app = typer.Typer(
 # Each stage's commands.  Imported for their side effect of registering on `app`.
 from . import engine as _engine  # noqa: E402,F401  train, score
 from . import data as _data  # noqa: E402,F401  prepare
-from . import galaxies as _galaxies  # noqa: E402,F401  fit-sersic, archetypes, mock
+from . import galaxies as _galaxies  # noqa: E402,F401  fit-sersic, archetypes, sky-patches, mock
 from . import universe as _universe  # noqa: E402,F401  synth, demo
 from . import report as _report  # noqa: E402,F401  compare
 
