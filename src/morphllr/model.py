@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,7 +176,14 @@ def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
     """
     threshold = min(255, int(round(drop * 256)))
     n, c, h, w = like.shape
-    bits = torch.randint(-(2**63), 2**63 - 1, ((like.numel() + 7) // 8,), dtype=torch.int64, device=like.device)
+    words = (like.numel() + 7) // 8
+    if like.device.type == "cpu":
+        # numpy's SFC64 makes the bytes ~3x faster than torch's CPU generator (mt19937); seeded
+        # from torch's generator, so torch.manual_seed still fixes every mask
+        seed = int(torch.randint(0, 2**63 - 1, (1,)))
+        bits = torch.from_numpy(np.random.SFC64(seed).random_raw(words).view(np.int64))
+    else:
+        bits = torch.randint(-(2**63), 2**63 - 1, (words,), dtype=torch.int64, device=like.device)
     raw = bits.view(torch.uint8)[: like.numel()]
     # compared as flat vectors (the comparison into a float dtype through 4-D permuted views is
     # ~5x slower), then laid out like ``like`` (channels fastest for channels-last)
