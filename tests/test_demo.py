@@ -133,13 +133,14 @@ def test_softened_llr_profile_departs_at_the_centre_not_the_outskirts(demo_resul
     obs = demo_result.sets["observed-test"].profile_pix
     soft = demo_result.sets["sim-softened"].profile_pix
     # Model pixels are 0.79", 0.38-0.79 kpc for the demo galaxies (median 0.65): the 4 kpc
-    # core is 5-10 px (median ~6) and the light taken from it lands at ~1-3 core radii.
-    # Bins 0-1 are the flattened centre; bins 6-12 are beyond about one core radius, the
-    # disks and their arms, which sim-softened leaves as observed.
-    centre = np.abs(soft[:2] - obs[:2]).mean()
-    outskirts = np.abs(soft[6:12] - obs[6:12]).mean()
+    # core is 5-10 px (median ~6).  Inside it sim-softened has no structure and a flattened
+    # profile, and the light taken from it lands at ~1-3 core radii; beyond 1.25 core radii
+    # its galaxies are the observed ones.  Centre: r < 8 px (~1.3 median core radii);
+    # outskirts: 14-20 px (2.3-3.3 median core radii, beyond ~3 median half-light radii).
+    centre = np.abs(soft[:8] - obs[:8]).mean()
+    outskirts = np.abs(soft[14:20] - obs[14:20]).mean()
     assert np.isfinite(centre) and np.isfinite(outskirts)
-    assert centre > 3 * outskirts, (soft - obs)[:12]
+    assert centre > 5 * outskirts, (soft - obs)[:20]
 
 
 def test_expected_order_is_part_of_the_universe():

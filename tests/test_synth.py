@@ -259,3 +259,11 @@ def test_simulations_are_the_observed_test_galaxies_re_rendered():
     assert np.all(np.asarray(soft.catalog["softening_kpc"]) > 0)
     for key in ("arm_strength", "bar_frac", "clump_frac", "n_clumps", "dust_tau"):
         np.testing.assert_array_equal(soft.catalog[key], obs.catalog[key])
+
+
+def test_softened_simulations_form_no_structure_inside_the_core():
+    eps = 4.0
+    r = np.linspace(0, 8, 801)
+    keep = synth.softened_structure(r, eps)
+    assert np.all(keep[r <= eps / 4] == 0) and np.all(keep[r >= 1.25 * eps] == 1)
+    assert np.all(np.diff(keep) >= 0) and 0.4 < synth.softened_structure(0.75 * eps, eps) < 0.6

@@ -63,20 +63,26 @@ The three simulations are the observed-test galaxies themselves (same masses, si
 distances, orientations; see :data:`GALAXIES_FROM`) re-rendered with known changes.
 ``sim-good``: slightly weaker small-scale structure (spiral arms 8 % weaker, clump light
 15 % lower; bars and dust as observed), the small shortfall of a good simulation.
-``sim-softened``: a low-resolution run: arms, bars, clumps and dust are the observed
-ones, only the light profile of the inner galaxy is softened.  The light of bulge and
-disk is flattened inside a core of radius eps = 4 kpc (every radius
-r -> (r^4 + eps^4)^(1/4)) and the light missing from the core is spread as a Gaussian of
-that radius (flux is conserved), so the surface brightness drops inside ~eps/2, is raised
-between ~eps and ~4 eps (where the galaxy is faint) and is unchanged beyond.  4 kpc is
-the radius inside which the spline-softened gravity of a TNG300-like run is not
-Newtonian: 2.8 times its Plummer-equivalent softening of 1.48 kpc (Springel 2005;
-Nelson et al. 2019).  At 0.02 < z < 0.05 it spans 4-10" (10-25 SDSS pixels of 0.396",
-5-12 model pixels of 0.79" after the zanisi21 2x2 zoom; ~6 model pixels for the median
-demo galaxy), well above the 1.2-1.6" seeing and comparable to the median half-light
-radius (~2.8 kpc).  (The shipped models score the flattened core itself slightly
-*higher* than the observed centres; sim-softened's lower mean LLR comes from the light
-spread around the core.)  ``sim-smooth``: no arms, clumps, bars or dust
+``sim-softened``: a low-resolution run, changed only in and around a core of radius
+eps = 4 kpc; beyond ~1.25 eps its galaxies are the observed ones (same arms, bars,
+clumps and dust).  Two things happen inside the core.  (1) No structure forms below
+the softening length: arms, bars, dust lanes and clumps fade out inwards
+(:func:`softened_structure`: none inside eps/4, all beyond 5 eps/4).  (2) The light of
+bulge and disk is flattened (every radius r -> (r^4 + eps^4)^(1/4)) and the light
+missing from the core, smooth or structured, is spread as a Gaussian of radius eps
+(flux is conserved), so the surface brightness drops inside ~eps/2, is raised between
+~eps and ~4 eps (where the galaxy is faint) and is unchanged beyond.  4 kpc is the
+radius inside which the spline-softened gravity of a TNG300-like run is not Newtonian:
+2.8 times its Plummer-equivalent softening of 1.48 kpc (Springel 2005; Nelson et al.
+2019).  At 0.02 < z < 0.05 it spans 4-10" (10-25 SDSS pixels of 0.396", 5-12 model
+pixels of 0.79" after the zanisi21 2x2 zoom; ~6 model pixels for the median demo
+galaxy), well above the 1.2-1.6" seeing and comparable to the median half-light radius
+(~2.8 kpc).  Why both: models trained with different seeds disagree on whether a flat
+core alone is more or less likely than a real cusp under p_obs than under p_arch (both
+have seen only cusps), so flattening alone does not order sim-softened below sim-good
+for every seed (seed 1 of ``benchmarks/demo_seeds.py``: sim-good - sim-softened =
+-6 nats per galaxy [-13, +1]); the missing inner structure and the redistributed light
+do, for the shipped models and seeds 1 and 2 (BENCHMARKS.md).  ``sim-smooth``: no arms, clumps, bars or dust
 (bulge + disk only).  ``archetypes``: single-Sérsic archetypes of the observed test set.
 
 Archetypes in the same sky
@@ -158,9 +164,10 @@ class Recipe:
         clump_scale: multiplies the clump light fraction.
         late_bt_beta: Beta(a, b) parameters of B/T for late types (scaled to 0-0.45).
         structure: False renders bulge + disk only (no arms, bars, clumps, dust).
-        softening_kpc: radius (kpc) of the flat core a softened simulation leaves at the
-            centre: every bulge/disk radius r -> (r^4 + eps^4)^(1/4), the missing light
-            spread as a Gaussian of that radius (0 = none).
+        softening_kpc: radius eps (kpc) of the core a softened simulation leaves at the
+            centre: no structure inside it (:func:`softened_structure`), every bulge/disk
+            radius r -> (r^4 + eps^4)^(1/4), the missing light spread as a Gaussian of that
+            radius (0 = none).
         companion_fraction: fraction of cutouts with a companion galaxy.
         star_fraction: fraction of cutouts with a foreground star.
     """
@@ -196,7 +203,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "observed-train": Recipe(),
     "observed-test": Recipe(),
-    # sim-good stays close to observed and sim-softened changes nothing but the core, so that
+    # sim-good stays close to observed and sim-softened changes nothing outside its core, so
     # each set differs from its neighbours in the known order by one kind of flaw; the demo
     # resolves both small steps galaxy by galaxy (morphllr.demo.paired_differences).
     "sim-good": Recipe(arm_strength_scale=0.92, clump_scale=0.85),
@@ -476,6 +483,23 @@ def _sersic_norm(flux, re, n, q):
     return flux * b ** (2 * n) / (2 * np.pi * q * re**2 * n * np.exp(b) * gamma(2 * n))
 
 
+def softened_structure(r, softening):
+    """Fraction of the small-scale structure a softened simulation keeps at radius ``r``.
+
+    Structure (arms, bars, clumps, dust lanes) cannot form below the softening length:
+    none inside ``eps / 4``, all beyond ``5 eps / 4``, a smooth step in between.
+
+    Args:
+        r: radius (same unit as ``softening``).
+        softening: core radius eps (> 0), broadcastable against ``r``.
+
+    Returns:
+        values in [0, 1].
+    """
+    t = np.clip((np.asarray(r) / softening - 0.25), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
 def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None = None):
     """Surface brightness (counts / arcsec^2) of bulge + disk (+ arms, bar, dust).
 
@@ -483,7 +507,8 @@ def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None
         dx, dy: offsets from the galaxy centre in arcsec, broadcastable against the
             (B, 1, 1[, 1]) parameter arrays in ``g``.
         g: per-galaxy parameters of the chunk (see :func:`_chunk_params`).
-        softening: per-galaxy Plummer core radius in arcsec, or None.
+        softening: per-galaxy core radius in arcsec, or None: the smooth profile is
+            flattened inside it and the structure faded out (:func:`softened_structure`).
 
     Returns:
         float64 array of the broadcast shape.
@@ -492,12 +517,15 @@ def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None
     u = dx * c + dy * s
     v = -dx * s + dy * c
     vd = v / g["q_d"]  # disk-plane coordinate along the minor axis
+    r_true = np.sqrt(u**2 + vd**2)  # disk-plane radius: where the structure lives
     r_d2 = u**2 + vd**2
     r_b2 = u**2 + (v / g["q_b"]) ** 2
+    keep = 1.0
     if softening is not None:
         # r -> (r^4 + eps^4)^(1/4): a flat core inside eps, the untouched profile a few eps out.
         r_d2 = np.sqrt(r_d2**2 + softening**4)
         r_b2 = np.sqrt(r_b2**2 + softening**4)
+        keep = softened_structure(r_true, softening)
     r_d, r_b = np.sqrt(r_d2), np.sqrt(r_b2)
 
     h = g["re_d"] / 1.6783469900166605  # exponential scale length
@@ -505,11 +533,11 @@ def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None
     arms = g["arm_a"] != 0
     if np.any(arms):
         theta = np.arctan2(vd, u)
-        lnr = np.log(np.maximum(r_d, 1e-3) / g["re_d"])
+        lnr = np.log(np.maximum(r_true, 1e-3) / g["re_d"])
         phase = g["arm_m"] * (theta - lnr / np.tan(g["pitch"])) + g["arm_phase"]
         # Squared cosine makes arms narrower than inter-arm gaps; mean-zero modulation keeps the flux.
         wave = ((1 + np.cos(phase)) / 2) ** 2 / 0.375 - 1
-        envelope = np.clip((r_d / g["re_d"] - 0.4) / 0.6, 0, 1)
+        envelope = np.clip((r_true / g["re_d"] - 0.4) / 0.6, 0, 1) * keep
         disk = disk * (1 + g["arm_a"] * envelope * wave)
     bulge = g["bulge_ie"] * np.exp(-g["b_n"] * ((r_b / g["re_b"]) ** (1 / g["n_b"]) - 1))
     light = disk + bulge
@@ -518,11 +546,11 @@ def _galaxy_light(dx, dy, g: dict[str, np.ndarray], softening: np.ndarray | None
         a = np.maximum(g["bar_len"], 1e-3)
         s2 = ((u * cb + vd * sb) / a) ** 2 + ((-u * sb + vd * cb) / (0.3 * a)) ** 2
         # Ferrers n=2 bar; its disk-plane area is 0.3 pi a^2 / 3, projected by q_d.
-        light = light + g["bar_flux"] / (0.1 * np.pi * a**2 * g["q_d"]) * np.clip(1 - s2, 0, None) ** 2
+        light = light + keep * g["bar_flux"] / (0.1 * np.pi * a**2 * g["q_d"]) * np.clip(1 - s2, 0, None) ** 2
     if np.any(g["dust_tau"] > 0):
         width = np.maximum(0.06 * g["re_d"], 0.12)
         lane = np.exp(-0.5 * ((v - g["dust_off"]) / width) ** 2) * np.exp(-0.5 * (u / (1.5 * g["re_d"])) ** 2)
-        light = light * np.exp(-g["dust_tau"] * lane)
+        light = light * np.exp(-g["dust_tau"] * keep * lane)
     return light
 
 
@@ -577,7 +605,7 @@ def _deposit(image: np.ndarray, index: np.ndarray, fx: np.ndarray, fy: np.ndarra
 
 
 def _clump_positions(params, sl, rng):
-    """Clump centres (fine pixels) and fluxes for one chunk, placed along the arms."""
+    """Clump centres (fine pixels), fluxes and disk-plane radii (arcsec) for one chunk, placed along the arms."""
     nb = sl.stop - sl.start
     k = np.arange(_MAX_CLUMPS)
     idx = np.repeat(np.arange(nb), _MAX_CLUMPS)
@@ -599,7 +627,7 @@ def _clump_positions(params, sl, rng):
     flux = (weights * total[:, None]).ravel()
     fx = (get("x0") + dx / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
     fy = (get("y0") + dy / PIXEL_SCALE + 0.5) * _OVERSAMPLE - 0.5
-    return idx[present], fx[present], fy[present], flux[present]
+    return idx[present], fx[present], fy[present], flux[present], radius[present]
 
 
 def _companion_light(params, sl, fine_x, fine_y):
@@ -667,17 +695,21 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
             img[:, block[0]:block[-1] + 1, block[0]:block[-1] + 1] = fine_block
             return img * area
 
+        idx, cfx, cfy, cflux, cradius = _clump_positions(params, sl, rng)
         scene = light_with_centre(soft if softened else None)
         if softened:
-            # Light removed from the core reappears just outside it (mass is conserved).
+            # No clumps inside the core either; all light removed from the core (smooth profile,
+            # bar, clumps) reappears just outside it (mass is conserved).
+            kept = softened_structure(cradius, soft.reshape(-1)[idx])
             missing = light_with_centre(None).sum(axis=(1, 2)) - scene.sum(axis=(1, 2))
+            missing += np.bincount(idx, weights=cflux * (1 - kept), minlength=nb)
+            cflux = cflux * kept
             q = _col(params, "bt", sl) * g["q_b"] + (1 - _col(params, "bt", sl)) * g["q_d"]
             u = dx * np.cos(g["pa"]) + dy * np.sin(g["pa"])
             v = (-dx * np.sin(g["pa"]) + dy * np.cos(g["pa"])) / q
             puff = np.exp(-0.5 * (u**2 + v**2) / np.maximum(soft, 1e-6) ** 2)
             scene += missing[:, None, None] * puff / puff.sum(axis=(1, 2), keepdims=True)
         clumps = np.zeros((nb, nf, nf))
-        idx, cfx, cfy, cflux = _clump_positions(params, sl, rng)
         _deposit(clumps, idx, cfx, cfy, cflux)
         sigma_fine = _col(params, "clump_sigma_arcsec", sl) / step
         psf_ft = _moffat_transfer(params["psf_fwhm_arcsec"][sl], params["psf_beta"][sl])
