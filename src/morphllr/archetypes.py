@@ -427,7 +427,8 @@ def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of empty sky")
+        what = " of empty sky" if where == "--sky-patches" else ""
+        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube{what}")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         from .imageset import ImageSet
