@@ -155,7 +155,7 @@ def main(argv=None) -> None:
           f"{platform.processor() or platform.machine()}  threads={threads}  bf16={bf16}")
     print(f"# measured matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s (2048^2)")
     header = ("| size | batch | path | eval img/s | train img/s | GFLOP/img eval (train) | eval GFLOP/s | "
-              "eval % bf16 peak | train GFLOP/s | speed-up eval / train |")
+              "eval % bf16 peak | train GFLOP/s | train % bf16 peak | speed-up eval / train |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for size in sizes:
@@ -165,7 +165,8 @@ def main(argv=None) -> None:
             train_gfs = r["train_ips"] * r["gflop_train"]
             print(f"| {size}x{size} | {r['batch']} | {r['path']} | {r['eval_ips']:.1f} | {r['train_ips']:.1f} | "
                   f"{r['gflop_eval']:.2f} ({r['gflop_train']:.2f}) | {eval_gfs:.0f} | {100 * eval_gfs / peak_bf16:.0f} % | "
-                  f"{train_gfs:.0f} | {r['eval_ips'] / base['eval_ips']:.1f}x / {r['train_ips'] / base['train_ips']:.1f}x |")
+                  f"{train_gfs:.0f} | {100 * train_gfs / peak_bf16:.0f} % | "
+                  f"{r['eval_ips'] / base['eval_ips']:.1f}x / {r['train_ips'] / base['train_ips']:.1f}x |")
 
 
 if __name__ == "__main__":
