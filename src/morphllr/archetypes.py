@@ -413,12 +413,13 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
     return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE")
 
 
-def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
+def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts") -> np.ndarray:
     """Empty-sky cutouts from an ImageSet (its ``/flux``), a ``.npy``/``.npz`` or a FITS cube.
 
     Args:
         path: file of sky-only cutouts in the same flux units and pixel scale as the set.
         where: option name for messages.
+        what: what the file holds, for messages (``morphllr sky-patches`` reads its frames here too).
 
     Returns:
         float32 (M, C, Hp, Wp).
@@ -427,8 +428,7 @@ def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        what = " of empty sky" if where == "--sky-patches" else ""
-        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube{what}")
+        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of {what}")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         from .imageset import ImageSet
@@ -454,7 +454,7 @@ def load_sky_patches(path, where: str = "--sky-patches") -> np.ndarray:
     elif arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or not np.isfinite(arr).all():
-        raise MorphllrError(f"{where} {path}: expected finite (M, H, W) or (M, C, H, W) sky cutouts, got {arr.shape}")
+        raise MorphllrError(f"{where} {path}: expected finite (M, H, W) or (M, C, H, W) {what}, got {arr.shape}")
     return arr
 
 

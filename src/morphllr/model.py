@@ -188,7 +188,7 @@ def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
     # compared as flat vectors (the comparison into a float dtype through 4-D permuted views is
     # ~5x slower), then laid out like ``like`` (channels fastest for channels-last)
     keep = torch.ge(raw, threshold, out=torch.empty(like.numel(), dtype=like.dtype, device=like.device))
-    if like.stride(1) == 1 and c > 1:
+    if like.stride(1) == 1:
         keep = keep.view(n, h, w, c).permute(0, 3, 1, 2)
     else:
         keep = keep.view(n, c, h, w)
@@ -265,21 +265,17 @@ class _Gate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
         c = t.shape[1] // 2
-        a, s = t[:, :c], torch.sigmoid(t[:, c:])
-        ctx.save_for_backward(a, s)
-        ctx.channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-        return a * s
+        s = torch.sigmoid(t[:, c:])
+        ctx.save_for_backward(t, s)  # t, not its half a: the same storage, and it carries the layout
+        return t[:, :c] * s
 
     @staticmethod
     def backward(ctx, grad):
-        a, s = ctx.saved_tensors
+        t, s = ctx.saved_tensors
+        a = t[:, : s.shape[1]]
         grad_a = grad * s
         grad_b = (1.0 - s).mul_(a).mul_(grad_a)
-        n, c, h, w = a.shape
-        if ctx.channels_last:
-            out = torch.empty(n, h, w, 2 * c, dtype=grad_a.dtype, device=a.device).permute(0, 3, 1, 2)
-        else:
-            out = torch.empty(n, 2 * c, h, w, dtype=grad_a.dtype, device=a.device)
+        out = _empty_like_layout(t, t.shape[1], t.shape[2], t.shape[3], dtype=grad_a.dtype)
         torch.cat([grad_a, grad_b], dim=1, out=out)
         return out
 

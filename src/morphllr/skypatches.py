@@ -65,6 +65,7 @@ class SkyBlocks:
         frame: int (K,) index of the frame each block comes from.
         y, x: int (K,) top-left pixel of each block in its frame.
         frame_sigma: float64 (F,) sky noise of every frame (std of its empty pixels; NaN if none).
+        sky: the :func:`sky_mask` of every frame, bool (H, W) each (None if not kept).
     """
 
     blocks: np.ndarray
@@ -72,6 +73,7 @@ class SkyBlocks:
     y: np.ndarray
     x: np.ndarray
     frame_sigma: np.ndarray
+    sky: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -97,7 +99,7 @@ def empty_blocks(frames, block: int = 16, grid: int = 4, dilate: int = 4, nsigma
     """
     if block < 1 or grid < 1 or block % grid:
         raise MorphllrError(f"sky patches: block={block} must be a positive multiple of grid={grid}")
-    out, owner, corners, sigmas = [], [], [], []
+    out, owner, corners, sigmas, masks = [], [], [], [], []
     for i, frame in enumerate(frames):
         frame = np.asarray(frame, np.float32)
         frame = frame[None] if frame.ndim == 2 else frame
@@ -105,6 +107,7 @@ def empty_blocks(frames, block: int = 16, grid: int = 4, dilate: int = 4, nsigma
             raise MorphllrError(f"sky patches: frame {i} must be a finite (C, H, W) or (H, W) array, "
                                 f"got shape {frame.shape}")
         empty = sky_mask(frame, dilate, nsigma, minarea)
+        masks.append(empty)
         summed = frame.sum(axis=0)
         sigmas.append(float(summed[empty].std()) if empty.sum() > 1 else np.nan)
         h, w = empty.shape
@@ -122,7 +125,7 @@ def empty_blocks(frames, block: int = 16, grid: int = 4, dilate: int = 4, nsigma
                             "or a smaller dilate")
     corners = np.asarray(corners, int)
     return SkyBlocks(np.stack(out).astype(np.float32), np.asarray(owner), corners[:, 0], corners[:, 1],
-                     np.asarray(sigmas, np.float64))
+                     np.asarray(sigmas, np.float64), masks)
 
 
 def tile_sky_patches(sky: SkyBlocks, n: int, size: int, seed: int = 0, neighbours: int = 32,
@@ -295,11 +298,10 @@ def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block
         raise MorphllrError(f"--out {out}: sky patches are written as .npy; give a name ending in .npy")
     if out.exists() and not overwrite:
         raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
-    frames = load_sky_patches(frames_path, where="FRAMES")
+    frames = load_sky_patches(frames_path, where="FRAMES", what="frames")
     sky = empty_blocks(frames, block=block, grid=grid, dilate=dilate)
     patches = tile_sky_patches(sky, len(frames) if n is None else int(n), int(size), seed=seed, neighbours=neighbours)
-    masks = np.stack([sky_mask(f, dilate) for f in frames])
-    real, tiled = sky_statistics(frames, masks), sky_statistics(patches)
+    real, tiled = sky_statistics(frames, np.stack(sky.sky)), sky_statistics(patches)
     with atomic_file(out, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
             np.save(fh, patches)
