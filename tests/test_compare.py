@@ -47,15 +47,16 @@ class _Config:
 
 
 class _GaussianNet(torch.nn.Module):
-    """Per-pixel N(mean, SIGMA^2); ``log_prob_pixels`` as PixelCNN defines it."""
+    """Per-pixel N(mean, sigma^2); ``log_prob_pixels`` as PixelCNN defines it."""
 
-    def __init__(self, mean: np.ndarray):
+    def __init__(self, mean: np.ndarray, sigma: float = SIGMA):
         super().__init__()
         self.register_buffer("mean", torch.from_numpy(mean))
+        self.sigma = sigma
 
     def log_prob_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) / SIGMA
-        return (-0.5 * z**2 - np.log(SIGMA * np.sqrt(2 * np.pi))).sum(dim=1)
+        z = (x - self.mean) / self.sigma
+        return (-0.5 * z**2 - np.log(self.sigma * np.sqrt(2 * np.pi))).sum(dim=1)
 
 
 @dataclass
@@ -183,7 +184,12 @@ def test_pixel_maps_locate_the_texture(report):
 def test_report_files_and_mass_panels(report):
     _, out = report
     html = (out / "index.html").read_text()
-    assert html.index("id='ranking'") < html.index("<figure>")
+    assert html.index("id='ranking'") < html.index("id='sky-split'") < html.index("<figure>")
+    sky_table = html[html.index("LLR split: empty sky vs the rest"):html.index("</table>", html.index("id='sky-split'"))]
+    assert "[nats/pixel]" in sky_table and "AUROC of sky pixels vs reference" in sky_table
+    assert "background cancels" in sky_table
+    # these sets only have /segmap_model: said once under the table, marked on every set
+    assert html.count("companions and stars count as sky") == 1 and sky_table.count("(a)") == 4
     for fig in ["llr_histograms.png", "logp_scatter.png", "mean_llr_maps.png", "radial_llr_profile.png",
                 "pixel_maps_simA.png", "scaling_size_mass.png", "scaling_sersic_size.png", "gallery_smooth.png"]:
         assert (out / "figures" / fig).stat().st_size > 1000, fig
@@ -201,14 +207,37 @@ def test_missing_columns_maps_all_and_rotations(tmp_path):
     rng = np.random.default_rng(1)
     ref = _write_set(tmp_path / "ref.h5", _images(40, 1.0, rng), _catalog(40, rng, with_props=False), segmap=False)
     other = _write_set(tmp_path / "o.h5", _images(30, 0.5, rng), _catalog(30, rng, with_props=False))
+    from morphllr.imageset import write_imageset
+
+    # a /segmap too small for the recorded crop: the sky falls back to /segmap_model, with the reason
+    disc = (np.hypot(*(np.mgrid[0:H, 0:W] - (H - 1) / 2)) < 5).astype(np.uint8)
+    bad = write_imageset(tmp_path / "bad.h5", _images(8, 1.0, rng), _catalog(8, rng, with_props=False), PREP,
+                         segmap=np.zeros((8, 20, 20), np.int32), segmap_model=np.repeat(disc[None], 8, axis=0))
     obs, arch = _models()
     out = tmp_path / "rep"
-    result = compare(obs, arch, reference=("ref", ref), sets={"o": other}, out=out, maps="all", rotations=2,
-                     n_boot=100, batch_size=16)
+    result = compare(obs, arch, reference=("ref", ref), sets={"o": other, "bad": bad}, out=out, maps="all",
+                     rotations=2, n_boot=100, batch_size=16)
     notes = " ".join(result.notes)
     assert "mass" in notes and "matched comparison skipped" in notes and "llr_segmap is NaN" in notes
     assert "size–mass relation skipped" in notes
     assert np.isnan(result.sets["ref"].scores["llr_segmap"]).all()
+    # no segmentation at all in ref; only /segmap_model in o (sky = outside the central disc)
+    assert "the sky split (llr_sky, llr_rest, n_sky_pixels, llr_sky_per_pixel) is NaN" in notes
+    assert "companions and stars then count as sky" in notes
+    assert "bad: /segmap (20x20) does not map onto the 16x16 model grid" in notes
+    assert result.sets["bad"].sky_mask == "segmap_model"
+    np.testing.assert_array_equal(result.sets["bad"].scores["n_sky_pixels"], (1 - disc).sum())
+    for col in ("llr_sky", "llr_rest", "n_sky_pixels", "llr_sky_per_pixel"):
+        assert np.isnan(result.sets["ref"].scores[col]).all(), col
+    yy, xx = np.mgrid[0:H, 0:W] - (H - 1) / 2
+    assert (result.sets["o"].scores["n_sky_pixels"] == (np.hypot(yy, xx) >= 5).sum()).all()
+    ref_sky, o_sky = result.summary["sets"]["ref"]["sky"], result.summary["sets"]["o"]["sky"]
+    assert ref_sky["mask"] is None and all(ref_sky[k] is None for k in ("llr_per_sky_pixel", "sky_share"))
+    assert o_sky["mask"] == "segmap_model" and o_sky["llr_per_sky_pixel"] is not None
+    assert o_sky["auroc_sky_vs_reference"] is None and "reference" in o_sky["null_reasons"]["auroc_sky_vs_reference"]
+    page = (out / "index.html").read_text()
+    assert page.count("the set has no segmentation map") == 1 and page.count("the reference has no segmentation") == 1
+    assert "– ±" not in page[page.index("id='sky-split'"):page.index("</table>", page.index("id='sky-split'"))]
     assert np.isfinite(result.sets["o"].scores["llr_rot"]).all()
     import h5py
 
@@ -268,6 +297,7 @@ def test_cli_end_to_end_with_saved_pixelcnns(tmp_path, capsys):
     assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert "LLR ranking" in printed and "SDSS" in printed and "TNG" in printed
+    assert printed.index("LLR ranking") < printed.index("LLR split: empty sky vs the rest")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["sets"]) == {"SDSS", "TNG"}
     import csv
@@ -320,3 +350,195 @@ def test_rotation_averaged_llr_is_invariant_for_round_galaxies_and_models():
     s = res.sets["x"].scores
     assert s["llr_rot"].mean() < 0.5 * s["llr"].mean()
 
+
+
+# --------------------------------------------------------------------------- empty sky vs the rest
+HF = 36  # flux-cutout side: PREP crops 32 and takes 2x2 means -> the 16x16 model grid
+
+
+def _brute_sky_mask(seg: np.ndarray, crop: int | None, k: int) -> np.ndarray:
+    """Model pixel (i, j) is sky iff every flux pixel of its k x k block in the central crop is 0."""
+    b, hf, wf = seg.shape
+    size = crop or hf
+    top, left = (hf - size) // 2, (wf - size) // 2
+    out = np.zeros((b, size // k, size // k), bool)
+    for n in range(b):
+        for i in range(size // k):
+            for j in range(size // k):
+                out[n, i, j] = all(seg[n, top + i * k + a, left + j * k + c] == 0 for a in range(k) for c in range(k))
+    return out
+
+
+@pytest.mark.parametrize("crop, k", [(36, 4), (None, 2), (30, 1), (33, 3)])
+def test_model_sky_mask_matches_a_brute_force_loop(crop, k):
+    from morphllr.preprocess import Preprocessing
+    from morphllr.segmentation import model_mask, model_sky_mask
+
+    rng = np.random.default_rng(5)
+    seg = np.where(rng.random((4, 40, 40)) < 0.04, rng.integers(1, 4, (4, 40, 40)), 0).astype(np.int32)
+    prep = Preprocessing(crop=crop, zoom=1 / k)
+    got = model_sky_mask(seg, prep)
+    want = _brute_sky_mask(seg, crop, k)
+    assert got.dtype == bool and got.shape == want.shape
+    assert want.any() and not want.all()  # both kinds of pixel occur, so the comparison means something
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model_sky_mask(seg, {"crop": crop, "zoom": 1 / k}), want)  # a set's dict
+    # a pixel that is mostly central source is never empty sky
+    assert not (got & model_mask(seg, prep).astype(bool)).any()
+
+
+def _flux_segmaps(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Central galaxy (label 1) + one 3x3 companion (label 2) at a random place, on the flux grid."""
+    yy, xx = np.mgrid[0:HF, 0:HF] - (HF - 1) / 2
+    seg = np.repeat((np.hypot(yy, xx) < 9)[None], n, axis=0).astype(np.int32)
+    for i, (y, x) in enumerate(rng.integers(0, HF - 3, (n, 2))):
+        block = seg[i, y:y + 3, x:x + 3]
+        block[block == 0] = 2
+    return seg
+
+
+SIGMA_ARCH = 1.2 * SIGMA  # p_arch's sky is a little too noisy: its sky density differs from p_obs's
+
+
+def _sky_models():
+    obs = _Model(_GaussianNet(_blob() + _texture()), _Config(), PREP, {})
+    arch = _Model(_GaussianNet(_blob(), sigma=SIGMA_ARCH), _Config(), PREP, {})
+    return obs, arch
+
+
+def _expected_pixel_llr(noise: np.ndarray) -> np.ndarray:
+    """Exact E[LLR] per pixel of x = blob + texture + N(0, noise^2) under the two Gaussians of _sky_models."""
+    t2 = _texture().astype(np.float64) ** 2
+    return (np.log(SIGMA_ARCH / SIGMA) - noise**2 / (2 * SIGMA**2) + (t2 + noise**2) / (2 * SIGMA_ARCH**2))
+
+
+@pytest.fixture(scope="module")
+def sky_split(tmp_path_factory):
+    """real (reference), same_sky (new galaxies' noise, same sky) and noisy_sky (real's images, 1.5x sky noise)."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path_factory.mktemp("sky")
+    n = 200
+    seg = {name: _flux_segmaps(n, rng) for name in ("real", "same_sky")}
+    seg["noisy_sky"] = seg["real"]
+    sky = {name: _brute_sky_mask(s, 32, 2) for name, s in seg.items()}
+    images = {name: _images(n, 1.0, rng) for name in ("real", "same_sky")}
+    extra = rng.normal(0, SIGMA * np.sqrt(1.5**2 - 1), (n, H, W)).astype(np.float32)
+    images["noisy_sky"] = images["real"] + np.where(sky["real"], extra, 0)[:, None]  # galaxies untouched
+    from morphllr.imageset import write_imageset
+
+    # /segmap only (no /segmap_model): the sky mask must come from the flux-grid segmentation
+    paths = {name: write_imageset(folder / f"{name}.h5", images[name], _catalog(n, rng, with_props=False), PREP,
+                                  segmap=seg[name]) for name in images}
+    obs, arch = _sky_models()
+    out = folder / "report"
+    result = compare(obs, arch, reference=("real", paths["real"]),
+                     sets={"same_sky": paths["same_sky"], "noisy_sky": paths["noisy_sky"]}, out=out,
+                     report=False, n_boot=200, matched_draws=10, gallery_size=0, batch_size=64)
+    return result, out, images, sky
+
+
+def test_sky_and_rest_add_up_to_the_llr_and_follow_the_mask(sky_split):
+    result, _, images, sky = sky_split
+    obs, arch = _sky_models()
+    for name, res in result.sets.items():
+        s = res.scores
+        assert res.sky_mask == "segmap"
+        scale = np.abs(s["llr_sky"]) + np.abs(s["llr_rest"])
+        np.testing.assert_allclose(s["llr_sky"] + s["llr_rest"], s["llr"], rtol=0, atol=1e-12 * scale.max())
+        np.testing.assert_array_equal(s["n_sky_pixels"], sky[name].sum(axis=(1, 2)))
+        np.testing.assert_allclose(s["llr_sky_per_pixel"], s["llr_sky"] / s["n_sky_pixels"], rtol=1e-12)
+        # independent float64 recomputation of the per-pixel LLR, summed over the brute-force sky mask
+        x = torch.from_numpy(images[name].astype(np.float64))
+        with torch.no_grad():
+            llr_map = (obs.net.log_prob_pixels(x) - arch.net.log_prob_pixels(x)).numpy()
+        np.testing.assert_allclose(s["llr_sky"], (llr_map * sky[name]).sum(axis=(1, 2)), rtol=1e-5, atol=1e-3)
+    # noisy_sky has real's images outside the sky: its rest is real's, image by image
+    np.testing.assert_allclose(result.sets["noisy_sky"].scores["llr_rest"], result.sets["real"].scores["llr_rest"],
+                               rtol=1e-6, atol=1e-4)
+
+
+def test_changed_sky_moves_the_sky_llr_and_identical_sky_does_not(sky_split):
+    result, out, _, sky = sky_split
+    summary = json.loads((out / "summary.json").read_text())
+    e = {name: summary["sets"][name]["sky"] for name in ("real", "same_sky", "noisy_sky")}
+    assert set(e["real"]) == {"mask", "llr_per_sky_pixel", "llr_per_sky_pixel_ci95", "sky_share", "sky_pixel_fraction",
+                              "mean_llr_sky", "mean_llr_rest", "auroc_sky_vs_reference", "auroc_rest_vs_reference",
+                              "null_reasons"}
+    # the pooled sky LLR per pixel holds the exact expectation (1.5x noise in noisy_sky's sky)
+    for name, noise in (("real", SIGMA), ("same_sky", SIGMA), ("noisy_sky", 1.5 * SIGMA)):
+        exact = (_expected_pixel_llr(np.full((H, W), noise)) * sky[name]).sum() / sky[name].sum()
+        lo, hi = e[name]["llr_per_sky_pixel_ci95"]
+        slack = 0.5 * (hi - lo)
+        assert lo - slack <= exact <= hi + slack and lo <= e[name]["llr_per_sky_pixel"] <= hi, name
+        assert e[name]["sky_pixel_fraction"] == pytest.approx(sky[name].mean(), rel=1e-12)
+    assert e["noisy_sky"]["llr_per_sky_pixel_ci95"][1] < e["real"]["llr_per_sky_pixel_ci95"][0]
+    assert e["noisy_sky"]["auroc_sky_vs_reference"] < 0.05  # the changed sky gives itself away
+    assert e["noisy_sky"]["auroc_rest_vs_reference"] == pytest.approx(0.5, abs=1e-9)  # same galaxies
+    assert abs(e["same_sky"]["auroc_sky_vs_reference"] - 0.5) < 0.12
+    assert abs(e["same_sky"]["auroc_rest_vs_reference"] - 0.5) < 0.12
+    lo_r, hi_r = e["real"]["llr_per_sky_pixel_ci95"]
+    lo_s, hi_s = e["same_sky"]["llr_per_sky_pixel_ci95"]
+    assert lo_s < hi_r and lo_r < hi_s  # identical sky: the two intervals overlap
+    assert e["real"]["auroc_sky_vs_reference"] == 0.5 and e["real"]["null_reasons"] == {}
+    llr, llr_sky = result.sets["noisy_sky"].llr, result.sets["noisy_sky"].scores["llr_sky"]
+    assert e["noisy_sky"]["sky_share"] == pytest.approx(llr_sky.mean() / llr.mean(), rel=1e-9)
+    # the sky alone pulls this set's LLR below the reference's, with the same galaxies
+    assert e["noisy_sky"]["mean_llr_sky"] < 0 < e["noisy_sky"]["mean_llr_rest"]
+    assert summary["sets"]["noisy_sky"]["mean_llr"] < summary["sets"]["real"]["mean_llr"]
+
+
+def test_sky_columns_in_scores_and_summary_tables(sky_split):
+    import csv
+
+    result, out, _, _ = sky_split
+    with open(out / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"llr_sky", "llr_rest", "n_sky_pixels", "llr_sky_per_pixel", "llr", "llr_segmap"} <= set(rows[0])
+    noisy = [r for r in rows if r["set"] == "noisy_sky"]
+    np.testing.assert_allclose([float(r["llr_sky"]) for r in noisy], result.sets["noisy_sky"].scores["llr_sky"])
+    np.testing.assert_array_equal([float(r["n_sky_pixels"]) for r in noisy],
+                                  result.sets["noisy_sky"].scores["n_sky_pixels"])
+    with open(out / "summary.csv") as fh:
+        table = {r["set"]: r for r in csv.DictReader(fh)}
+    summary = result.summary["sets"]["noisy_sky"]["sky"]
+    assert float(table["noisy_sky"]["llr_per_sky_pixel"]) == pytest.approx(summary["llr_per_sky_pixel"])
+    assert float(table["noisy_sky"]["auroc_sky_vs_reference"]) == pytest.approx(summary["auroc_sky_vs_reference"])
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert {"llr_sky", "llr_rest", "n_sky_pixels", "llr_sky_per_pixel"} <= set(pq.read_table(out / "scores.parquet").column_names)
+
+
+def test_sky_table_in_the_terminal(sky_split):
+    from rich.console import Console
+
+    from morphllr.report import print_ranking
+
+    result, _, _, _ = sky_split
+    console = Console(record=True, width=80)
+    print_ranking(result.summary, console)
+    text = console.export_text()
+    assert text.index("LLR ranking") < text.index("LLR split: empty sky vs the rest")
+    row = next(line for line in text.splitlines() if line.strip().startswith("noisy_sky"))
+    assert f"{result.summary['sets']['noisy_sky']['sky']['llr_per_sky_pixel']:.3g}" in row
+
+
+def test_pooled_sky_ratio_interval_and_the_share_rule(monkeypatch):
+    from morphllr import stats
+
+    rng = np.random.default_rng(3)
+    n_pix = rng.integers(50, 200, 400).astype(float)
+    sky = rng.normal(0.02, 0.05, 400) * np.sqrt(n_pix)  # per-image sums; true pooled ratio ~0
+    ratio = stats.ratio_of_sums(sky, n_pix)
+    assert ratio == pytest.approx(sky.sum() / n_pix.sum(), rel=1e-12)
+    lo, hi = stats.bootstrap_ratio_ci(sky, n_pix, n_boot=2000, rng=0)
+    assert lo < ratio < hi
+    monkeypatch.setattr(stats, "LARGE_SAMPLE", 100)  # the Gaussian limit used for huge sets: same width
+    g_lo, g_hi = stats.bootstrap_ratio_ci(sky, n_pix, n_boot=2000, rng=0)
+    assert g_hi - g_lo == pytest.approx(hi - lo, rel=0.15) and g_lo < ratio < g_hi
+    assert np.isnan(stats.ratio_of_sums([1.0, 2.0], [0.0, 0.0]))
+    assert all(np.isnan(stats.bootstrap_ratio_ci([1.0, 2.0], [0.0, 0.0])))
+    # share: defined when the mean LLR is > 2 standard errors from 0, NaN otherwise
+    total = rng.normal(10.0, 1.0, 100)
+    part = 0.25 * total + rng.normal(0, 0.1, 100)
+    assert stats.share_of_mean(part, total) == pytest.approx(part.mean() / total.mean(), rel=1e-12)
+    centred = total - total.mean() + 0.01  # mean 0.01, standard error 0.1
+    assert np.isnan(stats.share_of_mean(part, centred))

@@ -113,12 +113,13 @@ def test_redshift_dims_and_shrinks():
 def test_read_fits_and_bad_files(tmp_path):
     good = write_sim_fits(tmp_path / "g.fits", blob_sb(size=64))
     sim = read_sim_fits(good)
-    assert sim.pixel_kpc == pytest.approx(0.1) and sim.redshift == 0.05 and sim.mag_arcsec2.shape == (1, 64, 64)
+    assert sim.pixel_kpc == pytest.approx(0.1) and sim.redshift == 0.05 and sim.data.shape == (1, 64, 64)
     nan = blob_sb(size=64)
     nan[3, 3] = np.nan
-    with pytest.raises(MorphllrError, match="NaN"):
-        read_sim_fits(write_sim_fits(tmp_path / "nan.fits", nan))
-    with pytest.raises(MorphllrError, match="BUNIT"):
+    nan[4, 4] = -np.inf
+    masked = read_sim_fits(write_sim_fits(tmp_path / "nan.fits", nan))
+    assert masked.n_nonfinite == 2 and np.isposinf(masked.data[0, 3, 3])  # masked as "no light", counted
+    with pytest.raises(MorphllrError, match="BUNIT.*--zero-point"):
         read_sim_fits(write_sim_fits(tmp_path / "jy.fits", blob_sb(size=64), bunit="Jy"))
     no_z = read_sim_fits(write_sim_fits(tmp_path / "noz.fits", blob_sb(size=64), redshift=None))
     with pytest.raises(MorphllrError, match="--redshift"):
@@ -135,8 +136,8 @@ def test_mock_set_is_a_valid_imageset(tmp_path):
     assert list(s.catalog["id"]) == ["sim0", "sim1"]
     assert s.preprocessing["name"] == "zanisi21" and s.flux.shape == (2, 1, 128, 128)
     assert np.isfinite(s.images[:]).all()
-    # a different zero point is recorded, so models trained in other units can refuse the set
-    make_mock_set(files, tmp_path / "nmgy.h5", zero_point=22.5, sky_sigma=0.03, gain=900.0)
+    # a different working zero point is recorded, so models trained in other units can refuse the set
+    make_mock_set(files, tmp_path / "nmgy.h5", working_zero_point=22.5, sky_sigma=0.03, gain=900.0)
     assert ImageSet.open(tmp_path / "nmgy.h5").preprocessing["zero_point"] == 22.5
 
 
@@ -169,8 +170,304 @@ def test_realsim_idealized_snapshot(shared_data):
     if not files:
         pytest.skip("no realsim_idealized r-band files")
     sim = read_sim_fits(files[0])
-    assert np.isposinf(sim.mag_arcsec2).any()  # the empty pixels this module must handle
+    assert np.isposinf(sim.data).any()  # the empty pixels this module must handle
     clean, meta = observe(sim, survey(), noise=False)
-    total_in = sb_to_flux(sim.mag_arcsec2[0], meta["sim_pixel_arcsec"], ZP).sum()
+    total_in = sb_to_flux(sim.data[0], meta["sim_pixel_arcsec"], ZP).sum()
     assert np.isfinite(clean).all() and clean.min() > -1e-3 * clean.max()
     assert abs(clean.sum() / total_in - 1) < 0.01
+
+
+# ---------------------------------------------------------------- TNG SKIRT cubes and RealSim-style insertion
+SKIRT_BANDS = ("sloan/sdss_g", "sloan/sdss_r", "sloan/sdss_i", "sloan/sdss_z")
+
+
+def write_skirt_cube(path, size=100, total_counts_s=(400.0, 1000.0, 900.0, 200.0), sigma_pix=6.0,
+                     pixscale=0.396, pc=374.0, use_z=0.0485, nan_pixels=0):
+    """A TNG-SKIRT-layout cube: (4, N, N) counts/s/pixel Gaussian blobs with FILTERn, PIXSCALE, USE_Z, CDELT1 pc."""
+    from astropy.io import fits
+
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    blob = np.exp(-(xx**2 + yy**2) / (2 * sigma_pix**2))
+    cube = np.stack([t * blob / blob.sum() for t in total_counts_s]).astype(np.float32)
+    cube.reshape(-1)[:nan_pixels] = np.nan
+    hdu = fits.PrimaryHDU(cube)
+    h = hdu.header
+    h["BUNIT"] = "counts/s/pixel"
+    h["CDELT1"] = h["CDELT2"] = pc
+    h["CTYPE1"] = h["CTYPE2"] = "pc"
+    h["PIXSCALE"] = pixscale
+    h["USE_Z"] = use_z
+    for i, band in enumerate(SKIRT_BANDS):
+        h[f"FILTER{i}"] = band
+    hdu.writeto(path)
+    return path
+
+
+def test_skirt_cube_counts_to_working_unit_conserve_flux(tmp_path):
+    """A cube of known AB magnitude (through the given zero point) keeps its total flux within 1 %."""
+    zp_1cps = 23.9  # AB mag of 1 count/s, as a user would give it
+    sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits"), bands=["r"])
+    assert sim.units == "counts_per_s" and sim.data.shape == (1, 100, 100) and sim.pixel_arcsec == 0.396
+    mag = zp_1cps - 2.5 * np.log10(1000.0)  # the r plane holds 1000 counts/s
+    expected = 10 ** (-0.4 * (mag - ZP))  # SDSS-r counts (working unit, AB zero point 28.2)
+    clean, meta = observe(sim, survey(), noise=False, input_zero_point=zp_1cps)
+    assert abs(clean.sum() / expected - 1) < 0.01
+    assert meta["dimming_mag"] == 0.0 and meta["sim_pixel_arcsec"] == 0.396  # seen at its own USE_Z
+    # the prepare path (Preprocessing.to_flux) converts the same way
+    from morphllr.preprocess import Preprocessing
+
+    prep = Preprocessing.preset("zanisi21").replace(input_zero_point=zp_1cps)
+    assert abs(prep.to_flux(sim.data, "counts_per_s").sum() / expected - 1) < 1e-5
+    with pytest.raises(MorphllrError, match="--zero-point"):
+        observe(sim, survey(), noise=False)
+
+
+def test_band_selection_by_name(tmp_path):
+    from morphllr.readers import select_bands
+
+    assert select_bands(list(SKIRT_BANDS), ["r"], "x") == [1]
+    assert select_bands(list(SKIRT_BANDS), ["sdss_i", "g"], "x") == [2, 0]
+    with pytest.raises(MorphllrError, match="sloan/sdss_g, sloan/sdss_r, sloan/sdss_i, sloan/sdss_z"):
+        select_bands(list(SKIRT_BANDS), ["u"], "x")
+    path = write_skirt_cube(tmp_path / "c.fits")
+    with pytest.raises(MorphllrError, match="--band.*|4-band cube"):
+        read_sim_fits(path)  # a band cube read without a band lists its bands
+    both = read_sim_fits(path, bands=["g", "r"])
+    assert both.data.shape == (2, 100, 100) and both.bands == "sloan/sdss_g,sloan/sdss_r"
+    assert abs(both.data[1].sum() / both.data[0].sum() - 2.5) < 1e-4
+
+
+def test_prepare_reads_a_band_cube_as_one_galaxy(tmp_path):
+    """Before: one 'galaxy' per band plane, counts/s taken as counts.  Now: one galaxy, converted."""
+    from morphllr.cli import main
+    from morphllr.imageset import ImageSet
+
+    write_skirt_cube(tmp_path / "broadband_1.fits", size=90)
+    out = tmp_path / "p.h5"
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", str(tmp_path / "broadband_1.fits"), "--band", "r", "--zero-point", "23.9", "--pad",
+              "--out", str(out)])
+    assert exc.value.code == 0
+    s = ImageSet.open(out)
+    assert len(s) == 1 and s.preprocessing["input_zero_point"] == 23.9
+    assert abs(float(np.asarray(s.flux[0]).sum()) / 10 ** (-0.4 * (23.9 - 2.5 * np.log10(1000.0) - ZP)) - 1) < 0.01
+
+
+def test_small_images_are_padded_with_zero_flux_before_the_psf(tmp_path):
+    sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits", size=60, sigma_pix=3.0), bands=["r"])
+    clean, _ = observe(sim, survey(), noise=False, input_zero_point=23.9)
+    assert clean.shape == (1, 128, 128)
+    expected = 10 ** (-0.4 * (23.9 - 2.5 * np.log10(1000.0) - ZP))
+    assert abs(clean.sum() / expected - 1) < 0.01
+    assert np.abs(clean[0, :20]).max() < 1e-4 * clean.max()  # beyond the simulation's field: no light
+
+
+@pytest.mark.parametrize("cosmology", ["Planck18", "realsim"])
+def test_angular_pixel_against_astropy_for_both_cosmologies(tmp_path, cosmology):
+    from astropy.cosmology import FlatLambdaCDM, Planck18
+
+    from morphllr.mock import observed_pixel
+
+    sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits"), bands=["r"], cosmology=cosmology)
+    astro = Planck18 if cosmology == "Planck18" else FlatLambdaCDM(H0=70, Om0=0.3)
+    assert observed_pixel(sim, 0.0485, cosmology) == 0.396  # the header's PIXSCALE at USE_Z
+    expected = 0.374 * astro.arcsec_per_kpc_proper(0.08).value
+    assert observed_pixel(sim, 0.08, cosmology) == pytest.approx(expected, rel=1e-9)
+    assert arcsec_per_kpc(0.05, cosmology) == pytest.approx(astro.arcsec_per_kpc_proper(0.05).value, rel=1e-12)
+
+
+def test_use_z_is_not_dimmed_twice_and_k_correction_warns(tmp_path):
+    sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits"), bands=["r"])
+    own, _ = observe(sim, survey(), noise=False, input_zero_point=23.9)
+    same, meta = observe(sim, survey(), redshift=0.0485, noise=False, input_zero_point=23.9)
+    assert np.allclose(own, same) and not meta["warnings"]  # --redshift USE_Z: no extra (1+z)^4
+    far, meta = observe(sim, survey(), redshift=0.12, noise=False, input_zero_point=23.9)
+    assert far.sum() < 0.3 * own.sum() and "K-correction" in meta["warnings"][0]
+
+
+def correlated_sky(n, size, seed=0, sigma=5.0):
+    """Sky with a known negative neighbour correlation: Gaussian noise plus a +-3 checkerboard."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    board = np.where((yy + xx) % 2, 3.0, -3.0)
+    return (rng.normal(0, sigma, (n, 1, size, size)) + board).astype(np.float32)
+
+
+def neighbour_corr(pixels_mask, images):
+    """Mean correlation of horizontally adjacent pixels that are both in the mask."""
+    a, b = images[..., :, 1:], images[..., :, :-1]
+    both = pixels_mask[..., :, 1:] & pixels_mask[..., :, :-1]
+    za = (a - a[both].mean()) / a[both].std()
+    zb = (b - b[both].mean()) / b[both].std()
+    return float((za * zb)[both].mean())
+
+
+def test_empty_pixels_of_a_mock_keep_the_sky_patches(tmp_path):
+    from morphllr.imageset import ImageSet
+
+    library = correlated_sky(40, 160)
+    np.save(tmp_path / "sky.npy", library)
+    files = [write_skirt_cube(tmp_path / f"c{i}.fits", sigma_pix=4 + i) for i in range(6)]
+    make_mock_set(files, tmp_path / "m.h5", bands=["r"], zero_point=23.9, sky_patches=tmp_path / "sky.npy", seed=1)
+    s = ImageSet.open(tmp_path / "m.h5")
+    flux, seg = np.asarray(s.flux[:])[:, 0], np.asarray(s.segmap[:])
+    empty = seg == 0
+    sky_corr, lib_corr = neighbour_corr(empty, flux), neighbour_corr(np.ones(library[:, 0].shape, bool), library[:, 0])
+    assert lib_corr < -0.2 and abs(sky_corr - lib_corr) < 0.05  # Gaussian noise would give ~0
+    assert abs(flux[empty].std() / library.std() - 1) < 0.05
+    cat = s.catalog
+    assert np.all((cat["sky_patch"] >= 0) & (cat["sky_patch"] < 40))
+    recorded = s.preprocessing["mock"]["sky"]
+    assert recorded["file"] == "sky.npy" and len(recorded["sha256"]) == 64
+    np.save(tmp_path / "small.npy", correlated_sky(3, 100))
+    with pytest.raises(MorphllrError, match="smaller than the 128x128 cutout"):
+        make_mock_set(files, tmp_path / "x.h5", bands=["r"], zero_point=23.9, sky_patches=tmp_path / "small.npy")
+
+
+def test_match_draws_psfs_from_the_observed_population(tmp_path):
+    """Every recorded FWHM is an observed one; 500 draws follow the observed distribution (DKW bound)."""
+    from astropy.io import fits
+
+    from morphllr.imageset import ImageSet, write_imageset
+    from morphllr.preprocess import Preprocessing
+
+    rng = np.random.default_rng(5)
+    observed_fwhm = np.round(rng.gamma(20.0, 0.07, 150), 3)
+    write_imageset(tmp_path / "obs.h5", np.zeros((150, 1, 8, 8)),
+                   {"id": np.arange(150).astype(str), "psf_fwhm_arcsec": observed_fwhm,
+                    "sky_sigma": np.full(150, 5.0), "redshift": rng.uniform(0.02, 0.06, 150)},
+                   Preprocessing.preset("zanisi21"))
+    # a cube of 500 single-band empty maps (no FILTER keys): 500 galaxies, cheap to observe
+    tiny = np.full((500, 12, 12), np.inf)
+    hdu = fits.PrimaryHDU(tiny)
+    hdu.header.update(BUNIT="AB mag/arcsec2", CDELT1=300.0, CTYPE1="pc", REDSHIFT=0.04)
+    hdu.writeto(tmp_path / "many.fits")
+    make_mock_set([tmp_path / "many.fits"], tmp_path / "m.h5", match=tmp_path / "obs.h5", match_redshift=True, seed=2)
+    cat = ImageSet.open(tmp_path / "m.h5").catalog
+    drawn = np.asarray(cat["psf_fwhm_arcsec"])
+    assert np.isin(drawn, observed_fwhm).all() and len(drawn) == 500
+    grid = np.sort(np.unique(np.concatenate([drawn, observed_fwhm])))
+    ecdf = np.searchsorted(np.sort(drawn), grid, side="right") / len(drawn)
+    cdf = np.searchsorted(np.sort(observed_fwhm), grid, side="right") / len(observed_fwhm)
+    alpha = 1e-3
+    assert np.abs(ecdf - cdf).max() <= np.sqrt(np.log(2 / alpha) / (2 * len(drawn)))
+    obs_z = dict(zip(ImageSet.open(tmp_path / "obs.h5").catalog["id"], ImageSet.open(tmp_path / "obs.h5").catalog["redshift"]))
+    assert all(abs(z - obs_z[m]) < 1e-12 for z, m in zip(cat["redshift"], cat["match_id"]))
+
+
+def test_models_refuse_mocks_of_another_zero_point_or_cosmology(tmp_path):
+    from morphllr.imageset import ImageSet
+    from morphllr.preprocess import Preprocessing, check_compatible
+
+    model = Preprocessing.preset("zanisi21").to_dict()
+    legacy = {k: v for k, v in model.items() if k not in ("cosmology", "input_zero_point", "mock")}
+    path = write_skirt_cube(tmp_path / "c.fits")
+    for name, kwargs, refused in (("ok", {}, False), ("zp", {"working_zero_point": 22.5, "sky_sigma": 0.03}, "zero_point"),
+                                  ("cosmo", {"cosmology": "realsim", "redshift": 0.06}, "cosmology")):
+        make_mock_set([path], tmp_path / f"{name}.h5", bands=["r"], zero_point=23.9, **kwargs)
+        prep = ImageSet.open(tmp_path / f"{name}.h5").preprocessing
+        for model_prep in (model, legacy):  # models written before the cosmology key behave the same
+            if refused:
+                with pytest.raises(MorphllrError, match=refused):
+                    check_compatible(model_prep, prep, "model vs mock")
+            else:
+                check_compatible(model_prep, prep, "model vs mock")
+
+
+def test_catalogue_joins_properties_and_gives_per_galaxy_psfs(tmp_path):
+    from astropy.table import Table
+
+    from morphllr.imageset import ImageSet
+
+    files = [write_skirt_cube(tmp_path / f"broadband_{i}.fits") for i in range(3)]
+    Table({"id": ["broadband_0", "broadband_1", "broadband_2"], "log_mstar": [10.1, 10.5, 11.0],
+           "psf_fwhm_arcsec": [1.1, 1.3, 1.7]}).write(tmp_path / "cat.csv")
+    summary = make_mock_set(files, tmp_path / "m.h5", bands=["r"], zero_point=23.9, catalog=tmp_path / "cat.csv")
+    cat = ImageSet.open(tmp_path / "m.h5").catalog
+    assert list(cat["log_mstar"]) == [10.1, 10.5, 11.0] and list(cat["psf_fwhm_arcsec"]) == [1.1, 1.3, 1.7]
+    assert "catalogue" in summary["psf"]
+
+
+def test_cli_mock_bad_inputs_give_one_line(tmp_path, capsys):
+    from morphllr.cli import main
+
+    cube = str(write_skirt_cube(tmp_path / "c.fits"))
+    cases = [
+        ([cube], "sloan/sdss_r"),  # no --band: the cube's bands are listed
+        ([cube, "--band", "u"], "no band 'u'"),
+        ([cube, "--band", "r"], "--zero-point"),  # counts/s without a zero point
+        ([str(write_sim_fits(tmp_path / "jy.fits", blob_sb(size=64), bunit="Jy")), "--zero-point", "20"], "BUNIT"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["mock", *argv, "--out", str(tmp_path / "o.h5")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and expected in err and "Traceback" not in err, (argv, err)
+        assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.shared_data
+def test_real_tng50_skirt_cubes(shared_data, tmp_path):
+    from morphllr.imageset import ImageSet
+
+    folder = shared_data / "tng50_skirt"
+    if not folder.is_dir():
+        pytest.skip("no tng50_skirt folder in the shared data")
+    summary = make_mock_set([folder], tmp_path / "tng.h5", bands=["r"], zero_point=23.9, seed=0)
+    s = ImageSet.open(tmp_path / "tng.h5")
+    assert summary["n"] == 11 == len(s) and s.flux.shape == (11, 1, 128, 128)  # 11 galaxies, not 44 band planes
+    assert np.all(np.asarray(s.catalog["dimming_mag"]) == 0.0)  # already seen at USE_Z
+    assert np.all(np.asarray(s.catalog["central_found"]))
+
+
+def test_cli_mock_like_a_set_takes_its_recipe(tmp_path):
+    from morphllr.cli import main
+    from morphllr.imageset import ImageSet
+
+    cube = str(write_skirt_cube(tmp_path / "c.fits"))
+    first, second = str(tmp_path / "first.h5"), str(tmp_path / "second.h5")
+    for argv in (["mock", cube, "--band", "r", "--zero-point", "23.9", "--cosmology", "realsim", "--out", first],
+                 ["mock", cube, "--band", "r", "--zero-point", "23.9", "--like", first, "--out", second]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0, argv
+    prep = ImageSet.open(second).preprocessing
+    assert prep["cosmology"] == "FlatLambdaCDM(H0=70, Om0=0.3)" and prep["zero_point"] == 28.2
+    with pytest.raises(SystemExit) as exc:  # an existing output is refused without --overwrite
+        main(["mock", cube, "--band", "r", "--zero-point", "23.9", "--out", second])
+    assert exc.value.code == 2
+
+
+@pytest.mark.shared_data
+def test_inserted_sky_is_the_frames_own_pixels_watermark(shared_data, tmp_path):
+    """A +-3-count checkerboard planted in a copy of the real frame survives into the mocks' sky.
+
+    Any resampling or smoothing of the sky would wash the checkerboard's negative neighbour
+    correlation out; real SDSS sky alone has a small positive one.
+    """
+    from astropy.io import fits
+
+    from morphllr.frames import working_per_nanomaggy
+    from morphllr.imageset import ImageSet
+    from morphllr.skypatches import sky_patch_library
+
+    frame = shared_data / "sdss_frame" / "frame-r-002583-2-0136.fits.bz2"
+    if not frame.is_file():
+        pytest.skip(f"{frame} not found")
+    with fits.open(frame) as hdul:
+        hdul = fits.HDUList([h.copy() for h in hdul])
+    image = hdul[0].data.astype(np.float64)
+    yy, xx = np.indices(image.shape)
+    image += np.where((yy + xx) % 2, 3.0, -3.0) / working_per_nanomaggy(ZP)  # +-3 counts, in nanomaggies
+    hdul[0].data = image.astype(np.float32)
+    marked = tmp_path / "frame-r-002583-2-0136.fits"
+    hdul.writeto(marked)
+    cube = write_skirt_cube(tmp_path / "c.fits", sigma_pix=5.0)
+    corr = {}
+    for name, source in (("real", frame), ("marked", marked)):
+        np.save(tmp_path / f"{name}.npy", sky_patch_library(source, 128, n=12, part="2/2").patches)
+        make_mock_set([cube] * 1 + [write_skirt_cube(tmp_path / f"d{name}.fits", sigma_pix=3.0)],
+                      tmp_path / f"{name}.h5", bands=["r"], zero_point=23.9, sky_patches=tmp_path / f"{name}.npy")
+        s = ImageSet.open(tmp_path / f"{name}.h5")
+        corr[name] = neighbour_corr(np.asarray(s.segmap[:]) == 0, np.asarray(s.flux[:])[:, 0])
+    assert corr["real"] > 0.0 and corr["marked"] < -0.1, corr

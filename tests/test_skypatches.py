@@ -170,3 +170,41 @@ def test_sky_patches_command_tiles_real_sky_that_keeps_its_statistics(tmp_path):
     bad = CliRunner().invoke(app, args[:-4] + ["--out", str(tmp_path / "sky.fits"), "--overwrite"])
     assert isinstance(bad.exception, MorphllrError) and ".npy" in str(bad.exception)
     assert not (tmp_path / "sky.fits").exists()
+
+
+def test_regions_cut_one_frame_and_parts_are_disjoint_strips():
+    rng = np.random.default_rng(8)
+    frame = rng.normal(0, 1.0, (96, 256)).astype(np.float32)  # pure sky: every lattice square is empty
+    halves = [empty_blocks([frame], block=16, grid=4, region=32, part=(k, 2)) for k in (1, 2)]
+    for k, sky in enumerate(halves):
+        # part k+1 of 2: every other 32-column stripe, starting with the (k+1)-th
+        stripes = [[x, x + 32] for x in range(32 * k, 256, 64)]
+        assert sky.strips == [stripes]
+        assert all(any(a <= x and x + 16 <= b for a, b in stripes) for x in sky.x)
+        # 3 x 4 regions of 32 px in the part's 4 stripes; a block lies wholly inside its region
+        assert len(np.unique(sky.region)) == 12
+        for region in np.unique(sky.region):
+            ys, xs = sky.y[sky.region == region], sky.x[sky.region == region]
+            assert ys.max() + 16 - ys.min() <= 32 and xs.max() + 16 - xs.min() <= 32
+        for j in (0, len(sky) // 2, len(sky) - 1):  # the lazy view cuts the frame's own pixels
+            assert np.array_equal(sky.blocks[j], frame[None, sky.y[j]:sky.y[j] + 16, sky.x[j]:sky.x[j] + 16])
+    assert len(np.unique(halves[0].region)) == 12 and np.array_equal(np.asarray(halves[0].blocks)[3], halves[0].blocks[3])
+    # a 48 px patch takes 9 blocks of 9 different regions: all blocks of a patch are disjoint
+    patches, layout = tile_sky_patches(halves[1], 5, 48, seed=1, return_layout=True)
+    assert patches.shape == (5, 1, 48, 48)
+    for slots in layout:
+        assert len(np.unique(halves[1].region[slots[:, 0]])) == 9
+    with pytest.raises(MorphllrError, match="only 12 regions"):
+        tile_sky_patches(halves[0], 1, 64)  # 16 blocks
+
+
+def test_frames_of_one_region_tile_as_one_block_per_frame():
+    """Small frames (one region each) tile exactly as without regions: one block per frame per patch."""
+    rng = np.random.default_rng(9)
+    frames = [frame_with_galaxy(rng, size=48, centre=(24, 24), sigma=s) for s in np.linspace(1, 3, 20)]
+    whole = empty_blocks(frames, block=8, grid=4, dilate=2)
+    regions = empty_blocks(frames, block=8, grid=4, dilate=2, region=32)
+    assert np.array_equal(regions.region, regions.frame)
+    a = tile_sky_patches(whole, 6, 16, seed=2, neighbours=6)
+    b = tile_sky_patches(regions, 6, 16, seed=2, neighbours=6)
+    assert np.array_equal(a, b)

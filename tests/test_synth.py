@@ -267,3 +267,160 @@ def test_softened_simulations_form_no_structure_inside_the_core():
     keep = synth.softened_structure(r, eps)
     assert np.all(keep[r <= eps / 4] == 0) and np.all(keep[r >= 1.25 * eps] == 1)
     assert np.all(np.diff(keep) >= 0) and 0.4 < synth.softened_structure(0.75 * eps, eps) < 0.6
+
+
+# --------------------------------------------------------------------------- real sky (--sky-patches)
+def _checkerboard_sky(m: int = 5, size: int = 144, seed: int = 0) -> np.ndarray:
+    """A sky no Gaussian noise model has: +-3 checkerboard + N(0, 2), rms sqrt(13), neighbour correlation -9/13."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    board = np.where((yy + xx) % 2, 3.0, -3.0)
+    return (board[None, None] + rng.normal(0, 2, (m, 1, size, size))).astype(np.float32)
+
+
+_FAR = np.hypot(*(np.mgrid[: synth.STAMP, : synth.STAMP] - (synth.STAMP - 1) / 2)) > 40
+
+
+def _sky_stats(flux: np.ndarray, segmap: np.ndarray) -> dict:
+    from morphllr.skypatches import sky_statistics
+
+    return sky_statistics(flux, mask=(segmap == 0) & _FAR)  # empty pixels far from the galaxy
+
+
+def _library_fraction(flux: np.ndarray, patch: np.ndarray, gain: float) -> float:
+    """Fraction of pixels where ``flux`` = a crop of ``patch`` (best of its 8 quarter-turn/flip
+    orientations and all offsets) + a whole number of electrons / gain, i.e. the library's own
+    pixels (not resampled) plus the sources' Poisson noise (1.0 = everywhere)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def off_integer(x):
+        return np.abs(x - np.round(x))
+
+    n = flux.shape[-1]
+    best = 0.0
+    for k in range(4):
+        for flip in (False, True):
+            p = np.rot90(patch, k)
+            p = p[:, ::-1] if flip else p
+            windows = sliding_window_view(p, (8, 8))[: p.shape[0] - n + 1, : p.shape[1] - n + 1]
+            # locate the crop by its corner, then check every pixel
+            miss = off_integer((flux[:8, :8] - windows.astype(np.float64)) * gain).max(axis=(2, 3))
+            y, x = np.unravel_index(miss.argmin(), miss.shape)
+            electrons = (flux.astype(np.float64) - p[y:y + n, x:x + n]) * gain
+            best = max(best, float(np.mean(off_integer(electrons) < 0.01)))
+    return best
+
+
+def test_default_sky_is_bit_identical_to_the_shipped_models_data():
+    # These hashes were computed from the code BEFORE --sky-patches existed: they pin the
+    # existing synthetic-sky rendering the shipped models were trained on (no library = no change).
+    s = synth.make_set("observed-test", n=8, seed=0)
+    import hashlib
+
+    assert hashlib.sha256(np.ascontiguousarray(s.flux).tobytes()).hexdigest() == \
+        "844d9d9c29105e1de963bf0c3d80dba00b4011eea4c1be5ec404e15927d23f4f"
+    assert hashlib.sha256(np.ascontiguousarray(s.segmap).tobytes()).hexdigest() == \
+        "9a70d0669ca812b719d25bfcf7a43728efe075695740d435ac80b746004fb767"
+    assert s.sky is None and "sky_patch" not in s.catalog.colnames
+
+
+def test_real_sky_patches_replace_the_gaussian_sky_pixel_for_pixel():
+    lib = _checkerboard_sky()
+    n = 12
+    s = synth.make_set("observed-test", n, seed=0, sky_patches=lib)
+    gaussian = synth.make_set("observed-test", n, seed=0)
+    cat = s.catalog
+    # the same galaxies; only the sky differs
+    np.testing.assert_array_equal(s.noiseless, gaussian.noiseless)
+    np.testing.assert_array_equal(cat["r50_kpc"], gaussian.catalog["r50_kpc"])
+    patch = np.asarray(cat["sky_patch"])
+    assert patch.dtype.kind == "i" and patch.min() >= 0 and patch.max() < len(lib) and len(set(patch)) > 1
+    assert np.all(np.isnan(cat["sky_level"]))
+    # empty sky keeps the library's rms and its negative neighbour correlation (Gaussian sky: none)
+    real, synthetic = _sky_stats(s.flux, s.segmap), _sky_stats(gaussian.flux, gaussian.segmap)
+    print("empty-pixel rms / corr_1: real sky", real["rms_median"], real["corr_1"],
+          "gaussian", synthetic["rms_median"], synthetic["corr_1"])
+    assert real["rms_median"] == pytest.approx(np.sqrt(13), rel=0.03)
+    assert real["corr_1"] == pytest.approx(-9 / 13, abs=0.05)
+    assert abs(synthetic["corr_1"]) < 0.03
+    # sky_sigma is the rms of the patch used, not the synthetic value
+    sky = s.flux - s.noiseless - s.neighbours
+    empty = (s.segmap == 0) & _FAR
+    np.testing.assert_allclose(cat["sky_sigma"], [sky[i][empty[i]].std() for i in range(n)], rtol=0.03)
+    assert np.all(np.abs(np.asarray(cat["sky_sigma"]) - np.sqrt(13)) < 0.1)
+    # the sky is the library's own pixels (a crop of the recorded patch, turned/flipped; not resampled)
+    gain = np.asarray(cat["gain"])
+    for i in range(3):
+        assert _library_fraction(s.flux[i], lib[patch[i], 0], gain[i]) > 0.999
+    # the segmap still labels the sources, thresholded at the patch rms
+    sigma = np.asarray(cat["sky_sigma"])[:, None, None]
+    assert np.all(s.segmap[:, 64, 64] == 1)
+    assert np.all(s.noiseless[s.segmap == 1] > np.broadcast_to(sigma, s.segmap.shape)[s.segmap == 1])
+    inside = s.noiseless > np.maximum(s.neighbours, sigma)
+    assert np.all(s.segmap[inside] == 1)
+    # reproducible per seed, different for another seed
+    again = synth.make_set("observed-test", n, seed=0, sky_patches=lib)
+    np.testing.assert_array_equal(again.flux, s.flux)
+    np.testing.assert_array_equal(again.segmap, s.segmap)
+    np.testing.assert_array_equal(again.catalog["sky_patch"], patch)
+    assert not np.allclose(synth.make_set("observed-test", n, seed=1, sky_patches=lib).flux, s.flux)
+
+
+def test_archetypes_in_real_sky_keep_neighbours_and_get_another_patch():
+    lib = _checkerboard_sky(m=4)
+    n = 6
+    obs = synth.make_set("observed-test", n, seed=5, sky_patches=lib,
+                         recipe=synth.Recipe(companion_fraction=1.0, star_fraction=1.0))
+    synth._join_fits(obs.catalog, synth.fit_single_sersic(obs, workers=1))
+    arch = synth.make_archetypes(obs, seed=1)  # the observed set's library by default
+    assert arch.sky is obs.sky
+    np.testing.assert_array_equal(arch.neighbours, obs.neighbours)
+    a_patch, o_patch = np.asarray(arch.catalog["sky_patch"]), np.asarray(obs.catalog["sky_patch"])
+    assert a_patch.min() >= 0 and a_patch.max() < len(lib)
+    assert np.all(a_patch != o_patch)  # fresh sky: never the galaxy's own patch
+    stats = _sky_stats(arch.flux, arch.segmap)
+    assert stats["rms_median"] == pytest.approx(np.sqrt(13), rel=0.03)
+    assert stats["corr_1"] == pytest.approx(-9 / 13, abs=0.05)
+    empty = (arch.segmap == 0) & (obs.segmap == 0) & _FAR
+    arch_sky = (arch.flux - arch.noiseless - arch.neighbours)
+    obs_sky = (obs.flux - obs.noiseless - obs.neighbours)
+    assert abs(np.corrcoef(arch_sky[empty], obs_sky[empty])[0, 1]) < 0.1
+    np.testing.assert_allclose(arch.catalog["sky_sigma"], [arch_sky[i][empty[i]].std() for i in range(n)], rtol=0.03)
+    # results do not depend on the number of worker processes
+    np.testing.assert_array_equal(synth.make_archetypes(obs, seed=1, workers=2).flux, arch.flux)
+
+
+def test_universe_in_real_sky_records_its_library(tmp_path):
+    import hashlib
+
+    from morphllr.imageset import ImageSet
+
+    lib = _checkerboard_sky(m=3, size=128)
+    path = tmp_path / "sky.npy"
+    np.save(path, lib)
+    out = tmp_path / "u"
+    written = synth.write_universe(out, ["observed-test", "archetypes"], n_test=4, seed=2, sky_patches=path)
+    expected = {"file": "sky.npy", "sha256": hashlib.sha256(lib.tobytes()).hexdigest(), "n_patches": 3, "size": 128}
+    assert json.loads((out / "universe.json").read_text())["sky_patches"] == expected
+    for name in ("observed-test", "archetypes"):
+        s = ImageSet.open(written[name])
+        assert {k[len("sky_patches_"):]: v for k, v in s.attrs.items() if k.startswith("sky_patches_")} == expected
+        assert {"sky_patch", "sky_sigma"} <= set(s.catalog.colnames)
+        assert np.all(np.abs(np.asarray(s.catalog["sky_sigma"]) - np.sqrt(13)) < 0.15)
+
+
+@pytest.mark.parametrize("shape, what", [((4, 3, 128, 128), "3 channel"), ((4, 1, 64, 64), "64x64")])
+def test_cli_refuses_a_sky_library_synth_cannot_use(tmp_path, capsys, shape, what):
+    from morphllr.cli import main
+
+    path = tmp_path / "sky.npy"
+    np.save(path, np.random.default_rng(0).normal(0, 5.7, shape).astype(np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path / "u"), "--sets", "sim-good", "--n-test", "2", "--sky-patches", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sky-patches" in err and what in err
+    assert "morphllr sky-patches" in err and "128x128" in err
+    assert not (tmp_path / "u").exists()
+    with pytest.raises(MorphllrError, match="constant"):
+        synth.sky_library(np.zeros((2, 1, 128, 128), np.float32))

@@ -413,22 +413,30 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
     return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE")
 
 
-def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts") -> np.ndarray:
+def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts",
+                     finite: bool = True) -> np.ndarray:
     """Empty-sky cutouts from an ImageSet (its ``/flux``), a ``.npy``/``.npz`` or a FITS cube.
 
     Args:
         path: file of sky-only cutouts in the same flux units and pixel scale as the set.
         where: option name for messages.
         what: what the file holds, for messages (``morphllr sky-patches`` reads its frames here too).
+        finite: refuse NaN/inf pixels (False: keep them, e.g. frames whose bad pixels are masked later).
 
     Returns:
         float32 (M, C, Hp, Wp).
     """
     from pathlib import Path
 
+    from .frames import is_frame_file
+
     path = Path(path)
     if not path.is_file():
         raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of {what}")
+    if is_frame_file(path):
+        raise MorphllrError(f"{where} {path}: an SDSS frame (sources and all, in nanomaggies), not {what}; cut empty "
+                            f"sky from it with `morphllr sky-patches {path.name} --size SIZE --out sky.npy`")
+    name = path.name.lower()
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         from .imageset import ImageSet
@@ -442,7 +450,7 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
     elif suffix == ".npz":
         with np.load(path) as z:
             arr = z[z.files[0]]
-    elif suffix in (".fits", ".fit", ".fz"):
+    elif suffix in (".fits", ".fit", ".fz") or name.endswith((".fits.gz", ".fits.bz2", ".fit.gz", ".fit.bz2")):
         from astropy.io import fits
 
         arr = fits.getdata(path)
@@ -453,8 +461,12 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
         arr = arr[None, None]
     elif arr.ndim == 3:
         arr = arr[:, None]
-    if arr.ndim != 4 or not np.isfinite(arr).all():
-        raise MorphllrError(f"{where} {path}: expected finite (M, H, W) or (M, C, H, W) {what}, got {arr.shape}")
+    if arr.ndim != 4:
+        raise MorphllrError(f"{where} {path}: expected (M, H, W) or (M, C, H, W) {what}, got shape {arr.shape}")
+    if finite and not np.isfinite(arr).all():
+        raise MorphllrError(f"{where} {path}: {int((~np.isfinite(arr)).sum())} NaN/inf pixel(s) in the {what}; "
+                            "replace them (sky patches must be finite), or rebuild the patches with "
+                            "`morphllr sky-patches`, which keeps NaN pixels out of the sky")
     return arr
 
 

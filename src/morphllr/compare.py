@@ -6,9 +6,14 @@ and a few fixed-size accumulators (mean LLR map, radial profile), then re-scores
 handful of gallery galaxies to get their maps.  Memory is flat in the number of images
 apart from one row of numbers per galaxy.
 
+Each image's LLR is also split into its empty-sky pixels and the rest (columns
+``llr_sky``, ``llr_rest``, ``n_sky_pixels``, ``llr_sky_per_pixel``; per set
+``summary["sets"][name]["sky"]``): the background cancels in the ratio only when a set
+shares sky, PSF and noise with the training data, and this split shows whether it did.
+
 Outputs in ``out`` (written atomically): ``scores.csv`` / ``scores.parquet`` (one row per
 image), ``summary.json`` (per set: n, mean, interval, ΔLLR vs the reference, AUROC, KS,
-mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
+sky split, mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
 ``maps="all"``) and the report (``index.html`` + ``figures/``, see :mod:`morphllr.report`).
 """
 
@@ -37,7 +42,8 @@ RE_PIX_COLUMNS = ("sersic_re_pix", "re_pix")
 
 #: Radial-profile bins: in units of the half-light radius, or in model pixels as fallback.
 PROFILE_RE_EDGES = np.linspace(0.0, 4.0, 17)
-SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "bpd_obs", "bpd_arch")
+SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "llr_sky", "llr_rest", "n_sky_pixels",
+                 "llr_sky_per_pixel", "bpd_obs", "bpd_arch")
 OUTLIER_QUANTILE = 0.0015  # the paper's outliers: below the reference's 0.15th percentile
 
 
@@ -52,6 +58,8 @@ class OpenedSet:
         source: the ImageSource (batches / read / shape / preprocessing).
         catalog: astropy Table row-aligned with the images, or None.
         segmap: lazy ``(N, H, W)`` central-source mask or None.
+        flux_segmap: lazy ``(N, Hf, Wf)`` segmentation on the flux-cutout grid (``/segmap``:
+            0 sky, 1 central source, >1 companions) or None.
     """
 
     name: str
@@ -59,6 +67,7 @@ class OpenedSet:
     source: Any
     catalog: Any = None
     segmap: Any = None
+    flux_segmap: Any = None
 
 
 @dataclass
@@ -68,7 +77,9 @@ class SetResult:
     Attributes:
         name: set label.
         scores: column -> per-image array (``logp_obs``, ``logp_arch``, ``llr``,
-            ``llr_segmap``, ``bpd_obs``, ``bpd_arch`` and ``llr_rot`` with rotations).
+            ``llr_segmap``, ``llr_sky``, ``llr_rest``, ``n_sky_pixels``, ``llr_sky_per_pixel``,
+            ``bpd_obs``, ``bpd_arch`` and ``llr_rot`` with rotations); see :class:`_SkyMasks`
+            for the sky split.
         ids: per-image identifiers (catalogue ``id`` or the index).
         catalog: the set's catalogue (astropy Table) or None.
         mean_map: mean pixel LLR map after centring each galaxy, ``(H, W)``.
@@ -76,6 +87,8 @@ class SetResult:
         profile_pix: mean pixel LLR per 1-pixel bin of r.
         gallery: selection name -> dict(indices, images, map_obs, map_arch, llr).
         notes: what could not be measured and why.
+        sky_mask: where the empty-sky mask came from: ``"segmap"``, ``"segmap_model"``
+            (companions count as sky) or None (sky columns are NaN).
     """
 
     name: str
@@ -87,6 +100,7 @@ class SetResult:
     profile_pix: np.ndarray
     gallery: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sky_mask: str | None = None
 
     @property
     def llr(self) -> np.ndarray:
@@ -163,10 +177,11 @@ def _open_set(name: str, spec: Any) -> OpenedSet:
     source = open_images(spec)
     catalog = getattr(source, "catalog", None)
     segmap = getattr(source, "segmap_model", None)
+    flux_segmap = getattr(source, "segmap", None)
     if catalog is not None and len(catalog) != len(source):
         raise MorphllrError(f"set {name}={label}: catalogue has {len(catalog)} rows for {len(source)} images; "
                             "rebuild the set with `morphllr prepare`")
-    return OpenedSet(name=name, label=label, source=source, catalog=catalog, segmap=segmap)
+    return OpenedSet(name=name, label=label, source=source, catalog=catalog, segmap=segmap, flux_segmap=flux_segmap)
 
 
 def _check_set(s: OpenedSet, obs) -> None:
@@ -358,6 +373,90 @@ class _MapsWriter:
             self.fh.close()
 
 
+# --------------------------------------------------------------------------- empty-sky split
+SKY_COLUMNS = ("llr_sky", "llr_rest", "n_sky_pixels", "llr_sky_per_pixel")
+
+
+class _SkyMasks:
+    """Empty-sky masks of one set on the model grid, read in the same batches as its images.
+
+    The background cancels in the LLR only when a set shares sky, PSF and noise with the
+    training data, so each image's LLR is split into its empty-sky pixels and the rest.
+    Preferred source: ``/segmap`` (flux grid) through the set's crop and zoom
+    (:func:`morphllr.segmentation.model_sky_mask`); fallback ``/segmap_model == 0``, where
+    companions and stars count as sky; with neither, ``kind`` is None.
+
+    Attributes:
+        kind: ``"segmap"``, ``"segmap_model"`` or None.
+        notes: what the choice means for this set (for the report's notes).
+    """
+
+    def __init__(self, s: OpenedSet, hw: tuple[int, int]):
+        self._set = s
+        self._prep = s.source.preprocessing or {}
+        self.kind: str | None = None
+        self.notes: list[str] = []
+        mismatch = None
+        if s.flux_segmap is not None:
+            mismatch = self._mismatch(hw)
+            if mismatch is None:
+                self.kind = "segmap"
+                return
+        if s.segmap is not None:
+            self.kind = "segmap_model"
+            why = mismatch or "no /segmap in the set"
+            self.notes.append(f"{s.name}: {why}, so empty sky = outside the central-source mask /segmap_model; "
+                              "companions and stars then count as sky")
+            return
+        why = mismatch or "no segmentation (/segmap or /segmap_model) in the set"
+        self.notes.append(f"{s.name}: {why}; the sky split ({', '.join(SKY_COLUMNS)}) is NaN")
+
+    def _mismatch(self, hw: tuple[int, int]) -> str | None:
+        """Why ``/segmap`` cannot be mapped onto the model grid, or None when it can."""
+        from .segmentation import model_sky_mask
+
+        hf, wf = self._set.flux_segmap.shape[1:]
+        try:
+            got = model_sky_mask(np.zeros((1, hf, wf), np.int32), self._prep).shape[1:]
+        except MorphllrError as exc:
+            got = str(exc)
+        if got == tuple(hw):
+            return None
+        result = f"{got[0]}x{got[1]} pixels" if isinstance(got, tuple) else got
+        return (f"/segmap ({hf}x{wf}) does not map onto the {hw[0]}x{hw[1]} model grid with the set's "
+                f"crop={self._prep.get('crop')} and zoom={self._prep.get('zoom')} (gives {result})")
+
+    def read(self, start: int, stop: int) -> np.ndarray | None:
+        """bool ``(B, H, W)`` empty-sky mask of images ``start:stop`` (None without a mask)."""
+        from .segmentation import model_sky_mask
+
+        if self.kind == "segmap":
+            return model_sky_mask(np.asarray(self._set.flux_segmap[start:stop]), self._prep)
+        if self.kind == "segmap_model":
+            return np.asarray(self._set.segmap[start:stop]) == 0
+        return None
+
+
+def _split_sky(out: dict[str, np.ndarray], start: int, stop: int, map_obs: np.ndarray, map_arch: np.ndarray,
+               sky: np.ndarray | None) -> None:
+    """Fill ``llr_sky`` and ``n_sky_pixels`` of images ``start:stop`` (NaN without a mask)."""
+    if sky is None:
+        out["llr_sky"][start:stop] = np.nan
+        out["n_sky_pixels"][start:stop] = np.nan
+        return
+    # float64 before subtracting, as for the llr column, so sky + rest adds up to the llr
+    llr_map = map_obs.astype(np.float64) - map_arch
+    out["llr_sky"][start:stop] = np.where(sky, llr_map, 0.0).sum(axis=(1, 2))
+    out["n_sky_pixels"][start:stop] = sky.sum(axis=(1, 2))
+
+
+def _finish_sky(out: dict[str, np.ndarray]) -> None:
+    """Derived sky columns, once ``llr`` is known."""
+    out["llr_rest"] = out["llr"] - out["llr_sky"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["llr_sky_per_pixel"] = np.where(out["n_sky_pixels"] > 0, out["llr_sky"] / out["n_sky_pixels"], np.nan)
+
+
 # --------------------------------------------------------------------------- scoring one set
 def _re_model_pixels(s: OpenedSet, prep: dict) -> tuple[np.ndarray | None, str | None]:
     """Half-light radii in model pixels, or None with the reason."""
@@ -378,13 +477,15 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     """Stream one set through both models and keep per-image numbers + accumulators."""
     n, c, h, w = s.source.shape
     n_dims = c * h * w
-    out = {key: np.empty(n) for key in ("logp_obs", "logp_arch", "llr_segmap")}
+    out = {key: np.empty(n) for key in ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels")}
     if rotations:
         out["llr_rot"] = np.empty(n)
     re_model, re_note = _re_model_pixels(s, prep)
     notes = [re_note] if re_note else []
     if s.segmap is None:
         notes.append(f"{s.name}: no central-source mask (/segmap_model) in the set; llr_segmap is NaN")
+    sky_masks = _SkyMasks(s, (h, w))
+    notes += sky_masks.notes
     acc = _MapAccumulator(h, w, with_re=re_model is not None)
     maps_writer.start(s.name, n, h, w)
     obs_scorer, arch_scorer = scorers
@@ -405,6 +506,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
             out["llr_segmap"][start:stop] = np.where(masks, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
         else:
             out["llr_segmap"][start:stop] = np.nan
+        _split_sky(out, start, stop, map_obs, map_arch, sky_masks.read(start, stop))
         if rotations:
             total = np.zeros(len(batch))
             for _ in range(rotations):
@@ -416,6 +518,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
         advance(len(batch))
         start = stop
     out["llr"] = out["logp_obs"] - out["logp_arch"]
+    _finish_sky(out)
     # bits per dimension: the usual PixelCNN unit (negative for continuous densities of
     # narrow-range images, which is fine: only differences matter)
     out["bpd_obs"] = -out["logp_obs"] / (n_dims * math.log(2))
@@ -423,7 +526,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     ids = _ids(s.catalog, n)
     mean_map, prof_re, prof_pix = acc.results()
     return SetResult(name=s.name, scores=out, ids=ids, catalog=s.catalog, mean_map=mean_map,
-                     profile_re=prof_re, profile_pix=prof_pix, notes=notes)
+                     profile_re=prof_re, profile_pix=prof_pix, notes=notes, sky_mask=sky_masks.kind)
 
 
 def _ids(catalog: Any, n: int) -> np.ndarray:
@@ -478,7 +581,73 @@ def _set_summaries(results: dict[str, SetResult], reference: str, n_boot: int, s
         entry["mean_llr_segmap"] = float(np.mean(seg)) if np.isfinite(seg).all() else None
         if "llr_rot" in res.scores:
             entry["mean_llr_rotation_averaged"] = float(np.mean(res.scores["llr_rot"]))
+        entry["sky"] = sky_summary(res, results[reference], name == reference, n_boot, seed)
         out[name] = entry
+    return out
+
+
+#: Keys of ``summary["sets"][name]["sky"]`` that hold numbers (None when not computable).
+SKY_SUMMARY_KEYS = ("llr_per_sky_pixel", "llr_per_sky_pixel_ci95", "sky_share", "sky_pixel_fraction",
+                    "mean_llr_sky", "mean_llr_rest", "auroc_sky_vs_reference", "auroc_rest_vs_reference")
+
+
+def sky_summary(res: SetResult, ref: SetResult, is_reference: bool, n_boot: int, seed: int) -> dict:
+    """Per-set numbers of the empty-sky / rest split of the LLR (``summary.json`` ``sets[name]["sky"]``).
+
+    When the scored images share sky, PSF and noise with the training data, the two
+    models assign the same density to the empty sky and it cancels in the ratio: the
+    sky LLR per pixel is then ~0 and the per-image sky LLRs are indistinguishable from
+    the reference's (AUROC ~0.5).
+
+    Args:
+        res: the set.
+        ref: the reference set.
+        is_reference: ``res`` is the reference (its AUROCs are 0.5 by definition).
+        n_boot: bootstrap replicates of the interval.
+        seed: bootstrap seed.
+
+    Returns:
+        dict with ``mask`` (``"segmap"``, ``"segmap_model"`` or None), ``llr_per_sky_pixel``
+        (pooled: sum of llr_sky / sum of n_sky_pixels, nats per pixel),
+        ``llr_per_sky_pixel_ci95`` ([lo, hi], bootstrap over images), ``sky_share``
+        (mean llr_sky / mean llr, see :func:`morphllr.stats.share_of_mean` for when it is None),
+        ``sky_pixel_fraction`` (empty-sky share of all model pixels), ``mean_llr_sky``,
+        ``mean_llr_rest`` (nats per image), ``auroc_sky_vs_reference`` (on llr_sky_per_pixel),
+        ``auroc_rest_vs_reference`` (on llr_rest) and ``null_reasons`` (key -> why it is None).
+    """
+    out: dict[str, Any] = {"mask": res.sky_mask, **dict.fromkeys(SKY_SUMMARY_KEYS)}
+    why: dict[str, str] = {}
+    out["null_reasons"] = why
+    if res.sky_mask is None:
+        why.update(dict.fromkeys(SKY_SUMMARY_KEYS, "the set has no segmentation map (/segmap or /segmap_model)"))
+        return out
+    sc = res.scores
+    n_sky = sc["n_sky_pixels"]
+    out["sky_pixel_fraction"] = float(n_sky.sum() / (len(n_sky) * res.mean_map.size))
+    out["mean_llr_sky"] = float(np.mean(sc["llr_sky"]))
+    out["mean_llr_rest"] = float(np.mean(sc["llr_rest"]))
+    if n_sky.sum() > 0:
+        out["llr_per_sky_pixel"] = stats.ratio_of_sums(sc["llr_sky"], n_sky)
+        out["llr_per_sky_pixel_ci95"] = list(stats.bootstrap_ratio_ci(sc["llr_sky"], n_sky, 0.95, n_boot, seed))
+    else:
+        for key in ("llr_per_sky_pixel", "llr_per_sky_pixel_ci95", "auroc_sky_vs_reference"):
+            why[key] = "no model pixel of the set is empty sky (a source pixel falls into every one)"
+    share = stats.share_of_mean(sc["llr_sky"], res.llr)
+    if np.isfinite(share):
+        out["sky_share"] = share
+    else:
+        why["sky_share"] = "the set's mean LLR is within 2 standard errors of 0, so a share of it is undefined"
+    if ref.sky_mask is None:
+        for key in ("auroc_sky_vs_reference", "auroc_rest_vs_reference"):
+            why.setdefault(key, "the reference has no segmentation map")
+        return out
+    out["auroc_rest_vs_reference"] = 0.5 if is_reference else stats.auroc(sc["llr_rest"], ref.scores["llr_rest"])
+    if "auroc_sky_vs_reference" not in why:
+        if not np.isfinite(ref.scores["llr_sky_per_pixel"]).any():
+            why["auroc_sky_vs_reference"] = "no model pixel of the reference is empty sky"
+        else:
+            out["auroc_sky_vs_reference"] = 0.5 if is_reference else stats.auroc(
+                sc["llr_sky_per_pixel"], ref.scores["llr_sky_per_pixel"])
     return out
 
 
@@ -610,7 +779,8 @@ def _csv_values(v: np.ndarray) -> list:
 def _write_summary_csv(summary: dict, path: Path) -> None:
     keys = ["n", "mean_llr", "median_llr", "std_llr", "ci95_lo", "ci95_hi", "delta_llr", "delta_llr_err",
             "auroc_vs_reference", "ks_vs_reference", "ks_pvalue", "mean_llr_segmap",
-            "matched_delta_llr", "matched_delta_llr_err"]
+            "matched_delta_llr", "matched_delta_llr_err", "llr_per_sky_pixel", "sky_share", "sky_pixel_fraction",
+            "auroc_sky_vs_reference", "auroc_rest_vs_reference"]
     matched = summary.get("matched") or {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -620,6 +790,7 @@ def _write_summary_csv(summary: dict, path: Path) -> None:
             e["ci95_lo"], e["ci95_hi"] = e["ci95"]
             e["matched_delta_llr"] = (matched.get("delta_llr") or {}).get(name)
             e["matched_delta_llr_err"] = (matched.get("delta_llr_err") or {}).get(name)
+            e.update({k: v for k, v in (e.get("sky") or {}).items() if k in keys})
             writer.writerow([name, *["" if e.get(k) is None else e.get(k) for k in keys]])
 
 

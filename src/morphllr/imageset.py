@@ -695,6 +695,7 @@ def prepare_imageset(
     batch_size: int = 64,
     workers: int = 1,
     progress=None,
+    attrs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cut, segment, stretch and write raw images as an ImageSet (``morphllr prepare``).
 
@@ -712,6 +713,7 @@ def prepare_imageset(
         batch_size: images written together.
         workers: processes cutting and segmenting in parallel (1 = in this process).
         progress: callable(advance: int) called after each batch (e.g. a rich progress bar).
+        attrs: extra file attributes (e.g. which frames cutouts came from), strings, numbers or JSON-able.
 
     Returns:
         report dict: ``n_images``, ``n_nonfinite_pixels``, ``n_images_with_nonfinite``,
@@ -742,7 +744,7 @@ def prepare_imageset(
         if state["writer"] is None:
             writer = ImageSetWriter(path, n=n, image_shape=images.shape[1:],
                                     flux_shape=flux.shape[1:] if store_flux else None,
-                                    preprocessing=prep, overwrite=overwrite)
+                                    preprocessing=prep, overwrite=overwrite, attrs=attrs)
             writer.__enter__()
             state["writer"] = writer
             report.update(image_shape=list(images.shape[1:]), flux_shape=list(flux.shape[1:]))

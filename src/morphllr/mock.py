@@ -1,30 +1,50 @@
-"""Mock observations: idealised simulation images -> survey-like flux cutouts.
+"""Mock observations: idealised simulation images -> survey-like flux cutouts, RealSim-style.
 
-Input: noise-free, PSF-free images such as SKIRT/RealSim "idealised" maps, in AB
-mag/arcsec^2 with empty lines of sight as +inf, and a physical pixel size (pc or kpc,
-from the FITS header ``CDELT1``/``CTYPE1`` or an option).  The steps, in order:
+The likelihood ratio cancels the background only when simulated images share the sky,
+PSF, pixel scale, noise and units of the training data, so a mock is *inserted* into the
+survey the way RealSim (Bottrell et al. 2017, 2019) does it:
 
-1. angular pixel size: physical size x ``arcsec_per_kpc_proper(z)`` (Planck18);
-2. cosmological dimming from the simulation's redshift to the target redshift,
-   ``10 log10((1 + z) / (1 + z_sim))`` mag (bolometric; no K-correction);
-3. flux per pixel ``10^(-0.4 (mu - ZP)) x pixel_area`` in the set's working flux unit
-   (ZP = AB mag of one unit: 22.5 for nanomaggies, 28.2 for typical SDSS r counts);
-4. PSF convolution and flux-conserving resampling to the survey pixel scale in one
-   step (GalSim ``InterpolatedImage`` convolved with the PSF, integrated over each
-   survey pixel), centred on the simulation image centre;
-5. sky noise (Gaussian, ``sky_sigma`` per pixel) and shot noise (Poisson, with the
-   ``gain`` in electrons per flux unit);
-6. the preset's preprocessing, through :func:`morphllr.imageset.write_flux_set`.
+Inputs (read by :mod:`morphllr.readers`): noise-free, PSF-free images, either
+
+* TNG / Illustris SKIRT broadband cubes in ``counts/s/pixel`` (band chosen by name,
+  ``PIXSCALE`` the angular pixel at ``USE_Z``, ``CDELT1`` the physical pixel): the count
+  rate needs ``input_zero_point`` (AB magnitude of 1 count/s), since no convention for it
+  is documented in the files or was found for these products; or
+* AB mag/arcsec^2 maps (SKIRT / RealSim idealised images, empty lines of sight +inf).
+
+The steps, per galaxy, in order:
+
+1. the redshift: the image's own (``USE_Z``/``REDSHIFT``: no extra dimming) unless another
+   is asked for (option, catalogue column ``redshift``, or drawn with ``match``); at the
+   image's own redshift the angular pixel is the header's (``PIXSCALE``), at another one
+   it is the physical pixel times :func:`morphllr.cosmology.arcsec_per_kpc` (Planck18 or
+   RealSim's FlatLambdaCDM(70, 0.3)), with ``10 log10((1 + z) / (1 + z_sim))`` mag of
+   surface-brightness dimming and no K-correction (a warning beyond |dz| = 0.05);
+2. flux per pixel in the set's working unit (AB zero point ``zero_point``);
+3. PSF convolution and flux-conserving resampling to the survey pixel in one GalSim step,
+   onto a cutout-sized canvas: a simulation smaller than the cutout is padded with zero
+   flux *before* PSF, sky and noise (it has no light beyond its field);
+4. shot noise of the galaxy's own light (Poisson, ``gain`` electrons per flux unit);
+5. the sky: a real empty-sky patch from the same library ``archetypes --sky-patches``
+   uses (added as its own pixels: crop, quarter turn and flip, never resampled), or
+   Gaussian noise of ``sky_sigma``;
+6. the preset's model-side preprocessing, through :func:`morphllr.imageset.write_flux_set`.
+
+PSF, sky and gain are per galaxy: from options, catalogue columns (``psf_fwhm_arcsec``,
+``psf_beta``, ``sky_sigma``, ``gain``), or drawn from an observed set (``match``); every
+choice is recorded per galaxy in the catalogue and for the set in its preprocessing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import cosmology as cosmologies
 from .errors import MorphllrError
 
 #: Survey settings per preset: pixel scale (arcsec), PSF, sky noise and gain in the
@@ -33,12 +53,15 @@ from .errors import MorphllrError
 SURVEY_PRESETS = {
     "zanisi21": {"pixel_scale": 0.396, "psf_fwhm": 1.4, "psf": "moffat", "sky_sigma": 5.7, "gain": 4.8},
 }
-_LENGTH_UNITS_KPC = {"pc": 1e-3, "kpc": 1.0, "mpc": 1e3}
+#: A band moves by more than this in redshift -> the missing K-correction is worth a warning.
+K_CORRECTION_DZ = 0.05
+#: Largest simulation image side accepted (GalSim FFTs grow with it).
+MAX_SIM_PIXELS = 8192
 
 
 @dataclass
 class SurveySettings:
-    """How the mock is observed (all in the output set's working flux unit)."""
+    """How the mock is observed by default (all in the output set's working flux unit)."""
 
     pixel_scale: float  # arcsec per survey pixel
     psf_fwhm: float  # arcsec
@@ -47,86 +70,120 @@ class SurveySettings:
     sky_sigma: float = 0.0  # per-pixel Gaussian sky noise
     gain: float | None = None  # electrons per flux unit (None: no shot noise)
     size: int = 128  # side of the output cutout, survey pixels
+    cosmology: str = cosmologies.DEFAULT
+    psf_beta: float | None = None  # Moffat index (None: morphllr.psf.DEFAULT_MOFFAT_BETA)
 
 
 @dataclass
 class SimImage:
-    """One idealised image with what is needed to observe it."""
+    """One idealised image with what is needed to observe it.
+
+    Attributes:
+        name: id of the galaxy (file stem).
+        data: (C, H, W) pixels in ``units``; non-finite pixels already replaced by "no light".
+        pixel_kpc: physical pixel side (kpc), or None.
+        redshift: the redshift the image is seen at (header ``USE_Z``/``REDSHIFT``), or None
+            (rest frame, z = 0).
+        units: ``mag_arcsec2`` or ``counts_per_s``.
+        pixel_arcsec: angular pixel at ``redshift`` from the header (``PIXSCALE``), or None.
+        source: file(s) it came from.
+        bands: band names, comma-separated ("" when unknown).
+        n_nonfinite: NaN / -inf (and, for count rates, inf) pixels masked as "no light".
+    """
 
     name: str
-    mag_arcsec2: np.ndarray  # (C, H, W); +inf = empty
-    pixel_kpc: float
-    redshift: float | None  # redshift the surface brightnesses refer to (header), or None
+    data: np.ndarray
+    pixel_kpc: float | None
+    redshift: float | None
+    units: str = "mag_arcsec2"
+    pixel_arcsec: float | None = None
+    source: str = ""
+    bands: str = ""
+    n_nonfinite: int = 0
+
+
+@dataclass
+class Placement:
+    """How one galaxy is observed: its own redshift, PSF, noise and sky (None = survey default)."""
+
+    redshift: float | None = None
+    psf_fwhm: float | None = None
+    psf_beta: float | None = None
+    psf_image: np.ndarray | None = None  # sampled at the survey pixel scale (overrides the FWHM)
+    sky_sigma: float | None = None
+    gain: float | None = None
+    sky_patch: np.ndarray | None = None  # (C, Hp, Wp) real empty sky, working units
 
 
 # --------------------------------------------------------------------------- reading
-def read_sim_fits(path, pixel_kpc: float | None = None) -> SimImage:
-    """Read an idealised simulation image (AB mag/arcsec^2) from FITS.
+def sim_from_raw(raw, pixel_kpc: float | None = None) -> SimImage:
+    """A :class:`morphllr.readers.RawImage` of a simulation product -> :class:`SimImage`.
 
     Args:
-        path: FITS file, 2-D image or (C, H, W) cube in the first HDU with data.
+        raw: record from :func:`morphllr.readers.iter_images`.
         pixel_kpc: physical pixel size in kpc, overriding the header.
 
     Returns:
-        :class:`SimImage`.
+        SimImage with non-finite pixels masked (0 flux) and counted.
     """
-    from astropy.io import fits
+    if raw.units not in ("mag_arcsec2", "counts_per_s"):
+        raise MorphllrError(
+            f"{raw.source}: BUNIT says {raw.units or 'nothing known'}; mock reads idealised images in AB mag/arcsec2 "
+            "(SKIRT/RealSim) or counts/s/pixel (TNG SKIRT cubes, with --zero-point MAG = AB mag of 1 count/s); "
+            "set BUNIT in the header, or use `morphllr prepare` for images that already have sky and noise")
+    data = np.array(raw.image, dtype=np.float64)
+    if max(data.shape[1:]) > MAX_SIM_PIXELS:
+        raise MorphllrError(f"{raw.source}: image is {data.shape[1]}x{data.shape[2]} pixels; at most "
+                            f"{MAX_SIM_PIXELS} per side are accepted (bin it first)")
+    if raw.units == "mag_arcsec2":
+        bad = np.isnan(data) | np.isneginf(data)  # +inf is an empty line of sight, not a bad pixel
+        data[bad] = np.inf
+    else:
+        bad = ~np.isfinite(data)
+        data[bad] = 0.0
+    kpc = pixel_kpc if pixel_kpc is not None else raw.meta.get("pixel_kpc")
+    if pixel_kpc is not None and not (math.isfinite(pixel_kpc) and pixel_kpc > 0):
+        raise MorphllrError(f"--sim-pixel-kpc {pixel_kpc}: must be a positive physical pixel size in kpc")
+    z = raw.meta.get("redshift")
+    return SimImage(name=raw.id, data=data, pixel_kpc=None if kpc is None else float(kpc),
+                    redshift=None if z is None or not np.isfinite(z) else float(z), units=raw.units,
+                    pixel_arcsec=None if pixel_kpc is not None else raw.pixel_scale, source=raw.source,
+                    bands=str(raw.meta.get("bands", "")), n_nonfinite=int(bad.sum()))
 
+
+def read_sims(inputs, bands: list[str] | None = None, cosmology: str | None = None,
+              pixel_kpc: float | None = None):
+    """Every simulated galaxy in files, folders or globs.
+
+    Args:
+        inputs: paths (SKIRT cubes, mag/arcsec^2 maps; folders searched recursively).
+        bands: band names (``["r"]``; several stack bands of cubes or of one-file-per-band maps).
+        cosmology: for pixel scales from a physical CDELT.
+        pixel_kpc: physical pixel overriding the headers.
+
+    Returns:
+        iterator of :class:`SimImage`.
+    """
+    from .readers import expand_inputs, iter_images
+
+    files = expand_inputs([str(p) for p in inputs])
+    for raw in iter_images(files, bands=bands, cosmology=cosmology):
+        yield sim_from_raw(raw, pixel_kpc)
+
+
+def read_sim_fits(path, pixel_kpc: float | None = None, bands: list[str] | None = None,
+                  cosmology: str | None = None) -> SimImage:
+    """Read one idealised simulation image from FITS (see :func:`read_sims`)."""
     path = Path(path)
     if not path.is_file():
         raise MorphllrError(f"{path}: file not found")
-    try:
-        with fits.open(path) as hdul:
-            hdu = next((h for h in hdul if h.data is not None), None)
-            if hdu is None:
-                raise MorphllrError(f"{path}: no image data in any HDU")
-            data = np.asarray(hdu.data, dtype=np.float64)
-            header = hdu.header
-    except OSError as exc:
-        raise MorphllrError(f"{path}: not a readable FITS file ({exc})") from None
-    bunit = str(header.get("BUNIT", "")).lower().replace(" ", "")
-    if bunit and "mag" not in bunit:
-        raise MorphllrError(f"{path}: BUNIT is {header['BUNIT']!r}, expected AB mag/arcsec2 (SKIRT/RealSim idealised "
-                            "images); convert the image to mag/arcsec^2 first")
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3:
-        raise MorphllrError(f"{path}: image has shape {data.shape}; expected (H, W) or (C, H, W)")
-    if np.isnan(data).any() or np.isneginf(data).any():
-        raise MorphllrError(f"{path}: contains NaN or -inf surface brightness; empty pixels must be +inf "
-                            "(zero flux); fix the file")
-    if pixel_kpc is None:
-        pixel_kpc = _header_pixel_kpc(header, path)
-    z = header.get("REDSHIFT", header.get("Z"))
-    return SimImage(name=path.stem, mag_arcsec2=data, pixel_kpc=float(pixel_kpc),
-                    redshift=None if z is None else float(z))
-
-
-def _header_pixel_kpc(header, path) -> float:
-    cdelt = header.get("CDELT1")
-    unit = str(header.get("CTYPE1", header.get("CUNIT1", ""))).strip().lower()
-    if cdelt is None or unit not in _LENGTH_UNITS_KPC:
-        raise MorphllrError(f"{path}: header gives no physical pixel size (CDELT1 with CTYPE1/CUNIT1 pc or kpc); "
-                            "pass --sim-pixel-kpc KPC")
-    return abs(float(cdelt)) * _LENGTH_UNITS_KPC[unit]
+    return next(read_sims([path], bands, cosmology, pixel_kpc))
 
 
 # --------------------------------------------------------------------------- physics
-def arcsec_per_kpc(redshift: float) -> float:
-    """Angular size of one proper kpc at ``redshift`` (Planck18 cosmology).
-
-    Args:
-        redshift: > 0.
-
-    Returns:
-        arcsec per kpc.
-    """
-    from astropy.cosmology import Planck18
-
-    if not np.isfinite(redshift) or redshift <= 0:
-        raise MorphllrError(f"--redshift: {redshift!r} must be > 0 (a galaxy at z = 0 has no angular size); "
-                            "e.g. --redshift 0.046")
-    return float(Planck18.arcsec_per_kpc_proper(redshift).value)
+def arcsec_per_kpc(redshift: float, cosmology: str | None = None) -> float:
+    """Angular size of one proper kpc at ``redshift`` (see :func:`morphllr.cosmology.arcsec_per_kpc`)."""
+    return cosmologies.arcsec_per_kpc(redshift, cosmology)
 
 
 def sb_to_flux(mag_arcsec2: np.ndarray, pixel_arcsec: float, zero_point: float, dimming_mag: float = 0.0) -> np.ndarray:
@@ -146,33 +203,48 @@ def sb_to_flux(mag_arcsec2: np.ndarray, pixel_arcsec: float, zero_point: float, 
     return np.where(np.isposinf(mag_arcsec2), 0.0, flux)
 
 
-def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=None) -> np.ndarray:
-    """Convolve with the PSF and resample to the survey grid, conserving flux.
+def surface_brightness(sim: SimImage, zero_point: float, input_zero_point: float | None,
+                       cosmology: str | None = None) -> np.ndarray:
+    """Surface brightness at the image's own redshift, in working flux units per arcsec^2.
 
     Args:
-        flux: (H, W) flux per pixel at ``in_scale`` arcsec/px.
-        in_scale: input pixel scale, arcsec.
-        survey: output pixel scale, size and PSF.
-        psf: GalSim PSF (default: from ``survey``); pass False for no PSF.
+        sim: the image.
+        zero_point: AB magnitude of one working flux unit.
+        input_zero_point: AB magnitude of 1 count/s (count-rate images only).
+        cosmology: for the pixel area of a count-rate image without ``PIXSCALE``.
 
     Returns:
-        float64 (size, size) flux per survey pixel, centred on the input's centre.
+        float64 (C, H, W).
     """
-    import galsim
+    if sim.units == "mag_arcsec2":
+        return sb_to_flux(sim.data, 1.0, zero_point)
+    if input_zero_point is None:
+        raise MorphllrError(f"{sim.source}: BUNIT is counts/s/pixel, whose AB zero point the file does not give; "
+                            "pass --zero-point MAG (the AB magnitude of 1 count/s in this band)")
+    pixel = sim.pixel_arcsec
+    if pixel is None:
+        if sim.pixel_kpc is None or sim.redshift is None:
+            raise MorphllrError(f"{sim.source}: no angular pixel (PIXSCALE) and no physical one at a known redshift "
+                                "(CDELT1 in pc, USE_Z); pass --sim-pixel-kpc KPC and --redshift Z")
+        pixel = sim.pixel_kpc * cosmologies.arcsec_per_kpc(sim.redshift, cosmology)
+    return sim.data * 10.0 ** (0.4 * (zero_point - input_zero_point)) / pixel**2
 
-    from .psf import make_psf
 
-    total = float(flux.sum())
-    if total <= 0:
-        return np.zeros((survey.size, survey.size))
-    flux, in_scale = block_sum(flux, in_scale, survey.pixel_scale)
-    image = galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(flux), scale=float(in_scale)),
-                                     x_interpolant="lanczos3", pad_factor=2, flux=total)
-    if psf is None:
-        psf = make_psf(survey.psf_fwhm, survey.psf)
-    obj = galsim.Convolve(image, psf) if psf is not False else image
-    out = obj.drawImage(nx=survey.size, ny=survey.size, scale=survey.pixel_scale, method="auto")
-    return out.array.astype(np.float64)
+def observed_pixel(sim: SimImage, redshift: float, cosmology: str | None = None) -> float:
+    """Angular pixel (arcsec) of ``sim`` seen at ``redshift``.
+
+    At the image's own redshift this is the header's angular pixel (``PIXSCALE``), which
+    the product defines; elsewhere the physical pixel through the cosmology.  The two
+    differ by a few per cent for TNG SKIRT cubes (374 pc at z = 0.0485: 0.396" in the
+    header, 0.381" under Planck18, 0.394" under FlatLambdaCDM(70, 0.3)).
+    """
+    own = sim.redshift is not None and math.isclose(redshift, sim.redshift, rel_tol=0, abs_tol=1e-9)
+    if own and sim.pixel_arcsec:
+        return float(sim.pixel_arcsec)
+    if sim.pixel_kpc is None:
+        raise MorphllrError(f"{sim.source}: header gives no physical pixel size (CDELT1 with CTYPE1 pc or kpc) to "
+                            f"observe it at z = {redshift:g}; pass --sim-pixel-kpc KPC")
+    return sim.pixel_kpc * cosmologies.arcsec_per_kpc(redshift, cosmology)
 
 
 def block_sum(flux: np.ndarray, in_scale: float, out_scale: float) -> tuple[np.ndarray, float]:
@@ -200,61 +272,137 @@ def block_sum(flux: np.ndarray, in_scale: float, out_scale: float) -> tuple[np.n
     return padded.reshape(hh // k, k, ww // k, k).sum(axis=(1, 3)), in_scale * k
 
 
+def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=None) -> np.ndarray:
+    """Convolve with the PSF and resample to the survey grid, conserving flux.
+
+    The output canvas is ``survey.size`` square: a smaller input is padded with zero flux
+    (GalSim's interpolated image is zero outside its pixels) before the PSF spreads it.
+
+    Args:
+        flux: (H, W) flux per pixel at ``in_scale`` arcsec/px.
+        in_scale: input pixel scale, arcsec.
+        survey: output pixel scale, size and PSF.
+        psf: GalSim PSF (default: from ``survey``); pass False for no PSF.
+
+    Returns:
+        float64 (size, size) flux per survey pixel, centred on the input's centre.
+    """
+    import galsim
+
+    total = float(flux.sum())
+    if total <= 0:
+        return np.zeros((survey.size, survey.size))
+    flux, in_scale = block_sum(flux, in_scale, survey.pixel_scale)
+    image = galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(flux), scale=float(in_scale)),
+                                     x_interpolant="lanczos3", pad_factor=2, flux=total)
+    if psf is None:
+        psf = _survey_psf(survey)
+    obj = galsim.Convolve(image, psf) if psf is not False else image
+    # Input pixels are already integrated over their area: on the survey's own grid a second
+    # pixel integration would blur by one more pixel, so sample instead; finer inputs are integrated.
+    same_grid = math.isclose(in_scale, survey.pixel_scale, rel_tol=0.02)
+    out = obj.drawImage(nx=survey.size, ny=survey.size, scale=survey.pixel_scale,
+                        method="no_pixel" if same_grid else "auto")
+    return out.array.astype(np.float64)
+
+
+def _survey_psf(survey: SurveySettings):
+    from .psf import DEFAULT_MOFFAT_BETA, make_psf
+
+    return make_psf(survey.psf_fwhm, survey.psf, survey.psf_beta or DEFAULT_MOFFAT_BETA)
+
+
 def add_noise(flux: np.ndarray, sky_sigma: float, gain: float | None, rng: np.random.Generator) -> np.ndarray:
     """Sky noise (Gaussian) plus the source's shot noise (Poisson, when ``gain`` is known)."""
     out = flux + rng.normal(0.0, sky_sigma, flux.shape) if sky_sigma > 0 else flux.copy()
-    if gain is not None and gain > 0:
+    if gain is not None and np.isfinite(gain) and gain > 0:
         electrons = np.clip(flux, 0.0, None) * gain
         out += (rng.poisson(electrons) - electrons) / gain
     return out
 
 
 def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None,
-            rng: np.random.Generator | None = None, noise: bool = True) -> tuple[np.ndarray, dict]:
+            rng: np.random.Generator | None = None, noise: bool = True, placement: Placement | None = None,
+            input_zero_point: float | None = None) -> tuple[np.ndarray, dict]:
     """Turn one idealised image into a survey-like flux cutout.
 
     Args:
         sim: the idealised image.
-        survey: how to observe it.
-        redshift: target redshift; None = the image's own (header) redshift.
-        rng: random generator for the noise.
+        survey: how to observe it by default.
+        redshift: target redshift; None = ``placement.redshift`` or the image's own.
+        rng: random generator for the noise and the sky-patch crop.
         noise: False returns the noise-free, PSF-convolved, resampled image.
+        placement: this galaxy's own PSF, sky and gain (None: survey defaults).
+        input_zero_point: AB mag of 1 count/s (count-rate images).
 
     Returns:
-        (float32 (C, size, size) flux cutout, metadata dict for the catalogue).
+        (float32 (C, size, size) flux cutout, metadata dict for the catalogue, with a
+        ``warnings`` list).
     """
-    z_sim = sim.redshift
-    z = z_sim if redshift is None else float(redshift)
-    if z is None:
-        raise MorphllrError(f"{sim.name}: the header has no REDSHIFT; pass --redshift Z")
-    # surface brightnesses are those seen at z_sim (or rest-frame when unknown); dim to z
-    dimming = 10.0 * math.log10((1.0 + z) / (1.0 + (z_sim or 0.0)))
-    pixel_arcsec = sim.pixel_kpc * arcsec_per_kpc(z)
-    rng = rng or np.random.default_rng(0)
-    from .psf import make_psf
+    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
 
-    psf = make_psf(survey.psf_fwhm, survey.psf)
+    place = placement or Placement()
+    z_sim = sim.redshift
+    z = redshift if redshift is not None else place.redshift if place.redshift is not None else z_sim
+    if z is None:
+        raise MorphllrError(f"{sim.source or sim.name}: the header has no redshift (USE_Z / REDSHIFT); "
+                            "pass --redshift Z or a catalogue column `redshift`")
+    z = float(z)
+    warnings = []
+    if z_sim is not None and abs(z - z_sim) > K_CORRECTION_DZ:
+        warnings.append(f"{sim.name}: observed at z = {z:.3g}, its image is for z = {z_sim:.3g}; no K-correction "
+                        f"is applied (the band moves by {abs(z - z_sim):.2f} in z)")
+    # the image's surface brightness is that seen at z_sim (rest frame when unknown): dim to z
+    dimming = 10.0 * math.log10((1.0 + z) / (1.0 + (z_sim or 0.0)))
+    pixel_arcsec = observed_pixel(sim, z, survey.cosmology)
+    beta = place.psf_beta or survey.psf_beta or DEFAULT_MOFFAT_BETA
+    if place.psf_image is not None:
+        psf, fwhm = psf_from_image(place.psf_image, survey.pixel_scale), float("nan")
+    else:
+        fwhm = place.psf_fwhm if place.psf_fwhm is not None else survey.psf_fwhm
+        psf = make_psf(float(fwhm), survey.psf, beta)
+    sky_sigma = survey.sky_sigma if place.sky_sigma is None else float(place.sky_sigma)
+    gain = survey.gain if place.gain is None else float(place.gain)
+    rng = rng or np.random.default_rng(0)
+    sb = surface_brightness(sim, survey.zero_point, input_zero_point, survey.cosmology)
     channels = []
-    for band in sim.mag_arcsec2:
-        clean = psf_resample(sb_to_flux(band, pixel_arcsec, survey.zero_point, dimming), pixel_arcsec, survey, psf)
-        channels.append(add_noise(clean, survey.sky_sigma, survey.gain, rng) if noise else clean)
-    flux = np.stack(channels).astype(np.float32)
+    for band in sb:
+        per_pixel = band * 10.0 ** (-0.4 * dimming) * pixel_arcsec**2
+        clean = psf_resample(per_pixel, pixel_arcsec, survey, psf)
+        if noise and place.sky_patch is None:
+            clean = add_noise(clean, sky_sigma, gain, rng)
+        elif noise:
+            clean = add_noise(clean, 0.0, gain, rng)
+        channels.append(clean)
+    flux = np.stack(channels)
+    if noise and place.sky_patch is not None:
+        from .archetypes import add_sky_patch
+
+        flux = add_sky_patch(flux, place.sky_patch[None], rng)
+    if not np.any(sb > 0):
+        warnings.append(f"{sim.name}: the image holds no light; its mock is pure sky")
     meta = {"id": sim.name, "redshift": z, "sim_redshift": np.nan if z_sim is None else z_sim,
-            "sim_pixel_kpc": sim.pixel_kpc, "sim_pixel_arcsec": pixel_arcsec, "dimming_mag": dimming,
-            "pixel_scale": survey.pixel_scale, "psf_fwhm_arcsec": survey.psf_fwhm, "zero_point": survey.zero_point,
-            "sky_sigma_requested": survey.sky_sigma, "gain": np.nan if survey.gain is None else survey.gain}
-    return flux, meta
+            "sim_pixel_kpc": np.nan if sim.pixel_kpc is None else sim.pixel_kpc, "sim_pixel_arcsec": pixel_arcsec,
+            "dimming_mag": dimming, "pixel_scale": survey.pixel_scale, "psf_fwhm_arcsec": fwhm,
+            "psf_beta": np.nan if place.psf_image is not None or survey.psf != "moffat" else beta,
+            "zero_point": survey.zero_point, "sky_sigma_requested": np.nan if place.sky_patch is not None else sky_sigma,
+            "gain": np.nan if gain is None else gain, "n_nonfinite": sim.n_nonfinite, "bands": sim.bands,
+            "warnings": warnings}
+    return flux.astype(np.float32), meta
 
 
 # --------------------------------------------------------------------------- whole sets
 def survey_settings(preset: str, prep, pixel_scale=None, psf_fwhm=None, psf=None, zero_point=None,
-                    sky_sigma=None, gain=None) -> SurveySettings:
+                    sky_sigma=None, gain=None, cosmology=None, psf_beta=None) -> SurveySettings:
     """Survey settings from a preset, with any option overriding it.
 
     Args:
         preset: key of :data:`SURVEY_PRESETS` (or a preprocessing preset without survey defaults).
         prep: the output set's Preprocessing (gives the cutout size and working zero point).
-        pixel_scale, psf_fwhm, psf, zero_point, sky_sigma, gain: overrides (None = preset).
+        pixel_scale, psf_fwhm, psf, sky_sigma, gain, psf_beta: overrides (None = preset).
+        zero_point: AB magnitude of one *working* flux unit (None = the preset's; 22.5,
+            nanomaggies, when the preset has none).
+        cosmology: name (None = the preset's recorded one).
 
     Returns:
         :class:`SurveySettings`.
@@ -268,72 +416,258 @@ def survey_settings(preset: str, prep, pixel_scale=None, psf_fwhm=None, psf=None
         if base.get(key) is None:
             raise MorphllrError(f"preset {preset!r} has no {key.replace('_', ' ')}; pass {hint}")
     zp = zero_point if zero_point is not None else (prep.zero_point if prep.zero_point is not None else 22.5)
-    if base["sky_sigma"] < 0 or (base.get("gain") is not None and base["gain"] <= 0):
+    if not (math.isfinite(base["sky_sigma"]) and base["sky_sigma"] >= 0) or (
+            base.get("gain") is not None and not base["gain"] > 0):
         raise MorphllrError("--sky-sigma must be >= 0 and --gain > 0 (electrons per flux unit)")
+    if not (math.isfinite(float(base["pixel_scale"])) and float(base["pixel_scale"]) > 0):
+        raise MorphllrError(f"--pixel-scale {base['pixel_scale']}: must be a positive number of arcsec per pixel")
     return SurveySettings(pixel_scale=float(base["pixel_scale"]), psf_fwhm=float(base["psf_fwhm"]),
                           psf=base.get("psf", "moffat"), zero_point=float(zp), sky_sigma=float(base["sky_sigma"]),
                           gain=None if base.get("gain") is None else float(base["gain"]),
-                          size=int(prep.cutout or 128))
+                          size=int(prep.cutout or 128),
+                          cosmology=cosmologies.canonical(cosmology if cosmology is not None else prep.cosmology),
+                          psf_beta=psf_beta)
 
 
-def make_mock_set(inputs, out, *, preset: str = "zanisi21", redshift: float | None = None,
-                  sim_pixel_kpc: float | None = None, pixel_scale=None, psf_fwhm=None, psf=None,
-                  zero_point=None, sky_sigma=None, gain=None, seed: int = 0, overwrite: bool = False,
-                  progress=None) -> dict:
+@dataclass
+class MatchPool:
+    """Observed galaxies to draw each mock's PSF, noise and (optionally) redshift from."""
+
+    name: str
+    ids: np.ndarray
+    psf_fwhm: np.ndarray
+    psf_beta: np.ndarray | None
+    sky_sigma: np.ndarray | None
+    gain: np.ndarray | None
+    redshift: np.ndarray | None
+
+    @classmethod
+    def from_imageset(cls, path, need_redshift: bool = False) -> "MatchPool":
+        """Read the columns to match from an observed ImageSet's catalogue.
+
+        Args:
+            path: observed ``.h5`` (``psf_fwhm_arcsec`` required; ``sky_sigma``, ``gain``,
+                ``psf_beta``, ``redshift`` used when present).
+            need_redshift: refuse a set without a usable ``redshift`` column.
+
+        Returns:
+            MatchPool.
+        """
+        from .imageset import ImageSet
+        from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
+
+        with ImageSet.open(path) as s:
+            cat = s.catalog
+        fwhm = first_column(cat, PSF_FWHM_COLUMNS)
+        if fwhm is None or len(cat) == 0:
+            raise MorphllrError(f"--match {path}: the set's catalogue has no psf_fwhm_arcsec column to draw PSFs from; "
+                                "add one (prepare --catalog) or give --psf-fwhm instead")
+        good = np.isfinite(fwhm) & (fwhm > 0)
+        z = first_column(cat, ("redshift",))
+        if need_redshift:
+            if z is None:
+                raise MorphllrError(f"--match {path}: no `redshift` column to draw redshifts from; drop "
+                                    "--match-redshift or add the column")
+            good &= np.isfinite(z) & (z > 0)
+        if not good.any():
+            raise MorphllrError(f"--match {path}: no galaxy has a usable PSF FWHM{' and redshift' if need_redshift else ''}")
+
+        def column(names):
+            values = first_column(cat, names)
+            return None if values is None else values[good]
+
+        return cls(str(path), np.asarray(cat["id"]).astype(str)[good], fwhm[good], column(PSF_BETA_COLUMNS),
+                   column(("sky_sigma",)), column(("gain",)), None if z is None else z[good])
+
+
+def _library_record(path, patches: np.ndarray) -> dict:
+    return {"file": Path(path).name, "sha256": hashlib.sha256(np.ascontiguousarray(patches).tobytes()).hexdigest(),
+            "n": int(len(patches)), "size": [int(v) for v in patches.shape[2:]]}
+
+
+def _catalog_lookup(catalog, ids: list[str]):
+    """Per-galaxy float columns of a user catalogue (None where absent), matched by id."""
+    from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
+
+    if catalog is None:
+        return {}
+    rows = {str(v): i for i, v in enumerate(catalog["id"])}
+    index = np.array([rows.get(i, -1) for i in ids])
+    out = {}
+    for key, names in (("redshift", ("redshift",)), ("psf_fwhm", PSF_FWHM_COLUMNS), ("psf_beta", PSF_BETA_COLUMNS),
+                       ("sky_sigma", ("sky_sigma",)), ("gain", ("gain",))):
+        try:
+            values = first_column(catalog, names)
+        except (TypeError, ValueError):
+            raise MorphllrError(f"--catalog: column {names[0]!r} is not numeric; fix its values") from None
+        if values is not None:
+            out[key] = np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+    return out
+
+
+def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = None,
+                  sim_pixel_kpc: float | None = None, pixel_scale=None, psf_fwhm=None, psf=None, psf_beta=None,
+                  psf_image=None, zero_point=None, working_zero_point=None, sky_sigma=None, gain=None,
+                  sky_patches=None, catalog=None, match=None, match_redshift: bool = False, bands=None,
+                  cosmology: str | None = None, seed: int = 0, overwrite: bool = False, progress=None) -> dict:
     """``morphllr mock``: observe idealised images and write them as an ImageSet.
 
     Args:
-        inputs: FITS files of idealised images (mag/arcsec^2).
+        inputs: files, folders or globs of idealised images (SKIRT cubes, mag/arcsec^2 maps).
         out: output ``.h5``.
-        preset: preprocessing preset (and survey defaults from :data:`SURVEY_PRESETS`).
-        redshift: target redshift (None: each file's header REDSHIFT).
+        preset: preprocessing preset name, recipe file, dict or Preprocessing (e.g. a
+            model's, for ``--like``); survey defaults from :data:`SURVEY_PRESETS` by its name.
+        redshift: target redshift for all (None: catalogue / match / each image's own).
         sim_pixel_kpc: physical pixel size overriding the headers.
-        pixel_scale, psf_fwhm, psf, zero_point, sky_sigma, gain: survey overrides.
+        pixel_scale, psf_fwhm, psf, psf_beta, sky_sigma, gain: survey overrides for all galaxies.
+        psf_image: path of a PSF image sampled at the survey pixel scale (FITS or .npy).
+        zero_point: AB magnitude of 1 count/s of count-rate inputs (TNG SKIRT cubes).
+        working_zero_point: AB magnitude of one output flux unit (default: the preset's).
+        sky_patches: sky-patch library (``morphllr sky-patches``) to insert the mocks into.
+        catalog: path of a catalogue joined by id (simulation properties, and per-galaxy
+            ``redshift``, ``psf_fwhm_arcsec``, ``psf_beta``, ``sky_sigma``, ``gain``).
+        match: observed ImageSet to draw each mock's PSF (and noise, and with
+            ``match_redshift`` the redshift) from.
+        match_redshift: also draw the redshift from ``match``.
+        bands: band names (``["r"]``).
+        cosmology: ``Planck18`` (default) or ``realsim``.
         seed: noise seed.
         overwrite: replace ``out``.
         progress: optional callable(n_done).
 
     Returns:
-        summary dict.
+        summary dict (``n``, ``out``, settings, ``warnings``).
     """
     from astropy.table import Table
 
     from .imageset import write_flux_set
     from .preprocess import as_preprocessing
+    from .readers import join_catalog, read_catalog
 
     if not inputs:
         raise MorphllrError("mock: give at least one FITS file of an idealised simulation image")
     prep = as_preprocessing(preset)
-    survey = survey_settings(preset, prep, pixel_scale, psf_fwhm, psf, zero_point, sky_sigma, gain)
-    changes = {}
-    if prep.zero_point is not None and abs(prep.zero_point - survey.zero_point) > 1e-9:
-        changes["zero_point"] = survey.zero_point  # recorded, so models trained in other units refuse it
-    if prep.pixel_scale is not None and abs(prep.pixel_scale - survey.pixel_scale) > 1e-9:
-        changes["pixel_scale"] = survey.pixel_scale
-    if changes:
-        prep = prep.replace(**changes)
+    survey = survey_settings(prep.name, prep, pixel_scale, psf_fwhm, psf, working_zero_point, sky_sigma, gain,
+                             cosmology, psf_beta)
+    if zero_point is not None and not math.isfinite(float(zero_point)):
+        raise MorphllrError(f"--zero-point {zero_point}: must be a finite AB magnitude (of 1 count/s)")
+    sims = list(read_sims(inputs, bands, survey.cosmology, sim_pixel_kpc))
+    ids = _unique_ids([s.name for s in sims])
+    table = read_catalog(catalog) if catalog is not None else None
+    given = _catalog_lookup(table, ids)
+    pool = MatchPool.from_imageset(match, need_redshift=match_redshift) if match is not None else None
+    library = None
+    if sky_patches is not None:
+        from .archetypes import load_sky_patches
+
+        library = load_sky_patches(sky_patches)
+        if min(library.shape[2:]) < survey.size:
+            raise MorphllrError(f"--sky-patches {sky_patches}: patches are {library.shape[2]}x{library.shape[3]} "
+                                f"pixels, smaller than the {survey.size}x{survey.size} cutout; cut larger patches "
+                                f"(morphllr sky-patches ... --size {survey.size})")
+        n_bands = sims[0].data.shape[0]
+        if library.shape[1] != n_bands:
+            raise MorphllrError(f"--sky-patches {sky_patches}: {library.shape[1]} band(s) but the mocks have "
+                                f"{n_bands}; cut sky of the same bands")
+    psf_pixels = None
+    if psf_image is not None:
+        from .archetypes import _load_psf_image
+
+        psf_pixels = _load_psf_image(psf_image)
+    draw = np.random.default_rng([int(seed), 1])  # the choices: independent of the noise stream
     rng = np.random.default_rng(seed)
-    fluxes, rows = [], []
-    for i, path in enumerate(inputs):
-        sim = read_sim_fits(path, sim_pixel_kpc)
-        flux, meta = observe(sim, survey, redshift, rng)
-        meta["file"] = str(path)
+    fluxes, rows, warnings = [], [], []
+    for i, sim in enumerate(sims):
+        place, row = _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sky_sigma, gain,
+                                match_redshift)
+        flux, meta = observe(sim, survey, redshift=None, rng=rng, placement=place, input_zero_point=zero_point)
         if fluxes and flux.shape != fluxes[0].shape:
-            raise MorphllrError(f"{path}: has {flux.shape[0]} band(s) but earlier files have {fluxes[0].shape[0]}; "
+            raise MorphllrError(f"{sim.source}: has {flux.shape[0]} band(s) but earlier files have {fluxes[0].shape[0]}; "
                                 "mock files with the same number of bands together")
+        warnings.extend(meta.pop("warnings"))
+        if sim.n_nonfinite:
+            warnings.append(f"{sim.name}: {sim.n_nonfinite} NaN/inf pixel(s) masked as empty (column n_nonfinite)")
+        meta.update(row, id=ids[i], file=sim.source)
         fluxes.append(flux)
         rows.append(meta)
         if progress:
             progress(i + 1)
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):  # the same snapshot in two folders: keep ids unique
-        for i, r in enumerate(rows):
-            r["id"] = f"{r['id']}-{i}"
-    table = Table(rows=[[r[k] for k in rows[0]] for r in rows], names=list(rows[0]))
-    write_flux_set(out, np.stack(fluxes), table, prep, overwrite=overwrite,
-                   attrs={"mock_seed": int(seed), "mock_preset": preset})
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    out_table = Table(rows=[[r.get(k, np.nan) for k in names] for r in rows], names=names)
+    join_report = None
+    if table is not None:
+        out_table, join_report = join_catalog(out_table, table, str(catalog))
+        if join_report["images_without_row"]:
+            missing = join_report["images_without_row"]
+            warnings.append(f"--catalog {catalog}: {len(missing)} galaxy(ies) without a row, e.g. "
+                            f"{', '.join(missing[:5])} (ids are the file names without suffix)")
+    settings = {
+        "psf": _psf_description(survey, psf_image, psf_fwhm, "psf_fwhm" in given, match),
+        "sky": _library_record(sky_patches, library) if library is not None else {"gaussian_sigma": survey.sky_sigma},
+        "gain": survey.gain, "match": None if match is None else Path(match).name, "match_redshift": bool(match_redshift),
+        "redshift": redshift if redshift is not None else "per galaxy (catalogue, match or image header)",
+        "sim_pixel_kpc": sim_pixel_kpc, "bands": sims[0].bands, "seed": int(seed),
+        "units": sims[0].units,
+    }
+    changes = {"zero_point": survey.zero_point, "pixel_scale": survey.pixel_scale, "cosmology": survey.cosmology,
+               "mock": settings, "units": sims[0].units}
+    if zero_point is not None:
+        changes["input_zero_point"] = float(zero_point)
+    prep = prep.replace(**changes)
+    write_flux_set(out, np.stack(fluxes), out_table, prep, overwrite=overwrite,
+                   attrs={"mock_seed": int(seed), "mock_preset": prep.name})
     return {"n": len(fluxes), "out": str(out), "pixel_scale": survey.pixel_scale, "zero_point": survey.zero_point,
-            "sky_sigma": survey.sky_sigma, "gain": survey.gain, "psf_fwhm": survey.psf_fwhm}
+            "input_zero_point": zero_point, "cosmology": survey.cosmology, "sky": settings["sky"],
+            "psf": settings["psf"], "gain": survey.gain, "catalog": join_report, "warnings": warnings}
+
+
+def _psf_description(survey: SurveySettings, psf_image, psf_fwhm, from_catalog: bool, match) -> str:
+    if psf_image is not None:
+        return f"image {Path(psf_image).name}"
+    default = f"{survey.psf} FWHM {survey.psf_fwhm:g} arcsec"
+    if psf_fwhm is not None or not (from_catalog or match is not None):
+        return default
+    sources = (["catalogue psf_fwhm_arcsec"] if from_catalog else []) + (
+        [f"drawn from {Path(match).name}"] if match is not None else [])
+    return f"{survey.psf}, FWHM per galaxy: {' else '.join(sources)} else {survey.psf_fwhm:g} arcsec"
+
+
+def _unique_ids(names: list[str]) -> list[str]:
+    if len(set(names)) == len(names):
+        return list(names)
+    return [f"{n}-{i}" for i, n in enumerate(names)]  # the same snapshot in two folders: keep ids unique
+
+
+def _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sky_sigma, gain, match_redshift):
+    """One galaxy's PSF, sky, gain and redshift, in order: option > catalogue > match draw > default."""
+    def pick(key, option):
+        if option is not None:
+            return float(option)
+        value = given.get(key, [np.nan] * (i + 1))[i]
+        return float(value) if np.isfinite(value) else None
+
+    place = Placement(redshift=pick("redshift", redshift), psf_fwhm=pick("psf_fwhm", psf_fwhm),
+                      psf_beta=pick("psf_beta", None), sky_sigma=pick("sky_sigma", sky_sigma),
+                      gain=pick("gain", gain), psf_image=psf_pixels)
+    row = {}
+    if pool is not None:
+        j = int(draw.integers(len(pool.ids)))
+        row["match_id"] = str(pool.ids[j])
+        if place.psf_fwhm is None and psf_pixels is None:
+            place.psf_fwhm = float(pool.psf_fwhm[j])
+            if pool.psf_beta is not None and place.psf_beta is None and np.isfinite(pool.psf_beta[j]):
+                place.psf_beta = float(pool.psf_beta[j])
+        if place.sky_sigma is None and pool.sky_sigma is not None and np.isfinite(pool.sky_sigma[j]):
+            place.sky_sigma = float(pool.sky_sigma[j])
+        if place.gain is None and pool.gain is not None and np.isfinite(pool.gain[j]):
+            place.gain = float(pool.gain[j])
+        if match_redshift and place.redshift is None:
+            place.redshift = float(pool.redshift[j])
+    if library is not None:
+        k = int(draw.integers(len(library)))
+        place.sky_patch = library[k]
+        row["sky_patch"] = k
+    return place, row
 
 
 def with_overrides(survey: SurveySettings, **changes) -> SurveySettings:

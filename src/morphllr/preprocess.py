@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from . import cosmology as cosmologies
 from .errors import MorphllrError
 
-UNITS = ("counts", "nanomaggies", "mag_arcsec2")
+UNITS = ("counts", "nanomaggies", "mag_arcsec2", "counts_per_s")
 SKY_MODES = ("none", "given", "estimate")
 STRETCHES = ("arcsinh", "linear", "none")
 NONFINITE_MODES = ("mask", "fail")
@@ -57,6 +58,7 @@ MODEL_KEYS = (
     "clip_lo",
     "clip_hi",
     "quantise_8bit",
+    "cosmology",
 )
 
 NANOMAGGY_ZERO_POINT = 22.5  # AB magnitude of one nanomaggy, by definition
@@ -68,9 +70,13 @@ class Preprocessing:
 
     Attributes:
         name: preset name (informative only).
-        units: units of the *input* pixels: ``counts``, ``nanomaggies`` or ``mag_arcsec2``.
+        units: units of the *input* pixels: ``counts`` (already the working unit),
+            ``nanomaggies``, ``mag_arcsec2`` or ``counts_per_s`` (a simulation product's
+            count rate, e.g. TNG SKIRT cubes; needs ``input_zero_point``).
         zero_point: AB magnitude of one unit of the working flux (None: no conversion,
             only allowed when ``units`` is ``counts``).
+        input_zero_point: AB magnitude of one *input* unit, for input units without a
+            fixed AB definition (``counts_per_s``); recorded as given by the user.
         sky: ``none`` (already sky-subtracted), ``given`` (subtract ``sky_value``) or
             ``estimate`` (SExtractor-style sigma-clipped background level, per channel).
         sky_value: constant sky level for ``sky="given"``, in input units.
@@ -88,6 +94,11 @@ class Preprocessing:
         clip_lo: lower clip after the stretch (None: none).
         clip_hi: upper clip after the stretch (None: none).
         quantise_8bit: map [clip_lo, clip_hi] onto integers 0..255 (discretized head).
+        cosmology: the cosmology physical sizes were turned into angles with
+            (:mod:`morphllr.cosmology`); a model key, so mocks observed under another
+            cosmology are refused.
+        mock: how simulated images were observed (``morphllr mock``: PSF, sky, noise,
+            redshift source, seed ...), or None for observed data; recorded, not compared.
     """
 
     name: str = "custom"
@@ -107,12 +118,16 @@ class Preprocessing:
     clip_lo: float | None = None
     clip_hi: float | None = None
     quantise_8bit: bool = False
+    input_zero_point: float | None = None
+    cosmology: str = cosmologies.DEFAULT
+    mock: dict | None = None
 
     def __post_init__(self) -> None:
         _check_choice("units", self.units, UNITS)
         _check_choice("sky", self.sky, SKY_MODES)
         _check_choice("stretch", self.stretch, STRETCHES)
         _check_choice("nonfinite", self.nonfinite, NONFINITE_MODES)
+        object.__setattr__(self, "cosmology", cosmologies.canonical(self.cosmology))
         if self.units != "counts" and self.zero_point is None:
             raise MorphllrError(
                 f"preprocessing: units={self.units!r} needs zero_point (AB mag of one working flux unit); "
@@ -132,6 +147,8 @@ class Preprocessing:
             raise MorphllrError(f"preprocessing: crop={self.crop} is larger than cutout={self.cutout}")
         if self.clip_lo is not None and self.clip_hi is not None and self.clip_lo >= self.clip_hi:
             raise MorphllrError(f"preprocessing: clip_lo={self.clip_lo} must be below clip_hi={self.clip_hi}")
+        if self.input_zero_point is not None and not math.isfinite(self.input_zero_point):
+            raise MorphllrError(f"preprocessing: input_zero_point={self.input_zero_point!r} must be a finite AB magnitude")
         if self.quantise_8bit and (self.clip_lo is None or self.clip_hi is None):
             raise MorphllrError("preprocessing: quantise_8bit needs both clip_lo and clip_hi to map onto 0..255")
 
@@ -309,6 +326,11 @@ class Preprocessing:
             raise MorphllrError(f"preprocessing: units={units!r} needs zero_point in the preset")
         if units == "nanomaggies":
             return (image * 10 ** (0.4 * (zp - NANOMAGGY_ZERO_POINT))).astype(np.float32)
+        if units == "counts_per_s":
+            if self.input_zero_point is None:
+                raise MorphllrError("counts/s input (e.g. TNG SKIRT cubes) has no documented AB zero point; pass "
+                                    "--zero-point MAG, the AB magnitude of 1 count/s in the band")
+            return (image * 10 ** (0.4 * (zp - self.input_zero_point))).astype(np.float32)
         scale = input_pixel_scale or self.pixel_scale
         if scale is None:
             raise MorphllrError("mag_arcsec2 input needs a pixel scale; pass --pixel-scale ARCSEC")
@@ -547,9 +569,13 @@ def check_compatible(model_prep: dict, set_prep: dict, what: str) -> None:
     """
     if not model_prep or not set_prep:
         return  # bare arrays carry no recipe; the user vouches for them
+    defaults = {f.name: f.default for f in dataclasses.fields(Preprocessing)}
     differing = []
     for key in MODEL_KEYS:
-        a, b = model_prep.get(key), set_prep.get(key)
+        # a key added after a model or set was written takes the value it had then (the default)
+        a, b = model_prep.get(key, defaults[key]), set_prep.get(key, defaults[key])
+        if key == "cosmology":
+            a, b = cosmologies.canonical(a), cosmologies.canonical(b)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             same = math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
         else:

@@ -11,9 +11,17 @@ Supported inputs (a file, a folder, or a glob; folders are searched recursively)
   of N single-band images.  ``BUNIT`` tells the units (``mag/arcsec2``, ``nanomaggies``),
   the pixel scale comes from ``FOVARC`` (arcsec across the image), a celestial WCS, or a
   physical ``CDELT`` in pc/kpc plus ``REDSHIFT`` (Planck18 cosmology).
-* IllustrisTNG SKIRT mocks: one FITS per subhalo with per-band HDUs in AB mag/arcsec^2
-  (+inf where no light: becomes zero flux) - just FITS with the header keys above; pick
-  the band with ``hdu``.
+* IllustrisTNG / Illustris SKIRT broadband cubes (Rodriguez-Gomez et al. 2019; the TNG
+  public "SKIRT synthetic images"): one FITS per subhalo holding a (bands, N, N) cube with
+  ``FILTER0..k`` naming the bands (``sloan/sdss_r``), ``BUNIT = counts/s/pixel``,
+  ``PIXSCALE`` (arcsec/px as seen at ``USE_Z``), ``CDELT1`` (pc) and ``USE_Z`` (the
+  redshift the images are already seen at).  A band cube is one galaxy: choose bands by
+  name (``bands=["r"]`` matches ``sloan/sdss_r``); several bands give (C, H, W).  The
+  count rate has no AB zero point in the files, and none was found documented for these
+  products, so it needs ``input_zero_point`` (``--zero-point``: AB mag of 1 count/s).
+* Idealised images in AB mag/arcsec^2 (SKIRT/RealSim; +inf where no light: becomes zero
+  flux), a cube or one file per band (``photo_r_NAME.fits``): with several bands, files
+  that differ only in the band token are stacked into one galaxy.
 * HDF5 datasets (``.h5``, ``.hdf5``): the dataset named by ``hdu`` or the only/first
   array of 3 or 4 dimensions; ``.npy`` / ``.npz`` arrays: (N, H, W), (N, C, H, W) or (H, W).
 * JPEG / PNG: one 8-bit channel (``channel``; default 1 = green, closest to SDSS r in a
@@ -34,9 +42,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import frames
 from .errors import MorphllrError
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 NPY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -170,7 +179,8 @@ def _fits_hdu(hdul, path: Path, hdu: int | str | None):
     return chosen
 
 
-def _fits_units(header) -> str | None:
+def fits_units(header) -> str | None:
+    """The unit a FITS header declares (``BUNIT``) in :data:`morphllr.preprocess.UNITS` terms, or None."""
     unit = str(header.get("BUNIT", "")).lower().replace(" ", "")
     if "mag" in unit and "arcsec" in unit:
         return "mag_arcsec2"
@@ -178,7 +188,51 @@ def _fits_units(header) -> str | None:
         return "nanomaggies"
     if unit in ("counts", "count", "dn", "adu"):
         return "counts"
+    if unit.replace("pixel", "").replace("pix", "").rstrip("/") in ("counts/s", "count/s", "counts/sec", "e-/s",
+                                                                     "electrons/s", "cts/s"):
+        return "counts_per_s"
     return None
+
+
+def fits_bands(header) -> list[str] | None:
+    """Band names of a multi-band cube (``FILTER0``, ``FILTER1``, ... as in TNG SKIRT cubes), or None."""
+    bands = []
+    while f"FILTER{len(bands)}" in header:
+        bands.append(str(header[f"FILTER{len(bands)}"]).strip())
+    return bands or None
+
+
+def _band_token(name: str) -> str:
+    """``sloan/sdss_r`` -> ``r``; ``SUBARU_HSC.G`` -> ``g``: the last part after / _ . or -."""
+    import re
+
+    return re.split(r"[/_.\-]", name.strip().lower())[-1]
+
+
+def select_bands(available: list[str], wanted: list[str] | None, source: str) -> list[int]:
+    """Indices of the ``wanted`` bands in a cube's ``available`` ones, matched by name.
+
+    Args:
+        available: the cube's band names (``sloan/sdss_g``, ...).
+        wanted: names the user asked for: a full name or its last token (``r``, ``sdss_r``).
+        source: file, for messages.
+
+    Returns:
+        list of plane indices, in the order asked.
+    """
+    if not wanted:
+        raise MorphllrError(f"{source}: is a {len(available)}-band cube ({', '.join(available)}); choose the band(s) "
+                            f"with --band, e.g. --band {_band_token(available[min(1, len(available) - 1)])}")
+    out = []
+    for band in wanted:
+        key = band.strip().lower()
+        hits = [i for i, name in enumerate(available) if name.lower() == key or _band_token(name) == key
+                or name.lower().endswith(key) and key.startswith(("sdss", "sloan"))]
+        if len(hits) != 1:
+            raise MorphllrError(f"{source}: no band {band!r} in this cube (bands: {', '.join(available)}); "
+                                "give --band with one of those names or its last letter")
+        out.append(hits[0])
+    return out
 
 
 def _physical_length_pc(ctype: str) -> float | None:
@@ -186,31 +240,34 @@ def _physical_length_pc(ctype: str) -> float | None:
     return {"pc": 1.0, "kpc": 1e3, "mpc": 1e6}.get(unit)
 
 
-def fits_pixel_scale(header, path: Path | str = "") -> float | None:
+def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None) -> float | None:
     """Pixel scale (arcsec/px) from a FITS header, or None if it does not say.
 
-    Tries ``FOVARC`` / NAXIS1 (TNG SKIRT mocks), a celestial WCS, and a physical CDELT
-    (pc or kpc) at ``REDSHIFT`` (angular-diameter distance, Planck18).
+    Tries ``PIXSCALE`` (arcsec/px, TNG SKIRT cubes: the scale at ``USE_Z``), ``FOVARC`` /
+    NAXIS1, a physical CDELT (pc or kpc) at ``REDSHIFT`` / ``USE_Z`` (proper size through
+    ``cosmology``, default Planck18), and a celestial WCS.
 
     Args:
         header: astropy FITS header.
         path: file name for messages.
+        cosmology: name for :mod:`morphllr.cosmology` (physical CDELT only).
 
     Returns:
         arcsec per pixel or None.
     """
+    if "PIXSCALE" in header and float(header["PIXSCALE"]) > 0:
+        return float(header["PIXSCALE"])
     naxis1 = header.get("NAXIS1")
     if "FOVARC" in header and naxis1:
         return float(header["FOVARC"]) / float(naxis1)
-    pc_per_unit = _physical_length_pc(str(header.get("CTYPE1", "")))
-    if pc_per_unit is not None and "CDELT1" in header:
-        z = header.get("REDSHIFT")
-        if z is None or float(z) <= 0:
+    kpc = fits_pixel_kpc(header)
+    if kpc is not None:
+        z = header_redshift(header)
+        if z is None or z <= 0:
             return None
-        from astropy.cosmology import Planck18
+        from .cosmology import arcsec_per_kpc
 
-        kpc_per_arcsec = Planck18.angular_diameter_distance(float(z)).to_value("kpc") / 206264.806
-        return abs(float(header["CDELT1"])) * pc_per_unit / 1e3 / kpc_per_arcsec
+        return kpc * arcsec_per_kpc(z, cosmology)
     try:
         import warnings
 
@@ -227,10 +284,34 @@ def fits_pixel_scale(header, path: Path | str = "") -> float | None:
     return None
 
 
+def fits_pixel_kpc(header) -> float | None:
+    """Physical pixel size in kpc from ``CDELT1`` with ``CTYPE1``/``CUNIT1`` in pc, kpc or Mpc, or None."""
+    for unit_key in ("CTYPE1", "CUNIT1"):
+        pc_per_unit = _physical_length_pc(str(header.get(unit_key, "")))
+        if pc_per_unit is not None and "CDELT1" in header:
+            return abs(float(header["CDELT1"])) * pc_per_unit / 1e3
+    return None
+
+
+def header_redshift(header) -> float | None:
+    """The redshift the image is seen at: ``USE_Z`` (TNG SKIRT cubes), ``REDSHIFT`` or ``Z``; None if absent."""
+    for key in ("USE_Z", "REDSHIFT", "Z"):
+        if key in header:
+            try:
+                return float(header[key])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def _fits_meta(header) -> dict[str, Any]:
     meta = {}
-    if "REDSHIFT" in header:
-        meta["redshift"] = float(header["REDSHIFT"])
+    z = header_redshift(header)
+    if z is not None:
+        meta["redshift"] = z
+    kpc = fits_pixel_kpc(header)
+    if kpc is not None:
+        meta["pixel_kpc"] = kpc
     return meta
 
 
@@ -238,21 +319,36 @@ def _merged_header(primary, own):
     """The image HDU's header, completed by file-wide keys (SKIRT mocks keep FOVARC,
     REDSHIFT and BUNIT in the primary header and the bands in extensions)."""
     header = own.copy()
-    for key in ("FOVARC", "REDSHIFT", "BUNIT"):
+    for key in ("FOVARC", "REDSHIFT", "USE_Z", "PIXSCALE", "BUNIT"):
         if key not in header and key in primary:
             header[key] = primary[key]
     return header
 
 
 def count_fits(path: Path, hdu=None) -> int:
-    """Number of images in a FITS file (planes of a cube count one each)."""
+    """Number of images in a FITS file (planes of a cube count one each; a band cube is one galaxy)."""
     with _fits_open(path) as hdul:
         header = _fits_hdu(hdul, path, hdu).header
-    return int(header["NAXIS3"]) if header.get("NAXIS", 0) >= 3 else 1
+    if header.get("NAXIS", 0) >= 3 and fits_bands(header) is None:
+        return int(header["NAXIS3"])
+    return 1
 
 
-def read_fits(path: Path, image_id: str, hdu=None) -> Iterator[RawImage]:
-    """Images in one FITS file (one, or one per plane of a cube)."""
+def read_fits(path: Path, image_id: str, hdu=None, bands: list[str] | None = None,
+              cosmology: str | None = None) -> Iterator[RawImage]:
+    """Images in one FITS file: one, one per plane of a cube, or one galaxy of a band cube.
+
+    Args:
+        path: FITS file.
+        image_id: id of the (first) image.
+        hdu: HDU index or EXTNAME (default: the first image HDU).
+        bands: band names to take from a band cube (``FILTER0..`` keys); refused if the
+            cube does not have them, required when it is one.
+        cosmology: for a pixel scale from a physical CDELT.
+
+    Returns:
+        iterator of :class:`RawImage` (``meta``: redshift, pixel_kpc, bands where known).
+    """
     with _fits_open(path) as hdul:
         chosen = _fits_hdu(hdul, path, hdu)
         try:
@@ -261,8 +357,20 @@ def read_fits(path: Path, image_id: str, hdu=None) -> Iterator[RawImage]:
             raise MorphllrError(f"{path}: cannot read image data ({exc}); the file is truncated or corrupt") from None
         header = _merged_header(hdul[0].header, chosen.header)
         data = np.asarray(data, dtype=np.float64)  # native byte order for sep/scipy
-    units, scale, meta = _fits_units(header), fits_pixel_scale(header, path), _fits_meta(header)
+    units, scale, meta = fits_units(header), fits_pixel_scale(header, path, cosmology), _fits_meta(header)
     label = f"{path}[{chosen.name or hdu or 0}]"
+    available = fits_bands(header) if data.ndim == 3 else None
+    if available is not None:
+        if len(available) != data.shape[0]:
+            raise MorphllrError(f"{path}: header names {len(available)} bands (FILTER0..) but the cube has "
+                                f"{data.shape[0]} planes; fix the header")
+        planes = select_bands(available, bands, str(path))
+        meta["bands"] = ",".join(available[i] for i in planes)
+        yield RawImage(image_id, data[planes], label, units, scale, meta)
+        return
+    if bands and len(bands) > 1:
+        raise MorphllrError(f"{path}: holds one band but --band asks for {len(bands)}; give one file per band "
+                            "named alike but for the band (photo_g_X.fits, photo_r_X.fits) or a band cube")
     if data.ndim == 2:
         yield RawImage(image_id, data[None], label, units, scale, meta)
     elif data.ndim == 3:
@@ -390,37 +498,141 @@ def read_picture(path: Path, image_id: str, channel: int | None = None) -> Itera
     yield RawImage(image_id, plane.astype(np.float64)[None], str(path))
 
 
+# ---------------------------------------------------------------------- one file per band
+_BAND_IN_NAME = r"(?<![a-z0-9])({bands})(?=[_.\-])"
+
+
+def file_band(path: Path, bands: list[str]) -> str | None:
+    """The band of a single-band file: header ``FILTER``/``BAND``, else a band token in its name.
+
+    A name token is one of ``bands`` standing alone between separators, as in
+    ``photo_r_NAME.fits`` (RealSim) or ``NAME-g.fits``.
+    """
+    import re
+
+    with _fits_open(path) as hdul:
+        header = next((h.header for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2), hdul[0].header)
+        for key in ("FILTER", "BAND"):
+            if key in header:  # e.g. 'r_SDSS.res' (RealSim) or 'sloan/sdss_r'
+                tokens = set(re.split(r"[/_.\-]", str(header[key]).strip().lower()))
+                hits = [b.lower() for b in bands if b.lower() in tokens]
+                if len(hits) == 1:
+                    return hits[0]
+    pattern = _BAND_IN_NAME.format(bands="|".join(re.escape(b.lower()) for b in bands))
+    found = re.findall(pattern, path.name.lower())
+    return found[0] if len(found) == 1 else None
+
+
+def group_band_files(files: list[Path], bands: list[str]) -> list[tuple[str, list[Path]]]:
+    """Stack single-band files of one galaxy: ``photo_g_X.fits`` + ``photo_r_X.fits`` -> X in (g, r).
+
+    Args:
+        files: FITS files, one band each.
+        bands: the bands wanted, in channel order.
+
+    Returns:
+        (galaxy id, files in band order) per galaxy, in the order of first appearance.
+    """
+    import re
+
+    wanted = [b.lower() for b in bands]
+    groups: dict[str, dict[str, Path]] = {}
+    for path in files:
+        band = file_band(path, wanted)
+        if band is None:
+            raise MorphllrError(f"{path}: cannot tell which of the bands {','.join(bands)} this file holds (no FILTER "
+                                "header, no band token such as _r_ in its name); use band cubes or rename the files")
+        key = re.sub(_BAND_IN_NAME.format(bands=re.escape(band)), "{band}", _stem(path), count=1, flags=re.IGNORECASE)
+        entry = groups.setdefault(key, {})
+        if band in entry:
+            raise MorphllrError(f"{path}: band {band} of {key} given twice (also {entry[band]}); give each file once")
+        entry[band] = path
+    out = []
+    for key, by_band in groups.items():
+        missing = [b for b in wanted if b not in by_band]
+        if missing:
+            raise MorphllrError(f"{next(iter(by_band.values()))}: galaxy {key.replace('{band}', '*')} lacks band(s) "
+                                f"{','.join(missing)}; add the file(s) or ask for fewer --band")
+        name = key.replace("{band}", "").replace("__", "_").strip("_-.")
+        out.append((name, [by_band[b] for b in wanted]))
+    return out
+
+
+def _stack_bands(galaxy_id: str, paths: list[Path], bands: list[str], hdu, cosmology) -> RawImage:
+    planes = [next(read_fits(p, galaxy_id, hdu, cosmology=cosmology)) for p in paths]
+    first = planes[0]
+    for plane, path in zip(planes[1:], paths[1:]):
+        if plane.image.shape != first.image.shape or plane.units != first.units:
+            raise MorphllrError(f"{path}: shape {plane.image.shape[1:]} / unit {plane.units} differ from "
+                                f"{paths[0]}'s {first.image.shape[1:]} / {first.units}; bands of one galaxy must match")
+    meta = dict(first.meta, bands=",".join(bands))
+    return RawImage(galaxy_id, np.concatenate([p.image for p in planes]), " + ".join(map(str, paths)),
+                    first.units, first.pixel_scale, meta)
+
+
+def _band_plan(files: list[Path], bands: list[str] | None, hdu) -> list[tuple[str, Any]]:
+    """Reading plan: ("file", path) per file, or ("bands", (id, paths)) for stacked single-band files."""
+    if not bands or len(bands) < 2:
+        return [("file", p) for p in files]
+    singles, plan = [], []
+    for path in files:
+        if _suffix(path) in FITS_SUFFIXES:
+            with _fits_open(path) as hdul:
+                header = _fits_hdu(hdul, path, hdu).header
+            if header.get("NAXIS", 0) == 2 or fits_bands(header) is None and header.get("NAXIS3", 1) == 1:
+                singles.append(path)
+                continue
+        plan.append(("file", path))
+    plan.extend(("bands", group) for group in group_band_files(singles, bands)) if singles else None
+    return plan
+
+
 # ---------------------------------------------------------------------- dispatch
-def count_images(files: list[Path], hdu=None) -> int:
+def count_images(files: list[Path], hdu=None, bands: list[str] | None = None) -> int:
     """Total number of images in ``files`` (reads only headers / array shapes)."""
     total = 0
-    for path in files:
-        kind = _suffix(path)
+    for kind_of, item in _band_plan(files, bands, hdu):
+        if kind_of == "bands":
+            total += 1
+            continue
+        kind = _suffix(item)
         if kind in FITS_SUFFIXES:
-            total += count_fits(path, hdu)
+            total += count_fits(item, hdu)
         elif kind in HDF5_SUFFIXES or kind in NPY_SUFFIXES:
-            total += count_array_file(path, hdu)
+            total += count_array_file(item, hdu)
         else:
             total += 1
     return total
 
 
-def iter_images(files: list[Path], *, hdu=None, channel: int | None = None) -> Iterator[RawImage]:
+def iter_images(files: list[Path], *, hdu=None, channel: int | None = None, bands: list[str] | None = None,
+                cosmology: str | None = None) -> Iterator[RawImage]:
     """Yield every image in ``files`` in order.
 
     Args:
         files: from :func:`expand_inputs`.
         hdu: FITS HDU index/EXTNAME, or HDF5/npz dataset name.
         channel: channel of JPEG/PNG (default 1, green) or of (N, C, H, W) arrays (default: all).
+        bands: band names for band cubes (TNG SKIRT: ``["r"]``), or, with several, the
+            bands of single-band files to stack per galaxy (:func:`group_band_files`).
+        cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.cosmology`).
 
     Returns:
         iterator of :class:`RawImage`.
     """
-    ids = file_ids(files)
-    for path in files:
+    plan = _band_plan(files, bands, hdu)
+    ids = file_ids([item for kind_of, item in plan if kind_of == "file"])
+    for kind_of, item in plan:
+        if kind_of == "bands":
+            galaxy_id, paths = item
+            yield _stack_bands(galaxy_id, paths, bands, hdu, cosmology)
+            continue
+        path = item
         kind = _suffix(path)
-        if kind in FITS_SUFFIXES:
-            yield from read_fits(path, ids[path], hdu)
+        if kind in FITS_SUFFIXES and frames.is_frame_file(path):
+            yield frames.frame_raw_image(path, ids[path])  # SDSS frame: NMGY checked, band/nmgy kept (frames.py)
+        elif kind in FITS_SUFFIXES:
+            yield from read_fits(path, ids[path], hdu, bands, cosmology)
         elif kind in HDF5_SUFFIXES or kind in NPY_SUFFIXES:
             yield from read_array_file(path, ids[path], hdu, channel)
         else:

@@ -359,6 +359,86 @@ def _panels_table(summary: dict) -> str:
             f"<table id='mass-panels'>{head}{''.join(rows)}</table>")
 
 
+# --------------------------------------------------------------------------- sky split
+SKY_HEADERS = ("set", "sky LLR per pixel [nats/pixel]", "95% interval [nats/pixel]", "share of total LLR [%]",
+               "sky pixels [% of model pixels]", "AUROC of sky pixels vs reference", "AUROC of the rest vs reference")
+SKY_HEADERS_SHORT = ("set", "sky LLR/px [nats]", "95% interval", "share", "sky px", "AUROC sky", "AUROC rest")
+SKY_READING = ("Each image's LLR is split into its empty-sky pixels (no source pixel of the segmentation map falls "
+               "into them) and the rest. A sky LLR per pixel near 0 (and near the reference's) with an AUROC of "
+               "the sky pixels ≈ 0.5 means the background cancels in the ratio, so the set's LLR comes from the "
+               "galaxies; otherwise the set's sky, PSF or noise differ from the training data and part of its "
+               "LLR measures that, not morphology.")
+
+
+def sky_split_rows(summary: dict) -> tuple[list[tuple[str, list[str] | str]], list[str]]:
+    """Formatted cells of the "LLR split: empty sky vs the rest" table, for the page and the terminal.
+
+    A cell without a value shows ``– (a)``; each distinct reason is listed once as a
+    footnote ``(a) ...``.  A set without any sky mask gets one such mark for the whole row.
+
+    Args:
+        summary: the content of summary.json.
+
+    Returns:
+        (rows, footnotes): rows are ``(set label, cells)`` with the 6 cells after the set
+        name, or ``(set label, mark)`` for the whole row; no rows when no set has a sky split.
+    """
+    letters: dict[str, str] = {}
+
+    def mark(reason: str) -> str:
+        letters.setdefault(reason, "abcdefghijklmnopqrstuvwxyz"[len(letters) % 26])
+        return f"({letters[reason]})"
+
+    rows: list[tuple[str, list[str] | str]] = []
+    for name in summary["ranking"]:
+        sky = summary["sets"][name].get("sky")
+        if sky is None:
+            continue
+        label = name + (" (reference)" if name == summary["reference"] else "")
+        why = sky.get("null_reasons") or {}
+        if sky.get("mask") is None:
+            rows.append((label, f"– {mark(next(iter(why.values()), 'no sky mask'))}"))
+            continue
+        if sky["mask"] == "segmap_model":
+            label += " " + mark("sky = outside the central-source mask /segmap_model (the set has no /segmap), "
+                                "so companions and stars count as sky")
+
+        def cell(key: str, text: Callable[[Any], str]) -> str:
+            value = sky.get(key)
+            return text(value) if value is not None else f"– {mark(why.get(key, 'not computable'))}"
+
+        rows.append((label, [
+            cell("llr_per_sky_pixel", lambda v: _fmt(v, 3)),
+            cell("llr_per_sky_pixel_ci95", lambda v: f"[{_fmt(v[0], 3)}, {_fmt(v[1], 3)}]"),
+            cell("sky_share", lambda v: f"{100 * v:.3g} %"),
+            cell("sky_pixel_fraction", lambda v: f"{100 * v:.3g} %"),
+            cell("auroc_sky_vs_reference", lambda v: _fmt(v, 3)),
+            cell("auroc_rest_vs_reference", lambda v: _fmt(v, 3)),
+        ]))
+    return rows, [f"({letter}) {reason}" for reason, letter in letters.items()]
+
+
+def _sky_table(summary: dict) -> str:
+    rows, footnotes = sky_split_rows(summary)
+    if not rows:
+        return ""
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in SKY_HEADERS) + "</tr>"
+    body = []
+    for label, cells in rows:
+        if isinstance(cells, str):
+            tds = f"<td colspan='{len(SKY_HEADERS) - 1}'>{html.escape(cells)}</td>"
+        else:
+            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        body.append(f"<tr><td class='name'>{html.escape(label)}</td>{tds}</tr>")
+    notes = "".join(f"<br>{html.escape(f)}" for f in footnotes)
+    return ("<h2>LLR split: empty sky vs the rest</h2>"
+            f"<p>{html.escape(SKY_READING)} Share = mean sky LLR / mean LLR of the set; AUROC of the sky pixels "
+            "compares the images' sky LLR per pixel with the reference's, AUROC of the rest their LLR outside the "
+            "empty sky.</p>"
+            f"<table id='sky-split'>{head}{''.join(body)}</table>"
+            + (f"<p class='note'>{notes[4:]}</p>" if footnotes else ""))
+
+
 _HOW_TO_READ = """
 <h2>How to read this report</h2>
 <ul>
@@ -375,6 +455,9 @@ same number of galaxies from every set in each cell of a stellar mass × size ×
 in the populations (e.g. more massive galaxies in one simulation) do not masquerade as morphology.</li>
 <li><b>AUROC</b>: probability that a random image of the set has a higher LLR than a random reference image (0.5 =
 indistinguishable). <b>KS</b>: largest difference between the two cumulative LLR distributions.</li>
+<li><b>LLR split</b>: the LLR of each image summed over its empty-sky pixels (no source pixel falls into them)
+and over the rest. When a set shares sky, PSF and noise with the training data both models give its sky the same
+density, so the sky LLR per pixel is ≈ 0 and its AUROC against the reference ≈ 0.5.</li>
 <li><b>Pixel maps</b> show where in an image the two models disagree: the PixelCNN log-likelihood is a sum over
 pixels of log p(pixel | pixels above and to the left), so each pixel's contribution can be mapped.</li>
 <li>LLRs depend on the models and the preprocessing; compare numbers only within one report (same models).</li>
@@ -405,7 +488,7 @@ def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: 
              f"<p>Reference (held-out observed galaxies): <b>{html.escape(summary['reference'])}</b>. "
              f"Model head: <code>{html.escape(str(summary.get('models', {}).get('head')))}</code>. "
              "Sets ordered by mean LLR, most realistic first.</p>",
-             _ranking_table(summary), _panels_table(summary)]
+             _ranking_table(summary), _sky_table(summary), _panels_table(summary)]
     matched = summary.get("matched") or {}
     if matched:
         props = ", ".join(f"{k} ({html.escape(str(v))})" for k, v in matched["properties"].items())
@@ -491,9 +574,42 @@ def print_ranking(summary: dict, console=None) -> None:
                       _fmt(e["mean_llr"]), f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]",
                       f"{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}",
                       "–" if md is None else f"{_fmt(md)} ± {_fmt(me, 2)}", _fmt(e["auroc_vs_reference"], 3))
+    _print_full_width(console, table)
+    print_sky_split(summary, console)
+
+
+def print_sky_split(summary: dict, console=None) -> None:
+    """Print the short "LLR split: empty sky vs the rest" table (see :func:`sky_split_rows`).
+
+    Args:
+        summary: the content of summary.json.
+        console: a rich Console (default: a new one on stdout).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    rows, footnotes = sky_split_rows(summary)
+    if not rows:
+        return
+    console = console or Console()
+    table = Table(title="LLR split: empty sky vs the rest", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="sky LLR/px in nats per empty-sky pixel; ≈ 0 (as in the reference) with AUROC sky ≈ 0.5 = "
+                          "the background cancels. share = mean sky LLR / mean LLR; sky px = empty-sky share of "
+                          "the model pixels.", caption_justify="left")
+    for col in SKY_HEADERS_SHORT:
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
+    for label, cells in rows:
+        table.add_row(label, *([cells] + [""] * (len(SKY_HEADERS_SHORT) - 2) if isinstance(cells, str) else cells))
+    _print_full_width(console, table)
+    for note in footnotes:
+        console.print(note, highlight=False, soft_wrap=True)
+
+
+def _print_full_width(console, table) -> None:
+    """Never cut numbers to fit a narrow terminal (or an 80-column CI log): print at full width."""
     from rich.measure import Measurement
 
-    # Never cut numbers to fit a narrow terminal (or an 80-column CI log): print at full width.
     needed = Measurement.get(console, console.options.update_width(1000), table).maximum
     narrow = console.width
     console.width = max(narrow, needed)

@@ -289,3 +289,36 @@ def model_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
         mask = central_crop(mask, preprocessing.crop)
     mask = zoom_images(mask, preprocessing.zoom)
     return (mask[:, 0] >= 0.5).astype(np.uint8)
+
+
+def model_sky_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
+    """Empty-sky pixels on the model's pixel grid.
+
+    A model pixel is empty sky when every flux-cutout pixel that maps into it has
+    label 0: the same central crop and zoom as the images (``preprocess.central_crop``,
+    ``preprocess.zoom_images``) are applied to the "not sky" indicator, and a model pixel
+    is sky only where the resampled indicator is exactly 0.  For a zoom 1/k that is a
+    k x k block with no source pixel; for other zooms (linear interpolation) no pixel
+    the interpolation draws on may belong to a source.  Unlike :func:`model_mask`, one
+    source pixel is enough to make a model pixel non-sky: faint outskirts of galaxies,
+    companions and stars must not be counted as background.
+
+    Args:
+        segmaps: (B, Hf, Wf) segmentation maps on the flux-cutout grid (0 sky,
+            1 central source, >1 companions and stars).
+        preprocessing: the Preprocessing (or its dict) that made the model images; only
+            ``crop`` and ``zoom`` are used.
+
+    Returns:
+        bool (B, H, W), True where the model pixel is empty sky.
+    """
+    from .preprocess import central_crop, zoom_images
+
+    get = preprocessing.get if isinstance(preprocessing, dict) else lambda key: getattr(preprocessing, key, None)
+    crop, zoom = get("crop"), get("zoom")
+    source = (np.asarray(segmaps) != 0).astype(np.float32)[:, None]
+    if crop is not None:
+        source = central_crop(source, int(crop))
+    source = zoom_images(source, 1.0 if zoom is None else float(zoom))
+    # a block mean or linear interpolation of non-negative values is 0 only if every input is 0
+    return source[:, 0] == 0

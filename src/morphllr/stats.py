@@ -1,4 +1,4 @@
-"""Statistics of log-likelihood ratios: bootstrap, AUROC, KS, mass panels, matched draws.
+"""Statistics of log-likelihood ratios: bootstrap (means, pooled ratios), AUROC, KS, mass panels, matched draws.
 
 What the numbers mean.  For images x drawn from a set with distribution q, the mean
 log-likelihood ratio estimates
@@ -82,6 +82,99 @@ def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 1000,
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def ratio_of_sums(numerator, denominator) -> float:
+    """Pooled ratio ``sum(numerator) / sum(denominator)`` over the pairs where both are finite.
+
+    Args:
+        numerator: per-image values (e.g. LLR summed over a set of pixels).
+        denominator: per-image weights (e.g. how many pixels that was).
+
+    Returns:
+        the ratio, NaN when the denominator sums to 0 or nothing is finite.
+    """
+    a, b = _finite_pairs(numerator, denominator)
+    total = b.sum()
+    return float(a.sum() / total) if total != 0 else float("nan")
+
+
+def bootstrap_ratio_ci(numerator, denominator, level: float = 0.95, n_boot: int = 1000,
+                       rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`ratio_of_sums`, resampling whole images.
+
+    Images, not pixels, are the independent units (pixels of one image share a galaxy
+    and a PSF), so pairs are resampled together.  Above :data:`LARGE_SAMPLE` pairs the
+    ratio is drawn from its Gaussian (delta-method) limit.
+
+    Args:
+        numerator: per-image values.
+        denominator: per-image weights (non-negative).
+        level: coverage, e.g. 0.95.
+        n_boot: bootstrap replicates.
+        rng: Generator or seed.
+
+    Returns:
+        ``(lo, hi)``; NaNs when the denominator sums to 0.
+    """
+    a, b = _finite_pairs(numerator, denominator)
+    rng = np.random.default_rng(rng)
+    n = a.size
+    if n == 0 or b.sum() == 0:
+        return float("nan"), float("nan")
+    if n > LARGE_SAMPLE:
+        ratio = a.sum() / b.sum()
+        # linearised ratio estimator: var(R) ~ var(a - R b) / (n mean(b)^2)
+        scale = np.std(a - ratio * b, ddof=1) / (np.sqrt(n) * b.mean())
+        ratios = ratio + scale * rng.standard_normal(n_boot)
+    else:
+        per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
+        ratios = np.empty(n_boot)
+        for start in range(0, n_boot, per_chunk):
+            stop = min(n_boot, start + per_chunk)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratios[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
+        ratios = ratios[np.isfinite(ratios)]  # a resample of only sky-free images has no ratio
+        if ratios.size == 0:
+            return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def share_of_mean(part, total, min_z: float = 2.0) -> float:
+    """``mean(part) / mean(total)``: how much of a set's mean LLR a subset of pixels carries.
+
+    The rule for "no share": when the mean of ``total`` is within ``min_z`` standard
+    errors of 0 (|mean| < min_z * std / sqrt(n), or exactly 0), the total is not known
+    to differ from 0 and any share of it is noise, so NaN is returned.
+
+    Args:
+        part: per-image LLR of the subset (e.g. empty-sky pixels).
+        total: per-image LLR of the whole image (same images).
+        min_z: how many standard errors from 0 the total's mean must be.
+
+    Returns:
+        the share (may be negative or above 1 when the parts have opposite signs), or NaN.
+    """
+    p, t = _finite_pairs(part, total)
+    if t.size == 0:
+        return float("nan")
+    mean = t.mean()
+    error = t.std(ddof=1) / np.sqrt(t.size) if t.size > 1 else 0.0
+    if mean == 0 or abs(mean) < min_z * error:
+        return float("nan")
+    return float(p.mean() / mean)
+
+
+def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise MorphllrError(f"paired values: {x.size} vs {y.size} entries; give one of each per image")
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok], y[ok]
 
 
 def delta_mean(values, reference, n_boot: int = 1000,

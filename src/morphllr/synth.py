@@ -96,6 +96,13 @@ companion/star layer as its observed image, plus fresh sky and shot noise drawn 
 same noise model (see :func:`make_archetypes`).  Without that, companions and stars that
 p_arch never saw dominate the LLR by 10^2-10^4 nats.
 
+Real sky (``sky_patches``, ``morphllr synth --sky-patches``): instead of the synthetic
+Gaussian sky and read noise, every observed, sim-* and archetype image gets the Poisson
+noise of its own sources plus one random patch of a real empty-sky library
+(:func:`morphllr.archetypes.add_sky_patch`, as ``morphllr archetypes --sky-patches`` does;
+:func:`sky_library`), each image from its own seeded stream, an archetype never from its
+galaxy's patch.  Without a library the pixels are exactly those the shipped models saw.
+
 Rendering is vectorised with numpy: profiles are evaluated on a 2x oversampled grid
 (the central pixels 5x5 supersampled so that n = 4 cusps are integrated, not sampled),
 structure is applied in the disk plane, clumps and stars are deposited as points and
@@ -416,6 +423,122 @@ def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe())
     }
 
 
+# --------------------------------------------------------------------------- real sky
+_SKY_TAG = 0x736B79  # "sky": keeps the per-image sky streams apart from the per-chunk noise streams
+
+
+@dataclass(frozen=True)
+class SkyLibrary:
+    """Real empty-sky patches that observed images and archetypes are placed in (``--sky-patches``).
+
+    Attributes:
+        patches: float32 (M, 1, H, W) sky-subtracted empty sky in r counts at 0.396"/px, H, W >= 128.
+        file: name of the file it was read from (``""`` for an in-memory array).
+        sha256: sha256 of the patches' float32 little-endian C-order bytes.
+    """
+
+    patches: np.ndarray
+    file: str
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    @property
+    def info(self) -> dict:
+        """What universe.json and the sets' attributes record: file, sha256, M and S."""
+        h, w = self.patches.shape[2:]
+        return {"file": self.file, "sha256": self.sha256, "n_patches": len(self.patches),
+                "size": int(h) if h == w else f"{h}x{w}"}
+
+
+def sky_library(source, where: str = "--sky-patches") -> SkyLibrary | None:
+    """Read and check a sky-patch library for :func:`make_set` / :func:`make_archetypes` / :func:`write_universe`.
+
+    Args:
+        source: None (synthetic Gaussian sky), a :class:`SkyLibrary`, a file readable by
+            :func:`morphllr.archetypes.load_sky_patches` (e.g. the ``.npy`` of ``morphllr
+            sky-patches``) or an array (M, 1, S, S) / (M, S, S) of empty sky in r counts at
+            0.396"/px, S >= 128 (the flux cutout side).
+        where: option name for messages.
+
+    Returns:
+        :class:`SkyLibrary`, or None for ``source=None``.
+    """
+    import hashlib
+    from pathlib import Path
+
+    if source is None or isinstance(source, SkyLibrary):
+        return source
+    if isinstance(source, (str, Path)):
+        from .archetypes import load_sky_patches
+
+        label, file = f"{where} {source}", Path(source).name
+        patches = load_sky_patches(source, where=where, what="empty-sky patches")
+    else:
+        label, file = where, ""
+        patches = np.asarray(source, dtype=np.float32)
+        if patches.ndim == 3:
+            patches = patches[:, None]
+    fix = (f"cut single-band r-count patches of at least {STAMP}x{STAMP} pixels at {PIXEL_SCALE}\"/px with "
+           f"`morphllr sky-patches FRAME --size {STAMP} --out SKY.npy`")
+    if patches.ndim != 4 or patches.shape[0] == 0:
+        raise MorphllrError(f"{label}: expected (M, 1, S, S) empty-sky patches, got shape {patches.shape}; {fix}")
+    m, c, h, w = patches.shape
+    if c != 1 or h < STAMP or w < STAMP:
+        raise MorphllrError(f"{label}: {m} patch(es) of {c} channel(s) x {h}x{w} pixels, but synth needs 1 channel "
+                            f"(r) and at least the {STAMP}x{STAMP} flux cutout; {fix}")
+    if not np.isfinite(patches).all():
+        raise MorphllrError(f"{label}: the patches hold NaN or infinite pixels; {fix}")
+    flat = np.flatnonzero(np.concatenate([patches[a:a + 256].reshape(-1, c * h * w).std(axis=1) == 0
+                                          for a in range(0, m, 256)]))
+    if flat.size:
+        raise MorphllrError(f"{label}: patch {int(flat[0])} (of {m}) is constant, not sky; {fix}")
+    patches = np.ascontiguousarray(patches, dtype="<f4")
+    return SkyLibrary(patches, file, hashlib.sha256(patches).hexdigest())
+
+
+def _place_in_sky(scene: np.ndarray, gain: np.ndarray, sky: SkyLibrary, key: list[int], first: int,
+                  avoid: np.ndarray | None = None):
+    """Noiseless scenes + their own Poisson noise + one random real sky patch each.
+
+    Image ``first + b`` draws everything from its own stream ``(key, sky tag, index + 1)``,
+    so the result depends neither on chunking nor on worker count.  The sky is
+    :func:`morphllr.archetypes.add_sky_patch` (random patch, quarter turn, flip, crop): the
+    library's own pixels, never resampled.
+
+    Args:
+        scene: (B, H, W) noiseless counts (galaxy + neighbours).
+        gain: (B,) electrons per count.
+        sky: the library.
+        key: seed integers of the set.
+        first: absolute index of ``scene[0]`` in the set.
+        avoid: (B,) patch index each image must not use (its galaxy's, for archetypes), or None.
+
+    Returns:
+        (float64 (B, H, W) images, int64 (B,) patch indices, float64 (B,) rms of the sky added).
+    """
+    from .archetypes import add_matched_noise, add_sky_patch
+
+    n_patches = len(sky.patches)
+    out = np.empty(scene.shape, np.float64)
+    index = np.empty(len(scene), np.int64)
+    rms = np.empty(len(scene), np.float64)
+    blank = np.zeros((1,) + scene.shape[1:])
+    for b in range(len(scene)):
+        rng = np.random.default_rng(np.random.SeedSequence([*key, _SKY_TAG, first + b + 1]))
+        if avoid is not None and n_patches > 1:  # a different patch than the galaxy's: fresh sky
+            k = int(rng.integers(n_patches - 1))
+            k += k >= int(avoid[b])
+        else:
+            k = int(rng.integers(n_patches))
+        noisy = add_matched_noise(scene[b], 0.0, float(gain[b]), rng)  # shot noise of the sources' own light
+        patch = add_sky_patch(blank, sky.patches[k:k + 1], rng)[0]
+        out[b] = noisy + patch
+        index[b], rms[b] = k, patch.std()
+    return out, index, rms
+
+
 # --------------------------------------------------------------------------- rendering
 @dataclass
 class Rendered:
@@ -429,6 +552,7 @@ class Rendered:
         sky_sigma: float64 (N,) sky noise per pixel in counts.
         neighbours: float32 (N, 128, 128) the noiseless companion + star layer.
         neighbour_label: int8 (N, 128, 128) which neighbour dominates a pixel (2 companion, 3 star).
+        sky_patch: int64 (N,) index of the real sky patch of each image, or None (synthetic sky).
     """
 
     flux: np.ndarray
@@ -437,6 +561,7 @@ class Rendered:
     sky_sigma: np.ndarray
     neighbours: np.ndarray
     neighbour_label: np.ndarray
+    sky_patch: np.ndarray | None = None
 
 
 def _add_noise(total: np.ndarray, sky: np.ndarray, gain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -644,7 +769,8 @@ def _companion_light(params, sl, fine_x, fine_y):
     return light * col("has_companion")
 
 
-def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: bool = True) -> Rendered:
+def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: bool = True,
+                    sky: SkyLibrary | None = None) -> Rendered:
     """Render galaxies drawn by :func:`sample_galaxies` as SDSS-like cutouts.
 
     Args:
@@ -652,6 +778,9 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
         seed_key: integers seeding the noise/clump streams (one stream per chunk, so the
             result is reproducible and independent of the caller's batching).
         noise: add sky and shot noise (False: ``flux`` equals the noiseless scene).
+        sky: real sky patches: with ``noise``, every image gets the Poisson noise of its
+            sources plus one random patch (:func:`_place_in_sky`) instead of the synthetic
+            Gaussian sky and read noise; ``sky_sigma`` is then the rms of the patch used.
 
     Returns:
         :class:`Rendered`.
@@ -673,6 +802,7 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
     out_neigh = np.zeros((n, STAMP, STAMP), np.float32)
     out_neigh_label = np.zeros((n, STAMP, STAMP), np.int8)
     sky_sigma = np.sqrt(params["sky_level"] / params["gain"] + 1.0)
+    sky_patch = np.zeros(n, np.int64) if sky is not None and noise else None
     freq = np.fft.fftfreq(nf)[:, None] ** 2 + np.fft.rfftfreq(nf)[None, :] ** 2  # cycles / fine px
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(start + _CHUNK, n))
@@ -734,7 +864,9 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
 
         central, others = bin2(central), bin2(others)
         total = central + others.sum(axis=0)
-        if noise:
+        if sky_patch is not None:
+            observed, sky_patch[sl], sky_sigma[sl] = _place_in_sky(total, params["gain"][sl], sky, seed_key, start)
+        elif noise:
             observed = _add_noise(total, _col(params, "sky_level", sl), _col(params, "gain", sl), rng)
         else:
             observed = total
@@ -744,7 +876,7 @@ def render_galaxies(params: dict[str, np.ndarray], seed_key: list[int], noise: b
         out_neigh[sl] = others.sum(axis=0)
         out_neigh_label[sl] = np.where(others[1] > others[0], 3, 2)
     return Rendered(flux=out_flux, noiseless=out_clean, segmap=out_seg, sky_sigma=sky_sigma,
-                    neighbours=out_neigh, neighbour_label=out_neigh_label)
+                    neighbours=out_neigh, neighbour_label=out_neigh_label, sky_patch=sky_patch)
 
 
 # --------------------------------------------------------------------------- sets
@@ -761,6 +893,7 @@ class SynthSet:
         neighbours: float32 (N, 128, 128) the noiseless companion + star layer (shared
             with the galaxies' archetypes), or None.
         neighbour_label: int8 (N, 128, 128) 2 where the companion dominates that layer, 3 the star.
+        sky: the real sky-patch library the images are placed in, or None (synthetic sky).
     """
 
     name: str
@@ -770,6 +903,7 @@ class SynthSet:
     noiseless: np.ndarray
     neighbours: np.ndarray | None = None
     neighbour_label: np.ndarray | None = None
+    sky: SkyLibrary | None = None
 
     def __len__(self) -> int:
         return len(self.flux)
@@ -802,7 +936,7 @@ def _to_table(params: dict[str, np.ndarray], ids: np.ndarray, set_name: str):
     return table
 
 
-def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> SynthSet:
+def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None, sky_patches=None) -> SynthSet:
     """Draw and render one generated set (not ``archetypes``; see :func:`archetype_flux`).
 
     Args:
@@ -810,6 +944,12 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> 
         n: number of galaxies.
         seed: universe seed; every set has its own stream derived from (seed, name).
         recipe: override the set's :data:`RECIPES` entry.
+        sky_patches: None (synthetic Gaussian sky + read noise, the shipped models' data) or a
+            real sky-patch library (:func:`sky_library`: path, array or :class:`SkyLibrary`):
+            each image is its noiseless scene + the Poisson noise of its sources + one random
+            patch; catalogue column ``sky_patch`` holds the patch index, ``sky_sigma`` the rms
+            of the patch used and ``sky_level`` is NaN (the real sky's level is not known).
+            The galaxies themselves are the same as without it.
 
     Returns:
         :class:`SynthSet` with ids ``<name>-<index>``.
@@ -820,13 +960,17 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None) -> 
     _check_count(n, f"number of galaxies for {name}")
     recipe = recipe or RECIPES[name]
     recipe.check(f"recipe of {name}")
+    sky = sky_library(sky_patches)
     key = [int(seed), *[int(b) for b in name.encode()]]
     params = sample_galaxies(n, _stream(seed, GALAXIES_FROM.get(name, name)), recipe)
-    rendered = render_galaxies(params, key + [1])
+    rendered = render_galaxies(params, key + [1], sky=sky)
     ids = np.array([f"{name}-{i:06d}" for i in range(n)])
     params["sky_sigma"] = rendered.sky_sigma
+    if sky is not None:
+        params["sky_level"] = np.full(n, np.nan)  # the synthetic sky level was not used
+        params["sky_patch"] = rendered.sky_patch
     return SynthSet(name, rendered.flux, rendered.segmap, _to_table(params, ids, name), rendered.noiseless,
-                    rendered.neighbours, rendered.neighbour_label)
+                    rendered.neighbours, rendered.neighbour_label, sky)
 
 
 def _fit_one_chunk(args):
@@ -912,7 +1056,8 @@ _ARCHETYPE_COLUMNS = ("log_mstar", "z", "kpc_per_arcsec", "r50_kpc", "early_type
 """Columns of the observed galaxy an archetype keeps (its host's mass, distance, PSF and noise)."""
 
 
-def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0, workers: int = 1) -> SynthSet:
+def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0, workers: int = 1,
+                    sky_patches=None) -> SynthSet:
     """The archetype set of an observed set, in the same sky as the observed images.
 
     Each archetype is the galaxy's PSF-convolved single-Sérsic fit (:func:`archetype_flux`,
@@ -920,6 +1065,8 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
     plus fresh sky and shot noise from the same noise model: the synthetic equivalent of
     the paper's insertion of archetypes into real sky, so that neighbours and background
     cancel in the likelihood ratio and only the central galaxy's morphology is compared.
+    In real sky (``observed.sky`` or ``sky_patches``) the fresh sky is a random patch of the
+    library other than the galaxy's own, plus the Poisson noise of the archetype's sources.
 
     Args:
         observed: a set from :func:`make_set` whose catalogue holds the ``sersic_*`` fit
@@ -927,6 +1074,8 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
         name: ``archetypes`` or ``archetypes-train``.
         seed: noise seed.
         workers: processes for the GalSim rendering.
+        sky_patches: sky-patch library (:func:`sky_library`); None = the observed set's own
+            (``observed.sky``: real sky if the galaxies are in real sky, else synthetic noise).
 
     Returns:
         :class:`SynthSet` with the observed ids, ``sersic_*`` columns and ``archetype`` = True.
@@ -939,15 +1088,26 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
     sersic = archetype_flux(observed, cat[["id"]], noise=False, seed=seed, workers=workers)
     neighbours = observed.neighbours if observed.neighbours is not None else np.zeros_like(sersic)
     labels = observed.neighbour_label if observed.neighbour_label is not None else np.full(sersic.shape, 2, np.int8)
-    sky_sigma = np.asarray(cat["sky_sigma"], float)
+    sky = observed.sky if sky_patches is None else sky_library(sky_patches)
+    sky_sigma = np.asarray(cat["sky_sigma"], float) if sky is None else np.empty(len(sersic))
+    sky_patch = None if sky is None else np.empty(len(sersic), np.int64)
+    avoid = None
+    if (sky is not None and observed.sky is not None and observed.sky.sha256 == sky.sha256
+            and "sky_patch" in cat.colnames):
+        avoid = np.asarray(cat["sky_patch"])
     flux = np.empty_like(sersic)
     segmap = np.empty(sersic.shape, np.int32)
     for start in range(0, len(sersic), _CHUNK):
         sl = slice(start, start + _CHUNK)
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), start // _CHUNK]))
         total = sersic[sl] + neighbours[sl]
-        col = lambda key: np.asarray(cat[key][sl], float)[:, None, None]  # noqa: E731
-        flux[sl] = _add_noise(total, col("sky_level"), col("gain"), rng)
+        if sky is not None:
+            flux[sl], sky_patch[sl], sky_sigma[sl] = _place_in_sky(
+                total, np.asarray(cat["gain"][sl], float), sky, [int(seed)], start,
+                None if avoid is None else avoid[sl])
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), start // _CHUNK]))
+            col = lambda key: np.asarray(cat[key][sl], float)[:, None, None]  # noqa: E731
+            flux[sl] = _add_noise(total, col("sky_level"), col("gain"), rng)
         neighbour_seg = _label_sources(neighbours[sl][None], (2,), sky_sigma[sl])
         own = (sersic[sl] > neighbours[sl]) & (sersic[sl] > sky_sigma[sl][:, None, None])
         segmap[sl] = np.where(own, 1, np.where(neighbour_seg > 0, labels[sl], 0))
@@ -958,8 +1118,12 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
             table[key] = cat[key]
     table["sersic_n_clipped"] = (np.asarray(cat["sersic_n"]) < 0.3) | (np.asarray(cat["sersic_n"]) > 6.2)
     table["archetype"] = np.ones(len(table), bool)
+    if sky is not None:
+        table["sky_level"] = np.full(len(table), np.nan)
+        table["sky_sigma"] = sky_sigma  # the archetype's own patch
+        table["sky_patch"] = sky_patch
     table.meta["set"] = name
-    return SynthSet(name, flux, segmap, table, sersic, neighbours, labels)
+    return SynthSet(name, flux, segmap, table, sersic, neighbours, labels, sky)
 
 
 # --------------------------------------------------------------------------- writing
@@ -995,6 +1159,8 @@ def write_set(path, synth: SynthSet, preprocessing="zanisi21", overwrite: bool =
     attrs = {"synth_set": synth.name, "synth_expected_order": ",".join(EXPECTED_ORDER)}
     if seed is not None:
         attrs["synth_seed"] = int(seed)
+    if synth.sky is not None:  # which real sky the set lives in
+        attrs.update({f"sky_patches_{key}": value for key, value in synth.sky.info.items()})
     return write_imageset(path, images, synth.catalog, prep, flux=flux, segmap=synth.segmap,
                           segmap_model=_segmap_model(synth.segmap, prep), overwrite=overwrite, attrs=attrs)
 
@@ -1011,7 +1177,7 @@ def _plan(sets: list[str]) -> list[str]:
 
 
 def generate(sets, n_train: int = 2000, n_test: int = 500, n_sim: int | None = None, seed: int = 0,
-             workers: int = 1, progress=None) -> dict[str, SynthSet]:
+             workers: int = 1, progress=None, sky_patches=None) -> dict[str, SynthSet]:
     """Generate sets in memory.
 
     Args:
@@ -1022,6 +1188,8 @@ def generate(sets, n_train: int = 2000, n_test: int = 500, n_sim: int | None = N
         seed: universe seed.
         workers: processes for the Sérsic fits behind the archetypes.
         progress: optional callable(message) told about each step.
+        sky_patches: real sky-patch library for every observed and sim-* image
+            (:func:`sky_library`; see :func:`make_set`), or None for synthetic sky.
 
     Returns:
         dict name -> :class:`SynthSet` for the rendered sets; the observed sets behind
@@ -1035,6 +1203,7 @@ def generate(sets, n_train: int = 2000, n_test: int = 500, n_sim: int | None = N
     _check_count(n_sim, "--n-sim")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise MorphllrError(f"--seed={seed!r}: must be a non-negative whole number")
+    sky = sky_library(sky_patches)
     sizes = {"observed-train": n_train, "observed-test": n_test}
     out: dict[str, SynthSet] = {}
     say = progress or (lambda message: None)
@@ -1046,7 +1215,7 @@ def generate(sets, n_train: int = 2000, n_test: int = 500, n_sim: int | None = N
                 _join_fits(source.catalog, fit_single_sersic(source, workers=workers))
         else:
             say(f"rendering {name}")
-            out[name] = make_set(name, sizes.get(name, n_sim), seed)
+            out[name] = make_set(name, sizes.get(name, n_sim), seed, sky_patches=sky)
     return out
 
 
@@ -1065,7 +1234,7 @@ def _join_fits(catalog, fits):
 
 def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, n_sim: int | None = None,
                    seed: int = 0, overwrite: bool = False, workers: int = 1, preprocessing="zanisi21",
-                   progress=None) -> dict[str, "Path"]:
+                   progress=None, sky_patches=None) -> dict[str, "Path"]:
     """Generate sets and write them as ImageSets ``<out>/<set>.h5`` plus ``universe.json``.
 
     The folder appears only when everything is written (:func:`morphllr.atomic.atomic_dir`).
@@ -1075,6 +1244,9 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
         sets, n_train, n_test, n_sim, seed, workers, progress: see :func:`generate`.
         overwrite: replace an existing folder.
         preprocessing: preprocessing of the model-input images (default zanisi21).
+        sky_patches: real sky-patch library (:func:`sky_library`) for every observed, sim-*
+            and archetype image (archetypes get another patch than their galaxy); recorded
+            in universe.json (``sky_patches``) and in every set's ``sky_patches_*`` attributes.
 
     Returns:
         dict set name -> final file path.
@@ -1085,10 +1257,11 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
 
     sets = check_set_names(list(sets))
     prep = as_preprocessing(preprocessing)
+    sky = sky_library(sky_patches)
     out = Path(out)
     _check_destination(out, overwrite)
     say = progress or (lambda message: None)
-    generated = generate(sets, n_train, n_test, n_sim, seed, workers, progress)
+    generated = generate(sets, n_train, n_test, n_sim, seed, workers, progress, sky_patches=sky)
     try:
         return _write_all(out, sets, generated, prep, seed, overwrite, say, workers)
     except OSError as exc:
@@ -1144,5 +1317,8 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say, workers=1):
             "units": "SDSS r counts (DN) per 0.396 arcsec pixel, sky-subtracted; AB zero point 28.2",
             "preprocessing": prep.to_dict(),
         }
+        sky = next((s.sky for s in generated.values() if s.sky is not None), None)
+        if sky is not None:
+            info["sky_patches"] = sky.info
         (tmp / "universe.json").write_text(json.dumps(info, indent=2) + "\n")
     return written

@@ -16,9 +16,13 @@ Each image is converted to linear flux (SDSS r counts; mag/arcsec^2 and nanomagg
 
 Presets: [bold]zanisi21[/bold] (default, Zanisi et al. 2021): 128x128 cutout at 0.396"/px, central 64x64, 2x2 mean -> 32x32, arcsinh(flux/1000) clipped to [-1, 1].  [bold]none[/bold]: the arrays already are model inputs.  [bold]jpeg8bit[/bold]: 8-bit survey JPEGs, central 256x256 -> 32x32, value/255 (JPEGs are already arcsinh-stretched by the survey: not linear flux, compare only with images made the same way).  Or a .toml/.yaml recipe file.
 
+SDSS frames (frame-{band}-{run}-{camcol}-{field}.fits[.bz2], calibrated nanomaggies with a WCS): give the frames and --catalog positions.csv with `id` and `ra`, `dec` (degrees, through each frame's WCS) or `x`, `y` (0-based frame pixels, plus a `frame` column naming the file when there are several frames).  Each galaxy is cut as a window of 2 x the cutout (the cutout itself when the preset does not centre; pixels beyond the frame edge are NaN, i.e. 0 flux counted in n_nonfinite) and then goes the normal way.  Nanomaggies become the working unit through the preset's zero point, not the frame's NMGY, which varies by frame and only sets the shot noise: column gain = --gain x DN per working unit (electrons per working unit).  Added columns: frame, band, x, y, ra, dec, nmgy, gain, window_x0, window_y0 (frame column of the cutout centre = window_x0 + center_x), frame_edge_px (distance to the frame edge; below half the cutout, part of the cutout is 0 flux beyond the edge).  Every frame is read once and the cutouts are streamed, frame by frame.  Positions outside every frame are an error listing them, unless --skip-outside drops them (count and ids printed).
+
 Examples:
 
   morphllr prepare sdss_cutouts/ --out obs.h5 --catalog sdss.csv
+
+  morphllr prepare ../shared/data/sdss_frame/frame-r-002583-2-0136.fits.bz2 --catalog positions.csv --out sdss_r.h5
 
   morphllr prepare 'tng/*.fits' --hdu SUBARU_HSC.R --out tng.h5 --like models/obs
 """
@@ -54,9 +58,30 @@ def prepare(
         None, "--sky", help="Sky subtraction: none (already subtracted), estimate (SExtractor-style clipped background) or a number "
         "(constant sky in input units)."
     ),
+    band: Optional[str] = typer.Option(
+        None, "--band", help="Band(s) by name for multi-band cubes (TNG SKIRT: r matches sloan/sdss_r), "
+        "comma-separated; several also stack one-file-per-band images (photo_g_X, photo_r_X) per galaxy."
+    ),
+    zero_point: Optional[float] = typer.Option(
+        None, "--zero-point", help="AB magnitude of 1 count/s for count-rate inputs (TNG SKIRT cubes, BUNIT "
+        "counts/s/pixel), whose products document none; recorded in the set."
+    ),
+    cosmology: Optional[str] = typer.Option(
+        None, "--cosmology", help="Cosmology for pixel scales from a physical CDELT: Planck18 (default) or realsim "
+        "(FlatLambdaCDM(H0=70, Om0=0.3)); recorded."
+    ),
     pad: bool = typer.Option(
         False, "--pad", help="Pad images smaller than the cutout with zero flux (noise-free simulations) instead of "
         "refusing them."
+    ),
+    gain: Optional[float] = typer.Option(
+        None, "--gain", help="SDSS frames: CCD gain in electrons per DN (default 4.7, a typical SDSS r-band gain; the "
+        "six camcols' r gains lie within 4.6-4.9, other bands differ); with the frame's NMGY it gives the `gain` "
+        "column, electrons per working flux unit."
+    ),
+    skip_outside: bool = typer.Option(
+        False, "--skip-outside", help="SDSS frames: drop catalogue positions outside every frame (count and ids are "
+        "printed) instead of refusing."
     ),
     segmentation: str = typer.Option("sep", "--segmentation", help="Segmentation engine: sep (fast) or photutils."),
     no_flux: bool = typer.Option(
@@ -70,7 +95,7 @@ def prepare(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .. import readers
+    from .. import frames, readers
     from ..errors import MorphllrError
     from ..imageset import prepare_imageset
     from ..preprocess import Preprocessing
@@ -82,15 +107,25 @@ def prepare(
     prep = _override(prep, units=units, sky=sky)
     if pad:
         prep = prep.replace(pad=True)
+    if zero_point is not None:
+        prep = prep.replace(input_zero_point=zero_point)
+    if cosmology is not None:
+        prep = prep.replace(cosmology=cosmology)
+    bands = [b.strip() for b in band.split(",") if b.strip()] if band else None
     files = readers.expand_inputs(inputs, exclude=[out] + ([catalog] if catalog else []))
     table = readers.read_catalog(catalog) if catalog is not None else None
-    n = readers.count_images(files, hdu)
+    attrs = None
+    if any(frames.is_frame_file(f) for f in files):  # SDSS frames: the catalogue says where the galaxies are
+        records, n, attrs, table = _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside)
+    else:
+        n = readers.count_images(files, hdu, bands)
+        records = readers.iter_images(files, hdu=hdu, channel=channel, bands=bands, cosmology=prep.cosmology)
     console.print(f"preparing {n} image(s) from {len(files)} file(s) with preset [bold]{prep.name}[/bold]")
     columns = [TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("prepare", total=n)
         report = prepare_imageset(
-            readers.iter_images(files, hdu=hdu, channel=channel),
+            records,
             out,
             prep,
             n=n,
@@ -102,6 +137,7 @@ def prepare(
             overwrite=overwrite,
             workers=_workers(workers, n),
             progress=lambda k: bar.advance(task, k),
+            attrs=attrs,
         )
     _print_report(console, out, report)
 
@@ -135,6 +171,44 @@ def preprocessing_like(reference: Path):
     if not recipe:
         raise MorphllrError(f"--like {reference}: records no preprocessing; use --preset instead")
     return Preprocessing.from_dict(recipe, source=f"--like {reference}")
+
+
+def _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside):
+    """SDSS frames + a catalogue of positions -> (records, n, file attributes, catalogue to join).
+
+    Cutouts are streamed frame by frame (each frame read once); the catalogue's position
+    columns are not joined again (frames.py writes ra, dec, x, y, frame itself).
+    """
+    import math
+
+    from .. import frames
+    from ..errors import MorphllrError
+
+    others = [str(f) for f in files if not frames.is_frame_file(f)]
+    if others:
+        raise MorphllrError(f"{others[0]}: SDSS frames and other images cannot be prepared together; "
+                            "prepare the frames (with --catalog positions) and the other files separately")
+    if table is None:
+        raise MorphllrError(f"{files[0]}: an SDSS frame holds many galaxies; pass --catalog positions.csv with `id` and "
+                            "`ra`, `dec` (degrees) or `x`, `y` (0-based frame pixels, + `frame` with several frames)")
+    if prep.cutout is None or prep.zero_point is None:
+        raise MorphllrError(f"--preset {prep.name}: cutting galaxies out of SDSS frames needs a cutout size and a "
+                            "zero point (working unit) in the recipe; use --preset zanisi21 or a recipe that sets both")
+    gain = frames.DEFAULT_GAIN if gain is None else float(gain)
+    if not (gain > 0 and math.isfinite(gain)):
+        raise MorphllrError(f"--gain {gain}: must be a positive number of electrons per DN (SDSS r: about 4.7)")
+    plan = frames.plan_cutouts(files, table, str(catalog), skip_outside=skip_outside)
+    if plan.outside_ids:
+        shown = ", ".join(plan.outside_ids[:20]) + (", ..." if len(plan.outside_ids) > 20 else "")
+        console.print(f"[yellow]--skip-outside: dropped {len(plan.outside_ids)} catalogue position(s) outside every "
+                      f"frame: {shown} (all listed in the set's attribute frames_outside_ids)[/yellow]")
+    window = 2 * prep.cutout if prep.center else prep.cutout  # centring needs room around the galaxy
+    console.print(f"cutting {len(plan)} galaxies ({plan.positions} positions) out of {len(plan.frames)} SDSS frame(s), "
+                  f"{window}x{window} px windows, gain {gain} e-/DN")
+    attrs = {"frames": [str(f.path) for f in plan.frames], "frames_positions": plan.positions,
+             "frames_gain_e_per_dn": gain, "frames_outside_ids": plan.outside_ids}
+    keep = [c for c in table.colnames if c == "id" or c.lower() not in frames.POSITION_COLUMNS]
+    return frames.cutout_records(plan, window, prep.zero_point, gain), len(plan), attrs, table[keep]
 
 
 def _workers(requested: int, n_images: int) -> int:

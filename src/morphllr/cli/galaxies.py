@@ -112,85 +112,155 @@ def archetypes_command(
     typer.echo(json.dumps(summary))
 
 
-SKY_HELP = """Cut real empty sky out of frames for archetypes placed in real sky (`morphllr archetypes --sky-patches`).
+SKY_HELP = """Cut real empty sky out of frames for archetypes and mocks placed in real sky (`morphllr archetypes --sky-patches`, `morphllr mock --sky-patches`).
 
-Every frame is segmented (sep, 1.5 sigma) and every source grown by --dilate pixels; every --block x --block square of the remaining sky, starting on a --grid pixel lattice, is an empty block.  Each SIZE x SIZE patch is tiled from blocks of different frames (random quarter turns and flips), the frames of one patch drawn from the --neighbours frames closest in sky noise, so a patch has one noise level.  Use it when the frames are too small to hold an empty region as large as a cutout (e.g. survey JPEG cutouts); with large frames, cut whole empty patches yourself.  Patches mix the sky of many frames and have seams every --block pixels.
+Every frame is segmented (sep, 1.5 sigma, no deblending) and every source grown by --dilate pixels; NaN/inf pixels are never sky.  Every --block x --block square of the remaining sky, starting on a --grid pixel lattice, is an empty block.  Each frame is cut into regions of about --region pixels (a frame smaller than two regions is one region) and a block belongs to the region it lies wholly in.  Each SIZE x SIZE patch is tiled from blocks of different regions (so its blocks never overlap; one large SDSS frame is enough, small frames such as survey JPEG cutouts give one block per frame), each turned by a random quarter turn and flip; the regions of one patch are drawn from the --neighbours regions whose frames are closest in sky noise, so a patch has one noise level.  Pixels are the frames' own, never resampled or smoothed; patches have seams every --block pixels.
 
-FRAMES: linear flux with the sky level subtracted, same units and pixel scale as the set the archetypes are for: an image set (its /flux), .npy/.npz or FITS cube of (N, H, W) or (N, C, H, W).  The real and tiled sky statistics (rms, skew, neighbour correlation) are printed for comparison.
+--part K/M uses only blocks lying wholly inside part K of M of every frame: every M-th stripe of --region columns starting with the K-th, so each part samples the whole frame (crowded and empty sides alike): --part 1/2 for the sky of training sets, --part 2/2 for the sky of mocks and test archetypes; the two never share a pixel.
 
-Example:  morphllr sky-patches frames.npy --size 64 --out sky.npy && morphllr archetypes obs.h5 --sky-patches sky.npy --out arch_sky.h5
+FRAMES: SDSS frames frame-{band}-{run}-{camcol}-{field}.fits[.bz2] (sky-subtracted nanomaggies, put into the working flux unit of --preset/--like through its zero point: zanisi21 = SDSS r counts, AB 28.2; one band at a time; their pixel scale must be the preset's), or files already in the working unit with the sky subtracted: an image set (its /flux), .npy/.npz or FITS cube of (N, H, W) or (N, C, H, W).
+
+Outputs: OUT.npy, float32 (N, C, SIZE, SIZE) in working flux units, and OUT.json recording the frames, part and strips, block, grid, region, dilate, seed, working unit, sky statistics and, under "blocks", for every patch slot (row-major) the frame index, y, x of the block's top-left frame pixel, quarter turns and flip.  The real and tiled sky statistics (rms, skew, neighbour correlation) are printed for comparison.
+
+Examples:
+
+  morphllr sky-patches ../shared/data/sdss_frame/frame-r-002583-2-0136.fits.bz2 --size 128 --part 1/2 --out sky_train.npy
+
+  morphllr sky-patches frames.npy --size 64 --out sky.npy && morphllr archetypes obs.h5 --sky-patches sky.npy --out arch_sky.h5
 """
 
 
 @app.command("sky-patches", help=SKY_HELP)
 def sky_patches_command(
-    frames: Path = typer.Argument(..., help="Frames (image set .h5, .npy/.npz or FITS cube), sky-subtracted linear flux."),
+    frames: List[Path] = typer.Argument(..., help="SDSS frame files (frame-*.fits[.bz2]) or files of frames (image set "
+                                                  ".h5, .npy/.npz, FITS cube) in working flux units."),
     size: int = typer.Option(..., "--size", help="Patch side in pixels: the flux-cutout side of the set the archetypes are for."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .npy of float32 (N, C, SIZE, SIZE) patches."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of patches (default: one per frame)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy of float32 (N, C, SIZE, SIZE) patches (+ OUT.json record)."),
+    n: Optional[int] = typer.Option(
+        None, "--n", help="Number of patches (default: as many as the used empty sky fills once, empty pixels / SIZE^2, "
+        "at least one per frame)."),
+    part: Optional[str] = typer.Option(
+        None, "--part", help="K/M: only part K of M of every frame, interleaved stripes of --region columns (1/2 training sky, 2/2 scoring sky)."),
+    preset: str = typer.Option("zanisi21", "--preset", help="Working flux unit and pixel scale for SDSS frames: a preset "
+                                                           "or recipe file."),
+    like: Optional[Path] = typer.Option(
+        None, "--like", help="Take the working unit from this model folder or image set instead of --preset."),
     block: int = typer.Option(16, "--block", help="Side of the empty blocks in pixels (a multiple of --grid; SIZE a multiple of it)."),
     grid: int = typer.Option(4, "--grid", help="Blocks start at multiples of this many pixels (keep a compression-block phase)."),
+    region: Optional[int] = typer.Option(
+        None, "--region", help="Side of the regions a patch takes one block from, pixels (default 4 x --block)."),
     dilate: int = typer.Option(4, "--dilate", help="Pixels every detected source is grown by before looking for sky."),
-    neighbours: int = typer.Option(32, "--neighbours", help="Frames of similar sky noise one patch draws its blocks from."),
+    neighbours: int = typer.Option(32, "--neighbours", help="Regions of similar sky noise one patch draws its blocks from."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the tiling."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and its .json) if they exist."),
 ) -> None:
     from rich.console import Console
 
+    from ..preprocess import Preprocessing
     from ..skypatches import make_sky_patches
+    from .data import preprocessing_like
 
-    summary = make_sky_patches(frames, out, size, n=n, block=block, grid=grid, dilate=dilate,
-                               neighbours=neighbours, seed=seed, overwrite=overwrite)
+    prep = preprocessing_like(like) if like is not None else Preprocessing.preset(preset)
+    summary = make_sky_patches(frames, out, size, n=n, block=block, grid=grid, dilate=dilate, neighbours=neighbours,
+                               seed=seed, overwrite=overwrite, part=part, region=region, preprocessing=prep)
     real, tiled = summary["frames_sky"], summary["patches_sky"]
-    Console(stderr=True).print(
+    unit = summary["working_unit"]
+    files = summary["frames"]
+    Console(stderr=True, soft_wrap=True).print(
         f"{summary['n_patches']} patches of {size}x{size} from {summary['n_blocks']} empty {block}x{block} blocks in "
-        f"{summary['n_frames_with_blocks']} of {summary['n_frames']} frames -> {out}\n"
-        f"sky rms {real['rms_median']:.4g} (frames) vs {tiled['rms_median']:.4g} (patches); skew {real['z_skew']:+.2f} vs "
-        f"{tiled['z_skew']:+.2f}; neighbour correlation {real['corr_1']:.3f} vs {tiled['corr_1']:.3f}")
+        f"{summary['n_regions_with_blocks']} regions of {summary['n_frames_with_blocks']} of {summary['n_frames']} "
+        f"frames -> {out} (record {summary['record']})\n"
+        f"frames {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}; part {summary['part'] or 'all'}; "
+        f"block {block}, region {summary['region']}, seed {seed}"
+        + (f"; working unit: preset {unit['preset']} zero point {unit['zero_point']}" if unit else "") + "\n"
+        f"sky rms {real['rms_median']:.4g} (frames) vs {tiled['rms_median']:.4g} (patches); mean {real['mean']:.3g} vs "
+        f"{tiled['mean']:.3g}; skew {real['z_skew']:+.2f} vs {tiled['z_skew']:+.2f}; neighbour correlation "
+        f"{real['corr_1']:.3f} vs {tiled['corr_1']:.3f}")
     typer.echo(json.dumps(summary))
 
 
-MOCK_HELP = """Turn idealised simulation images (noise-free, PSF-free, AB mag/arcsec^2, empty pixels = +inf, e.g. SKIRT / RealSim) into survey-like mock observations, written as an image set.
+MOCK_HELP = """Observe idealised simulation images the way the survey observed the real galaxies (RealSim-style insertion), written as an image set.
 
-Steps: the redshift gives the angular pixel size (physical size from the FITS header CDELT1/CTYPE1 or --sim-pixel-kpc; Planck18) and the cosmological (1+z)^4 dimming relative to the header REDSHIFT the surface brightnesses refer to (rest frame, z = 0, when the header has none; no K-correction); surface brightness becomes flux per pixel in the preset's working unit (AB zero point: 28.2 = SDSS r counts for zanisi21, 22.5 = nanomaggies); PSF convolution and flux-conserving resampling to the survey pixel scale; Gaussian sky noise and Poisson shot noise (gain); then the preset's preprocessing.
+Inputs: TNG / Illustris SKIRT broadband cubes (BUNIT counts/s/pixel, FILTER0.. band names, PIXSCALE, USE_Z, CDELT1 in pc; choose the band with --band r and give --zero-point, the AB magnitude of 1 count/s, since the products document none), or idealised AB mag/arcsec^2 maps (SKIRT / RealSim; empty pixels +inf), as cubes or one file per band (photo_r_NAME.fits; several --band values stack them).  NaN/inf pixels are masked as empty and counted (column n_nonfinite).
 
-Preset zanisi21 (SDSS r): 0.396"/px, 128x128 cutout, Moffat PSF FWHM 1.4", sky sigma 5.7 counts, gain 4.8 e-/count.  Any option overrides it (a different --zero-point is recorded, so models trained in other units will refuse the set).
+Per galaxy, in order: the redshift (default: the image's own USE_Z/REDSHIFT, so no extra dimming; another redshift uses the physical pixel CDELT1 through --cosmology and (1+z)^4 surface-brightness dimming, without K-correction: warned beyond |dz| = 0.05); flux in the preset's working unit (zanisi21: SDSS r counts, AB zero point 28.2); PSF convolution and flux-conserving resampling onto a cutout-sized canvas (an image smaller than the cutout is padded with zero flux first); shot noise of the galaxy's own light (gain, electrons per working unit); then the sky: a real empty-sky patch from --sky-patches (the same library `archetypes --sky-patches` uses, added as its own pixels) or Gaussian noise of --sky-sigma; then the preset's model preprocessing.
 
-Example:  morphllr mock sims/photo_r_*.fits --out mock.h5 --redshift 0.05
+PSF, sky and gain per galaxy: options (all galaxies) > --catalog columns (psf_fwhm_arcsec, psf_beta, sky_sigma, gain, redshift) > drawn from an observed set with --match (its psf_fwhm_arcsec, sky_sigma, gain and, with --match-redshift, redshift; the galaxy drawn is recorded as match_id) > the preset (zanisi21: 0.396"/px, Moffat 1.4", sky sigma 5.7 counts, gain 4.8 e-/count).  --catalog also joins simulation properties by id (file name without suffix): log_mstar, SFR, subhalo id, ...
+
+Everything that changes pixels is recorded in the set's preprocessing (zero points, cosmology, PSF, sky library sha256, gain, seed), so a model trained in other units or another cosmology refuses the set.  Catalogue: redshift, sim_redshift, sim_pixel_kpc, sim_pixel_arcsec, dimming_mag, psf_fwhm_arcsec, gain, sky_patch, match_id, n_nonfinite, + joined columns.
+
+Example:  morphllr mock TNG/*.fits --band r --zero-point 23.9 --sky-patches sky_score.npy --match obs.h5 --like models/obs --out tng50.h5
 """
 
 
 @app.command("mock", help=MOCK_HELP)
 def mock_command(
-    inputs: List[Path] = typer.Argument(..., help="FITS files of idealised images (mag/arcsec^2), one galaxy each."),
+    inputs: List[Path] = typer.Argument(..., help="Files, folders or globs of idealised images, one galaxy each (or one per band)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
-    redshift: Optional[float] = typer.Option(None, "--redshift", help="Redshift to observe at. Default: header REDSHIFT."),
+    band: Optional[str] = typer.Option(
+        None, "--band", help="Band(s) by name, comma-separated: r matches sloan/sdss_r in a SKIRT cube; g,r,i stacks "
+        "bands (channels in this order)."),
+    zero_point: Optional[float] = typer.Option(
+        None, "--zero-point", help="AB magnitude of 1 count/s of count-rate inputs (TNG SKIRT cubes); recorded."),
+    redshift: Optional[float] = typer.Option(
+        None, "--redshift", help="Redshift to observe every galaxy at. Default: catalogue/match, else the image's "
+        "own (USE_Z / REDSHIFT)."),
+    cosmology: Optional[str] = typer.Option(
+        None, "--cosmology", help="Planck18 (default) or realsim = FlatLambdaCDM(H0=70, Om0=0.3), RealSim's."),
     sim_pixel_kpc: Optional[float] = typer.Option(
         None, "--sim-pixel-kpc", help="Physical pixel size of the inputs in kpc (default: header CDELT1 in pc/kpc)."),
+    sky_patches: Optional[Path] = typer.Option(
+        None, "--sky-patches", help="Real empty-sky library (.npy from `morphllr sky-patches`, working units, at least "
+        "the cutout size) to insert the mocks into, instead of Gaussian sky noise."),
+    match: Optional[Path] = typer.Option(
+        None, "--match", help="Observed image set to draw each mock's PSF FWHM, sky noise and gain from."),
+    match_redshift: bool = typer.Option(False, "--match-redshift", help="With --match: draw the redshift too."),
+    catalog: Optional[Path] = typer.Option(
+        None, "--catalog", help="Catalogue (CSV, FITS, ECSV, Parquet) with `id` = file name without suffix: "
+        "per-galaxy redshift, psf_fwhm_arcsec, psf_beta, sky_sigma, gain, and properties joined into the set."),
+    like: Optional[Path] = typer.Option(
+        None, "--like", help="Observe and preprocess exactly like this model folder or image set (overrides --preset)."),
+    preset: str = typer.Option("zanisi21", "--preset", help="Survey + preprocessing preset (zanisi21) or recipe file."),
     pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", help="Survey pixel scale, arcsec/px (0.396)."),
-    psf_fwhm: Optional[float] = typer.Option(None, "--psf-fwhm", help="Seeing FWHM in arcsec (1.4)."),
+    psf_fwhm: Optional[float] = typer.Option(None, "--psf-fwhm", help="Seeing FWHM in arcsec for every galaxy (1.4)."),
     psf: Optional[str] = typer.Option(None, "--psf", help="PSF shape: moffat or gaussian."),
-    zero_point: Optional[float] = typer.Option(
-        None, "--zero-point", help="AB magnitude of one output flux unit (default: the preset's; 22.5 = nanomaggies)."),
-    sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", help="Sky noise per pixel in output flux units."),
-    gain: Optional[float] = typer.Option(None, "--gain", help="Electrons per output flux unit (Poisson shot noise)."),
-    preset: str = typer.Option("zanisi21", "--preset", help="Survey + preprocessing preset (zanisi21)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the noise."),
+    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", help="Moffat index (default 4.765)."),
+    psf_image: Optional[Path] = typer.Option(
+        None, "--psf-image", help="PSF image (FITS or .npy) sampled at the survey pixel scale, for every galaxy."),
+    sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", help="Gaussian sky noise per pixel, working units."),
+    gain: Optional[float] = typer.Option(None, "--gain", help="Electrons per working flux unit (shot noise)."),
+    working_zero_point: Optional[float] = typer.Option(
+        None, "--working-zero-point", help="AB magnitude of one output flux unit (default: the preset's, 28.2 = "
+        "SDSS r counts); recorded, so models trained in other units refuse the set."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the noise, sky-patch and match draws."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     from rich.console import Console
 
     from ..errors import MorphllrError
     from ..mock import make_mock_set
+    from .data import preprocessing_like
 
     console = Console(stderr=True)
     if out.exists() and not overwrite:
         raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
+    if match_redshift and match is None:
+        raise MorphllrError("--match-redshift: needs --match OBSERVED.h5 to draw redshifts from")
+    recipe = preprocessing_like(like) if like is not None else preset
+    bands = [b.strip() for b in band.split(",") if b.strip()] if band else None
     with _progress_bar("mock") as bar:
-        task = bar.add_task("observe", total=len(inputs))
+        task = bar.add_task("observe", total=None)
         summary = make_mock_set(
-            [str(p) for p in inputs], out, preset=preset, redshift=redshift, sim_pixel_kpc=sim_pixel_kpc,
-            pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, psf=psf, zero_point=zero_point, sky_sigma=sky_sigma,
-            gain=gain, seed=seed, overwrite=overwrite, progress=lambda k: bar.update(task, completed=k))
-    console.print(f"wrote {summary['n']} mock observation(s) to {out}")
-    typer.echo(json.dumps(summary))
+            [str(p) for p in inputs], out, preset=recipe, redshift=redshift, sim_pixel_kpc=sim_pixel_kpc,
+            pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, psf=psf, psf_beta=psf_beta, psf_image=psf_image,
+            zero_point=zero_point, working_zero_point=working_zero_point, sky_sigma=sky_sigma, gain=gain,
+            sky_patches=sky_patches, catalog=catalog, match=match, match_redshift=match_redshift, bands=bands,
+            cosmology=cosmology, seed=seed, overwrite=overwrite, progress=lambda k: bar.update(task, completed=k))
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning: {warning}[/yellow]")
+    sky = summary["sky"]
+    sky_text = f"real sky from {sky['file']} ({sky['n']} patches)" if "file" in sky else \
+        f"Gaussian sky sigma {sky['gaussian_sigma']:g}"
+    console.print(f"wrote {summary['n']} mock observation(s) to {out}: {sky_text}; PSF {summary['psf']}; "
+                  f"{summary['cosmology']}")
+    typer.echo(json.dumps(summary, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,6 +13,18 @@ _SETS_HELP = (
     "Comma-separated sets to write: observed-train, observed-test, sim-good, sim-softened, sim-smooth, "
     "archetypes (Sérsic archetypes of observed-test, in the same sky: each archetype keeps its galaxy's companion/star layer and gets fresh noise, the synthetic equivalent of inserting archetypes into real sky), archetypes-train (of observed-train; p_arch's "
     "training set).  Default: all."
+)
+
+_SKY_HELP = (
+    "Place every observed, sim-* and archetype image in real sky: a .npy (or image set / .npz / FITS cube) "
+    "of float32 (M, 1, S, S) empty-sky patches, sky-subtracted, in SDSS r counts (DN, AB zero point 28.2) at "
+    "0.396\"/px, S >= 128 (the flux cutout side), as written by `morphllr sky-patches FRAME --size 128 --part 1/2 "
+    "--out SKY.npy` (--part 1/2: the training sky; keep the frame's other part for the sets you score).  "
+    "Each image is then its noiseless galaxy + companions/stars, their own Poisson noise, and one random patch "
+    "(random patch, crop, quarter turn, flip; the library's pixels as they are, as `morphllr archetypes --sky-patches` does) instead of "
+    "the synthetic Gaussian sky; archetypes get another patch than their galaxy.  Catalogue: sky_patch (index), "
+    "sky_sigma (rms of that patch).  The library (file, sha256, M, S) is recorded in universe.json and every set.  "
+    "Default: synthetic sky (what the shipped models were trained on)."
 )
 
 
@@ -26,13 +39,15 @@ def synth_command(
     workers: int = typer.Option(2, "--workers", help="Processes for the single-Sérsic fits behind the archetypes."),
     preprocessing: str = typer.Option("zanisi21", "--preprocessing",
                                       help="Preprocessing preset or recipe file for the model-input /images."),
+    sky_patches: Optional[Path] = typer.Option(None, "--sky-patches", metavar="SKY.npy", help=_SKY_HELP,
+                                               show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Generate a synthetic SDSS-r-like galaxy universe whose realism ranking is known.
 
-    "Observed" galaxies are Sérsic bulges + exponential disks with spiral arms, bars, star-forming clumps, dust lanes, companions (10%) and foreground stars (10%) (sizes from Shen et al. 2003, masses from the GAMA mass function, r < 17.77 at 0.02 < z < 0.05, near enough that arms and clumps span several 0.79" model pixels), a Moffat PSF of 1.2-1.6" FWHM and SDSS-like sky and shot noise.  Pixels are SDSS r counts (DN, AB zero point 28.2) at 0.396"/px in 128x128 cutouts (/flux); /images holds the model input (zanisi21: central 64x64, 2x2 mean, arcsinh(counts/1000) -> 32x32).
+    "Observed" galaxies are Sérsic bulges + exponential disks with spiral arms, bars, star-forming clumps, dust lanes, companions (10%) and foreground stars (10%) (sizes from Shen et al. 2003, masses from the GAMA mass function, r < 17.77 at 0.02 < z < 0.05, near enough that arms and clumps span several 0.79" model pixels), a Moffat PSF of 1.2-1.6" FWHM and SDSS-like sky and shot noise (or real sky: --sky-patches).  Pixels are SDSS r counts (DN, AB zero point 28.2) at 0.396"/px in 128x128 cutouts (/flux); /images holds the model input (zanisi21: central 64x64, 2x2 mean, arcsinh(counts/1000) -> 32x32).
 
-    The "simulation" sets have known, decreasing fidelity: sim-good (arms 30% weaker, clump light 45% lower, fewer bars) > sim-softened (a low-resolution run: cores flattened inside a 2 kpc softening length, arms and clumps at 40% and 35%) ; all three are the observed-test galaxies re-rendered (paired sets) > sim-smooth (no arms/bars/clumps/dust) >= archetypes.  A likelihood-ratio comparison should recover this order (stored in universe.json).
+    The "simulation" sets have known, decreasing fidelity: sim-good (arms 8% weaker, clump light 15% lower) > sim-softened (a low-resolution run: no structure inside a 4 kpc core, whose light is flattened and spread around it; observed beyond ~5 kpc) ; all three are the observed-test galaxies re-rendered (paired sets) > sim-smooth (no arms/bars/clumps/dust) >= archetypes.  A likelihood-ratio comparison should recover this order (stored in universe.json).
 
     Writes OUT/<set>.h5 (morphllr ImageSets whose catalogues hold the true parameters and single-Sérsic fits) and OUT/universe.json.  Speed: ~90 images/s per CPU core, plus ~0.05 CPU-s per Sérsic fit for the archetypes.
     """
@@ -48,7 +63,7 @@ def synth_command(
     with console.status("generating the universe") as status:
         written = write_universe(out, names, n_train=n_train, n_test=n_test, n_sim=n_sim, seed=seed,
                                  overwrite=overwrite, workers=workers, preprocessing=preprocessing,
-                                 progress=lambda message: status.update(message))
+                                 progress=lambda message: status.update(message), sky_patches=sky_patches)
     for name, path in written.items():
         console.print(f"  {name:17s} {path}")
     console.print(f"wrote {len(written)} sets to {out} in {time.perf_counter() - start:.1f} s")
