@@ -189,7 +189,7 @@ def test_report_files_and_mass_panels(report):
     assert "[nats/pixel]" in sky_table and "AUROC of sky pixels vs reference" in sky_table
     assert "background cancels" in sky_table
     # these sets only have /segmap_model: said once under the table, marked on every set
-    assert html.count("companions and stars count as sky") == 1 and sky_table.count("(a)") == 4
+    assert html.count("faint outskirts count as sky") == 1 and sky_table.count("(a)") == 4
     for fig in ["llr_histograms.png", "logp_scatter.png", "mean_llr_maps.png", "radial_llr_profile.png",
                 "pixel_maps_simA.png", "scaling_size_mass.png", "scaling_sersic_size.png", "gallery_smooth.png"]:
         assert (out / "figures" / fig).stat().st_size > 1000, fig
@@ -223,7 +223,7 @@ def test_missing_columns_maps_all_and_rotations(tmp_path):
     assert np.isnan(result.sets["ref"].scores["llr_segmap"]).all()
     # no segmentation at all in ref; only /segmap_model in o (sky = outside the central disc)
     assert "the sky split (llr_sky, llr_rest, n_sky_pixels, llr_sky_per_pixel) is NaN" in notes
-    assert "companions and stars then count as sky" in notes
+    assert "companions, stars and the central galaxy's faint outskirts then count as sky" in notes
     assert "bad: /segmap (20x20) does not map onto the 16x16 model grid" in notes
     assert result.sets["bad"].sky_mask == "segmap_model"
     np.testing.assert_array_equal(result.sets["bad"].scores["n_sky_pixels"], (1 - disc).sum())
@@ -369,6 +369,15 @@ def _brute_sky_mask(seg: np.ndarray, crop: int | None, k: int) -> np.ndarray:
     return out
 
 
+def _grown(seg: np.ndarray, margin: int) -> np.ndarray:
+    """Brute force: a pixel is a source when a source pixel lies within ``margin`` of it (disc)."""
+    yy, xx = np.mgrid[0:seg.shape[1], 0:seg.shape[2]]
+    grown = np.zeros_like(seg)
+    for n, y, x in zip(*np.nonzero(seg)):
+        grown[n][(yy - y) ** 2 + (xx - x) ** 2 <= margin**2] = 1
+    return grown
+
+
 @pytest.mark.parametrize("crop, k", [(36, 4), (None, 2), (30, 1), (33, 3)])
 def test_model_sky_mask_matches_a_brute_force_loop(crop, k):
     from morphllr.preprocess import Preprocessing
@@ -377,12 +386,17 @@ def test_model_sky_mask_matches_a_brute_force_loop(crop, k):
     rng = np.random.default_rng(5)
     seg = np.where(rng.random((4, 40, 40)) < 0.04, rng.integers(1, 4, (4, 40, 40)), 0).astype(np.int32)
     prep = Preprocessing(crop=crop, zoom=1 / k)
-    got = model_sky_mask(seg, prep)
+    got = model_sky_mask(seg, prep, margin=0)
     want = _brute_sky_mask(seg, crop, k)
     assert got.dtype == bool and got.shape == want.shape
     assert want.any() and not want.all()  # both kinds of pixel occur, so the comparison means something
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(model_sky_mask(seg, {"crop": crop, "zoom": 1 / k}), want)  # a set's dict
+    np.testing.assert_array_equal(model_sky_mask(seg, {"crop": crop, "zoom": 1 / k}, margin=0), want)  # a dict
+    # with a margin, every pixel within `margin` of a source pixel is a source too (brute-force disc)
+    sparse = np.where(rng.random((2, 40, 40)) < 0.004, 2, 0).astype(np.int32)
+    margin_want = _brute_sky_mask(_grown(sparse, 3), crop, k)
+    assert margin_want.any() and not margin_want.all()
+    np.testing.assert_array_equal(model_sky_mask(sparse, prep, margin=3), margin_want)
     # a pixel that is mostly central source is never empty sky
     assert not (got & model_mask(seg, prep).astype(bool)).any()
 
@@ -420,7 +434,9 @@ def sky_split(tmp_path_factory):
     n = 200
     seg = {name: _flux_segmaps(n, rng) for name in ("real", "same_sky")}
     seg["noisy_sky"] = seg["real"]
-    sky = {name: _brute_sky_mask(s, 32, 2) for name, s in seg.items()}
+    from morphllr.segmentation import SKY_MARGIN
+
+    sky = {name: _brute_sky_mask(_grown(s, SKY_MARGIN), 32, 2) for name, s in seg.items()}
     images = {name: _images(n, 1.0, rng) for name in ("real", "same_sky")}
     extra = rng.normal(0, SIGMA * np.sqrt(1.5**2 - 1), (n, H, W)).astype(np.float32)
     images["noisy_sky"] = images["real"] + np.where(sky["real"], extra, 0)[:, None]  # galaxies untouched
@@ -452,6 +468,8 @@ def test_sky_and_rest_add_up_to_the_llr_and_follow_the_mask(sky_split):
         with torch.no_grad():
             llr_map = (obs.net.log_prob_pixels(x) - arch.net.log_prob_pixels(x)).numpy()
         np.testing.assert_allclose(s["llr_sky"], (llr_map * sky[name]).sum(axis=(1, 2)), rtol=1e-5, atol=1e-3)
+        # and the rest over the complement of the mask, summed independently (not llr - llr_sky)
+        np.testing.assert_allclose(s["llr_rest"], (llr_map * ~sky[name]).sum(axis=(1, 2)), rtol=1e-5, atol=1e-3)
     # noisy_sky has real's images outside the sky: its rest is real's, image by image
     np.testing.assert_allclose(result.sets["noisy_sky"].scores["llr_rest"], result.sets["real"].scores["llr_rest"],
                                rtol=1e-6, atol=1e-4)

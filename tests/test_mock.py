@@ -11,7 +11,6 @@ from morphllr.errors import MorphllrError  # noqa: E402
 from morphllr.mock import (  # noqa: E402
     SimImage,
     SurveySettings,
-    add_noise,
     arcsec_per_kpc,
     make_mock_set,
     observe,
@@ -82,7 +81,9 @@ def test_noise_level_matches_request():
 
 def test_shot_noise_variance():
     bright = np.full((200, 200), 500.0)
-    noisy = add_noise(bright, 2.0, 5.0, np.random.default_rng(1))
+    from morphllr.archetypes import add_matched_noise
+
+    noisy = add_matched_noise(bright, 2.0, 5.0, np.random.default_rng(1))
     assert abs(noisy.var() / (2.0**2 + 500.0 / 5.0) - 1) < 0.03
     assert abs(noisy.mean() / 500.0 - 1) < 0.002
 
@@ -195,7 +196,8 @@ def write_skirt_cube(path, size=100, total_counts_s=(400.0, 1000.0, 900.0, 200.0
     h["BUNIT"] = "counts/s/pixel"
     h["CDELT1"] = h["CDELT2"] = pc
     h["CTYPE1"] = h["CTYPE2"] = "pc"
-    h["PIXSCALE"] = pixscale
+    if pixscale is not None:
+        h["PIXSCALE"] = pixscale
     h["USE_Z"] = use_z
     for i, band in enumerate(SKIRT_BANDS):
         h[f"FILTER{i}"] = band
@@ -271,8 +273,14 @@ def test_angular_pixel_against_astropy_for_both_cosmologies(tmp_path, cosmology)
     sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits"), bands=["r"], cosmology=cosmology)
     astro = Planck18 if cosmology == "Planck18" else FlatLambdaCDM(H0=70, Om0=0.3)
     assert observed_pixel(sim, 0.0485, cosmology) == 0.396  # the header's PIXSCALE at USE_Z
-    expected = 0.374 * astro.arcsec_per_kpc_proper(0.08).value
-    assert observed_pixel(sim, 0.08, cosmology) == pytest.approx(expected, rel=1e-9)
+    # elsewhere PIXSCALE scaled by the cosmology's ratio of angular sizes: continuous in z
+    ratio = astro.arcsec_per_kpc_proper(0.08).value / astro.arcsec_per_kpc_proper(0.0485).value
+    assert observed_pixel(sim, 0.08, cosmology) == pytest.approx(0.396 * ratio, rel=1e-9)
+    assert observed_pixel(sim, 0.0485 + 1e-6, cosmology) == pytest.approx(0.396, rel=1e-4)
+    # without PIXSCALE the physical pixel goes through the cosmology
+    no_angle = read_sim_fits(write_skirt_cube(tmp_path / "p.fits", pixscale=None), bands=["r"], cosmology=cosmology)
+    assert observed_pixel(no_angle, 0.08, cosmology) == pytest.approx(0.374 * astro.arcsec_per_kpc_proper(0.08).value,
+                                                                      rel=1e-9)
     assert arcsec_per_kpc(0.05, cosmology) == pytest.approx(astro.arcsec_per_kpc_proper(0.05).value, rel=1e-12)
 
 
@@ -281,8 +289,14 @@ def test_use_z_is_not_dimmed_twice_and_k_correction_warns(tmp_path):
     own, _ = observe(sim, survey(), noise=False, input_zero_point=23.9)
     same, meta = observe(sim, survey(), redshift=0.0485, noise=False, input_zero_point=23.9)
     assert np.allclose(own, same) and not meta["warnings"]  # --redshift USE_Z: no extra (1+z)^4
+    from astropy.cosmology import Planck18
+
     far, meta = observe(sim, survey(), redshift=0.12, noise=False, input_zero_point=23.9)
-    assert far.sum() < 0.3 * own.sum() and "K-correction" in meta["warnings"][0]
+    d_l = Planck18.luminosity_distance([0.0485, 0.12]).value
+    assert abs(far.sum() / own.sum() / (d_l[0] / d_l[1]) ** 2 - 1) < 0.005  # inverse square in D_L
+    assert "K-correction" in meta["warnings"][0]
+    near, _ = observe(sim, survey(), redshift=0.0486, noise=False, input_zero_point=23.9)
+    assert abs(near.sum() / own.sum() - (d_l[0] / Planck18.luminosity_distance(0.0486).value) ** 2) < 0.002
 
 
 def correlated_sky(n, size, seed=0, sigma=5.0):
@@ -318,7 +332,7 @@ def test_empty_pixels_of_a_mock_keep_the_sky_patches(tmp_path):
     cat = s.catalog
     assert np.all((cat["sky_patch"] >= 0) & (cat["sky_patch"] < 40))
     recorded = s.preprocessing["mock"]["sky"]
-    assert recorded["file"] == "sky.npy" and len(recorded["sha256"]) == 64
+    assert recorded["file"] == "sky.npy" and len(recorded["sha256"]) == 64 and recorded["n_patches"] == 40
     np.save(tmp_path / "small.npy", correlated_sky(3, 100))
     with pytest.raises(MorphllrError, match="smaller than the 128x128 cutout"):
         make_mock_set(files, tmp_path / "x.h5", bands=["r"], zero_point=23.9, sky_patches=tmp_path / "small.npy")
@@ -359,18 +373,21 @@ def test_models_refuse_mocks_of_another_zero_point_or_cosmology(tmp_path):
     from morphllr.imageset import ImageSet
     from morphllr.preprocess import Preprocessing, check_compatible
 
-    model = Preprocessing.preset("zanisi21").to_dict()
-    legacy = {k: v for k, v in model.items() if k not in ("cosmology", "input_zero_point", "mock")}
+    real = Preprocessing.preset("zanisi21").to_dict()  # a model of observed galaxies: no cosmology
+    legacy = {k: v for k, v in real.items() if k not in ("cosmology", "input_zero_point", "mock")}
+    of_mocks = Preprocessing.preset("zanisi21").replace(cosmology="Planck18").to_dict()  # a model of Planck18 mocks
     path = write_skirt_cube(tmp_path / "c.fits")
-    for name, kwargs, refused in (("ok", {}, False), ("zp", {"working_zero_point": 22.5, "sky_sigma": 0.03}, "zero_point"),
-                                  ("cosmo", {"cosmology": "realsim", "redshift": 0.06}, "cosmology")):
+    cases = (("ok", {}, {}), ("zp", {"working_zero_point": 22.5, "sky_sigma": 0.03}, {"real": "zero_point",
+             "legacy": "zero_point", "of_mocks": "zero_point"}),
+             ("cosmo", {"cosmology": "realsim", "redshift": 0.06}, {"of_mocks": "cosmology"}))
+    for name, kwargs, refused_by in cases:
         make_mock_set([path], tmp_path / f"{name}.h5", bands=["r"], zero_point=23.9, **kwargs)
         prep = ImageSet.open(tmp_path / f"{name}.h5").preprocessing
-        for model_prep in (model, legacy):  # models written before the cosmology key behave the same
-            if refused:
-                with pytest.raises(MorphllrError, match=refused):
+        for model_name, model_prep in (("real", real), ("legacy", legacy), ("of_mocks", of_mocks)):
+            if model_name in refused_by:
+                with pytest.raises(MorphllrError, match=refused_by[model_name]):
                     check_compatible(model_prep, prep, "model vs mock")
-            else:
+            else:  # models written before the cosmology key behave as models of real galaxies
                 check_compatible(model_prep, prep, "model vs mock")
 
 
@@ -471,3 +488,52 @@ def test_inserted_sky_is_the_frames_own_pixels_watermark(shared_data, tmp_path):
         s = ImageSet.open(tmp_path / f"{name}.h5")
         corr[name] = neighbour_corr(np.asarray(s.segmap[:]) == 0, np.asarray(s.flux[:])[:, 0])
     assert corr["real"] > 0.0 and corr["marked"] < -0.1, corr
+
+
+def test_one_file_per_band_is_stacked_per_galaxy(tmp_path):
+    """photo_g_X / photo_r_X (RealSim naming) become one 2-band galaxy X, channels in the asked order."""
+    from morphllr.readers import expand_inputs, group_band_files
+
+    for name in ("a", "b"):
+        write_sim_fits(tmp_path / f"photo_g_{name}_i0.fits", blob_sb(size=64, mu0=20.0))
+        write_sim_fits(tmp_path / f"photo_r_{name}_i0.fits", blob_sb(size=64, mu0=19.0))
+    files = expand_inputs([tmp_path])
+    groups = group_band_files(files, ["r", "g"])
+    assert [g[0] for g in groups] == ["photo_a_i0", "photo_b_i0"]
+    assert [p.name for p in groups[0][1]] == ["photo_r_a_i0.fits", "photo_g_a_i0.fits"]
+    sims = list(__import__("morphllr.mock", fromlist=["read_sims"]).read_sims([tmp_path], bands=["r", "g"]))
+    assert len(sims) == 2 and sims[0].data.shape == (2, 64, 64) and sims[0].bands == "r,g"
+    clean, _ = observe(sims[0], survey(), noise=False)
+    assert abs(clean[0].sum() / clean[1].sum() - 10 ** 0.4) < 1e-3  # r is 1 mag brighter than g
+    (tmp_path / "photo_g_b_i0.fits").unlink()
+    with pytest.raises(MorphllrError, match="lacks band"):
+        group_band_files(expand_inputs([tmp_path]), ["r", "g"])
+
+
+def test_psf_image_is_used_for_every_galaxy(tmp_path):
+    from morphllr.imageset import ImageSet
+    from morphllr.psf import make_psf, psf_image
+
+    kernel = psf_image(make_psf(2.5, "gaussian"), 0.396, size=41, pixel_integrated=True)
+    np.save(tmp_path / "psf.npy", kernel)
+    cube = write_skirt_cube(tmp_path / "c.fits", sigma_pix=1.0)  # nearly a point source
+    summary = make_mock_set([cube], tmp_path / "m.h5", bands=["r"], zero_point=23.9, psf_image=tmp_path / "psf.npy",
+                            sky_sigma=0.0, gain=1e9)
+    flux = np.asarray(ImageSet.open(tmp_path / "m.h5").flux[0, 0], np.float64)
+    yy, xx = np.indices(flux.shape)
+    c = (flux * xx).sum() / flux.sum()
+    sigma_pix = np.sqrt((flux * (xx - c) ** 2).sum() / flux.sum())
+    expected = np.sqrt((2.5 / 2.355 / 0.396) ** 2 + 1.0**2)  # the image PSF's width, not the 1.4" default
+    assert abs(sigma_pix / expected - 1) < 0.08 and summary["psf"] == "image psf.npy"
+
+
+@pytest.mark.shared_data
+def test_realsim_one_file_per_band_from_shared_data(shared_data):
+    from morphllr.mock import read_sims
+
+    folder = shared_data / "realsim_idealized"
+    if not folder.is_dir():
+        pytest.skip("no realsim_idealized folder")
+    sims = list(read_sims([folder], bands=["g", "r", "i"]))
+    assert len(sims) == 3 and all(s.data.shape[0] == 3 for s in sims)  # 3 snapshots x (g, r, i), not 9 galaxies
+    assert sims[0].name == "photo_CNN_G2G3_e-orbit_1_186_i0_total"

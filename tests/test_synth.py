@@ -409,7 +409,7 @@ def test_universe_in_real_sky_records_its_library(tmp_path):
         assert np.all(np.abs(np.asarray(s.catalog["sky_sigma"]) - np.sqrt(13)) < 0.15)
 
 
-@pytest.mark.parametrize("shape, what", [((4, 3, 128, 128), "3 channel"), ((4, 1, 64, 64), "64x64")])
+@pytest.mark.parametrize("shape, what", [((4, 3, 128, 128), "3 band(s)"), ((4, 1, 64, 64), "64x64")])
 def test_cli_refuses_a_sky_library_synth_cannot_use(tmp_path, capsys, shape, what):
     from morphllr.cli import main
 

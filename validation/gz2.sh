@@ -141,8 +141,8 @@ step_prepare() {
 }
 
 step_fit() {
-  "$MORPHLLR" fit-sersic "$RUN/train_real.h5" --psf-fwhm $PSF_FWHM --workers 2
-  "$MORPHLLR" fit-sersic "$RUN/val_real.h5" --psf-fwhm $PSF_FWHM --workers 2
+  "$MORPHLLR" fit-sersic "$RUN/train_real.h5" --psf-fwhm $PSF_FWHM --workers 2 --overwrite
+  "$MORPHLLR" fit-sersic "$RUN/val_real.h5" --psf-fwhm $PSF_FWHM --workers 2 --overwrite
 }
 
 step_residuals() {

@@ -47,17 +47,26 @@ step_train() {  # p_obs and p_arch at once, one thread each
   wait "$obs"
 }
 
-step_mocks() {  # the same 11 galaxies, PSF/noise/gain drawn from the observed test set: (a) Gaussian sky, (b) real sky
+step_mocks() {  # the 11 galaxies observed 10 times each (own sky, noise and PSF drawn from the observed test set):
+               # (a) in Gaussian sky of the observed sky's rms, (b) in real sky from the scoring stripes
   local common=("$SHARED/tng50_skirt" --band r --zero-point "$ZP" --like "$RUN/models/obs"
-                --match "$RUN/test/observed-test.h5" --seed 3 --overwrite)
+                --match "$RUN/test/observed-test.h5" --repeat 10 --seed 3 --overwrite)
   "$MORPHLLR" mock "${common[@]}" --out "$RUN/tng50_gaussian_sky.h5"
   "$MORPHLLR" mock "${common[@]}" --sky-patches "$RUN/sky_score.npy" --out "$RUN/tng50_real_sky.h5"
+  # The sky alone, made by the very same commands: the galaxies dimmed by 30 mag (an AB zero point of 1 count/s
+  # 30 mag fainter: 1e-12 of their light) leave only each mock's sky and noise, so these sets say what the background alone scores.
+  local dim=$(python3 -c "print($ZP + 30)")
+  local empty=("${common[@]}")
+  empty[4]=$dim
+  "$MORPHLLR" mock "${empty[@]}" --out "$RUN/sky_only_gaussian.h5"
+  "$MORPHLLR" mock "${empty[@]}" --sky-patches "$RUN/sky_score.npy" --out "$RUN/sky_only_real.h5"
 }
 
 step_compare() {
   "$MORPHLLR" compare --obs "$RUN/models/obs" --arch "$RUN/models/arch" --reference observed="$RUN/test/observed-test.h5" \
     archetypes="$RUN/test/archetypes.h5" tng50-gaussian-sky="$RUN/tng50_gaussian_sky.h5" \
-    tng50-real-sky="$RUN/tng50_real_sky.h5" --out "$RUN/report" --overwrite
+    tng50-real-sky="$RUN/tng50_real_sky.h5" sky-only-gaussian="$RUN/sky_only_gaussian.h5" \
+    sky-only-real="$RUN/sky_only_real.h5" --out "$RUN/report" --overwrite
 }
 
 steps=("$@")

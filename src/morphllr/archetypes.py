@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .atomic import claims
 from .errors import MorphllrError
+from .limits import MAX_FLUX, MAX_RE_CUTOUTS
 from .parallel import map_in_processes
 from .psf import PSF_FWHM_COLUMNS, first_column
+from .readers import numeric_column
 
 #: GalSim's valid Sérsic range; indices outside are clipped (and flagged).
 GALSIM_N_RANGE = (0.3, 6.2)
@@ -82,14 +85,19 @@ def _bad_rows(ids, bad: np.ndarray) -> str:
 
 
 def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: str = "catalogue",
-                        drop_bad: bool = False) -> tuple[ArchetypeParams, np.ndarray]:
+                        drop_bad: bool = False, cutout_side: int | None = None) -> tuple[ArchetypeParams, np.ndarray]:
     """Read and check archetype parameters from a catalogue.
+
+    Values that would exhaust memory or crash GalSim (an R_e of many cutouts, an absurd
+    flux) are refused like any other unusable value, before anything is rendered.
 
     Args:
         catalog: astropy Table with an ``id`` column and the parameter columns.
         columns: override of :data:`DEFAULT_COLUMNS` (e.g. ``{"n": "SERSIC_N"}``).
         where: file name used in error messages.
         drop_bad: skip rows with unusable values instead of refusing.
+        cutout_side: side of the flux cutouts in pixels; R_e may be at most
+            :data:`morphllr.limits.MAX_RE_CUTOUTS` of them (None: no such bound).
 
     Returns:
         (params of the kept rows, boolean mask of kept rows over the catalogue).
@@ -106,27 +114,31 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
             raise MorphllrError(
                 f"{where}: no column {col!r} for the Sérsic {key}; run `morphllr fit-sersic {where}` first "
                 f"or name your own column with --{key.split('_')[0]}-col NAME")
-        values[key] = np.asarray(catalog[col], dtype=np.float64)
+        values[key] = numeric_column(catalog, col, where)
     ids = np.asarray(catalog["id"])
+    re_max = np.inf if cutout_side is None else MAX_RE_CUTOUTS * float(cutout_side)
+    centre_max = np.inf if cutout_side is None else MAX_RE_CUTOUTS * float(cutout_side)
     checks = {
         "n": lambda v: np.isfinite(v) & (v >= N_ACCEPT[0]) & (v <= N_ACCEPT[1]),
-        "re_pix": lambda v: np.isfinite(v) & (v > 0),
+        "re_pix": lambda v: np.isfinite(v) & (v > 0) & (v <= re_max),
         "q": lambda v: np.isfinite(v) & (v > 0) & (v <= 1),
         "pa_deg": np.isfinite,
-        "flux": lambda v: np.isfinite(v) & (v > 0),
-        "x0_pix": np.isfinite,
-        "y0_pix": np.isfinite,
+        "flux": lambda v: np.isfinite(v) & (v > 0) & (v <= MAX_FLUX),
+        "x0_pix": lambda v: np.isfinite(v) & (np.abs(v) <= centre_max),
+        "y0_pix": lambda v: np.isfinite(v) & (np.abs(v) <= centre_max),
     }
-    rules = {"n": f"Sérsic n must be in [{N_ACCEPT[0]}, {N_ACCEPT[1]}]", "re_pix": "R_e must be > 0",
-             "q": "q must be in (0, 1]", "pa_deg": "PA must be finite", "flux": "flux must be > 0",
-             "x0_pix": "centre must be finite", "y0_pix": "centre must be finite"}
+    size_rule = "" if cutout_side is None else f" and at most {MAX_RE_CUTOUTS:g} cutout sides ({re_max:g} px)"
+    rules = {"n": f"Sérsic n must be in [{N_ACCEPT[0]}, {N_ACCEPT[1]}]", "re_pix": f"R_e must be > 0{size_rule}",
+             "q": "q must be in (0, 1]", "pa_deg": "PA must be finite",
+             "flux": f"flux must be > 0 and at most {MAX_FLUX:g} flux units",
+             "x0_pix": "centre must be finite and near the cutout", "y0_pix": "centre must be finite and near the cutout"}
     keep = np.ones(len(ids), bool)
     for key, v in values.items():
         ok = checks[key](v)
         if not ok.all() and not drop_bad:
             raise MorphllrError(
                 f"{where}: column {names[key]!r} has unusable values ({rules[key]}, got e.g. "
-                f"{v[~ok][0]!r}) for id(s) {_bad_rows(ids, ~ok)}; fix or refit them, or pass --drop-bad to skip them")
+                f"{float(v[~ok][0]):g}) for id(s) {_bad_rows(ids, ~ok)}; fix or refit them, or pass --drop-bad to skip them")
         keep &= ok
     if not keep.any():
         raise MorphllrError(f"{where}: no row has usable Sérsic parameters; run `morphllr fit-sersic` first")
@@ -209,35 +221,51 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
         x0_pix, y0_pix: centre in 0-based array coordinates; None = the cutout centre.
 
     Returns:
-        float64 (ny, nx) noise-free flux image.
+        float64 (ny, nx) noise-free flux image; GalSimFFTSizeWarning is raised (before any
+        allocation) when GalSim would need an FFT beyond its maximum_fft_size.
     """
     import galsim
+    from galsim.errors import GalSimFFTSizeWarning
 
     ny, nx = shape
     # GalSim centres on the true image centre, (n - 1) / 2 in 0-based coordinates
     dx = 0.0 if x0_pix is None else float(x0_pix) - (nx - 1) / 2
     dy = 0.0 if y0_pix is None else float(y0_pix) - (ny - 1) / 2
     obj = galsim.Convolve(profile, psf) if psf is not None else profile
-    img = obj.drawImage(nx=nx, ny=ny, scale=float(pixel_scale), offset=(dx, dy), method="auto")
+    with warnings.catch_warnings():
+        # GalSim only warns before allocating an FFT beyond its maximum_fft_size (8192^2, 1.5 GB): stop there
+        warnings.simplefilter("error", GalSimFFTSizeWarning)
+        img = obj.drawImage(nx=nx, ny=ny, scale=float(pixel_scale), offset=(dx, dy), method="auto")
     return img.array.astype(np.float64)
 
 
 def draw_archetype_safely(cache, n, re_pix, q, pa_deg, flux, psf, shape, pixel_scale, x0_pix=None, y0_pix=None):
     """:func:`draw_archetype` of :func:`sersic_profile`, without GalSim's giant FFTs.
 
-    A high-n profile whose R_e is many cutouts wide would make GalSim ask for a 10^4-pixel
-    FFT (gigabytes) to hold wings that never reach the cutout.  Such profiles are redrawn
+    A profile whose R_e is many cutouts wide would make GalSim ask for a 10^4-pixel FFT
+    (gigabytes) to hold wings that never reach the cutout.  Such profiles are redrawn
     truncated at twice the cutout's diagonal (same R_e and total flux as the untruncated
-    profile inside it), which is identical on the cutout.
+    profile inside it), which is identical on the cutout; where GalSim's FFT is still too
+    large (low n: its size estimate follows R_e, not the truncation), the profile is smooth
+    across the cutout and is drawn in real space instead (:func:`_draw_real_space`).
+
+    Args:
+        cache: profile cache.
+        n, re_pix, q, pa_deg, flux: Sérsic parameters (fitter conventions).
+        psf: GalSim PSF profile or None.
+        shape: (ny, nx) of the flux cutout.
+        pixel_scale: arcsec per pixel.
+        x0_pix, y0_pix: centre in 0-based array coordinates; None = the cutout centre.
+
+    Returns:
+        float64 (ny, nx) noise-free flux image.
     """
     import galsim
     from galsim.errors import GalSimFFTSizeError, GalSimFFTSizeWarning
 
     profile = sersic_profile(cache, n, re_pix, q, pa_deg, flux, pixel_scale)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", GalSimFFTSizeWarning)
-            return draw_archetype(profile, psf, shape, pixel_scale, x0_pix, y0_pix)
+        return draw_archetype(profile, psf, shape, pixel_scale, x0_pix, y0_pix)
     except (GalSimFFTSizeWarning, GalSimFFTSizeError):
         pass
     ny, nx = shape
@@ -247,7 +275,50 @@ def draw_archetype_safely(cache, n, re_pix, q, pa_deg, flux, psf, shape, pixel_s
                               trunc=trunc_arcsec, flux_untruncated=True)
     if q < 1.0:
         truncated = truncated.shear(q=float(q), beta=float(pa_deg) * galsim.degrees)
-    return draw_archetype(truncated, psf, shape, pixel_scale, x0_pix, y0_pix)
+    try:
+        return draw_archetype(truncated, psf, shape, pixel_scale, x0_pix, y0_pix)
+    except (GalSimFFTSizeWarning, GalSimFFTSizeError):
+        return _draw_real_space(truncated, psf, shape, pixel_scale, x0_pix, y0_pix)
+
+
+def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x0_pix=None, y0_pix=None,
+                     oversample: int = 4) -> np.ndarray:
+    """Draw a profile much larger than the cutout without GalSim's FFT (bounded memory).
+
+    The profile is sampled at the centres of ``oversample``^2 sub-pixels of the cutout plus
+    a margin of the PSF's radius, convolved with the PSF sampled on the same grid, and
+    summed back to pixels (pixel integration).  Exact to the sampling for profiles that are
+    smooth on the sub-pixel scale, which is what reaches this path (R_e many cutouts wide).
+
+    Args:
+        profile: GalSim profile (analytic in real space).
+        psf: GalSim PSF profile or None.
+        shape: (ny, nx) of the flux cutout.
+        pixel_scale: arcsec per pixel.
+        x0_pix, y0_pix: centre in 0-based array coordinates; None = the cutout centre.
+        oversample: sub-pixels per pixel side.
+
+    Returns:
+        float64 (ny, nx) noise-free flux image.
+    """
+    from scipy.signal import fftconvolve
+
+    from .psf import psf_image
+
+    ny, nx = shape
+    k = int(oversample)
+    fine = float(pixel_scale) / k
+    kernel = psf_image(psf, fine) if psf is not None else None
+    pad = 0 if kernel is None else -(-(kernel.shape[0] // 2) // k)  # margin in pixels, rounded up
+    dx = 0.0 if x0_pix is None else float(x0_pix) - (nx - 1) / 2
+    dy = 0.0 if y0_pix is None else float(y0_pix) - (ny - 1) / 2
+    big_y, big_x = (ny + 2 * pad) * k, (nx + 2 * pad) * k
+    samples = profile.drawImage(nx=big_x, ny=big_y, scale=fine, offset=(dx * k, dy * k), method="no_pixel").array
+    samples = samples.astype(np.float64)
+    if kernel is not None:
+        samples = fftconvolve(samples, kernel, mode="same")
+    pixels = samples.reshape(ny + 2 * pad, k, nx + 2 * pad, k).sum(axis=(1, 3))
+    return pixels[pad:pad + ny, pad:pad + nx]
 
 
 def add_matched_noise(image: np.ndarray, sky_sigma: float, gain: float | None, rng: np.random.Generator) -> np.ndarray:
@@ -266,7 +337,10 @@ def add_matched_noise(image: np.ndarray, sky_sigma: float, gain: float | None, r
     if gain is not None and np.isfinite(gain) and gain > 0:
         electrons = np.clip(image, 0.0, None) * gain
         # Poisson fluctuation about the mean, so the sky-subtracted level stays unbiased
-        out += (rng.poisson(electrons) - electrons) / gain
+        if electrons.max(initial=0.0) < 1e15:
+            out += (rng.poisson(electrons) - electrons) / gain
+        else:  # numpy refuses means beyond ~1e19; there the Poisson law is Gaussian to any precision
+            out += rng.normal(0.0, np.sqrt(electrons)) / gain
     return out
 
 
@@ -317,8 +391,7 @@ def _render_chunk(args) -> np.ndarray:
         psf = psfs[i] if isinstance(psfs, (list, tuple)) else psfs
         x0 = None if params.x0_pix is None else params.x0_pix[i]
         y0 = None if params.y0_pix is None else params.y0_pix[i]
-        clean = draw_archetype_safely(_CACHE, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
-                                      params.flux[i], psf, (ny, nx), pixel_scale, x0, y0)
+        clean = _draw_one(params, i, psf, (ny, nx), pixel_scale, x0, y0)
         if params.band_scale is None:
             img = np.broadcast_to(clean, (c, ny, nx))
         else:
@@ -332,6 +405,28 @@ def _render_chunk(args) -> np.ndarray:
                 img = add_matched_noise(img, float(noise.sky_sigma[i]), gain, rng)
         out[i] = img
     return out
+
+
+def _draw_one(params: ArchetypeParams, i: int, psf, shape, pixel_scale, x0, y0) -> np.ndarray:
+    """Row ``i``'s noise-free archetype; a profile GalSim cannot draw is refused naming the galaxy."""
+    from galsim.errors import GalSimError, GalSimFFTSizeError, GalSimFFTSizeWarning
+
+    try:
+        image = draw_archetype_safely(_CACHE, params.n[i], params.re_pix[i], params.q[i], params.pa_deg[i],
+                                      params.flux[i], psf, shape, pixel_scale, x0, y0)
+    except (GalSimFFTSizeError, GalSimFFTSizeWarning) as exc:
+        raise MorphllrError(
+            f"galaxy {params.ids[i]}: drawing its archetype needs a {exc.size}x{exc.size} FFT ({exc.mem:.1f} GB), "
+            f"beyond GalSim's limit; its PSF or R_e ({params.re_pix[i]:g} px) is far too large for the cutout - fix "
+            "its parameters or refit it") from None
+    except GalSimError as exc:
+        raise MorphllrError(f"galaxy {params.ids[i]}: GalSim cannot draw its archetype (n {params.n[i]:g}, R_e "
+                            f"{params.re_pix[i]:g} px, q {params.q[i]:g}, flux {params.flux[i]:g}): {exc}; fix its "
+                            "parameters or refit it") from None
+    if not np.isfinite(image).all():
+        raise MorphllrError(f"galaxy {params.ids[i]}: its archetype has non-finite pixels (n {params.n[i]:g}, R_e "
+                            f"{params.re_pix[i]:g} px, flux {params.flux[i]:g}); fix its parameters or refit it")
+    return image
 
 
 def _noise_part(noise: NoiseModel | None, start: int, stop: int) -> NoiseModel | None:
@@ -470,6 +565,7 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
     return arr
 
 
+@claims({"out": "--out"}, inputs=("set_path", "psf_image_path", "sky_patches_path"))  # before any rendering
 def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind: str = "moffat",
                        psf_image_path=None, sky_patches_path=None, columns: dict | None = None,
                        seed: int = 0, drop_bad: bool = False, overwrite: bool = False, workers: int = 1,
@@ -500,9 +596,9 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     if s.flux is None:
         raise MorphllrError(f"{where}: has no /flux cutouts to match; prepare it again keeping the flux cutouts")
     catalog = s.catalog
-    params, keep = params_from_catalog(catalog, columns, where, drop_bad)
+    params, keep = params_from_catalog(catalog, columns, where, drop_bad, cutout_side=max(s.flux.shape[2:]))
     prep = s.preprocessing
-    pixel_scale = prep.get("pixel_scale") or first_column(catalog, ("pixel_scale",))
+    pixel_scale = prep.get("pixel_scale") or first_column(catalog, ("pixel_scale",), where)
     if pixel_scale is None:
         raise MorphllrError(f"{where}: the set records no pixel_scale; prepare it with a preset that sets pixel_scale")
     pixel_scale = float(np.ravel(pixel_scale)[0])
@@ -524,12 +620,12 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
             raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but "
                                 f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
     else:
-        sigma = first_column(kept, ("sky_sigma",))
+        sigma = first_column(kept, ("sky_sigma",), where)
         if sigma is None or not np.all(np.isfinite(sigma) & (sigma >= 0)):
             raise MorphllrError(f"{where}: no usable `sky_sigma` column to match the noise; prepare the set with "
                                 "segmentation (it measures sky_sigma) or pass --sky-patches FILE")
         noise.sky_sigma = sigma
-    noise.gain = first_column(kept, ("gain",))
+    noise.gain = first_column(kept, ("gain",), where)
     flux = _LazyArchetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
     table = _archetype_table(kept, params, psf_fwhm, noise)
     write_flux_set(out, flux, table, prep, overwrite=overwrite, batch_size=_LazyArchetypes.BATCH,

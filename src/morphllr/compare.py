@@ -32,9 +32,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import stats
+from .atomic import claims
 from .errors import MorphllrError
 
 #: Catalogue column names understood for each galaxy property (first match wins).
+#: fewest images a set may have: one image has no spread, so no interval, AUROC or verdict
+MIN_SET_SIZE = 2
 MASS_COLUMNS = ("log_mstar", "logmstar", "log_stellar_mass", "log_mass", "lgm_tot_p50")
 SIZE_COLUMNS = ("sersic_re_kpc", "re_kpc", "r_e_kpc", "sersic_re_arcsec", "re_arcsec", "sersic_re_pix", "re_pix")
 SERSIC_N_COLUMNS = ("sersic_n", "n_sersic")
@@ -185,8 +188,10 @@ def _open_set(name: str, spec: Any) -> OpenedSet:
 
 
 def _check_set(s: OpenedSet, obs) -> None:
-    if len(s.source) == 0:
-        raise MorphllrError(f"set {s.name}={s.label}: is empty; give a set with at least one image")
+    if len(s.source) < MIN_SET_SIZE:
+        raise MorphllrError(
+            f"set {s.name}={s.label}: has {len(s.source)} image(s); a mean LLR with a bootstrap interval needs at "
+            f"least {MIN_SET_SIZE} (one image gives a zero-width interval and no verdict); give a larger set")
     want = tuple(_config_value(obs.config, k) for k in ("in_channels", "height", "width"))
     have = tuple(s.source.shape[1:])
     if None not in want and have != want:
@@ -406,7 +411,7 @@ class _SkyMasks:
             self.kind = "segmap_model"
             why = mismatch or "no /segmap in the set"
             self.notes.append(f"{s.name}: {why}, so empty sky = outside the central-source mask /segmap_model; "
-                              "companions and stars then count as sky")
+                              "companions, stars and the central galaxy's faint outskirts then count as sky")
             return
         why = mismatch or "no segmentation (/segmap or /segmap_model) in the set"
         self.notes.append(f"{s.name}: {why}; the sky split ({', '.join(SKY_COLUMNS)}) is NaN")
@@ -641,6 +646,10 @@ def sky_summary(res: SetResult, ref: SetResult, is_reference: bool, n_boot: int,
         for key in ("auroc_sky_vs_reference", "auroc_rest_vs_reference"):
             why.setdefault(key, "the reference has no segmentation map")
         return out
+    if ref.sky_mask != res.sky_mask:  # /segmap vs /segmap_model == 0: two definitions of sky
+        for key in ("auroc_sky_vs_reference", "auroc_rest_vs_reference"):
+            why.setdefault(key, f"the set's sky comes from {res.sky_mask}, the reference's from {ref.sky_mask}")
+        return out
     out["auroc_rest_vs_reference"] = 0.5 if is_reference else stats.auroc(sc["llr_rest"], ref.scores["llr_rest"])
     if "auroc_sky_vs_reference" not in why:
         if not np.isfinite(ref.scores["llr_sky_per_pixel"]).any():
@@ -850,6 +859,14 @@ def _progress(show: bool, total: int):
     return _Bar()
 
 
+def _inputs(arguments: dict) -> list:
+    """Everything :func:`compare` reads: both models and every set (for the claim on ``out``)."""
+    reference, sets = arguments["reference"], arguments["sets"]
+    named = [reference[1]] if isinstance(reference, tuple) and len(reference) == 2 else []
+    return [arguments["obs"], arguments["arch"], *named, *(sets.values() if isinstance(sets, dict) else [])]
+
+
+@claims({"out": "--out"}, inputs=_inputs, kind="dir")  # checked and locked before any model is loaded
 def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any] | None = None,
             out: str | os.PathLike | None = None, *, rotations: int = 0, maps: str = "gallery",
             batch_size: int = 64, gallery_size: int = 8, n_boot: int = 1000, matched_draws: int = 200,
@@ -896,8 +913,6 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
     with _opened_sets(specs) as opened:
         for s in opened:
             _check_set(s, obs_model)
-        if out is not None and Path(out).exists() and not overwrite:
-            raise MorphllrError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
         t0 = time.perf_counter()
         scorers = (_Scorer(obs_model), _Scorer(arch_model))
         with (atomic_dir(out, overwrite=overwrite) if out is not None else _nullfolder()) as folder:

@@ -64,7 +64,11 @@ def arcsec_per_kpc(redshift: float, cosmology: str | None = None) -> float:
     Returns:
         arcsec per proper kpc.
     """
-    if not (isinstance(redshift, (int, float)) and math.isfinite(redshift) and 0 < redshift <= 20):
-        raise MorphllrError(f"--redshift: {redshift!r} must be in (0, 20] (a galaxy at z = 0 has no angular size); "
-                            "e.g. --redshift 0.046")
-    return float(get(cosmology).arcsec_per_kpc_proper(float(redshift)).value)
+    try:
+        z = float(redshift)
+    except (TypeError, ValueError):
+        z = float("nan")
+    if not (math.isfinite(z) and 0 < z <= 20):
+        raise MorphllrError(f"--redshift: {redshift!r} must be a number in (0, 20] (a galaxy at z = 0 has no angular "
+                            "size); e.g. --redshift 0.046")
+    return float(get(cosmology).arcsec_per_kpc_proper(z).value)

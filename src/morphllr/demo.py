@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import claims
 from .errors import MorphllrError
 from .synth import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
 
@@ -153,11 +154,23 @@ def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2
         say(f"training p_{name} on {data}: {recipe}")
         runs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
     failed = []
-    for name, (proc, log) in runs.items():
-        proc.wait()
-        log.close()
-        if proc.returncode != 0:
-            failed.append(f"p_{name} (see {out / f'train-{name}.log'})")
+    try:
+        for name, (proc, log) in runs.items():
+            proc.wait()
+            log.close()
+            if proc.returncode != 0:
+                failed.append(f"p_{name} (see {out / f'train-{name}.log'})")
+    except BaseException:  # Ctrl-C or an error here: never leave the two trainings running
+        for proc, log in runs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, log in runs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        raise
     if failed:
         raise MorphllrError(f"training failed for {', '.join(failed)}")
     for name in runs:
@@ -180,11 +193,10 @@ def install_models(obs_dir: Path, arch_dir: Path, dest: Path | None = None) -> P
 
     dest = Path(dest) if dest is not None else pretrained_dir()
     for name, src in (("obs", obs_dir), ("arch", arch_dir)):
-        with atomic_dir(dest / name, overwrite=True) as tmp:
+        with atomic_dir(dest / name, overwrite=True, mode=0o755) as tmp:  # package data: readable by every user
             for f in MODEL_FILES:
                 shutil.copyfile(Path(src) / f, tmp / f)
-                (tmp / f).chmod(0o644)  # package data must be readable by every user
-            tmp.chmod(0o755)
+                (tmp / f).chmod(0o644)
     return dest
 
 
@@ -283,6 +295,12 @@ def check_ranking(summary) -> list[str]:
     return problems
 
 
+def _demo_inputs(arguments: dict) -> list:
+    """The demo reads the shipped models unless it trains its own: its folder may not hold them."""
+    return [] if arguments["train"] else [pretrained_dir()]
+
+
+@claims({"out": "--out"}, inputs=_demo_inputs, kind="dir")  # refused before anything is generated
 def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrite: bool = False, n: int = DEMO_N,
              seed: int = TRAIN_RECIPE.seed, workers: int = 2, progress: bool = True, say=print):
     """Generate the demo sets, score them with the demo models and write the report.
@@ -306,10 +324,9 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
 
     from .atomic import atomic_dir
     from .compare import compare
-    from .synth import _check_destination, write_universe
+    from .synth import write_universe
 
     out = Path(out)
-    _check_destination(out, overwrite)
     if not train:
         obs_dir, arch_dir = shipped_models()
     t0 = time.perf_counter()

@@ -19,3 +19,10 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`MorphllrError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise MorphllrError(message)
+
+
+class MorphllrWarning(UserWarning):
+    """Something the user should know about their input that does not stop the run.
+
+    The command line prints each as one line ``warning: ...`` on stderr.
+    """

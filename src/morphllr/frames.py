@@ -38,12 +38,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import MorphllrError
-
-NANOMAGGY_ZERO_POINT = 22.5  # AB magnitude of one nanomaggy, by definition
+from .preprocess import NANOMAGGY_ZERO_POINT, zero_point_factor
 
 #: Typical SDSS r-band CCD gain in electrons per DN (the six camcols' r-band gains lie
 #: between about 4.6 and 4.9); g, i, z and u differ, pass the frame's own with ``--gain``.
-DEFAULT_GAIN = 4.7
+DEFAULT_GAIN = 4.8
 
 _FRAME_NAME = re.compile(r"^frame-([ugriz])-(\d+)-(\d)-(\d+)\.fits(\.bz2|\.gz)?$", re.IGNORECASE)
 
@@ -69,7 +68,7 @@ def working_per_nanomaggy(zero_point: float) -> float:
     Returns:
         10**(0.4 * (zero_point - 22.5)) (1.0 when the working unit is the nanomaggy).
     """
-    return 10.0 ** (0.4 * (float(zero_point) - NANOMAGGY_ZERO_POINT))
+    return zero_point_factor(NANOMAGGY_ZERO_POINT, zero_point)
 
 
 def electrons_per_unit(nmgy: float, zero_point: float, gain_e_per_dn: float = DEFAULT_GAIN) -> float:
@@ -384,6 +383,11 @@ def _frame_stem(path: Path) -> str:
     return path.stem
 
 
+#: How far (pixels) centring may move a cutout from its catalogue position: ~1 SDSS PSF FWHM.
+#: Further, the segmentation's "central source" would be a neighbour, not the catalogued galaxy.
+POSITION_TOLERANCE_PX = 3.0
+
+
 def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
                    gain_e_per_dn: float = DEFAULT_GAIN) -> Iterator:
     """Stream the planned galaxies as raw cutouts, reading every frame once.
@@ -432,5 +436,6 @@ def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
                     "window_x0": left, "window_y0": top,
                     "frame_edge_px": float(frame.edge_distance(plan.x[r], plan.y[r]))}
             source = f"{frame.path}[{top}:{top + window},{left}:{left + window}]"
-            yield RawImage(str(plan.ids[r]), cut[None], source, "nanomaggies", frame.pixel_scale, meta)
+            yield RawImage(str(plan.ids[r]), cut[None], source, "nanomaggies", frame.pixel_scale, meta,
+                           center_tolerance=POSITION_TOLERANCE_PX)
         del frame, image

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .atomic import atomic_file
+from .atomic import atomic_file, claims
 from .errors import MorphllrError
 
 FORMAT = "morphllr.imageset"
@@ -638,8 +638,11 @@ def process_record(record, preprocessing, pixel_scale: float | None = None, segm
     if segmentation or prep.center:
         # a frame larger than the cutout may hold the galaxy further from its centre
         max_offset = 0.25 * min(h, w) if prep.center and prep.cutout and prep.cutout < min(h, w) else None
+        if record.center_tolerance is not None:  # the position is known: never re-centre on a neighbour
+            max_offset = float(record.center_tolerance)
         seg = segment(frame, method=segmentation or "sep", max_offset=max_offset)
-        if prep.center and seg.central_found:
+        near = record.center_tolerance is None or np.hypot(seg.x - cx, seg.y - cy) <= record.center_tolerance
+        if prep.center and seg.central_found and near:  # a blend's centroid far off: keep the known position
             cx, cy = seg.x, seg.y
     rows, cols = (slice(None), slice(None))
     if prep.cutout is not None:
@@ -660,26 +663,33 @@ def _process_chunk(args):
 
 
 def _processed(records, prep, pixel_scale, segmentation, workers: int, chunk: int) -> Iterator:
-    """process_record over ``records``, in order, on ``workers`` processes (memory bounded)."""
+    """process_record over ``records``, in order, on ``workers`` processes (memory bounded).
+
+    Args:
+        records: iterable of RawImage (read lazily: at most ``2 x workers`` chunks in flight).
+        prep, pixel_scale, segmentation: as for :func:`process_record`.
+        workers: processes (1 = in this process); the pool is :func:`morphllr.parallel.map_in_processes`'s.
+        chunk: records per job.
+
+    Returns:
+        (yields) (flux, segmap, row) per record, in order.
+    """
     import itertools
+
+    from .parallel import map_in_processes
 
     records = iter(records)
     if workers <= 1:
         for record in records:
             yield process_record(record, prep, pixel_scale, segmentation)
         return
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        while True:
-            block = list(itertools.islice(records, chunk * workers * 2))
-            if not block:
-                return
-            parts = [(block[i : i + chunk], prep, pixel_scale, segmentation) for i in range(0, len(block), chunk)]
-            for results in pool.map(_process_chunk, parts):
-                yield from results
+    jobs = iter(lambda: list(itertools.islice(records, chunk)), [])
+    parts = ((block, prep, pixel_scale, segmentation) for block in jobs)
+    for results in map_in_processes(_process_chunk, parts, workers):
+        yield from results
 
 
+@claims({"path": "--out"})  # checked and locked before the first image is read
 def prepare_imageset(
     records,
     path,

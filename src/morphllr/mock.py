@@ -37,15 +37,16 @@ choice is recorded per galaxy in the catalogue and for the set in its preprocess
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import cosmology as cosmologies
+from .atomic import claims
 from .errors import MorphllrError
+from .limits import MAX_IMAGE_SIDE
 
 #: Survey settings per preset: pixel scale (arcsec), PSF, sky noise and gain in the
 #: preset's working flux unit.  zanisi21 = SDSS r: 0.396"/px, ~1.4" seeing, sky
@@ -227,20 +228,27 @@ def surface_brightness(sim: SimImage, zero_point: float, input_zero_point: float
             raise MorphllrError(f"{sim.source}: no angular pixel (PIXSCALE) and no physical one at a known redshift "
                                 "(CDELT1 in pc, USE_Z); pass --sim-pixel-kpc KPC and --redshift Z")
         pixel = sim.pixel_kpc * cosmologies.arcsec_per_kpc(sim.redshift, cosmology)
-    return sim.data * 10.0 ** (0.4 * (zero_point - input_zero_point)) / pixel**2
+    from .preprocess import zero_point_factor
+
+    return sim.data * zero_point_factor(input_zero_point, zero_point) / pixel**2
 
 
 def observed_pixel(sim: SimImage, redshift: float, cosmology: str | None = None) -> float:
     """Angular pixel (arcsec) of ``sim`` seen at ``redshift``.
 
-    At the image's own redshift this is the header's angular pixel (``PIXSCALE``), which
-    the product defines; elsewhere the physical pixel through the cosmology.  The two
-    differ by a few per cent for TNG SKIRT cubes (374 pc at z = 0.0485: 0.396" in the
-    header, 0.381" under Planck18, 0.394" under FlatLambdaCDM(70, 0.3)).
+    The header's angular pixel (``PIXSCALE``) defines the image at its own redshift; at
+    another redshift it is scaled by the cosmology's ratio of angular sizes,
+    ``PIXSCALE x a(z) / a(z_sim)`` (a = arcsec per proper kpc), so the flux and size change
+    continuously with z (total flux as D_L^-2).  The physical pixel ``CDELT1`` is used only
+    when the header has no angular one: for TNG SKIRT cubes the two disagree by a few per
+    cent (374 pc at z = 0.0485 is 0.381" under Planck18, 0.394" under FlatLambdaCDM(70, 0.3),
+    0.396" in the header), and switching between them would make a 4 % jump in size.
     """
-    own = sim.redshift is not None and math.isclose(redshift, sim.redshift, rel_tol=0, abs_tol=1e-9)
-    if own and sim.pixel_arcsec:
-        return float(sim.pixel_arcsec)
+    if sim.pixel_arcsec and sim.redshift is not None:
+        if math.isclose(redshift, sim.redshift, rel_tol=0, abs_tol=1e-12):
+            return float(sim.pixel_arcsec)
+        ratio = cosmologies.arcsec_per_kpc(redshift, cosmology) / cosmologies.arcsec_per_kpc(sim.redshift, cosmology)
+        return float(sim.pixel_arcsec) * ratio
     if sim.pixel_kpc is None:
         raise MorphllrError(f"{sim.source}: header gives no physical pixel size (CDELT1 with CTYPE1 pc or kpc) to "
                             f"observe it at z = {redshift:g}; pass --sim-pixel-kpc KPC")
@@ -272,7 +280,8 @@ def block_sum(flux: np.ndarray, in_scale: float, out_scale: float) -> tuple[np.n
     return padded.reshape(hh // k, k, ww // k, k).sum(axis=(1, 3)), in_scale * k
 
 
-def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=None) -> np.ndarray:
+def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=None,
+                 psf_has_pixel: bool = False, source: str = "image") -> np.ndarray:
     """Convolve with the PSF and resample to the survey grid, conserving flux.
 
     The output canvas is ``survey.size`` square: a smaller input is padded with zero flux
@@ -283,11 +292,17 @@ def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=
         in_scale: input pixel scale, arcsec.
         survey: output pixel scale, size and PSF.
         psf: GalSim PSF (default: from ``survey``); pass False for no PSF.
+        psf_has_pixel: the PSF is a sampled image that already includes the survey pixel's
+            response (``--psf-image``), so the drawing adds none.
+        source: file named when the image is too large on the sky to draw.
 
     Returns:
         float64 (size, size) flux per survey pixel, centred on the input's centre.
     """
+    import warnings as _warnings
+
     import galsim
+    from galsim.errors import GalSimFFTSizeError, GalSimFFTSizeWarning
 
     total = float(flux.sum())
     if total <= 0:
@@ -301,8 +316,18 @@ def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=
     # Input pixels are already integrated over their area: on the survey's own grid a second
     # pixel integration would blur by one more pixel, so sample instead; finer inputs are integrated.
     same_grid = math.isclose(in_scale, survey.pixel_scale, rel_tol=0.02)
-    out = obj.drawImage(nx=survey.size, ny=survey.size, scale=survey.pixel_scale,
-                        method="no_pixel" if same_grid else "auto")
+    try:
+        with _warnings.catch_warnings():
+            # GalSim only warns before allocating an FFT beyond its maximum_fft_size (8192^2): stop there
+            _warnings.simplefilter("error", GalSimFFTSizeWarning)
+            out = obj.drawImage(nx=survey.size, ny=survey.size, scale=survey.pixel_scale,
+                                method="no_pixel" if same_grid or psf_has_pixel else "auto")
+    except (GalSimFFTSizeWarning, GalSimFFTSizeError) as exc:
+        extent = max(flux.shape) * in_scale
+        raise MorphllrError(
+            f"{source}: spans {extent:.4g} arcsec ({max(flux.shape)} pixels of {in_scale:.4g}\") on the sky, "
+            f"{extent / survey.pixel_scale:.0f} survey pixels; drawing it would need a {exc.size}x{exc.size} FFT "
+            f"({exc.mem:.1f} GB); check its physical pixel size (--sim-pixel-kpc or CDELT1) and the redshift") from None
     return out.array.astype(np.float64)
 
 
@@ -310,15 +335,6 @@ def _survey_psf(survey: SurveySettings):
     from .psf import DEFAULT_MOFFAT_BETA, make_psf
 
     return make_psf(survey.psf_fwhm, survey.psf, survey.psf_beta or DEFAULT_MOFFAT_BETA)
-
-
-def add_noise(flux: np.ndarray, sky_sigma: float, gain: float | None, rng: np.random.Generator) -> np.ndarray:
-    """Sky noise (Gaussian) plus the source's shot noise (Poisson, when ``gain`` is known)."""
-    out = flux + rng.normal(0.0, sky_sigma, flux.shape) if sky_sigma > 0 else flux.copy()
-    if gain is not None and np.isfinite(gain) and gain > 0:
-        electrons = np.clip(flux, 0.0, None) * gain
-        out += (rng.poisson(electrons) - electrons) / gain
-    return out
 
 
 def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None,
@@ -339,9 +355,13 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
         (float32 (C, size, size) flux cutout, metadata dict for the catalogue, with a
         ``warnings`` list).
     """
+    from .archetypes import add_matched_noise
     from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
 
     place = placement or Placement()
+    if max(sim.data.shape[1:]) > MAX_IMAGE_SIDE:
+        raise MorphllrError(f"{sim.source or sim.name}: image is {sim.data.shape[1]}x{sim.data.shape[2]} pixels, more "
+                            f"than the limit of {MAX_IMAGE_SIDE} per side; cut the galaxy out first")
     z_sim = sim.redshift
     z = redshift if redshift is not None else place.redshift if place.redshift is not None else z_sim
     if z is None:
@@ -368,11 +388,10 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
     channels = []
     for band in sb:
         per_pixel = band * 10.0 ** (-0.4 * dimming) * pixel_arcsec**2
-        clean = psf_resample(per_pixel, pixel_arcsec, survey, psf)
-        if noise and place.sky_patch is None:
-            clean = add_noise(clean, sky_sigma, gain, rng)
-        elif noise:
-            clean = add_noise(clean, 0.0, gain, rng)
+        clean = psf_resample(per_pixel, pixel_arcsec, survey, psf, psf_has_pixel=place.psf_image is not None,
+                             source=str(sim.source or sim.name))
+        if noise:  # with a real sky patch, only the galaxy's own shot noise here
+            clean = add_matched_noise(clean, sky_sigma if place.sky_patch is None else 0.0, gain, rng)
         channels.append(clean)
     flux = np.stack(channels)
     if noise and place.sky_patch is not None:
@@ -440,6 +459,7 @@ class MatchPool:
     sky_sigma: np.ndarray | None
     gain: np.ndarray | None
     redshift: np.ndarray | None
+    zero_point: float | None = None  # working unit of its sky_sigma and gain (AB mag of one flux unit)
 
     @classmethod
     def from_imageset(cls, path, need_redshift: bool = False) -> "MatchPool":
@@ -458,6 +478,7 @@ class MatchPool:
 
         with ImageSet.open(path) as s:
             cat = s.catalog
+            zero_point = s.preprocessing.get("zero_point")
         fwhm = first_column(cat, PSF_FWHM_COLUMNS)
         if fwhm is None or len(cat) == 0:
             raise MorphllrError(f"--match {path}: the set's catalogue has no psf_fwhm_arcsec column to draw PSFs from; "
@@ -477,12 +498,8 @@ class MatchPool:
             return None if values is None else values[good]
 
         return cls(str(path), np.asarray(cat["id"]).astype(str)[good], fwhm[good], column(PSF_BETA_COLUMNS),
-                   column(("sky_sigma",)), column(("gain",)), None if z is None else z[good])
-
-
-def _library_record(path, patches: np.ndarray) -> dict:
-    return {"file": Path(path).name, "sha256": hashlib.sha256(np.ascontiguousarray(patches).tobytes()).hexdigest(),
-            "n": int(len(patches)), "size": [int(v) for v in patches.shape[2:]]}
+                   column(("sky_sigma",)), column(("gain",)), None if z is None else z[good],
+                   None if zero_point is None else float(zero_point))
 
 
 def _catalog_lookup(catalog, ids: list[str]):
@@ -505,11 +522,13 @@ def _catalog_lookup(catalog, ids: list[str]):
     return out
 
 
+@claims({"out": "--out"}, inputs=("inputs", "catalog", "match", "sky_patches", "psf_image", "preset"))
 def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = None,
                   sim_pixel_kpc: float | None = None, pixel_scale=None, psf_fwhm=None, psf=None, psf_beta=None,
                   psf_image=None, zero_point=None, working_zero_point=None, sky_sigma=None, gain=None,
                   sky_patches=None, catalog=None, match=None, match_redshift: bool = False, bands=None,
-                  cosmology: str | None = None, seed: int = 0, overwrite: bool = False, progress=None) -> dict:
+                  cosmology: str | None = None, repeat: int = 1, seed: int = 0, overwrite: bool = False,
+                  progress=None) -> dict:
     """``morphllr mock``: observe idealised images and write them as an ImageSet.
 
     Args:
@@ -531,6 +550,9 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
         match_redshift: also draw the redshift from ``match``.
         bands: band names (``["r"]``).
         cosmology: ``Planck18`` (default) or ``realsim``.
+        repeat: observe every galaxy this many times, each with its own draws of sky, noise
+            and (with ``match``) PSF, as RealSim inserts a galaxy into several fields; ids get
+            ``-0``, ``-1``, ... and column ``galaxy`` names the simulated galaxy.
         seed: noise seed.
         overwrite: replace ``out``.
         progress: optional callable(n_done).
@@ -551,24 +573,32 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                              cosmology, psf_beta)
     if zero_point is not None and not math.isfinite(float(zero_point)):
         raise MorphllrError(f"--zero-point {zero_point}: must be a finite AB magnitude (of 1 count/s)")
+    if not (isinstance(repeat, int) and 1 <= repeat <= 1000):
+        raise MorphllrError(f"--repeat {repeat}: must be a whole number from 1 to 1000 (observations per galaxy)")
     sims = list(read_sims(inputs, bands, survey.cosmology, sim_pixel_kpc))
-    ids = _unique_ids([s.name for s in sims])
+    galaxies = _unique_ids([s.name for s in sims])
+    if repeat > 1:
+        sims = [sim for _ in range(repeat) for sim in sims]
+        galaxies = [g for _ in range(repeat) for g in galaxies]
+        ids = [f"{g}-{k // (len(sims) // repeat)}" for k, g in enumerate(galaxies)]
+    else:
+        ids = galaxies
     table = read_catalog(catalog) if catalog is not None else None
-    given = _catalog_lookup(table, ids)
+    given = _catalog_lookup(table, galaxies)  # a catalogue row describes the simulated galaxy
     pool = MatchPool.from_imageset(match, need_redshift=match_redshift) if match is not None else None
+    if pool is not None and (pool.sky_sigma is not None or pool.gain is not None) and \
+            not math.isclose(pool.zero_point if pool.zero_point is not None else survey.zero_point, survey.zero_point):
+        raise MorphllrError(f"--match {match}: its sky_sigma and gain are in a flux unit of AB zero point "
+                            f"{pool.zero_point:g}, the mocks in {survey.zero_point:g}; match a set prepared like the "
+                            "mocks (same --preset/--like)")
     library = None
     if sky_patches is not None:
-        from .archetypes import load_sky_patches
+        from .skypatches import load_sky_library
 
-        library = load_sky_patches(sky_patches)
-        if min(library.shape[2:]) < survey.size:
-            raise MorphllrError(f"--sky-patches {sky_patches}: patches are {library.shape[2]}x{library.shape[3]} "
-                                f"pixels, smaller than the {survey.size}x{survey.size} cutout; cut larger patches "
-                                f"(morphllr sky-patches ... --size {survey.size})")
-        n_bands = sims[0].data.shape[0]
-        if library.shape[1] != n_bands:
-            raise MorphllrError(f"--sky-patches {sky_patches}: {library.shape[1]} band(s) but the mocks have "
-                                f"{n_bands}; cut sky of the same bands")
+        library = load_sky_library(sky_patches, "--sky-patches", size=survey.size, channels=sims[0].data.shape[0],
+                                   zero_point=survey.zero_point, pixel_scale=survey.pixel_scale,
+                                   fix=f"cut them with `morphllr sky-patches FRAMES --size {survey.size} --like "
+                                       "MODEL_OR_SET --out SKY.npy`")
     psf_pixels = None
     if psf_image is not None:
         from .archetypes import _load_psf_image
@@ -588,6 +618,8 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
         if sim.n_nonfinite:
             warnings.append(f"{sim.name}: {sim.n_nonfinite} NaN/inf pixel(s) masked as empty (column n_nonfinite)")
         meta.update(row, id=ids[i], file=sim.source)
+        if repeat > 1:
+            meta["galaxy"] = galaxies[i]
         fluxes.append(flux)
         rows.append(meta)
         if progress:
@@ -596,17 +628,21 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
     out_table = Table(rows=[[r.get(k, np.nan) for k in names] for r in rows], names=names)
     join_report = None
     if table is not None:
-        out_table, join_report = join_catalog(out_table, table, str(catalog))
+        by_galaxy = out_table.copy()
+        by_galaxy["id"] = galaxies  # repeated observations share their galaxy's row
+        out_table, join_report = join_catalog(by_galaxy, table, str(catalog))
+        out_table["id"] = ids
+        join_report["images_without_row"] = list(dict.fromkeys(join_report["images_without_row"]))
         if join_report["images_without_row"]:
             missing = join_report["images_without_row"]
             warnings.append(f"--catalog {catalog}: {len(missing)} galaxy(ies) without a row, e.g. "
                             f"{', '.join(missing[:5])} (ids are the file names without suffix)")
     settings = {
         "psf": _psf_description(survey, psf_image, psf_fwhm, "psf_fwhm" in given, match),
-        "sky": _library_record(sky_patches, library) if library is not None else {"gaussian_sigma": survey.sky_sigma},
+        "sky": library.info if library is not None else {"gaussian_sigma": survey.sky_sigma},
         "gain": survey.gain, "match": None if match is None else Path(match).name, "match_redshift": bool(match_redshift),
         "redshift": redshift if redshift is not None else "per galaxy (catalogue, match or image header)",
-        "sim_pixel_kpc": sim_pixel_kpc, "bands": sims[0].bands, "seed": int(seed),
+        "sim_pixel_kpc": sim_pixel_kpc, "bands": sims[0].bands, "seed": int(seed), "repeat": int(repeat),
         "units": sims[0].units,
     }
     changes = {"zero_point": survey.zero_point, "pixel_scale": survey.pixel_scale, "cosmology": survey.cosmology,
@@ -665,11 +701,6 @@ def _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sk
             place.redshift = float(pool.redshift[j])
     if library is not None:
         k = int(draw.integers(len(library)))
-        place.sky_patch = library[k]
+        place.sky_patch = library.patches[k]
         row["sky_patch"] = k
     return place, row
-
-
-def with_overrides(survey: SurveySettings, **changes) -> SurveySettings:
-    """A copy of ``survey`` with some fields changed (convenience for scripts and tests)."""
-    return replace(survey, **changes)

@@ -216,6 +216,26 @@ def read_meta(model_dir: str | Path) -> dict:
     return meta
 
 
+def _check_finite(state: dict, weights_path: Path) -> None:
+    """Refuse weights holding NaN or inf: every score would be NaN (a diverged run, or a damaged file).
+
+    Args:
+        state: the tensors read from ``weights.safetensors``.
+        weights_path: the file, for the message.
+
+    Returns:
+        None; raises MorphllrError naming the file and the first bad tensor.
+    """
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            raise MorphllrError(
+                f"{weights_path}: {n_bad} NaN/inf value(s) in weight {name!r}, so every score would be NaN (training "
+                "diverged or the file was damaged); retrain, e.g. with a lower --lr or --precision 32")
+
+
 def load_model(model_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """Load a model folder written by :func:`save_model` (no code is executed from it).
 
@@ -250,6 +270,7 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> LoadedModel:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise MorphllrError(f"{weights_path}: unreadable weights ({exc}); recopy the model folder or retrain") from None
+    _check_finite(state, weights_path)
     net = PixelCNN(config)
     try:
         net.load_state_dict(state, strict=True)

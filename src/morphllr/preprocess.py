@@ -40,6 +40,7 @@ import numpy as np
 
 from . import cosmology as cosmologies
 from .errors import MorphllrError
+from .limits import MAX_IMAGE_SIDE
 
 UNITS = ("counts", "nanomaggies", "mag_arcsec2", "counts_per_s")
 SKY_MODES = ("none", "given", "estimate")
@@ -62,6 +63,16 @@ MODEL_KEYS = (
 )
 
 NANOMAGGY_ZERO_POINT = 22.5  # AB magnitude of one nanomaggy, by definition
+
+
+def zero_point_factor(from_zero_point: float, to_zero_point: float) -> float:
+    """How many units of AB zero point ``to_zero_point`` one unit of ``from_zero_point`` is.
+
+    A flux of 1 in a unit whose AB magnitude is ``from_zero_point`` equals
+    ``10**(0.4 * (to_zero_point - from_zero_point))`` units of the other (e.g. one
+    nanomaggy, 22.5, is 190.5 SDSS r counts of zero point 28.2).
+    """
+    return 10.0 ** (0.4 * (float(to_zero_point) - float(from_zero_point)))
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,9 @@ class Preprocessing:
         clip_hi: upper clip after the stretch (None: none).
         quantise_8bit: map [clip_lo, clip_hi] onto integers 0..255 (discretized head).
         cosmology: the cosmology physical sizes were turned into angles with
-            (:mod:`morphllr.cosmology`); a model key, so mocks observed under another
-            cosmology are refused.
+            (:mod:`morphllr.cosmology`), or None where none was (observed data).  A model
+            key compared only when both sides record one: a model trained on mocks refuses
+            mocks observed under another cosmology, a model of real galaxies takes any.
         mock: how simulated images were observed (``morphllr mock``: PSF, sky, noise,
             redshift source, seed ...), or None for observed data; recorded, not compared.
     """
@@ -119,7 +131,7 @@ class Preprocessing:
     clip_hi: float | None = None
     quantise_8bit: bool = False
     input_zero_point: float | None = None
-    cosmology: str = cosmologies.DEFAULT
+    cosmology: str | None = None
     mock: dict | None = None
 
     def __post_init__(self) -> None:
@@ -127,7 +139,8 @@ class Preprocessing:
         _check_choice("sky", self.sky, SKY_MODES)
         _check_choice("stretch", self.stretch, STRETCHES)
         _check_choice("nonfinite", self.nonfinite, NONFINITE_MODES)
-        object.__setattr__(self, "cosmology", cosmologies.canonical(self.cosmology))
+        if self.cosmology is not None:
+            object.__setattr__(self, "cosmology", cosmologies.canonical(self.cosmology))
         if self.units != "counts" and self.zero_point is None:
             raise MorphllrError(
                 f"preprocessing: units={self.units!r} needs zero_point (AB mag of one working flux unit); "
@@ -325,12 +338,12 @@ class Preprocessing:
         if zp is None:
             raise MorphllrError(f"preprocessing: units={units!r} needs zero_point in the preset")
         if units == "nanomaggies":
-            return (image * 10 ** (0.4 * (zp - NANOMAGGY_ZERO_POINT))).astype(np.float32)
+            return (image * zero_point_factor(NANOMAGGY_ZERO_POINT, zp)).astype(np.float32)
         if units == "counts_per_s":
             if self.input_zero_point is None:
                 raise MorphllrError("counts/s input (e.g. TNG SKIRT cubes) has no documented AB zero point; pass "
                                     "--zero-point MAG, the AB magnitude of 1 count/s in the band")
-            return (image * 10 ** (0.4 * (zp - self.input_zero_point))).astype(np.float32)
+            return (image * zero_point_factor(self.input_zero_point, zp)).astype(np.float32)
         scale = input_pixel_scale or self.pixel_scale
         if scale is None:
             raise MorphllrError("mag_arcsec2 input needs a pixel scale; pass --pixel-scale ARCSEC")
@@ -369,9 +382,24 @@ class Preprocessing:
             image = image[None]
         if image.ndim != 3:
             raise MorphllrError(f"{source}: expected a 2-D image or (C, H, W) cube, got shape {image.shape}")
+        if max(image.shape[1:]) > MAX_IMAGE_SIDE:
+            raise MorphllrError(f"{source}: image is {image.shape[1]}x{image.shape[2]} pixels, more than the limit of "
+                                f"{MAX_IMAGE_SIDE} per side; cut the galaxy out first (or prepare SDSS frames with "
+                                "--catalog positions)")
+        if input_pixel_scale and self.pixel_scale:
+            factor = float(input_pixel_scale) / float(self.pixel_scale)
+            side = round(max(image.shape[1:]) * factor)
+            if side > MAX_IMAGE_SIDE:
+                raise MorphllrError(
+                    f"{source}: at {input_pixel_scale:g} arcsec/px, resampling to the preset's {self.pixel_scale:g} "
+                    f"arcsec/px would make it {side} pixels wide, more than the limit of {MAX_IMAGE_SIDE}; check the "
+                    "input pixel scale (--pixel-scale or the file's header)")
         flux = self.to_flux(image, units, input_pixel_scale)
         bad = ~np.isfinite(flux)
         n_bad = int(bad.sum())
+        if n_bad == bad.size:
+            raise MorphllrError(f"{source}: has no finite pixel (all {n_bad} are NaN/inf), so it holds no image; "
+                                "remove it from the inputs or fix the file")
         if n_bad and self.nonfinite == "fail":
             raise MorphllrError(
                 f"{source}: {n_bad} NaN/inf pixel(s); set nonfinite = \"mask\" in the preset to replace them by 0 flux"
@@ -575,6 +603,8 @@ def check_compatible(model_prep: dict, set_prep: dict, what: str) -> None:
         # a key added after a model or set was written takes the value it had then (the default)
         a, b = model_prep.get(key, defaults[key]), set_prep.get(key, defaults[key])
         if key == "cosmology":
+            if a is None or b is None:
+                continue  # pixels of observed data depend on no cosmology
             a, b = cosmologies.canonical(a), cosmologies.canonical(b)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             same = math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)

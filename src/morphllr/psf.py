@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MorphllrError
+from .limits import PSF_FWHM_MAX
 
 PSF_KINDS = ("moffat", "gaussian")
 #: Moffat index of the atmospheric PSF (Trujillo et al. 2001 find beta ~ 4.765 for
@@ -33,8 +34,11 @@ def make_psf(fwhm_arcsec: float, kind: str = "moffat", beta: float = DEFAULT_MOF
     """
     import galsim
 
-    if not np.isfinite(fwhm_arcsec) or fwhm_arcsec <= 0:
-        raise MorphllrError(f"--psf-fwhm: {fwhm_arcsec!r} is not a positive FWHM in arcsec; give e.g. --psf-fwhm 1.4")
+    if not (np.isfinite(fwhm_arcsec) and 0 < fwhm_arcsec <= PSF_FWHM_MAX):
+        raise MorphllrError(f"--psf-fwhm: {fwhm_arcsec!r} is not a FWHM in arcsec between 0 and {PSF_FWHM_MAX:g}; "
+                            "give e.g. --psf-fwhm 1.4")
+    if not (np.isfinite(beta) and beta > 0):
+        raise MorphllrError(f"--psf-beta: {beta!r} is not a positive Moffat index; give e.g. --psf-beta 4.765")
     kind = str(kind).lower()
     if kind == "gaussian":
         return galsim.Gaussian(fwhm=float(fwhm_arcsec))
@@ -91,11 +95,22 @@ PSF_FWHM_COLUMNS = ("psf_fwhm_arcsec", "psf_fwhm")
 PSF_BETA_COLUMNS = ("psf_beta",)
 
 
-def first_column(catalog, names) -> np.ndarray | None:
-    """The first of ``names`` present in ``catalog`` as float64, or None if none is."""
+def first_column(catalog, names, where: str = "catalogue") -> np.ndarray | None:
+    """The first of ``names`` present in ``catalog`` as float64, or None if none is.
+
+    Args:
+        catalog: astropy Table.
+        names: candidate column names, in order of preference.
+        where: file named when a column holds text (see :func:`morphllr.readers.numeric_column`).
+
+    Returns:
+        float64 values (masked or blank cells NaN), or None.
+    """
+    from .readers import numeric_column
+
     for name in names:
         if name in catalog.colnames:
-            return np.asarray(catalog[name], dtype=np.float64)
+            return numeric_column(catalog, name, where)
     return None
 
 
@@ -114,15 +129,16 @@ def psfs_from_catalog(catalog, kind: str = "moffat", where: str = "catalogue", f
     Returns:
         list of GalSim profiles, one per row.
     """
-    fwhm = first_column(catalog, PSF_FWHM_COLUMNS)
+    fwhm = first_column(catalog, PSF_FWHM_COLUMNS, where)
     if fwhm is None:
         raise MorphllrError(f"{where}: no PSF given and the catalogue has no {PSF_FWHM_COLUMNS[0]!r} column; "
                             f"{fix} (SDSS r median seeing ~1.4)")
-    bad = ~np.isfinite(fwhm) | (fwhm <= 0)
+    bad = ~np.isfinite(fwhm) | (fwhm <= 0) | (fwhm > PSF_FWHM_MAX)
     if bad.any():
         ids = ", ".join(str(v) for v in np.asarray(catalog["id"])[bad][:5])
-        raise MorphllrError(f"{where}: PSF FWHM is missing or <= 0 for id(s) {ids}; fix the column or {fix}")
-    beta = first_column(catalog, PSF_BETA_COLUMNS)
+        raise MorphllrError(f"{where}: PSF FWHM is missing, <= 0 or above {PSF_FWHM_MAX:g} arcsec for id(s) {ids}; "
+                            f"fix the column or {fix}")
+    beta = first_column(catalog, PSF_BETA_COLUMNS, where)
     cache: dict = {}
     profiles = []
     for i, f in enumerate(fwhm):

@@ -63,6 +63,9 @@ class RawImage:
         units: ``mag_arcsec2`` / ``nanomaggies`` / ``counts`` if the file says, else None.
         pixel_scale: arcsec/px if the file says, else None.
         meta: extra catalogue columns (e.g. ``redshift``).
+        center_tolerance: pixels the galaxy is known to lie within of the image centre (a
+            cutout at a catalogue position), bounding how far centring may move the window;
+            None: unknown (centring may search a quarter of the frame).
     """
 
     id: str
@@ -71,6 +74,7 @@ class RawImage:
     units: str | None = None
     pixel_scale: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    center_tolerance: float | None = None
 
 
 # ---------------------------------------------------------------------- input expansion
@@ -243,9 +247,10 @@ def _physical_length_pc(ctype: str) -> float | None:
 def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None) -> float | None:
     """Pixel scale (arcsec/px) from a FITS header, or None if it does not say.
 
-    Tries ``PIXSCALE`` (arcsec/px, TNG SKIRT cubes: the scale at ``USE_Z``), ``FOVARC`` /
-    NAXIS1, a physical CDELT (pc or kpc) at ``REDSHIFT`` / ``USE_Z`` (proper size through
-    ``cosmology``, default Planck18), and a celestial WCS.
+    Tries ``FOVARC`` / NAXIS1, a celestial WCS, ``PIXSCALE`` (arcsec/px; TNG SKIRT cubes, whose
+    WCS is physical: the scale at ``USE_Z``), and a physical CDELT (pc or kpc) at ``REDSHIFT``
+    / ``USE_Z`` (proper size through ``cosmology``, default Planck18).  A celestial WCS wins
+    over ``PIXSCALE``, which observed images may carry stale (e.g. before binning).
 
     Args:
         header: astropy FITS header.
@@ -255,11 +260,17 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
     Returns:
         arcsec per pixel or None.
     """
-    if "PIXSCALE" in header and float(header["PIXSCALE"]) > 0:
-        return float(header["PIXSCALE"])
     naxis1 = header.get("NAXIS1")
     if "FOVARC" in header and naxis1:
         return float(header["FOVARC"]) / float(naxis1)
+    celestial = _celestial_pixel_scale(header)
+    if celestial is not None:
+        return celestial
+    try:
+        if "PIXSCALE" in header and float(header["PIXSCALE"]) > 0:
+            return float(header["PIXSCALE"])
+    except (TypeError, ValueError):
+        pass
     kpc = fits_pixel_kpc(header)
     if kpc is not None:
         z = header_redshift(header)
@@ -268,6 +279,11 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
         from .cosmology import arcsec_per_kpc
 
         return kpc * arcsec_per_kpc(z, cosmology)
+    return None
+
+
+def _celestial_pixel_scale(header) -> float | None:
+    """Mean pixel side (arcsec) of a celestial WCS in the header, or None."""
     try:
         import warnings
 
@@ -300,7 +316,7 @@ def header_redshift(header) -> float | None:
             try:
                 return float(header[key])
             except (TypeError, ValueError):
-                return None
+                continue  # an unparsable key: try the next one
     return None
 
 
@@ -371,6 +387,11 @@ def read_fits(path: Path, image_id: str, hdu=None, bands: list[str] | None = Non
     if bands and len(bands) > 1:
         raise MorphllrError(f"{path}: holds one band but --band asks for {len(bands)}; give one file per band "
                             "named alike but for the band (photo_g_X.fits, photo_r_X.fits) or a band cube")
+    if bands and data.ndim == 2:
+        held = _header_band(header, list(dict.fromkeys([bands[0].lower(), *"ugrizy"])))
+        if held is not None and held != bands[0].lower():
+            raise MorphllrError(f"{path}: holds band {held} (header FILTER {header.get('FILTER', header.get('BAND'))!r}), "
+                                f"not the --band {bands[0]} asked for; give the files of that band")
     if data.ndim == 2:
         yield RawImage(image_id, data[None], label, units, scale, meta)
     elif data.ndim == 3:
@@ -512,15 +533,25 @@ def file_band(path: Path, bands: list[str]) -> str | None:
 
     with _fits_open(path) as hdul:
         header = next((h.header for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2), hdul[0].header)
-        for key in ("FILTER", "BAND"):
-            if key in header:  # e.g. 'r_SDSS.res' (RealSim) or 'sloan/sdss_r'
-                tokens = set(re.split(r"[/_.\-]", str(header[key]).strip().lower()))
-                hits = [b.lower() for b in bands if b.lower() in tokens]
-                if len(hits) == 1:
-                    return hits[0]
+    held = _header_band(header, bands)
+    if held is not None:
+        return held
     pattern = _BAND_IN_NAME.format(bands="|".join(re.escape(b.lower()) for b in bands))
     found = re.findall(pattern, path.name.lower())
     return found[0] if len(found) == 1 else None
+
+
+def _header_band(header, bands: list[str]) -> str | None:
+    """The one of ``bands`` that header ``FILTER``/``BAND`` names ('r_SDSS.res', 'sloan/sdss_r'), or None."""
+    import re
+
+    for key in ("FILTER", "BAND"):
+        if key in header:
+            tokens = set(re.split(r"[/_.\-]", str(header[key]).strip().lower()))
+            hits = [b.lower() for b in bands if b.lower() in tokens]
+            if len(hits) == 1:
+                return hits[0]
+    return None
 
 
 def group_band_files(files: list[Path], bands: list[str]) -> list[tuple[str, list[Path]]]:
@@ -583,7 +614,8 @@ def _band_plan(files: list[Path], bands: list[str] | None, hdu) -> list[tuple[st
                 singles.append(path)
                 continue
         plan.append(("file", path))
-    plan.extend(("bands", group) for group in group_band_files(singles, bands)) if singles else None
+    if singles:
+        plan.extend(("bands", group) for group in group_band_files(singles, bands))
     return plan
 
 
@@ -689,6 +721,130 @@ def read_catalog(path: str | Path):
     ids = np.asarray(table["id"])
     if len(np.unique(ids)) != len(ids):
         raise MorphllrError(f"--catalog {path}: duplicated ids in the `id` column; each image needs one row")
+    return typed_catalog(table, f"--catalog {path}")
+
+
+#: Catalogue columns morphllr reads as numbers (plus every ``sersic_*`` column): a text cell in one is refused.
+NUMERIC_COLUMNS = frozenset({
+    "log_mstar", "logmstar", "log_stellar_mass", "log_mass", "lgm_tot_p50", "redshift", "z", "psf_fwhm_arcsec",
+    "psf_fwhm", "psf_beta", "gain", "sky_sigma", "sky_level", "ra", "dec", "x", "y", "pixel_scale", "re_kpc",
+    "r_e_kpc", "re_arcsec", "re_pix", "n_sersic", "r50_kpc"})
+NUMERIC_PREFIXES = ("sersic_",)
+_MISSING_TEXT = frozenset({"", "--", "null", "none", "n/a", "na"})
+
+
+def is_numeric_column(name: str) -> bool:
+    """Whether morphllr reads catalogue column ``name`` as numbers (see :data:`NUMERIC_COLUMNS`)."""
+    low = str(name).lower()
+    return low in NUMERIC_COLUMNS or low.startswith(NUMERIC_PREFIXES)
+
+
+def _cells(column) -> tuple[list[str], np.ndarray]:
+    """A column's cells as stripped text and its missing mask (masked or blank cells)."""
+    mask = np.asarray(getattr(column, "mask", np.zeros(len(column), bool)), bool).reshape(len(column))
+    text = [v.decode("utf-8", "replace").strip() if isinstance(v, bytes) else str(v).strip()
+            for v in np.asarray(column).tolist()]
+    missing = mask | np.array([t.lower() in _MISSING_TEXT for t in text], bool)
+    return text, missing
+
+
+def _parsed(text: list[str], missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values of text cells (NaN where missing) and where a present cell is not a number."""
+    values = np.full(len(text), np.nan)
+    bad = np.zeros(len(text), bool)
+    for i, (t, m) in enumerate(zip(text, missing)):
+        if m:
+            continue
+        try:
+            values[i] = float(t)
+        except ValueError:
+            bad[i] = True
+    return values, bad
+
+
+def _first_bad(table, bad: np.ndarray, value_text: list[str]) -> str:
+    i = int(np.flatnonzero(bad)[0])
+    ident = f" (id {table['id'][i]})" if "id" in table.colnames else ""
+    return f"row {i + 1}{ident} holds {value_text[i]!r}"
+
+
+def numeric_column(table, name: str, where: str = "catalogue") -> np.ndarray:
+    """A catalogue column as float64 numbers; masked and blank cells become NaN (missing).
+
+    The one way morphllr reads a number column: text that is not a number is refused with
+    the column, the row and the fix, never turned into a traceback or a 0.
+
+    Args:
+        table: astropy Table.
+        name: the column.
+        where: file (or option) named in messages.
+
+    Returns:
+        float64 array of ``len(table)`` values.
+    """
+    column = table[name]
+    if column.dtype.kind in "biuf" and getattr(column, "ndim", 1) == 1:
+        values = np.asarray(column, dtype=np.float64).copy()
+        mask = getattr(column, "mask", None)
+        if mask is not None:
+            values[np.asarray(mask, bool)] = np.nan
+        return values
+    if getattr(column, "ndim", 1) != 1:
+        raise MorphllrError(f"{where}: column {name!r} holds {column.shape[1:]} arrays per row, not one number; "
+                            "give one number per galaxy")
+    text, missing = _cells(column)
+    values, bad = _parsed(text, missing)
+    if bad.any():
+        raise MorphllrError(f"{where}: column {name!r} must hold numbers, but {_first_bad(table, bad, text)}"
+                            f"{f' ({int(bad.sum())} such rows)' if bad.sum() > 1 else ''}; write a number, or leave "
+                            "the cell empty for a missing value")
+    return values
+
+
+def typed_catalog(table, where: str = "catalogue"):
+    """Give a user catalogue's columns their types: numbers as (masked) floats, text as text.
+
+    * a column morphllr reads as numbers (:func:`is_numeric_column`) stored as text becomes
+      float64 with blank cells masked (missing; never 0), and any other text in it is refused,
+      naming the column, the row and the value;
+    * any other column mixing numbers and text is kept as text, with a
+      :class:`~morphllr.errors.MorphllrWarning` naming it (other text columns, e.g. ids made of
+      digits, are kept as they are: converting them could lose leading zeros or digits);
+    * blank text cells stay blank (masked text would otherwise be written as "0").
+    Number columns astropy already read as numbers keep their type and mask.
+
+    Args:
+        table: astropy Table with ``id``.
+        where: file named in messages.
+
+    Returns:
+        the table, columns converted in place.
+    """
+    import warnings
+
+    from astropy.table import Column, MaskedColumn
+
+    from .errors import MorphllrWarning
+
+    for name in table.colnames:
+        column = table[name]
+        if name == "id" or getattr(column, "ndim", 1) != 1:
+            continue
+        if column.dtype.kind in "biuf":  # already numbers (astropy masks their blank cells)
+            continue
+        text, missing = _cells(column)
+        values, bad = _parsed(text, missing)
+        numbers = ~missing & ~bad
+        if is_numeric_column(name):
+            if bad.any():
+                numeric_column(table, name, where)  # raises, naming the first bad row
+            table[name] = MaskedColumn(values, mask=missing, name=name)
+        else:
+            if bad.any() and numbers.any():
+                warnings.warn(f"{where}: column {name!r} mixes numbers and text ({_first_bad(table, bad, text)}); "
+                              "kept as text - make every cell a number (blank = missing) to use it as numbers",
+                              MorphllrWarning, stacklevel=2)
+            table[name] = Column(["" if m else t for t, m in zip(text, missing)], name=name, dtype=str)
     return table
 
 

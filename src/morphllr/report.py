@@ -401,7 +401,7 @@ def sky_split_rows(summary: dict) -> tuple[list[tuple[str, list[str] | str]], li
             continue
         if sky["mask"] == "segmap_model":
             label += " " + mark("sky = outside the central-source mask /segmap_model (the set has no /segmap), "
-                                "so companions and stars count as sky")
+                                "so companions, stars and the central galaxy's faint outskirts count as sky")
 
         def cell(key: str, text: Callable[[Any], str]) -> str:
             value = sky.get(key)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import runtime
+from .atomic import claims
 from .errors import MorphllrError
 from .preprocess import check_compatible
 from .sources import ImageSource, check_batch, open_images
@@ -76,6 +77,53 @@ def check_images_fit(source: ImageSource, config, model_preprocessing: dict, mod
         check_compatible(model_preprocessing, set_prep, f"model {model_name} vs set {source.name}")
 
 
+def check_input_range(batch: np.ndarray, config, name: str, model_name: str = "model", start: int = 0) -> None:
+    """Refuse pixels beyond the network's input limit (they would be clamped, giving wrong numbers).
+
+    A continuous head sees ``(x - input_shift) / input_scale``, clamped to
+    :data:`morphllr.model.NET_INPUT_LIMIT` network units; a pixel that far out is not in the
+    units the model was trained on (e.g. linear flux given to a model of stretched images).
+
+    Args:
+        batch: float32 (B, C, H, W) finite pixels.
+        config: the model's PixelCNNConfig.
+        name: the images' name for the message.
+        model_name: the model's name for the message.
+        start: index of the batch's first image in the whole set.
+
+    Returns:
+        None; raises MorphllrError naming the images and the model's valid range.
+    """
+    from .model import NET_INPUT_LIMIT
+
+    if str(getattr(config, "head", "")).startswith("discretized"):
+        return  # integer values 0..255, checked by check_batch
+    shift = float(getattr(config, "input_shift", 0.0))
+    scale = float(getattr(config, "input_scale", 1.0))
+    lo, hi = shift - NET_INPUT_LIMIT * scale, shift + NET_INPUT_LIMIT * scale
+    outside = (batch < lo) | (batch > hi)
+    if outside.any():
+        images = np.flatnonzero(outside.reshape(len(batch), -1).any(axis=1)) + start
+        shown = ", ".join(str(int(i)) for i in images[:5]) + (" ..." if len(images) > 5 else "")
+        worst = float(batch[outside].flat[np.argmax(np.abs(batch[outside]))])
+        raise MorphllrError(
+            f"{name}: image(s) {shown} hold values like {worst:g}, beyond the input range of {model_name} "
+            f"([{lo:.4g}, {hi:.4g}] = {NET_INPUT_LIMIT:g} of its input scale around its training data); these "
+            "images are not in the model's units - prepare them with the model's preprocessing "
+            "(`morphllr prepare --like MODEL_DIR`)")
+
+
+def _check_scores(maps: np.ndarray, name: str, model_name: str, start: int) -> None:
+    """Refuse NaN/inf log-likelihoods instead of reporting them as results."""
+    finite = np.isfinite(maps)
+    if not finite.all():
+        images = np.flatnonzero(~finite.reshape(len(maps), -1).all(axis=1)) + start
+        shown = ", ".join(str(int(i)) for i in images[:5]) + (" ..." if len(images) > 5 else "")
+        raise MorphllrError(
+            f"{name}: {model_name} gives NaN/inf log-likelihoods for image(s) {shown}; the model is broken (retrain "
+            "it, e.g. with --precision 32 or a lower --lr) or these images are far from its training data")
+
+
 def _device_of(net) -> "torch.device":
     import torch
 
@@ -126,11 +174,13 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
         start = 0
         for batch in source.batches(batch_size):
             check_batch(batch, source.name, head, start)
+            check_input_range(batch, config, source.name, model_name, start)
             # inference mode only around the forward pass: a generator must not leave it
             # switched on in the caller's code between batches
             with torch.inference_mode(), runtime.autocast_context(device, bf16):
                 x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
                 maps = net.log_prob_pixels(x).float().cpu().numpy()
+            _check_scores(maps, source.name, model_name, start)
             yield maps
             start += len(batch)
             advance(len(batch))
@@ -231,9 +281,14 @@ def image_ids(source: ImageSource) -> list:
     return list(range(len(source)))
 
 
+@claims({"csv_path": "--out", "maps_path": "--maps"}, inputs=("model", "images"))  # before the model runs
 def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_size: int | None = None,
-                   bf16: bool | None = None, threads: int | None = None, progress: bool = False) -> dict:
+                   bf16: bool | None = None, threads: int | None = None, progress: bool = False,
+                   overwrite: bool = False) -> dict:
     """Score a set and write ``id, logp, bits_per_dim`` CSV (and optional HDF5 maps), atomically.
+
+    Both outputs are claimed first (:func:`morphllr.atomic.claim_outputs`): an existing one needs
+    ``overwrite``, neither may be the model or the images, and each is locked while it is written.
 
     Args:
         model: LoadedModel or PixelCNN.
@@ -244,6 +299,7 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         bf16: bf16 autocast (None: automatic).
         threads: CPU threads.
         progress: show a progress bar.
+        overwrite: replace existing output files.
 
     Returns:
         summary dict: n, mean_logp, mean_bits_per_dim.
@@ -257,12 +313,12 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
     ids = image_ids(source)
     logp = np.empty(n, dtype=np.float64)
     with contextlib.ExitStack() as stack:
-        tmp_csv = stack.enter_context(atomic_file(csv_path))
+        tmp_csv = stack.enter_context(atomic_file(csv_path, overwrite=overwrite))
         maps_ds = None
         if maps_path is not None:
             import h5py
 
-            tmp_maps = stack.enter_context(atomic_file(maps_path))
+            tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
             fh = stack.enter_context(h5py.File(tmp_maps, "w"))
             maps_ds = fh.create_dataset("logp", shape=(n, h, w), dtype="f4", chunks=(1, h, w),
                                         compression="gzip", compression_opts=4, shuffle=True)

@@ -105,10 +105,17 @@ def _labels_sep(image: np.ndarray, threshold: float, minarea: int, deblend_cont:
                                 segmentation_map=True)
     except Exception as exc:  # sep raises plain Exception for pixel-buffer overflows
         if "pixel buffer" in str(exc) or "object" in str(exc):
+            # sep allocates its whole pixel stack on every call: raise it for this image only, or every
+            # later (small) call in the process pays for the big one (~0.5 s each)
+            stack, limit = sep.get_extract_pixstack(), sep.get_sub_object_limit()
             sep.set_extract_pixstack(max(10 * image.size, 300_000))
             sep.set_sub_object_limit(4096)
-            _, segmap = sep.extract(image, threshold, minarea=minarea, deblend_cont=deblend_cont,
-                                    segmentation_map=True)
+            try:
+                _, segmap = sep.extract(image, threshold, minarea=minarea, deblend_cont=deblend_cont,
+                                        segmentation_map=True)
+            finally:
+                sep.set_extract_pixstack(stack)
+                sep.set_sub_object_limit(limit)
         else:
             raise
     return segmap.astype(np.int32, copy=False)
@@ -291,11 +298,17 @@ def model_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
     return (mask[:, 0] >= 0.5).astype(np.uint8)
 
 
-def model_sky_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
+#: Flux-cutout pixels every source is grown by before its surroundings count as empty sky:
+#: ~1 SDSS PSF FWHM at 0.396"/px, so the faint wings below the detection threshold stay out.
+SKY_MARGIN = 4
+
+
+def model_sky_mask(segmaps: np.ndarray, preprocessing, margin: int = SKY_MARGIN) -> np.ndarray:
     """Empty-sky pixels on the model's pixel grid.
 
-    A model pixel is empty sky when every flux-cutout pixel that maps into it has
-    label 0: the same central crop and zoom as the images (``preprocess.central_crop``,
+    Every source (label > 0) is first grown by ``margin`` flux-cutout pixels (a disc), so
+    the wings of galaxies below the detection threshold are not counted as sky.  A model
+    pixel is then empty sky when every flux-cutout pixel that maps into it is: the same central crop and zoom as the images (``preprocess.central_crop``,
     ``preprocess.zoom_images``) are applied to the "not sky" indicator, and a model pixel
     is sky only where the resampled indicator is exactly 0.  For a zoom 1/k that is a
     k x k block with no source pixel; for other zooms (linear interpolation) no pixel
@@ -308,6 +321,7 @@ def model_sky_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
             1 central source, >1 companions and stars).
         preprocessing: the Preprocessing (or its dict) that made the model images; only
             ``crop`` and ``zoom`` are used.
+        margin: flux-cutout pixels each source is grown by (0: label 0 is sky).
 
     Returns:
         bool (B, H, W), True where the model pixel is empty sky.
@@ -316,7 +330,13 @@ def model_sky_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
 
     get = preprocessing.get if isinstance(preprocessing, dict) else lambda key: getattr(preprocessing, key, None)
     crop, zoom = get("crop"), get("zoom")
-    source = (np.asarray(segmaps) != 0).astype(np.float32)[:, None]
+    source = np.asarray(segmaps) != 0
+    if margin > 0 and source.any():
+        from scipy.ndimage import distance_transform_edt
+
+        # distance to the nearest source pixel <= margin: a disc-shaped dilation, per image
+        source = np.stack([distance_transform_edt(~m) <= margin if m.any() else m for m in source])
+    source = source.astype(np.float32)[:, None]
     if crop is not None:
         source = central_crop(source, int(crop))
     source = zoom_images(source, 1.0 if zoom is None else float(zoom))

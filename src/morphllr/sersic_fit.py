@@ -40,7 +40,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .atomic import claims
 from .errors import MorphllrError
+from .limits import MIN_FIT_SIZE
 from .parallel import concat_in_processes
 from .psf import first_column
 
@@ -563,9 +565,11 @@ def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf
     return [kernels[id(p)] for p in profiles]
 
 
+# the one in-place command: it updates the set's own catalogue, so it locks the set itself
+@claims(lambda a: [("IMAGESET", a["path"])] if a["write"] else [], overwrite=None, existing="update")
 def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat", no_psf: bool = False,
                  channel: int = 0, fit_size: int | None = None, workers: int | None = None,
-                 write: bool = True, progress=None):
+                 write: bool = True, overwrite: bool = False, progress=None):
     """``morphllr fit-sersic``: fit every flux cutout of an ImageSet and store the columns.
 
     Args:
@@ -577,7 +581,9 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
         fit_size: side of the central square fitted (default: the preprocessing's crop,
             i.e. what the model sees, else the whole cutout).
         workers: processes (default: all usable cores).
-        write: store the columns in the set's catalogue (atomically).
+        write: store the columns in the set's catalogue (atomically).  The set is claimed
+            (:func:`morphllr.atomic.claim_output`, in place) first, so two runs never update it at once.
+        overwrite: replace Sérsic columns the catalogue already has (otherwise refused before fitting).
         progress: optional callable(n_done).
 
     Returns:
@@ -589,6 +595,10 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     where = str(path)
     if s.flux is None:
         raise MorphllrError(f"{where}: has no /flux cutouts to fit; prepare it again without --no-flux")
+    present = [c for c in COLUMNS if c in s.catalog.colnames]
+    if write and present and not overwrite:
+        raise MorphllrError(f"{where}: its catalogue already has Sérsic columns ({', '.join(present[:3])}"
+                            f"{', ...' if len(present) > 3 else ''}); pass --overwrite to replace them")
     n, c, hf, wf = s.flux.shape
     if not 0 <= channel < c:
         raise MorphllrError(f"--channel {channel}: the set has {c} channel(s) (0..{c - 1})")
@@ -596,17 +606,21 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     pixel_scale = prep.get("pixel_scale")
     catalog = s.catalog
     if pixel_scale is None:
-        scales = first_column(catalog, ("pixel_scale",))
+        scales = first_column(catalog, ("pixel_scale",), where)
         if scales is None:
             raise MorphllrError(f"{where}: records no pixel scale; prepare it with a preset that sets pixel_scale")
         pixel_scale = float(scales[0])
+    if fit_size is not None and not (isinstance(fit_size, (int, np.integer)) and MIN_FIT_SIZE <= fit_size <= min(hf, wf)):
+        raise MorphllrError(f"--fit-size {fit_size}: must be a whole number of pixels from {MIN_FIT_SIZE} to "
+                            f"{min(hf, wf)} (the flux cutouts of {where} are {hf}x{wf}); omit it to fit the part the "
+                            "model sees")
     size = fit_size or prep.get("crop") or max(hf, wf)
     size = int(min(size, hf, wf))
     y0, x0 = (hf - size) // 2, (wf - size) // 2
     window = np.s_[y0:y0 + size, x0:x0 + size]
     kernels = None if no_psf else kernels_for_catalog(catalog, float(pixel_scale), psf_fwhm, psf_kind, where)
-    sigma = first_column(catalog, ("sky_sigma",))
-    gain = first_column(catalog, ("gain",))
+    sigma = first_column(catalog, ("sky_sigma",), where)
+    gain = first_column(catalog, ("gain",), where)
     fits = []
     for start in range(0, n, 1024):  # bounded memory for large sets
         stop = min(start + 1024, n)

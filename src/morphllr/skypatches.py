@@ -37,9 +37,11 @@ in the preset's working unit, or arrays) and records where every block came from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from .atomic import claims
 from .errors import MorphllrError
 
 
@@ -282,6 +284,9 @@ def empty_blocks(frames, block: int = 16, grid: int = 4, dilate: int = 4, nsigma
         kept.append(frame)
         c, h, w = frame.shape
         ranges = part_stripes(w, part, region)
+        if not ranges:
+            raise MorphllrError(f"sky patches: frame {i} is {w} px wide, too narrow for --part {part[0]}/{part[1]} "
+                                f"with stripes of {region} columns; use a smaller --region or fewer parts")
         strips.append(ranges)
         empty = sky_mask(frame, dilate, nsigma, minarea)
         in_part = np.zeros(w, bool)
@@ -299,7 +304,9 @@ def empty_blocks(frames, block: int = 16, grid: int = 4, dilate: int = 4, nsigma
                    - counts[np.ix_(top + block, left)] + counts[np.ix_(top, left)])
         by, bx = np.nonzero(n_empty == block * block)  # row-major: the order of a y-then-x scan
         by, bx = top[by], left[bx]
-        edges_y, edges_x = _cell_edges(0, h, region), _cell_edges(x0, x1, region)
+        # regions are cut inside each stripe, so none straddles two stripes (or another part's columns)
+        edges_y = _cell_edges(0, h, region)
+        edges_x = np.unique(np.concatenate([_cell_edges(a, b, region) for a, b in ranges]))
         cy = np.searchsorted(edges_y, by, side="right") - 1
         cx = np.searchsorted(edges_x, bx, side="right") - 1
         inside = (by + block <= edges_y[np.minimum(cy + 1, len(edges_y) - 1)]) & (cx >= 0) & (cx < len(edges_x) - 1)
@@ -674,6 +681,13 @@ def sky_patch_library(frames_path, size: int, *, n: int | None = None, part: str
     return SkyPatchLibrary(patches, full, info)
 
 
+def _sky_outputs(arguments: dict) -> list:
+    """The two outputs of :func:`make_sky_patches`: OUT.npy and its record OUT.json (one claim for both)."""
+    out = Path(arguments["out"])
+    return [("--out", out)] + ([("--out", out.with_suffix(".json"))] if out.suffix.lower() == ".npy" else [])
+
+
+@claims(_sky_outputs, inputs=("frames_path", "preprocessing"))  # both checked and locked before any frame is read
 def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block: int = 16, grid: int = 4,
                      dilate: int = 4, neighbours: int = 32, seed: int = 0, overwrite: bool = False,
                      part: str | tuple | None = None, region: int | None = None,
@@ -705,18 +719,132 @@ def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block
     if out.suffix.lower() != ".npy":
         raise MorphllrError(f"--out {out}: sky patches are written as .npy; give a name ending in .npy")
     record = out.with_suffix(".json")
-    for path in (out, record):
-        if path.exists() and not overwrite:
-            raise MorphllrError(f"--out {out}: {path} already exists; pass --overwrite to replace it")
     lib = sky_patch_library(frames_path, size, n=n, part=part, preprocessing=preprocessing, block=block, grid=grid,
                             region=region, dilate=dilate, neighbours=neighbours, seed=seed)
     with atomic_file(out, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
             np.save(fh, lib.patches)
     with atomic_file(record, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps({**lib.info, "patches_file": out.name, "blocks": lib.layout.tolist()}))
+        tmp.write_text(json.dumps({**lib.info, "patches_file": out.name, "patches_sha256": patches_sha256(lib.patches),
+                                   "blocks": lib.layout.tolist()}))
     info = lib.info
     files = list(dict.fromkeys(f["file"] for f in info["frames"]))
     keys = ("n_frames", "n_frames_with_blocks", "n_regions_with_blocks", "n_blocks", "empty_pixels", "n_patches",
             "size", "part", "block", "region", "seed", "working_unit", "frames_sky", "patches_sky")
     return {**{k: info[k] for k in keys}, "frames": files, "out": str(out), "record": str(record)}
+
+
+# ---------------------------------------------------------------------- using a library
+def patches_sha256(patches: np.ndarray) -> str:
+    """sha256 of sky patches as float32 little-endian C-order bytes (what sets record of their sky)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(patches, dtype="<f4").tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SkyLibrary:
+    """A sky-patch library that images are inserted into (synth, mock and archetypes ``--sky-patches``).
+
+    Attributes:
+        patches: float32 (M, C, H, W) empty sky in the working flux unit.
+        file: name of the file it was read from ("" for an in-memory array).
+        sha256: :func:`patches_sha256` of the patches.
+        working_zero_point: AB magnitude of one flux unit, from the ``.json`` record that
+            ``morphllr sky-patches`` writes beside the ``.npy`` (None when there is none).
+        pixel_scale: arcsec per pixel of the frames, from the same record (None if unknown).
+    """
+
+    patches: np.ndarray
+    file: str
+    sha256: str
+    working_zero_point: float | None = None
+    pixel_scale: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    @property
+    def info(self) -> dict:
+        """What sets and universe.json record of their sky: file, sha256, number and size of the patches."""
+        h, w = self.patches.shape[2:]
+        info = {"file": self.file, "sha256": self.sha256, "n_patches": len(self.patches),
+                "size": int(h) if h == w else f"{h}x{w}"}
+        if self.working_zero_point is not None:
+            info["zero_point"] = self.working_zero_point
+        return info
+
+
+def load_sky_library(source, where: str = "--sky-patches", *, size: int | None = None, channels: int | None = None,
+                     zero_point: float | None = None, pixel_scale: float | None = None,
+                     fix: str = "cut them with `morphllr sky-patches FRAMES --size SIZE --out SKY.npy`") -> SkyLibrary:
+    """Read a sky-patch library and check it fits the images it will be added to.
+
+    Args:
+        source: a file readable by :func:`morphllr.archetypes.load_sky_patches` (the ``.npy``
+            of ``morphllr sky-patches``, with its ``.json`` record beside it), an array
+            (M, C, S, S) / (M, S, S), or a :class:`SkyLibrary`.
+        where: option name for messages.
+        size: smallest patch side needed (the flux cutout side), or None.
+        channels: bands the images have, or None.
+        zero_point: the images' working unit (AB mag of one flux unit): a library recorded in
+            another unit is refused, or None not to check.
+        pixel_scale: the images' arcsec per pixel, checked against the record (1 %), or None.
+        fix: what the user can do, for messages.
+
+    Returns:
+        :class:`SkyLibrary`.
+    """
+    import json
+    import math
+    from pathlib import Path
+
+    if isinstance(source, SkyLibrary):
+        lib = source
+    elif isinstance(source, (str, Path)):
+        from .archetypes import load_sky_patches
+
+        path = Path(source)
+        patches = np.ascontiguousarray(load_sky_patches(path, where=where, what="empty-sky patches"), dtype="<f4")
+        zp = scale = None
+        record = path.with_suffix(".json")
+        if path.suffix.lower() == ".npy" and record.is_file():
+            try:
+                info = json.loads(record.read_text())
+            except (OSError, ValueError) as exc:
+                raise MorphllrError(f"{where} {record}: unreadable record of the patches ({exc}); cut them again") from None
+            digest = patches_sha256(patches)
+            if info.get("patches_sha256") not in (None, digest):
+                raise MorphllrError(f"{where} {path}: its record {record.name} describes other patches (sha256 "
+                                    "differs); cut the patches again so the two match")
+            zp = (info.get("working_unit") or {}).get("zero_point")
+            scales = [f.get("pixel_scale") for f in info.get("frames", []) if f.get("pixel_scale")]
+            scale = float(np.median(scales)) if scales else None
+        lib = SkyLibrary(patches, path.name, patches_sha256(patches), None if zp is None else float(zp), scale)
+    else:
+        patches = np.asarray(source, dtype="<f4")
+        patches = patches[:, None] if patches.ndim == 3 else patches
+        lib = SkyLibrary(np.ascontiguousarray(patches), "", patches_sha256(patches))
+    label = f"{where} {source}" if lib.file else where
+    p = lib.patches
+    if p.ndim != 4 or len(p) == 0:
+        raise MorphllrError(f"{label}: expected (M, C, S, S) empty-sky patches, got shape {p.shape}; {fix}")
+    if not np.isfinite(p).all():
+        raise MorphllrError(f"{label}: the patches hold NaN or infinite pixels; {fix}")
+    if size is not None and min(p.shape[2:]) < size:
+        raise MorphllrError(f"{label}: patches are {p.shape[2]}x{p.shape[3]} pixels, smaller than the {size}x{size} "
+                            f"cutout; {fix}")
+    if channels is not None and p.shape[1] != channels:
+        raise MorphllrError(f"{label}: {p.shape[1]} band(s) but the images have {channels}; {fix}")
+    flat = np.flatnonzero(np.concatenate([p[a:a + 256].reshape(len(p[a:a + 256]), -1).std(axis=1) == 0
+                                          for a in range(0, len(p), 256)]))
+    if flat.size:
+        raise MorphllrError(f"{label}: patch {int(flat[0])} (of {len(p)}) is constant, not sky; {fix}")
+    if zero_point is not None and lib.working_zero_point is not None and \
+            not math.isclose(lib.working_zero_point, zero_point, abs_tol=1e-6):
+        raise MorphllrError(f"{label}: the patches are in a flux unit of AB zero point {lib.working_zero_point:g}, "
+                            f"the images in {zero_point:g}; cut them with the same --preset/--like as the images")
+    if pixel_scale is not None and lib.pixel_scale is not None and abs(lib.pixel_scale / pixel_scale - 1) > 0.01:
+        raise MorphllrError(f"{label}: the patches are at {lib.pixel_scale:.4g}\"/px, the images at {pixel_scale:.4g}\"/px; "
+                            "sky is never resampled: cut it from frames at the images' pixel scale")
+    return lib

@@ -183,7 +183,7 @@ class ArraySource:
             block = data[int(uniq[0]):int(uniq[-1]) + 1]
         else:
             block = data[uniq]
-        return self._as_model_input(np.asarray(block))[inverse]
+        return self._as_model_input(np.asarray(block), uniq)[inverse]
 
     def fingerprint(self) -> str:
         """sha256 of the model-input pixels (computed once, streamed).
@@ -203,9 +203,10 @@ class ArraySource:
         return self._data
 
     def _slice(self, start: int, stop: int) -> np.ndarray:
-        return self._as_model_input(np.asarray(self._dataset()[start:stop]))
+        return self._as_model_input(np.asarray(self._dataset()[start:stop]), np.arange(start, stop))
 
-    def _as_model_input(self, block: np.ndarray) -> np.ndarray:
+    def _as_model_input(self, block: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        check_float32_range(block, self.name, positions)
         if self._squeeze_channel:
             block = block[:, None]
         # always a private writable copy: memmaps and h5py reads must not leak out read-only
@@ -216,6 +217,33 @@ class ArraySource:
         if self._opener is not None:
             state["_data"] = None  # h5py objects cannot be pickled; reopen in the child
         return state
+
+
+#: largest magnitude a float32 holds; wider inputs beyond it would silently become inf
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(block: np.ndarray, name: str, positions: np.ndarray) -> None:
+    """Refuse finite values that float32 (the models' input type) cannot hold.
+
+    Args:
+        block: images as read (any dtype; only floats wider than float32 can overflow it).
+        name: the source's name for the message.
+        positions: index in the whole set of each image of ``block``.
+
+    Returns:
+        None; raises MorphllrError naming the images.
+    """
+    if not (np.issubdtype(block.dtype, np.floating) and block.dtype.itemsize > 4):
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.abs(block) > FLOAT32_MAX  # NaN compares False: check_batch reports those
+    if big.any():
+        images = np.asarray(positions)[big.reshape(len(block), -1).any(axis=1)]
+        raise MorphllrError(
+            f"{name}: image(s) {_few(images)} hold values like {float(block[big].flat[0]):g}, beyond float32 "
+            f"(|x| <= {FLOAT32_MAX:.3g}), the models' input type; these are not model-input pixels - prepare the "
+            "images with `morphllr prepare` or rescale them")
 
 
 def validate_source(source: ImageSource, head: str | None = None, batch_size: int = _VALIDATE_BATCH) -> None:

@@ -118,6 +118,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .atomic import claims
 from .errors import MorphllrError
 
 PIXEL_SCALE = 0.396
@@ -427,31 +428,6 @@ def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe())
 _SKY_TAG = 0x736B79  # "sky": keeps the per-image sky streams apart from the per-chunk noise streams
 
 
-@dataclass(frozen=True)
-class SkyLibrary:
-    """Real empty-sky patches that observed images and archetypes are placed in (``--sky-patches``).
-
-    Attributes:
-        patches: float32 (M, 1, H, W) sky-subtracted empty sky in r counts at 0.396"/px, H, W >= 128.
-        file: name of the file it was read from (``""`` for an in-memory array).
-        sha256: sha256 of the patches' float32 little-endian C-order bytes.
-    """
-
-    patches: np.ndarray
-    file: str
-    sha256: str
-
-    def __len__(self) -> int:
-        return len(self.patches)
-
-    @property
-    def info(self) -> dict:
-        """What universe.json and the sets' attributes record: file, sha256, M and S."""
-        h, w = self.patches.shape[2:]
-        return {"file": self.file, "sha256": self.sha256, "n_patches": len(self.patches),
-                "size": int(h) if h == w else f"{h}x{w}"}
-
-
 def sky_library(source, where: str = "--sky-patches") -> SkyLibrary | None:
     """Read and check a sky-patch library for :func:`make_set` / :func:`make_archetypes` / :func:`write_universe`.
 
@@ -465,37 +441,14 @@ def sky_library(source, where: str = "--sky-patches") -> SkyLibrary | None:
     Returns:
         :class:`SkyLibrary`, or None for ``source=None``.
     """
-    import hashlib
-    from pathlib import Path
+    from .skypatches import SkyLibrary, load_sky_library
 
-    if source is None or isinstance(source, SkyLibrary):
-        return source
-    if isinstance(source, (str, Path)):
-        from .archetypes import load_sky_patches
-
-        label, file = f"{where} {source}", Path(source).name
-        patches = load_sky_patches(source, where=where, what="empty-sky patches")
-    else:
-        label, file = where, ""
-        patches = np.asarray(source, dtype=np.float32)
-        if patches.ndim == 3:
-            patches = patches[:, None]
+    if source is None:
+        return None
     fix = (f"cut single-band r-count patches of at least {STAMP}x{STAMP} pixels at {PIXEL_SCALE}\"/px with "
            f"`morphllr sky-patches FRAME --size {STAMP} --out SKY.npy`")
-    if patches.ndim != 4 or patches.shape[0] == 0:
-        raise MorphllrError(f"{label}: expected (M, 1, S, S) empty-sky patches, got shape {patches.shape}; {fix}")
-    m, c, h, w = patches.shape
-    if c != 1 or h < STAMP or w < STAMP:
-        raise MorphllrError(f"{label}: {m} patch(es) of {c} channel(s) x {h}x{w} pixels, but synth needs 1 channel "
-                            f"(r) and at least the {STAMP}x{STAMP} flux cutout; {fix}")
-    if not np.isfinite(patches).all():
-        raise MorphllrError(f"{label}: the patches hold NaN or infinite pixels; {fix}")
-    flat = np.flatnonzero(np.concatenate([patches[a:a + 256].reshape(-1, c * h * w).std(axis=1) == 0
-                                          for a in range(0, m, 256)]))
-    if flat.size:
-        raise MorphllrError(f"{label}: patch {int(flat[0])} (of {m}) is constant, not sky; {fix}")
-    patches = np.ascontiguousarray(patches, dtype="<f4")
-    return SkyLibrary(patches, file, hashlib.sha256(patches).hexdigest())
+    return load_sky_library(source, where, size=STAMP, channels=1, zero_point=ZERO_POINT, pixel_scale=PIXEL_SCALE,
+                            fix=fix)
 
 
 def _place_in_sky(scene: np.ndarray, gain: np.ndarray, sky: SkyLibrary, key: list[int], first: int,
@@ -1232,12 +1185,15 @@ def _join_fits(catalog, fits):
     return catalog
 
 
+@claims({"out": "--out"}, inputs=("sky_patches", "preprocessing"), kind="dir")  # refused before any generation
 def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, n_sim: int | None = None,
                    seed: int = 0, overwrite: bool = False, workers: int = 1, preprocessing="zanisi21",
                    progress=None, sky_patches=None) -> dict[str, "Path"]:
     """Generate sets and write them as ImageSets ``<out>/<set>.h5`` plus ``universe.json``.
 
-    The folder appears only when everything is written (:func:`morphllr.atomic.atomic_dir`).
+    The folder is claimed before any generation (:func:`morphllr.atomic.claim_output`: refused if it
+    exists without ``overwrite``, if it holds the sky library, or if another run writes it) and appears
+    only when everything is written (:func:`morphllr.atomic.atomic_dir`).
 
     Args:
         out: output folder (refused if it exists, unless ``overwrite``).
@@ -1259,7 +1215,6 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
     prep = as_preprocessing(preprocessing)
     sky = sky_library(sky_patches)
     out = Path(out)
-    _check_destination(out, overwrite)
     say = progress or (lambda message: None)
     generated = generate(sets, n_train, n_test, n_sim, seed, workers, progress, sky_patches=sky)
     try:
@@ -1267,24 +1222,6 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
     except OSError as exc:
         raise MorphllrError(f"--out {out}: writing failed ({exc.strerror or exc}); nothing was kept, "
                             "free some space or choose another folder") from None
-
-
-def _check_destination(out, overwrite: bool) -> None:
-    """Refuse an existing or unwritable --out before spending time on generation."""
-    import shutil
-    import tempfile
-
-    if out.exists() and not overwrite:
-        raise MorphllrError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise MorphllrError(f"{out} exists and is not a folder; choose another --out")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=parent))
-    except OSError as exc:
-        raise MorphllrError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}); "
-                            "choose a writable folder") from None
 
 
 def _write_all(out, sets, generated, prep, seed, overwrite, say, workers=1):

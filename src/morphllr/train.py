@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .atomic import atomic_file
+from .atomic import atomic_file, claims
 from .errors import MorphllrError
 from .modelio import META_FILE, WEIGHTS_FILE, save_model
 from .model import PixelCNN, PixelCNNConfig
@@ -434,21 +434,38 @@ def with_input_norm(cfg: PixelCNNConfig, input_norm: str | Sequence[float], sour
         shift, scale = (float(v) for v in input_norm)
     except (TypeError, ValueError):
         raise MorphllrError(f"--input-norm: expected auto, preset or SHIFT,SCALE, got {input_norm!r}") from None
+    if not (math.isfinite(shift) and math.isfinite(scale) and scale > 0):
+        raise MorphllrError(f"--input-norm {shift:g},{scale:g}: SHIFT must be a finite number and SCALE a positive "
+                            "one, e.g. --input-norm 0.5,0.5")
     return cfg.with_(input_shift=shift, input_scale=scale)
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber finished models or foreign folders; clear ours on --overwrite."""
+def check_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber finished models or foreign folders, or to resume what cannot be resumed.
+
+    Only looks (``train_model`` calls it first, under its claim on the folder, before any work).
+
+    Args:
+        out_dir: the model folder.
+        resume: ``--resume``: the folder must hold a run with ``checkpoints/last.ckpt``.
+        overwrite: ``--overwrite``: a run or model of ours may be replaced.
+    """
+    out_dir = Path(out_dir)
     if not out_dir.exists():
+        if resume:
+            raise MorphllrError(f"{out_dir / CHECKPOINT_DIR / 'last.ckpt'}: no checkpoint to resume from; "
+                                "start the run without --resume")
         return
     if not out_dir.is_dir():
         raise MorphllrError(f"{out_dir}: exists and is not a folder; choose another --out")
     entries = {p.name for p in out_dir.iterdir()}
-    ours = {CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE}
     finished = META_FILE in entries
     if resume:
         if finished and not (out_dir / CHECKPOINT_DIR).is_dir():
             raise MorphllrError(f"{out_dir}: is a finished model without checkpoints; nothing to resume")
+        if not (out_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+            raise MorphllrError(f"{out_dir / CHECKPOINT_DIR / 'last.ckpt'}: no checkpoint to resume from; "
+                                "start the run without --resume")
         return
     if not entries:
         return
@@ -456,10 +473,17 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         what = "a finished model" if finished else "an unfinished training run"
         fix = "--overwrite to replace it" if finished else "--resume to continue it or --overwrite to start again"
         raise MorphllrError(f"{out_dir}: already holds {what}; pass {fix}, or choose another --out")
-    foreign = sorted(entries - ours)
+    foreign = sorted(entries - {CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE})
     if foreign:
         raise MorphllrError(f"{out_dir}: contains files morphllr did not write ({', '.join(foreign[:3])}); "
                             "refusing to delete them - choose another --out")
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check the folder (:func:`check_out_dir`); clear our old run or model on --overwrite."""
+    check_out_dir(out_dir, resume, overwrite)
+    if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
     # the old model.json goes first so a crash never leaves an old model next to new checkpoints
     for name in (META_FILE, WEIGHTS_FILE, RUN_FILE):
         (out_dir / name).unlink(missing_ok=True)
@@ -522,6 +546,13 @@ def _resolve_precision(precision: str | None) -> str:
     return precision
 
 
+def _model_dir_output(arguments: dict) -> list:
+    """The folder claimed by :func:`train_model`: only rank 0 of a multi-process run writes it."""
+    return [("--out", arguments["out_dir"])] if _launched_rank() == 0 else []
+
+
+# the folder may exist (--resume continues it): check_out_dir judges it, first thing in the body
+@claims(_model_dir_output, inputs=("data",), kind="dir", existing="keep")
 def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict | str = "zanisi21",
                 max_steps: int | None = None, max_epochs: int | None = None, batch_size: int = 64,
                 lr: float = 1e-3, val_fraction: float = 0.1, augment: str | Sequence[str] = "rot,flip",
@@ -566,6 +597,8 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
     """
     _quiet_lightning()
     out_dir = Path(out_dir)
+    if _launched_rank() == 0:  # before any work; other ranks start once rank 0 has set up the folder
+        check_out_dir(out_dir, resume, overwrite)
     source = open_images(data, key=key) if key is not None else open_images(data)
     cfg = build_config(config, shape=source.shape)
     if batch_size < 1:
@@ -586,6 +619,8 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
     last_ckpt = out_dir / CHECKPOINT_DIR / "last.ckpt"
     if resume and not last_ckpt.is_file():
         raise MorphllrError(f"{last_ckpt}: no checkpoint to resume from; start the run without --resume")
+    if resume:
+        load_checkpoint(last_ckpt)  # refused in one line before any training starts
 
     n_procs = _processes_per_node(devices, accelerator)
     if accelerator in ("auto", "cpu") and not torch.cuda.is_available():
@@ -724,6 +759,30 @@ def _finish(module, trainer, ckpt_cb, source, datamodule, out_dir: Path, run: di
     save_model(net, out_dir, preprocessing=source.preprocessing, data_fingerprint=run["data_fingerprint"],
                metrics=metrics, extra=extra, in_place=True)
     return TrainResult(model_dir=out_dir, metrics=metrics)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint safely: ``weights_only``, so no code in it ever runs.
+
+    Args:
+        path: the ``.ckpt`` file.
+
+    Returns:
+        the checkpoint dict.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")  # foreign files: refused below anyway
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...: all mean the same here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MorphllrError(
+            f"{path}: cannot be loaded safely as a morphllr checkpoint ({type(exc).__name__}: {first[:160]}); it is "
+            "damaged or was not written by morphllr - delete it or start without --resume") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MorphllrError(f"{path}: is not a morphllr training checkpoint (no state_dict); delete it or start "
+                            "without --resume")
+    return checkpoint
 
 
 def _checkpoint_step(path: str) -> int | None:

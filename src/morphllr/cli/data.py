@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from ..limits import (GAIN_MAX, GAIN_MIN, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, WORKERS_MAX, ZERO_POINT_MAX,
+                      ZERO_POINT_MIN)
 from . import app
 
 PREPARE_HELP = """Turn images (FITS, FITS cubes, HDF5, .npy/.npz, JPEG/PNG, IllustrisTNG SKIRT mocks) into an image set: model-ready cutouts + flux cutouts + segmentation maps + catalogue, in one HDF5 file.
@@ -30,6 +32,7 @@ Examples:
 
 @app.command("prepare", help=PREPARE_HELP)
 def prepare(
+    ctx: typer.Context,
     inputs: List[str] = typer.Argument(..., help="Files, folders (searched recursively) or quoted globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
     preset: str = typer.Option(
@@ -42,13 +45,13 @@ def prepare(
         None, "--catalog", help="Catalogue (FITS table, CSV, ECSV, Parquet) with an `id` column = file name without suffix."
     ),
     channel: Optional[int] = typer.Option(
-        None, "--channel", help="Channel to keep: JPEG/PNG default 1 (green ~ SDSS r); (N,C,H,W) arrays default all."
+        None, "--channel", min=0, max=1023, help="Channel to keep: JPEG/PNG default 1 (green ~ SDSS r); (N,C,H,W) arrays default all."
     ),
     hdu: Optional[str] = typer.Option(
         None, "--hdu", help="FITS HDU index or EXTNAME (e.g. the band of a TNG mock), or HDF5/npz dataset name."
     ),
     pixel_scale: Optional[float] = typer.Option(
-        None, "--pixel-scale", help="Input pixel scale in arcsec/px (overrides FITS headers); images are resampled "
+        None, "--pixel-scale", min=PIXEL_SCALE_MIN, max=PIXEL_SCALE_MAX, help="Input pixel scale in arcsec/px (overrides FITS headers); images are resampled "
         "to the preset's scale."
     ),
     units: Optional[str] = typer.Option(
@@ -63,7 +66,7 @@ def prepare(
         "comma-separated; several also stack one-file-per-band images (photo_g_X, photo_r_X) per galaxy."
     ),
     zero_point: Optional[float] = typer.Option(
-        None, "--zero-point", help="AB magnitude of 1 count/s for count-rate inputs (TNG SKIRT cubes, BUNIT "
+        None, "--zero-point", min=ZERO_POINT_MIN, max=ZERO_POINT_MAX, help="AB magnitude of 1 count/s for count-rate inputs (TNG SKIRT cubes, BUNIT "
         "counts/s/pixel), whose products document none; recorded in the set."
     ),
     cosmology: Optional[str] = typer.Option(
@@ -75,7 +78,7 @@ def prepare(
         "refusing them."
     ),
     gain: Optional[float] = typer.Option(
-        None, "--gain", help="SDSS frames: CCD gain in electrons per DN (default 4.7, a typical SDSS r-band gain; the "
+        None, "--gain", min=GAIN_MIN, max=GAIN_MAX, help="SDSS frames: CCD gain in electrons per DN (default 4.8, a typical SDSS r-band gain; the "
         "six camcols' r gains lie within 4.6-4.9, other bands differ); with the frame's NMGY it gives the `gain` "
         "column, electrons per working flux unit."
     ),
@@ -88,7 +91,7 @@ def prepare(
         False, "--no-flux", help="Do not store the flux cutouts (smaller file; fit-sersic and archetypes need them)."
     ),
     workers: int = typer.Option(
-        0, "--workers", help="Processes cutting and segmenting in parallel (0 = min(4, CPU cores); 1 = no extra processes)."
+        0, "--workers", min=0, max=WORKERS_MAX, help="Processes cutting and segmenting in parallel (0 = min(4, CPU cores); 1 = no extra processes)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
@@ -96,13 +99,14 @@ def prepare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import frames, readers
-    from ..errors import MorphllrError
+    from ..atomic import claim_output
     from ..imageset import prepare_imageset
     from ..preprocess import Preprocessing
 
     console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
-    if out.exists() and not overwrite:
-        raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
+    # claimed before any input is read; files named one by one are inputs (folders and globs skip --out)
+    named = [p for p in inputs if Path(p).is_file()]
+    ctx.with_resource(claim_output(out, inputs=[*named, catalog, like], overwrite=overwrite))
     prep = preprocessing_like(like) if like is not None else Preprocessing.preset(preset)
     prep = _override(prep, units=units, sky=sky)
     if pad:
@@ -196,7 +200,7 @@ def _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside):
                             "zero point (working unit) in the recipe; use --preset zanisi21 or a recipe that sets both")
     gain = frames.DEFAULT_GAIN if gain is None else float(gain)
     if not (gain > 0 and math.isfinite(gain)):
-        raise MorphllrError(f"--gain {gain}: must be a positive number of electrons per DN (SDSS r: about 4.7)")
+        raise MorphllrError(f"--gain {gain}: must be a positive number of electrons per DN (SDSS r: about 4.8)")
     plan = frames.plan_cutouts(files, table, str(catalog), skip_outside=skip_outside)
     if plan.outside_ids:
         shown = ", ".join(plan.outside_ids[:20]) + (", ..." if len(plan.outside_ids) > 20 else "")
@@ -225,6 +229,8 @@ def _workers(requested: int, n_images: int) -> int:
 
 
 def _override(prep, units: str | None, sky: str | None):
+    import math
+
     from ..errors import MorphllrError
 
     changes = {}
@@ -235,9 +241,13 @@ def _override(prep, units: str | None, sky: str | None):
             changes["sky"] = sky
         else:
             try:
-                changes.update(sky="given", sky_value=float(sky))
+                value = float(sky)
             except ValueError:
-                raise MorphllrError(f"--sky {sky}: use none, estimate or a number") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise MorphllrError(f"--sky {sky}: use none, estimate or a finite number (the constant sky level "
+                                    "in input units)")
+            changes.update(sky="given", sky_value=value)
     return prep.replace(**changes) if changes else prep
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..limits import SEED_MAX, THREADS_MAX
 from . import app
 
 TRAIN_HELP = """Train a PixelCNN++ density model p(x) on an image set and save it as a model folder.
@@ -40,39 +41,40 @@ Example:
 
 @app.command("train", help=TRAIN_HELP)
 def train(
+    ctx: typer.Context,
     data: str = typer.Argument(..., help="Training images: image set .h5, .npy, .npz or FILE.h5:dataset."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to create (checkpoints and logs go inside)."),
     preset: str = typer.Option("zanisi21", "--preset", help="Network preset: zanisi21 (paper), small, tiny."),
     head: Optional[str] = typer.Option(
         None, "--head", help="Likelihood per pixel: gaussian (paper; continuous images), logistic_mixture, or "
         "discretized_logistic_mixture (8-bit images with integer values 0..255)."),
-    nr_resnet: Optional[int] = typer.Option(None, "--nr-resnet", help="Gated residual blocks per resolution "
+    nr_resnet: Optional[int] = typer.Option(None, "--nr-resnet", min=1, max=64, help="Gated residual blocks per resolution "
                                             "(preset value if omitted; paper 3)."),
-    nr_filters: Optional[int] = typer.Option(None, "--nr-filters", help="Feature channels (paper 64)."),
-    nr_logistic_mix: Optional[int] = typer.Option(None, "--nr-logistic-mix",
+    nr_filters: Optional[int] = typer.Option(None, "--nr-filters", min=1, max=4096, help="Feature channels (paper 64)."),
+    nr_logistic_mix: Optional[int] = typer.Option(None, "--nr-logistic-mix", min=1, max=100,
                                                   help="Mixture components of the logistic heads."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout rate in [0, 1) (paper 0.5)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training images "
+    dropout: Optional[float] = typer.Option(None, "--dropout", min=0.0, max=0.99, help="Dropout rate in [0, 1) (paper 0.5)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1_000_000, help="Passes over the training images "
                                          "(default 20 unless --max-steps is given)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps "
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, max=1_000_000_000, help="Stop after this many optimizer steps "
                                             "(overrides --epochs)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per step and device."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak Adam learning rate (linear warm-up, then cosine decay to 5%)."),
-    warmup_steps: int = typer.Option(200, "--warmup-steps", help="Learning-rate warm-up steps."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of images held out for validation "
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=65536, help="Images per step and device."),
+    lr: float = typer.Option(1e-3, "--lr", min=1e-9, max=10.0, help="Peak Adam learning rate (linear warm-up, then cosine decay to 5%)."),
+    warmup_steps: int = typer.Option(200, "--warmup-steps", min=0, max=1_000_000_000, help="Learning-rate warm-up steps."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation "
                                        "(seeded split; 0 = none)."),
     augment: str = typer.Option("rot,flip", "--augment", help="Comma list: rot (random 0-180 deg rotation; "
                                 "90 deg steps for the discretized head), flip (mirror), or none."),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="bf16-mixed (default where the CPU/GPU has native bf16: about 2x faster) or 32."),
     devices: str = typer.Option("1", "--devices", help="Processes (CPU) or GPUs per node; 'auto' = all GPUs."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes for multi-node DDP (e.g. under SLURM)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, max=100_000, help="Nodes for multi-node DDP (e.g. under SLURM)."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy: auto, ddp (several devices/nodes)."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the split, initial weights and augmentation."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without validation "
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for the split, initial weights and augmentation."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, max=1_000_000, help="Early stopping: epochs without validation "
                                            "improvement before stopping (default: off)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default: usable cores "
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads per process (default: usable cores "
                                           "/ processes; on a busy shared machine fewer is faster)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array name inside an .npz or dataset inside an .h5."),
     input_norm: str = typer.Option("auto", "--input-norm", help="Network input mapping (x - shift) / scale for "
@@ -82,12 +84,16 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model / run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from ..train import build_config, train_model
+    from ..atomic import claim_output
+    from ..train import _launched_rank, build_config, check_out_dir, train_model
 
+    if _launched_rank() == 0:  # the folder is claimed before any work; only rank 0 of a DDP run writes it
+        ctx.with_resource(claim_output(out, inputs=[data], kind="dir", existing="keep"))
+        check_out_dir(out, resume, overwrite)
     overrides = dict(head=head, nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix,
                      dropout=dropout)
     config = build_config(preset, **overrides)
-    devices_arg: int | str = int(devices) if devices.isdigit() else devices
+    devices_arg = parse_devices(devices)
     norm: str | list[str] = input_norm if input_norm in ("auto", "preset") else input_norm.split(",")
     result = train_model(data, out, config=config, max_steps=max_steps, max_epochs=epochs, batch_size=batch_size,
                          lr=lr, val_fraction=val_fraction, augment=augment, precision=precision,
@@ -105,19 +111,23 @@ def train(
 
 @app.command("score", help=SCORE_HELP)
 def score(
+    ctx: typer.Context,
     data: str = typer.Argument(..., help="Images to score: image set .h5, .npy, .npz or FILE.h5:dataset."),
     model: Path = typer.Option(..., "--model", "-m", help="Model folder from `morphllr train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV: id, logp (nats), bits_per_dim."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="Also write per-pixel log p maps (HDF5, float32 "
                                         "(N, H, W), nats) to this file."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: "
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=65536, help="Images per forward pass (default: "
                                              "largest activation kept under 32 MiB)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array name inside an .npz or dataset inside an .h5."),
     precision: Optional[str] = typer.Option(None, "--precision", help="bf16-mixed (default where the CPU has native "
                                             "bf16; scores agree with fp32 to ~1e-3 relative) or 32 (exact fp32)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: usable cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads (default: usable cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out / --maps if they exist (never an "
+                                   "input: DATA or the model)."),
 ) -> None:
+    from ..atomic import claim_outputs
     from ..errors import MorphllrError
     from ..modelio import load_model
     from ..score import score_to_files
@@ -125,10 +135,33 @@ def score(
 
     if precision not in (None, "bf16-mixed", "32"):
         raise MorphllrError(f"--precision: {precision!r} must be bf16-mixed or 32")
+    # both outputs checked and locked before the model is loaded
+    ctx.with_resource(claim_outputs([("--out", out), ("--maps", maps)], inputs=[model, data], overwrite=overwrite))
     loaded = load_model(model)
     source = open_images(data, key=key) if key else open_images(data)
     bf16 = None if precision is None else precision == "bf16-mixed"
     summary = score_to_files(loaded, source, out, maps_path=maps, batch_size=batch_size, bf16=bf16,
-                             threads=threads, progress=not quiet)
+                             threads=threads, progress=not quiet, overwrite=overwrite)
     typer.echo(f"scored {summary['n']} images: mean logp {summary['mean_logp']:.3f} nats "
                f"({summary['mean_bits_per_dim']:.4f} bits/dim) -> {out}" + (f", maps -> {maps}" if maps else ""))
+
+
+def parse_devices(text: str) -> int | str:
+    """``--devices``: a positive count, ``auto``, ``-1`` (all GPUs) or a comma list of GPU indices.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        an int count, or the text Lightning understands.
+    """
+    from ..errors import MorphllrError
+
+    value = text.strip()
+    if value.isdigit() and 1 <= int(value) <= 4096:
+        return int(value)
+    if value in ("auto", "-1") or (value and all(part.strip().isdigit() for part in value.split(","))
+                                   and "," in value):
+        return value
+    raise MorphllrError(f"--devices {text!r}: give a number of processes/GPUs (1..4096), 'auto', -1 (all GPUs) or "
+                        "GPU indices such as 0,1")

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from ..limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_FWHM_MAX,
+                      PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX, ZERO_POINT_MIN)
 from . import app
 
 FIT_HELP = """Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
@@ -28,29 +30,35 @@ def _progress_bar(label: str):
 
 @app.command("fit-sersic", help=FIT_HELP)
 def fit_sersic_command(
+    ctx: typer.Context,
     imageset: Path = typer.Argument(..., help="Image set (.h5) with flux cutouts, from `morphllr prepare`."),
     psf_fwhm: Optional[float] = typer.Option(
-        None, "--psf-fwhm", help="PSF FWHM in arcsec for every galaxy (SDSS r median ~1.4). Default: the "
+        None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX, help="PSF FWHM in arcsec for every galaxy (SDSS r median ~1.4). Default: the "
         "catalogue's psf_fwhm_arcsec column (and psf_beta)."),
     psf: str = typer.Option("moffat", "--psf", help="PSF shape: moffat (beta 4.765 unless psf_beta is given) or gaussian."),
     no_psf: bool = typer.Option(False, "--no-psf", help="Fit without PSF convolution (only for PSF-free images)."),
-    channel: int = typer.Option(0, "--channel", help="Band to fit (0-based) for multi-band sets."),
+    channel: int = typer.Option(0, "--channel", min=0, max=1023, help="Band to fit (0-based) for multi-band sets."),
     fit_size: Optional[int] = typer.Option(
-        None, "--fit-size", help="Side in pixels of the central square fitted. Default: the preset's crop (64 for "
-        "zanisi21)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes to use (default: all usable cores)."),
+        None, "--fit-size", min=MIN_FIT_SIZE, max=4096, help="Side in pixels of the central square fitted. Default: the preset's crop (64 for "
+        "zanisi21); at most the flux cutout's side."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=WORKERS_MAX,
+                                          help="Processes to use (default: all usable cores)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace Sérsic columns the catalogue already has."),
 ) -> None:
     from rich.console import Console
 
+    from ..atomic import claim_output
     from ..imageset import ImageSet
     from ..sersic_fit import fit_imageset
 
     console = Console(stderr=True)
+    # the one in-place command: it locks the set whose catalogue it rewrites, before fitting
+    ctx.with_resource(claim_output(imageset, option="IMAGESET", existing="update"))
     n = len(ImageSet.open(imageset))
     with _progress_bar("fit-sersic") as bar:
         task = bar.add_task("fit", total=n)
         _, summary = fit_imageset(imageset, psf_fwhm=psf_fwhm, psf_kind=psf, no_psf=no_psf, channel=channel,
-                                  fit_size=fit_size, workers=workers,
+                                  fit_size=fit_size, workers=workers, overwrite=overwrite,
                                   progress=lambda k: bar.update(task, completed=k))
     console.print(f"fitted {summary['n']} galaxies, {summary['n_good']} with flag 0; flags {summary['flag_counts']}; "
                   f"median n = {summary['median_n']:.2f}, median R_e = {summary['median_re_pix']:.2f} px")
@@ -69,10 +77,12 @@ Example:  morphllr archetypes obs.h5 --out arch.h5 --psf-fwhm 1.4
 
 @app.command("archetypes", help=ARCH_HELP)
 def archetypes_command(
+    ctx: typer.Context,
     imageset: Path = typer.Argument(..., help="Observed image set (.h5) with flux cutouts and Sérsic columns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output archetype image set (.h5)."),
     psf_fwhm: Optional[float] = typer.Option(
-        None, "--psf-fwhm", help="PSF FWHM in arcsec for every galaxy. Default: the catalogue's psf_fwhm_arcsec."),
+        None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX,
+        help="PSF FWHM in arcsec for every galaxy. Default: the catalogue's psf_fwhm_arcsec."),
     psf: str = typer.Option("moffat", "--psf", help="PSF shape: moffat or gaussian."),
     psf_image: Optional[Path] = typer.Option(
         None, "--psf-image", help="PSF image (FITS or .npy) sampled at the set's pixel scale; overrides --psf-fwhm."),
@@ -85,20 +95,21 @@ def archetypes_command(
     pa_col: str = typer.Option("sersic_pa_deg", "--pa-col", help="Column with the PA (deg, counter-clockwise from +x)."),
     flux_col: str = typer.Option("sersic_flux", "--flux-col", help="Column with the total flux (set's flux units)."),
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Skip galaxies with unusable parameters instead of stopping."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the noise (results do not depend on --workers)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes to use (default: all usable cores)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX,
+                             help="Random seed of the noise (results do not depend on --workers)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=WORKERS_MAX,
+                                          help="Processes to use (default: all usable cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     from rich.console import Console
 
     from ..archetypes import make_archetype_set
-    from ..errors import MorphllrError
+    from ..atomic import claim_output
     from ..imageset import ImageSet
     from ..sersic_fit import default_workers
 
     console = Console(stderr=True)
-    if out.exists() and not overwrite:
-        raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
+    ctx.with_resource(claim_output(out, inputs=[imageset, psf_image, sky_patches], overwrite=overwrite))
     n = len(ImageSet.open(imageset))
     columns = {"n": n_col, "re_pix": re_col, "q": q_col, "pa_deg": pa_col, "flux": flux_col}
     with _progress_bar("archetypes") as bar:
@@ -132,12 +143,13 @@ Examples:
 
 @app.command("sky-patches", help=SKY_HELP)
 def sky_patches_command(
+    ctx: typer.Context,
     frames: List[Path] = typer.Argument(..., help="SDSS frame files (frame-*.fits[.bz2]) or files of frames (image set "
                                                   ".h5, .npy/.npz, FITS cube) in working flux units."),
-    size: int = typer.Option(..., "--size", help="Patch side in pixels: the flux-cutout side of the set the archetypes are for."),
+    size: int = typer.Option(..., "--size", min=4, max=4096, help="Patch side in pixels: the flux-cutout side of the set the archetypes are for."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy of float32 (N, C, SIZE, SIZE) patches (+ OUT.json record)."),
     n: Optional[int] = typer.Option(
-        None, "--n", help="Number of patches (default: as many as the used empty sky fills once, empty pixels / SIZE^2, "
+        None, "--n", min=1, max=10_000_000, help="Number of patches (default: as many as the used empty sky fills once, empty pixels / SIZE^2, "
         "at least one per frame)."),
     part: Optional[str] = typer.Option(
         None, "--part", help="K/M: only part K of M of every frame, interleaved stripes of --region columns (1/2 training sky, 2/2 scoring sky)."),
@@ -145,21 +157,26 @@ def sky_patches_command(
                                                            "or recipe file."),
     like: Optional[Path] = typer.Option(
         None, "--like", help="Take the working unit from this model folder or image set instead of --preset."),
-    block: int = typer.Option(16, "--block", help="Side of the empty blocks in pixels (a multiple of --grid; SIZE a multiple of it)."),
-    grid: int = typer.Option(4, "--grid", help="Blocks start at multiples of this many pixels (keep a compression-block phase)."),
+    block: int = typer.Option(16, "--block", min=1, max=4096, help="Side of the empty blocks in pixels (a multiple of --grid; SIZE a multiple of it)."),
+    grid: int = typer.Option(4, "--grid", min=1, max=4096, help="Blocks start at multiples of this many pixels (keep a compression-block phase)."),
     region: Optional[int] = typer.Option(
-        None, "--region", help="Side of the regions a patch takes one block from, pixels (default 4 x --block)."),
-    dilate: int = typer.Option(4, "--dilate", help="Pixels every detected source is grown by before looking for sky."),
-    neighbours: int = typer.Option(32, "--neighbours", help="Regions of similar sky noise one patch draws its blocks from."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the tiling."),
+        None, "--region", min=1, max=1_000_000, help="Side of the regions a patch takes one block from, pixels (default 4 x --block)."),
+    dilate: int = typer.Option(4, "--dilate", min=0, max=1000, help="Pixels every detected source is grown by before looking for sky."),
+    neighbours: int = typer.Option(32, "--neighbours", min=1, max=1_000_000, help="Regions of similar sky noise one patch draws its blocks from."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the tiling."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and its .json) if they exist."),
 ) -> None:
     from rich.console import Console
 
+    from ..atomic import claim_outputs
     from ..preprocess import Preprocessing
     from ..skypatches import make_sky_patches
     from .data import preprocessing_like
 
+    # OUT.npy and its record OUT.json, claimed together before any frame is read (a bad suffix is refused below)
+    record = out.with_suffix(".json") if out.suffix.lower() == ".npy" else None
+    ctx.with_resource(claim_outputs([("--out", out), ("--out", record)], inputs=[*frames, like, preset],
+                                    overwrite=overwrite))
     prep = preprocessing_like(like) if like is not None else Preprocessing.preset(preset)
     summary = make_sky_patches(frames, out, size, n=n, block=block, grid=grid, dilate=dilate, neighbours=neighbours,
                                seed=seed, overwrite=overwrite, part=part, region=region, preprocessing=prep)
@@ -195,20 +212,21 @@ Example:  morphllr mock TNG/*.fits --band r --zero-point 23.9 --sky-patches sky_
 
 @app.command("mock", help=MOCK_HELP)
 def mock_command(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Files, folders or globs of idealised images, one galaxy each (or one per band)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
     band: Optional[str] = typer.Option(
         None, "--band", help="Band(s) by name, comma-separated: r matches sloan/sdss_r in a SKIRT cube; g,r,i stacks "
         "bands (channels in this order)."),
     zero_point: Optional[float] = typer.Option(
-        None, "--zero-point", help="AB magnitude of 1 count/s of count-rate inputs (TNG SKIRT cubes); recorded."),
+        None, "--zero-point", min=ZERO_POINT_MIN, max=ZERO_POINT_MAX, help="AB magnitude of 1 count/s of count-rate inputs (TNG SKIRT cubes); recorded."),
     redshift: Optional[float] = typer.Option(
-        None, "--redshift", help="Redshift to observe every galaxy at. Default: catalogue/match, else the image's "
+        None, "--redshift", min=1e-5, max=20.0, help="Redshift to observe every galaxy at. Default: catalogue/match, else the image's "
         "own (USE_Z / REDSHIFT)."),
     cosmology: Optional[str] = typer.Option(
         None, "--cosmology", help="Planck18 (default) or realsim = FlatLambdaCDM(H0=70, Om0=0.3), RealSim's."),
     sim_pixel_kpc: Optional[float] = typer.Option(
-        None, "--sim-pixel-kpc", help="Physical pixel size of the inputs in kpc (default: header CDELT1 in pc/kpc)."),
+        None, "--sim-pixel-kpc", min=1e-6, max=1e4, help="Physical pixel size of the inputs in kpc (default: header CDELT1 in pc/kpc)."),
     sky_patches: Optional[Path] = typer.Option(
         None, "--sky-patches", help="Real empty-sky library (.npy from `morphllr sky-patches`, working units, at least "
         "the cutout size) to insert the mocks into, instead of Gaussian sky noise."),
@@ -221,29 +239,37 @@ def mock_command(
     like: Optional[Path] = typer.Option(
         None, "--like", help="Observe and preprocess exactly like this model folder or image set (overrides --preset)."),
     preset: str = typer.Option("zanisi21", "--preset", help="Survey + preprocessing preset (zanisi21) or recipe file."),
-    pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", help="Survey pixel scale, arcsec/px (0.396)."),
-    psf_fwhm: Optional[float] = typer.Option(None, "--psf-fwhm", help="Seeing FWHM in arcsec for every galaxy (1.4)."),
+    pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", min=PIXEL_SCALE_MIN, max=PIXEL_SCALE_MAX,
+                                                help="Survey pixel scale, arcsec/px (0.396)."),
+    psf_fwhm: Optional[float] = typer.Option(None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX,
+                                             help="Seeing FWHM in arcsec for every galaxy (1.4)."),
     psf: Optional[str] = typer.Option(None, "--psf", help="PSF shape: moffat or gaussian."),
-    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", help="Moffat index (default 4.765)."),
+    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", min=1.0, max=50.0, help="Moffat index (default 4.765)."),
     psf_image: Optional[Path] = typer.Option(
         None, "--psf-image", help="PSF image (FITS or .npy) sampled at the survey pixel scale, for every galaxy."),
-    sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", help="Gaussian sky noise per pixel, working units."),
-    gain: Optional[float] = typer.Option(None, "--gain", help="Electrons per working flux unit (shot noise)."),
+    sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", min=0.0, max=1e12,
+                                              help="Gaussian sky noise per pixel, working units."),
+    gain: Optional[float] = typer.Option(None, "--gain", min=GAIN_MIN, max=GAIN_MAX,
+                                         help="Electrons per working flux unit (shot noise)."),
     working_zero_point: Optional[float] = typer.Option(
-        None, "--working-zero-point", help="AB magnitude of one output flux unit (default: the preset's, 28.2 = "
+        None, "--working-zero-point", min=ZERO_POINT_MIN, max=ZERO_POINT_MAX, help="AB magnitude of one output flux unit (default: the preset's, 28.2 = "
         "SDSS r counts); recorded, so models trained in other units refuse the set."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the noise, sky-patch and match draws."),
+    repeat: int = typer.Option(
+        1, "--repeat", min=1, max=1000, help="Observations per galaxy, each with its own sky, noise and matched PSF (ids NAME-0, "
+        "NAME-1, ...; column galaxy)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the noise, sky-patch and match draws."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     from rich.console import Console
 
+    from ..atomic import claim_output
     from ..errors import MorphllrError
     from ..mock import make_mock_set
     from .data import preprocessing_like
 
     console = Console(stderr=True)
-    if out.exists() and not overwrite:
-        raise MorphllrError(f"--out {out}: already exists; pass --overwrite to replace it")
+    ctx.with_resource(claim_output(out, inputs=[*inputs, catalog, like, preset, sky_patches, match, psf_image],
+                                   overwrite=overwrite))
     if match_redshift and match is None:
         raise MorphllrError("--match-redshift: needs --match OBSERVED.h5 to draw redshifts from")
     recipe = preprocessing_like(like) if like is not None else preset
@@ -255,11 +281,12 @@ def mock_command(
             pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, psf=psf, psf_beta=psf_beta, psf_image=psf_image,
             zero_point=zero_point, working_zero_point=working_zero_point, sky_sigma=sky_sigma, gain=gain,
             sky_patches=sky_patches, catalog=catalog, match=match, match_redshift=match_redshift, bands=bands,
-            cosmology=cosmology, seed=seed, overwrite=overwrite, progress=lambda k: bar.update(task, completed=k))
+            cosmology=cosmology, repeat=repeat, seed=seed, overwrite=overwrite,
+            progress=lambda k: bar.update(task, completed=k))
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning: {warning}[/yellow]")
     sky = summary["sky"]
-    sky_text = f"real sky from {sky['file']} ({sky['n']} patches)" if "file" in sky else \
+    sky_text = f"real sky from {sky['file']} ({sky['n_patches']} patches)" if "file" in sky else \
         f"Gaussian sky sigma {sky['gaussian_sigma']:g}"
     console.print(f"wrote {summary['n']} mock observation(s) to {out}: {sky_text}; PSF {summary['psf']}; "
                   f"{summary['cosmology']}")

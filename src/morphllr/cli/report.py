@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from ..limits import SEED_MAX
 from . import app
 
 
@@ -52,6 +53,7 @@ _HELP = (
 
 @app.command("compare", help=_HELP)
 def compare_command(
+    ctx: typer.Context,
     sets: List[str] = typer.Argument(
         None, metavar="NAME=SET.h5 ...",
         help="Sets to compare with the reference, each as NAME=FILE (an ImageSet from `morphllr prepare`, "
@@ -66,18 +68,18 @@ def compare_command(
     out: Path = typer.Option(..., "--out", help="Report folder to create: index.html, figures/, scores.csv, "
                                                "scores.parquet, summary.json, summary.csv."),
     rotations: int = typer.Option(
-        0, "--rotations", min=0,
+        0, "--rotations", min=0, max=1000,
         help="Also average each image's LLR over K random rotations (0-180°), as in the paper; costs K extra "
              "forward passes per model. Adds column llr_rot."),
     maps: str = typer.Option(
         "gallery", "--maps",
         help="'gallery': per-pixel LLR maps only for the gallery galaxies; 'all': also maps.h5 with every "
              "map (N x H x W float32 per set and model)."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
-    gallery: int = typer.Option(8, "--gallery", min=0, help="Galaxies per gallery (most/least realistic, outliers)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=10,
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=65536, help="Images per forward pass."),
+    gallery: int = typer.Option(8, "--gallery", min=0, max=1000, help="Galaxies per gallery (most/least realistic, outliers)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, max=1_000_000,
                                   help="Bootstrap replicates for the 95 % intervals and ΔLLR errors."),
-    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap, rotations and matched draws."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for bootstrap, rotations and matched draws."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Rank image sets by mean LLR and write the comparison report (see ``_HELP``)."""
@@ -93,6 +95,11 @@ def compare_command(
 
             raise MorphllrError(f"set name {name!r} is used twice; give every set its own NAME=")
         others[name] = path
+    from ..atomic import claim_output
+
+    # the report folder is claimed before any model is loaded; it may not hold a model or a set
+    ctx.with_resource(claim_output(out, inputs=[obs, arch, ref_path, *others.values()], overwrite=overwrite,
+                                   kind="dir"))
     result = compare(obs, arch, reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
                      maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
                      overwrite=overwrite, progress=True)

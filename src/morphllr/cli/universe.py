@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..limits import N_GALAXIES_MAX, SEED_MAX, WORKERS_MAX
 from . import app
 
 _SETS_HELP = (
@@ -30,13 +31,14 @@ _SKY_HELP = (
 
 @app.command("synth")
 def synth_command(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; refused if it exists unless --overwrite)."),
-    n_train: int = typer.Option(2000, "--n-train", help="Galaxies in observed-train and archetypes-train."),
-    n_test: int = typer.Option(500, "--n-test", help="Galaxies in observed-test and archetypes."),
-    n_sim: int = typer.Option(None, "--n-sim", help="Galaxies in each sim-* set (default: same as --n-test).", show_default=False),
+    n_train: int = typer.Option(2000, "--n-train", min=1, max=N_GALAXIES_MAX, help="Galaxies in observed-train and archetypes-train."),
+    n_test: int = typer.Option(500, "--n-test", min=1, max=N_GALAXIES_MAX, help="Galaxies in observed-test and archetypes."),
+    n_sim: int = typer.Option(None, "--n-sim", min=1, max=N_GALAXIES_MAX, help="Galaxies in each sim-* set (default: same as --n-test).", show_default=False),
     sets: str = typer.Option("all", "--sets", help=_SETS_HELP),
-    seed: int = typer.Option(0, "--seed", help="Universe seed; the same seed gives identical files."),
-    workers: int = typer.Option(2, "--workers", help="Processes for the single-Sérsic fits behind the archetypes."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Universe seed; the same seed gives identical files."),
+    workers: int = typer.Option(2, "--workers", min=1, max=WORKERS_MAX, help="Processes for the single-Sérsic fits behind the archetypes."),
     preprocessing: str = typer.Option("zanisi21", "--preprocessing",
                                       help="Preprocessing preset or recipe file for the model-input /images."),
     sky_patches: Optional[Path] = typer.Option(None, "--sky-patches", metavar="SKY.npy", help=_SKY_HELP,
@@ -55,8 +57,11 @@ def synth_command(
 
     from rich.console import Console
 
+    from ..atomic import claim_output
     from ..synth import SET_NAMES, check_set_names, write_universe
 
+    # claimed before anything is generated (the sky library and a recipe file are inputs)
+    ctx.with_resource(claim_output(out, inputs=[sky_patches, preprocessing], overwrite=overwrite, kind="dir"))
     names = list(SET_NAMES) if sets.strip() == "all" else check_set_names(sets.split(","), "--sets")
     console = Console(stderr=True)
     start = time.perf_counter()
@@ -71,13 +76,14 @@ def synth_command(
 
 @app.command("demo")
 def demo_command(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("morphllr-demo"), "--out", "-o", help="Demo folder: data/ (the generated sets), "
                              "report/ (scores, summary.json, index.html) and, with --train, models/."),
     train: bool = typer.Option(False, "--train", help="Retrain p_obs and p_arch first instead of using the "
                                "shipped models (~20-30 min on 2 CPU cores)."),
-    n: int = typer.Option(300, "--n", help="Galaxies per set."),
-    seed: int = typer.Option(0, "--seed", help="Universe seed (the shipped models were trained on seed 0)."),
-    workers: int = typer.Option(2, "--workers", help="Processes for the single-Sérsic fits behind the archetypes."),
+    n: int = typer.Option(300, "--n", min=2, max=N_GALAXIES_MAX, help="Galaxies per set."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Universe seed (the shipped models were trained on seed 0)."),
+    workers: int = typer.Option(2, "--workers", min=1, max=WORKERS_MAX, help="Processes for the single-Sérsic fits behind the archetypes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Run the whole method on a generated universe whose answer is known (about 1-2 min).
@@ -86,9 +92,12 @@ def demo_command(
     """
     from rich.console import Console
 
-    from ..demo import check_ranking, run_demo
+    from ..atomic import claim_output
+    from ..demo import check_ranking, pretrained_dir, run_demo
     from ..report import print_ranking
 
+    # claimed before anything is generated; it may not hold the shipped models it reads
+    ctx.with_resource(claim_output(out, inputs=[] if train else [pretrained_dir()], overwrite=overwrite, kind="dir"))
     console = Console()
     result = run_demo(out, train=train, overwrite=overwrite, n=n, seed=seed, workers=workers,
                       say=lambda message: console.print(f"[dim]{message}[/dim]"))
