@@ -154,3 +154,74 @@ def test_large_sample_bootstrap_matches_resampling():
     slow = stats.bootstrap_means(x[: stats.LARGE_SAMPLE], n_boot=300, rng=1)  # exact resampling path
     assert fast.mean() == pytest.approx(x.mean(), abs=0.1 * x.std() / np.sqrt(x.size))
     assert fast.std() == pytest.approx(slow.std(), rel=0.15)
+
+
+# --------------------------------------------------------------------------- groups and model variance
+def test_cluster_bootstrap_is_the_bootstrap_of_group_means_for_equal_groups():
+    rng = np.random.default_rng(11)
+    group_means = rng.normal(3.0, 2.0, 50)
+    values = np.concatenate([group_means] * 4)  # every object imaged 4 times, identically
+    groups = np.tile(np.arange(50), 4)
+    np.testing.assert_allclose(stats.bootstrap_means(values, 300, rng=5, groups=groups),
+                               stats.bootstrap_means(group_means, 300, rng=5), rtol=1e-12)
+    wide = stats.bootstrap_mean_ci(values, n_boot=2000, rng=1, groups=groups)
+    narrow = stats.bootstrap_mean_ci(values, n_boot=2000, rng=1)
+    assert (wide[1] - wide[0]) == pytest.approx(2 * (narrow[1] - narrow[0]), rel=0.15)  # sqrt(4)
+    # unequal groups: the ratio estimator sum / count over drawn groups; labels may be text
+    labels = np.array(["a", "a", "b", "c", "c", "c"])
+    x = np.array([1.0, 3.0, 10.0, 0.0, 0.0, 6.0])
+    sums, counts = stats.group_sums(x, labels)
+    np.testing.assert_array_equal(sums, [4.0, 10.0, 6.0]) and np.testing.assert_array_equal(counts, [2, 1, 3])
+    assert stats.n_groups(x, labels) == 3
+    draws = stats.bootstrap_means(x, 500, rng=2, groups=labels)
+    assert draws.min() >= 0.0 and draws.max() <= 10.0 and np.isclose(np.median(draws), x.mean(), atol=2.5)
+    delta, err = stats.delta_mean(values, values + 1.0, 500, rng=0, groups=groups, reference_groups=groups)
+    assert delta == pytest.approx(-1.0) and err > 0
+    with pytest.raises(MorphllrError, match="group labels"):
+        stats.bootstrap_means(x, 10, groups=labels[:3])
+
+
+def test_group_aware_ratio_interval_and_share_rule():
+    rng = np.random.default_rng(12)
+    sky = np.repeat(rng.normal(0.0, 1.0, 60), 3)
+    pixels = np.full(180, 100.0)
+    groups = np.repeat(np.arange(60), 3)
+    lo_g, hi_g = stats.bootstrap_ratio_ci(sky, pixels, n_boot=2000, rng=0, groups=groups)
+    lo, hi = stats.bootstrap_ratio_ci(sky, pixels, n_boot=2000, rng=0)
+    assert (hi_g - lo_g) == pytest.approx(np.sqrt(3) * (hi - lo), rel=0.2)
+    # triplicated images: the mean is 2 per-image standard errors away but only ~1.2 cluster ones
+    total = np.repeat(rng.normal(0.0, 1.0, 60), 3)
+    total = total - total.mean() + 2.0 * total.std(ddof=1) / np.sqrt(180) * 1.05
+    part = 0.5 * total
+    assert np.isfinite(stats.share_of_mean(part, total))
+    assert np.isnan(stats.share_of_mean(part, total, groups=groups))
+
+
+def test_member_resampling_keeps_one_galaxy_draw_for_all_members(monkeypatch):
+    rng = np.random.default_rng(13)
+    base = rng.normal(0, 5, 400)
+    sums = np.stack([base, base + 2.0, base * 1.5])  # members: shifted / scaled copies
+    draws = stats.resample_member_means(sums, np.ones(400), 1000, rng=1)
+    assert draws.shape == (1000, 3)
+    np.testing.assert_allclose(draws[:, 1] - draws[:, 0], 2.0, atol=1e-12)  # same galaxies in every member
+    np.testing.assert_allclose(draws[:, 2], 1.5 * draws[:, 0], rtol=1e-10)
+    monkeypatch.setattr(stats, "LARGE_SAMPLE", 100)  # the Gaussian limit: same covariance
+    gauss = stats.resample_member_means(sums, np.ones(400), 4000, rng=1)
+    np.testing.assert_allclose(np.cov(gauss.T), np.cov(draws.T), rtol=0.15)
+    np.testing.assert_allclose(gauss[:, 1] - gauss[:, 0], 2.0, atol=1e-9)
+
+
+def test_hierarchical_interval_holds_the_galaxy_interval_and_member_spread():
+    rng = np.random.default_rng(14)
+    galaxy = rng.normal(0, 0.1, (2000, 1))
+    obs = galaxy + np.array([[-1.0, 0.0, 1.0]])  # members far apart compared with galaxy noise
+    arch = np.zeros((2000, 3))
+    iv = stats.hierarchical_intervals(obs, arch, 0.95, rng=3)
+    assert iv["total"][0] <= iv["galaxy"][0] and iv["galaxy"][1] <= iv["total"][1]
+    # member resampling alone: mean of 3 draws from {-1, 0, 1} has sd sqrt(2/3 / 3)
+    expected = 2 * 1.96 * np.hypot(0.1, np.sqrt(2 / 9))
+    assert iv["total"][1] - iv["total"][0] == pytest.approx(expected, rel=0.25)
+    same = stats.hierarchical_intervals(np.repeat(galaxy, 3, axis=1), arch, 0.95, rng=3)
+    assert same["total"] == pytest.approx(same["galaxy"])  # identical members add nothing
+    assert stats.hull((0.0, 1.0), (-1.0, 0.5), (float("nan"), 2.0)) == [-1.0, 2.0]
+    assert stats.sign_agreement([-1.0, -2.0, 3.0, -0.5], -1.0) == 0.75

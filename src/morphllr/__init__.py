@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "morphllr.modelio",
+    "load_ensemble": "morphllr.modelio",
+    "Ensemble": "morphllr.modelio",
     "save_model": "morphllr.modelio",
     "log_likelihood": "morphllr.score",
     "PixelCNN": "morphllr.model",

@@ -92,6 +92,10 @@ class SetResult:
         notes: what could not be measured and why.
         sky_mask: where the empty-sky mask came from: ``"segmap"``, ``"segmap_model"``
             (companions count as sky) or None (sky columns are NaN).
+        member_logp: ``{"obs": (K_obs, N), "arch": (K_arch, N)}`` float64 log p of every image
+            under every member (``scores["logp_obs"]`` is the mean over the obs members);
+            LLR_ij = member_logp["obs"][i] - member_logp["arch"][j].
+        groups: per-image label of the object it shows (``group_col``), or None.
     """
 
     name: str
@@ -104,6 +108,8 @@ class SetResult:
     gallery: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     sky_mask: str | None = None
+    member_logp: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: np.ndarray | None = None
 
     @property
     def llr(self) -> np.ndarray:
@@ -134,33 +140,136 @@ class CompareResult:
 
 
 # --------------------------------------------------------------------------- models
-def _load(model: Any, what: str):
-    if isinstance(model, (str, os.PathLike)):
-        from .modelio import load_model
+@dataclass
+class Side:
+    """The models of one side (p_obs or p_arch): one model, or an ensemble of retrainings.
 
-        path = Path(model)
-        if not path.exists():
-            raise MorphllrError(f"{what} {path}: no such model folder; give the folder written by `morphllr train`")
-        return load_model(path)
-    if not hasattr(model, "net"):
-        raise MorphllrError(f"{what}: expected a model folder or a LoadedModel, got {type(model).__name__}")
-    return model
+    Attributes:
+        members: LoadedModel-like objects (``.net``, ``.config``, ``.preprocessing``).
+        names: one short, distinct label per member (used in ``logp_<side>_<name>`` columns).
+        paths: where the members came from (folder text, "" for in-memory models).
+    """
+
+    members: list
+    names: list[str]
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def _member_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text)).strip("._")
+
+
+def _load_path(path: Path, what: str) -> tuple[list, list[str]]:
+    from . import modelio
+
+    if not path.exists():
+        raise MorphllrError(f"{what} {path}: no such model folder; give the folder written by `morphllr train`")
+    loader = getattr(modelio, "load_ensemble", None)  # ensemble folders (train --seeds); plain folders too
+    if loader is not None:
+        ens = loader(path)
+        members = list(ens.members)
+        names = list(getattr(ens, "names", None) or [])
+        if len(names) != len(members):
+            names = [Path(getattr(m, "path", "") or f"{path.name}_{k}").name for k, m in enumerate(members)]
+        return members, names
+    return [modelio.load_model(path)], [path.name]
+
+
+def load_side(spec: Any, what: str) -> Side:
+    """The members of one side from a model or ensemble folder, a LoadedModel, an Ensemble or a list of those.
+
+    Args:
+        spec: folder path, LoadedModel, ``morphllr.modelio.Ensemble`` (``.members``, ``.names``)
+            or a list/tuple mixing them (all members are pooled).
+        what: ``"--obs"`` or ``"--arch"``, for messages.
+
+    Returns:
+        a :class:`Side` with distinct member names.
+    """
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise MorphllrError(f"{what}: no model given; give a model or ensemble folder")
+    members: list = []
+    names: list[str] = []
+    paths: list[str] = []
+    for k, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            got, got_names = _load_path(Path(item), what)
+        elif hasattr(item, "members"):
+            got = list(item.members)
+            got_names = list(getattr(item, "names", None) or [])
+            if len(got_names) != len(got):
+                got_names = [f"{k}_{i}" for i in range(len(got))]
+        elif hasattr(item, "net"):
+            got, got_names = [item], [Path(str(getattr(item, "path", "") or "")).name or str(k)]
+        else:
+            raise MorphllrError(f"{what}: expected a model or ensemble folder, a LoadedModel or an Ensemble, "
+                                f"got {type(item).__name__}")
+        for m in got:
+            if not hasattr(m, "net"):
+                raise MorphllrError(f"{what}: ensemble member of type {type(m).__name__} is not a loaded model")
+        members += got
+        names += got_names
+        paths += [str(getattr(m, "path", "") or "") for m in got]
+    clean = [_member_name(n) for n in names]
+    if len(set(clean)) != len(clean) or not all(clean):
+        clean = [f"{n or 'm'}_{i}" for i, n in enumerate(clean)]
+    return Side(members=members, names=clean, paths=paths)
+
+
+def side_notes(side: Side, what: str) -> list[str]:
+    """Notes on how one side's members differ beyond their seed (different training images)."""
+    prints = {getattr(m, "data_fingerprint", None) or (getattr(m, "meta", None) or {}).get("data_fingerprint")
+              for m in side.members}
+    if len(side) > 1 and len(prints) > 1:
+        return [f"{what}: the {len(side)} members were trained on different images (their data fingerprints "
+                "differ), so the model variance also measures the change of training set, not only of the seed"]
+    return []
 
 
 def _config_value(config: Any, key: str):
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
 
-def _check_models(obs, arch) -> None:
-    """Refuse two models that do not describe the same image space with the same head."""
-    diffs = [f"{k}: {_config_value(obs.config, k)!r} vs {_config_value(arch.config, k)!r}"
-             for k in ("head", "in_channels", "height", "width")
-             if _config_value(obs.config, k) != _config_value(arch.config, k)]
+_SHAPE_KEYS = ("head", "in_channels", "height", "width")
+
+
+def _check_models(obs: Side, arch: Side) -> None:
+    """Refuse models that do not describe the same image space with the same head.
+
+    Every member of a side must also share its preprocessing (and head and image size)
+    with the side's first member: an ensemble averages densities over the same pixels.
+    """
+    for side, what in ((obs, "--obs"), (arch, "--arch")):
+        first = side.members[0]
+        for name, m in zip(side.names[1:], side.members[1:]):
+            diffs = [f"{k}: {_config_value(first.config, k)!r} vs {_config_value(m.config, k)!r}"
+                     for k in _SHAPE_KEYS if _config_value(first.config, k) != _config_value(m.config, k)]
+            if diffs:
+                raise MorphllrError(
+                    f"{what}: ensemble members {side.names[0]} and {name} differ ({'; '.join(diffs)}); "
+                    "an ensemble averages one density over the same images, so train every seed alike")
+            try:
+                _check_prep(first.preprocessing, m.preprocessing, f"{what} ensemble member {side.names[0]} vs {name}")
+            except MorphllrError as exc:
+                text = str(exc)
+                diffs = text.split("prepared differently (", 1)[-1].rsplit("); ", 1)[0] if "prepared differently (" \
+                    in text else text
+                raise MorphllrError(
+                    f"{what}: ensemble members {side.names[0]} and {name} were trained on differently prepared "
+                    f"images ({diffs}); an ensemble averages one density over the same pixels, so train every member "
+                    "on the same prepared set") from None
+    o, a = obs.members[0], arch.members[0]
+    diffs = [f"{k}: {_config_value(o.config, k)!r} vs {_config_value(a.config, k)!r}"
+             for k in _SHAPE_KEYS if _config_value(o.config, k) != _config_value(a.config, k)]
     if diffs:
         raise MorphllrError(
             f"--obs / --arch: the two models differ ({'; '.join(diffs)}); an LLR needs two densities over "
             "the same images, so train both with the same --head and image size")
-    _check_prep(obs.preprocessing, arch.preprocessing, "--obs model vs --arch model")
+    _check_prep(o.preprocessing, a.preprocessing, "--obs model vs --arch model")
 
 
 def _check_prep(model_prep: dict, set_prep: dict, what: str) -> None:
@@ -242,17 +351,37 @@ def catalog_values(catalog: Any, column: str | None) -> np.ndarray | None:
 
 # --------------------------------------------------------------------------- forward passes
 class _Scorer:
-    """Per-pixel log p maps of numpy batches under one model, timing the forward passes."""
+    """Per-pixel log p maps of numpy batches under one side's members, timing the forward passes.
 
-    def __init__(self, model):
-        self.model = model
+    One forward pass per member and batch: K_obs + K_arch passes give every one of the
+    K_obs x K_arch pairs, LLR_ij = log p_obs,i - log p_arch,j, from the per-member sums.
+    """
+
+    def __init__(self, side: Side | Any):
+        self.side = side if isinstance(side, Side) else Side([side], ["0"], [""])
+        self.model = self.side.members[0]
         self.seconds = 0.0
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def maps_and_sums(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The members' mean map ``(B, H, W)`` float32 and each member's per-image log p ``(K, B)`` float64."""
         start = time.perf_counter()
-        maps = _log_prob_maps(self.model, batch)
+        total = None
+        sums = np.empty((len(self.side), len(batch)))
+        for k, member in enumerate(self.side.members):
+            maps = _log_prob_maps(member, batch)
+            sums[k] = maps.sum(axis=(1, 2), dtype=np.float64)
+            if len(self.side) == 1:
+                total = maps
+            elif total is None:
+                total = maps.astype(np.float64)
+            else:
+                total += maps
         self.seconds += time.perf_counter() - start
-        return maps
+        mean = total if len(self.side) == 1 else (total / len(self.side)).astype(np.float32)
+        return mean, sums
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.maps_and_sums(batch)[0]
 
 
 def _log_prob_maps(model, batch: np.ndarray) -> np.ndarray:
@@ -483,6 +612,8 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     n, c, h, w = s.source.shape
     n_dims = c * h * w
     out = {key: np.empty(n) for key in ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels")}
+    obs_scorer, arch_scorer = scorers
+    members = {"obs": np.empty((len(obs_scorer.side), n)), "arch": np.empty((len(arch_scorer.side), n))}
     if rotations:
         out["llr_rot"] = np.empty(n)
     re_model, re_note = _re_model_pixels(s, prep)
@@ -493,7 +624,6 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     notes += sky_masks.notes
     acc = _MapAccumulator(h, w, with_re=re_model is not None)
     maps_writer.start(s.name, n, h, w)
-    obs_scorer, arch_scorer = scorers
     from .sources import check_batch
 
     head = _config_value(obs_scorer.model.config, "head")
@@ -501,10 +631,12 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     for batch in s.source.batches(batch_size):
         stop = start + len(batch)
         check_batch(batch, f"set {s.name}={s.label}", head, start)  # names the user's file, not "array"
-        map_obs, map_arch = obs_scorer(batch), arch_scorer(batch)
-        llr_map = map_obs - map_arch
-        out["logp_obs"][start:stop] = map_obs.sum(axis=(1, 2), dtype=np.float64)
-        out["logp_arch"][start:stop] = map_arch.sum(axis=(1, 2), dtype=np.float64)
+        (map_obs, sums_obs), (map_arch, sums_arch) = obs_scorer.maps_and_sums(batch), arch_scorer.maps_and_sums(batch)
+        llr_map = map_obs - map_arch  # members' mean maps: the mean over pairs of the per-pixel LLR
+        members["obs"][:, start:stop] = sums_obs
+        members["arch"][:, start:stop] = sums_arch
+        out["logp_obs"][start:stop] = sums_obs.mean(axis=0)
+        out["logp_arch"][start:stop] = sums_arch.mean(axis=0)
         masks = None
         if s.segmap is not None:
             masks = np.asarray(s.segmap[start:stop]) == 1
@@ -528,10 +660,15 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     # narrow-range images, which is fine: only differences matter)
     out["bpd_obs"] = -out["logp_obs"] / (n_dims * math.log(2))
     out["bpd_arch"] = -out["logp_arch"] / (n_dims * math.log(2))
+    for side, scorer in (("obs", obs_scorer), ("arch", arch_scorer)):
+        if len(scorer.side) > 1:  # per-member columns of scores.csv / .parquet
+            for name, row in zip(scorer.side.names, members[side]):
+                out[f"logp_{side}_{name}"] = row
     ids = _ids(s.catalog, n)
     mean_map, prof_re, prof_pix = acc.results()
     return SetResult(name=s.name, scores=out, ids=ids, catalog=s.catalog, mean_map=mean_map,
-                     profile_re=prof_re, profile_pix=prof_pix, notes=notes, sky_mask=sky_masks.kind)
+                     profile_re=prof_re, profile_pix=prof_pix, notes=notes, sky_mask=sky_masks.kind,
+                     member_logp=members)
 
 
 def _ids(catalog: Any, n: int) -> np.ndarray:
@@ -573,9 +710,12 @@ def _fill_gallery(res: SetResult, s: OpenedSet, scorers: tuple[_Scorer, _Scorer]
 def _set_summaries(results: dict[str, SetResult], reference: str, n_boot: int, seed: int,
                    ref_cut: float) -> dict:
     ref = results[reference].llr
+    ref_groups = results[reference].groups
     out = {}
     for name, res in results.items():
-        entry = stats.summarize(res.llr, None if name == reference else ref, n_boot=n_boot, rng=seed)
+        entry = stats.summarize(res.llr, None if name == reference else ref, n_boot=n_boot, rng=seed,
+                                groups=res.groups, reference_groups=ref_groups)
+        entry.setdefault("n_groups", entry["n"])
         # the reference itself has ~0.15 % here by construction; a simulation with many more is suspicious
         entry["outlier_fraction"] = float(np.mean(res.llr < ref_cut))
         entry["mean_logp_obs"] = float(np.nanmean(res.scores["logp_obs"]))
@@ -633,11 +773,12 @@ def sky_summary(res: SetResult, ref: SetResult, is_reference: bool, n_boot: int,
     out["mean_llr_rest"] = float(np.mean(sc["llr_rest"]))
     if n_sky.sum() > 0:
         out["llr_per_sky_pixel"] = stats.ratio_of_sums(sc["llr_sky"], n_sky)
-        out["llr_per_sky_pixel_ci95"] = list(stats.bootstrap_ratio_ci(sc["llr_sky"], n_sky, 0.95, n_boot, seed))
+        out["llr_per_sky_pixel_ci95"] = list(stats.bootstrap_ratio_ci(sc["llr_sky"], n_sky, 0.95, n_boot, seed,
+                                                                      groups=res.groups))
     else:
         for key in ("llr_per_sky_pixel", "llr_per_sky_pixel_ci95", "auroc_sky_vs_reference"):
             why[key] = "no model pixel of the set is empty sky (a source pixel falls into every one)"
-    share = stats.share_of_mean(sc["llr_sky"], res.llr)
+    share = stats.share_of_mean(sc["llr_sky"], res.llr, groups=res.groups)
     if np.isfinite(share):
         out["sky_share"] = share
     else:
@@ -678,7 +819,10 @@ def _mass_panels(results: dict[str, SetResult], reference: str, n_boot: int, see
             ref_vals = results[reference].llr[ref_masks[label]]
             if mask.sum() < 2 or ref_vals.size < 2:
                 continue
-            entry = stats.summarize(res.llr[mask], None if name == reference else ref_vals, n_boot=n_boot, rng=seed)
+            ref_groups = results[reference].groups
+            entry = stats.summarize(res.llr[mask], None if name == reference else ref_vals, n_boot=n_boot, rng=seed,
+                                    groups=None if res.groups is None else res.groups[mask],
+                                    reference_groups=None if ref_groups is None else ref_groups[ref_masks[label]])
             entry.pop("reading")
             panels.setdefault(name, {})[label] = entry
     return panels
@@ -747,6 +891,8 @@ def _write_scores(results: dict[str, SetResult], folder: Path, notes: list[str])
     score_cols = [c for c in SCORE_COLUMNS[2:]]
     if any("llr_rot" in r.scores for r in results.values()):
         score_cols.append("llr_rot")
+    for r in results.values():  # per-member log p of an ensemble (K > 1 on that side)
+        score_cols += [c for c in r.scores if c.startswith(("logp_obs_", "logp_arch_")) and c not in score_cols]
     tables = {name: _rows_table(res, score_cols) for name, res in results.items()}
     columns: list[str] = []
     for t in tables.values():
@@ -789,7 +935,9 @@ def _write_summary_csv(summary: dict, path: Path) -> None:
     keys = ["n", "mean_llr", "median_llr", "std_llr", "ci95_lo", "ci95_hi", "delta_llr", "delta_llr_err",
             "auroc_vs_reference", "ks_vs_reference", "ks_pvalue", "mean_llr_segmap",
             "matched_delta_llr", "matched_delta_llr_err", "llr_per_sky_pixel", "sky_share", "sky_pixel_fraction",
-            "auroc_sky_vs_reference", "auroc_rest_vs_reference"]
+            "auroc_sky_vs_reference", "auroc_rest_vs_reference", "n_groups", "delta_llr_pairing", "n_paired",
+            "delta_llr_paired", "delta_llr_paired_err", "model_std", "sign_agreement", "stable", "ci95_total_lo",
+            "ci95_total_hi", "delta_llr_ci95_total_lo", "delta_llr_ci95_total_hi"]
     matched = summary.get("matched") or {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -797,6 +945,8 @@ def _write_summary_csv(summary: dict, path: Path) -> None:
         for name in summary["ranking"]:
             e = dict(summary["sets"][name])
             e["ci95_lo"], e["ci95_hi"] = e["ci95"]
+            for key in ("ci95_total", "delta_llr_ci95_total"):
+                e[f"{key}_lo"], e[f"{key}_hi"] = e.get(key) or (None, None)
             e["matched_delta_llr"] = (matched.get("delta_llr") or {}).get(name)
             e["matched_delta_llr_err"] = (matched.get("delta_llr_err") or {}).get(name)
             e.update({k: v for k, v in (e.get("sky") or {}).items() if k in keys})
@@ -859,11 +1009,21 @@ def _progress(show: bool, total: int):
     return _Bar()
 
 
+def _model_inputs(spec: Any) -> list:
+    """Model folders (or objects with a ``path``) of one side, lists and ensembles flattened."""
+    if isinstance(spec, (list, tuple)):
+        return [x for item in spec for x in _model_inputs(item)]
+    if hasattr(spec, "members") and not isinstance(spec, (str, os.PathLike)):
+        return [getattr(spec, "path", None), *(getattr(m, "path", None) for m in spec.members)]
+    return [spec]
+
+
 def _inputs(arguments: dict) -> list:
     """Everything :func:`compare` reads: both models and every set (for the claim on ``out``)."""
     reference, sets = arguments["reference"], arguments["sets"]
     named = [reference[1]] if isinstance(reference, tuple) and len(reference) == 2 else []
-    return [arguments["obs"], arguments["arch"], *named, *(sets.values() if isinstance(sets, dict) else [])]
+    return [*_model_inputs(arguments["obs"]), *_model_inputs(arguments["arch"]), *named,
+            *(sets.values() if isinstance(sets, dict) else [])]
 
 
 @claims({"out": "--out"}, inputs=_inputs, kind="dir")  # checked and locked before any model is loaded
@@ -871,12 +1031,19 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
             out: str | os.PathLike | None = None, *, rotations: int = 0, maps: str = "gallery",
             batch_size: int = 64, gallery_size: int = 8, n_boot: int = 1000, matched_draws: int = 200,
             seed: int = 0, overwrite: bool = False, progress: bool = False,
-            report: bool = True) -> CompareResult:
+            report: bool = True, group_col: str | None = None) -> CompareResult:
     """Score every set under both models and compare each to the reference.
 
+    Either side may be an ensemble (K models trained with different seeds): every set is
+    then scored under all K_obs x K_arch model pairs from K_obs + K_arch forward passes
+    per batch, the per-image LLR is the mean over pairs (mean_i log p_obs,i - mean_j
+    log p_arch,j) and summary.json says how far the ranking survives retraining
+    (``mean_llr_by_pair``, ``model_std``, ``ci95_total``, ``ranking_agreement``; see
+    :func:`model_variance`).
+
     Args:
-        obs: p_obs model folder (or a LoadedModel).
-        arch: p_arch model folder (or a LoadedModel).
+        obs: p_obs model folder, ensemble folder, LoadedModel, Ensemble or a list of those.
+        arch: p_arch, the same way.
         reference: ``(name, set)``: the held-out real test set.
         sets: name -> set to compare with the reference (path, ImageSet, array).
         out: report folder (None: compute only, write nothing).
@@ -891,6 +1058,10 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
         overwrite: replace an existing ``out``.
         progress: show a rich progress bar.
         report: write figures + index.html (needs matplotlib).
+        group_col: catalogue column naming the object each image shows (several projections,
+            snapshots or repeated insertions of one simulated galaxy, e.g. ``galaxy`` from
+            ``morphllr mock --repeat``): intervals and errors then resample groups, not images.
+            A set without the column is resampled per image, with a note.
 
     Returns:
         a :class:`CompareResult`.
@@ -907,25 +1078,32 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
     _check_names([reference[0], *sets])
     if reference[0] in sets:
         raise MorphllrError(f"set name {reference[0]!r} is used twice; give every set its own NAME=")
-    obs_model, arch_model = _load(obs, "--obs"), _load(arch, "--arch")
-    _check_models(obs_model, arch_model)
+    if group_col is not None and (not isinstance(group_col, str) or not group_col.strip()):
+        raise MorphllrError(f"--group-col {group_col!r}: give a catalogue column name, e.g. galaxy")
+    obs_side, arch_side = load_side(obs, "--obs"), load_side(arch, "--arch")
+    _check_models(obs_side, arch_side)
+    obs_model = obs_side.members[0]
     specs = [(reference[0], reference[1]), *sets.items()]
     with _opened_sets(specs) as opened:
         for s in opened:
             _check_set(s, obs_model)
         t0 = time.perf_counter()
-        scorers = (_Scorer(obs_model), _Scorer(arch_model))
+        scorers = (_Scorer(obs_side), _Scorer(arch_side))
         with (atomic_dir(out, overwrite=overwrite) if out is not None else _nullfolder()) as folder:
             results = _score_all(opened, scorers, folder if maps == "all" else None, batch_size=batch_size,
                                  rotations=rotations, progress=progress, rng=np.random.default_rng(seed))
             ref_cut = float(np.quantile(results[reference[0]].llr, OUTLIER_QUANTILE))
             for s in opened:
                 _fill_gallery(results[s.name], s, scorers, ref_cut, gallery_size)
-            timing = {"forward_s": scorers[0].seconds + scorers[1].seconds, "scoring_s": time.perf_counter() - t0}
-            notes = merge_notes([note for r in results.values() for note in r.notes], results)
-            summary = _summary(results, reference[0], ref_cut, n_boot, matched_draws, seed, notes)
-            summary.update(models={"obs": str(getattr(obs_model, "path", "")),
-                                   "arch": str(getattr(arch_model, "path", "")),
+            timing = {"forward_s": scorers[0].seconds + scorers[1].seconds, "scoring_s": time.perf_counter() - t0,
+                      "forward_passes_per_batch": len(obs_side) + len(arch_side)}
+            group_notes = _attach_groups(results, group_col) + side_notes(obs_side, "--obs") \
+                + side_notes(arch_side, "--arch")
+            notes = merge_notes([note for r in results.values() for note in r.notes] + group_notes, results)
+            summary = _summary(results, reference[0], ref_cut, n_boot, matched_draws, seed, notes,
+                               sides=(obs_side, arch_side), group_col=group_col)
+            summary.update(models={"obs": obs_side.paths[0] if len(obs_side) == 1 else obs_side.paths,
+                                   "arch": arch_side.paths[0] if len(arch_side) == 1 else arch_side.paths,
                                    "head": _config_value(obs_model.config, "head")},
                            sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
             result = CompareResult(reference=reference[0], sets=results, summary=summary,
@@ -955,19 +1133,247 @@ def _score_all(opened: list[OpenedSet], scorers: tuple[_Scorer, _Scorer], maps_f
 
 
 def _summary(results: dict[str, SetResult], reference: str, ref_cut: float, n_boot: int, matched_draws: int,
-             seed: int, notes: list[str]) -> dict:
+             seed: int, notes: list[str], sides: tuple[Side, Side] | None = None,
+             group_col: str | None = None) -> dict:
     """The content of summary.json (statistics only; ``notes`` collects what was skipped)."""
     per_set = _set_summaries(results, reference, n_boot, seed, ref_cut)
-    return {
+    ranking = sorted(per_set, key=lambda n: per_set[n]["mean_llr"], reverse=True)
+    summary = {
         "reference": reference,
-        "ranking": sorted(per_set, key=lambda n: per_set[n]["mean_llr"], reverse=True),
+        "ranking": ranking,
         "sets": per_set,
         "mass_panels": _mass_panels(results, reference, n_boot, seed, notes),
         "matched": _matched(results, reference, matched_draws, seed, notes),
         "outlier_threshold_llr": ref_cut,
         "identity": "E_q[LLR] = KL(q||p_arch) - KL(q||p_obs); higher = closer to the observations",
+        "group_col": group_col,
         "notes": notes,
     }
+    names = (sides[0].names, sides[1].names) if sides is not None else (["0"], ["0"])
+    per_set_extra, top = model_variance(results, reference, ranking, per_set, names, n_boot, seed, notes)
+    for name, extra in per_set_extra.items():
+        per_set[name].update(extra)
+    summary.update(top)
+    return summary
+
+
+# --------------------------------------------------------------------------- groups and model variance
+#: ci95_total / delta_llr_ci95_total need this many members on each side (fewer: null).
+MIN_MEMBERS_TOTAL = 3
+#: share of model pairs whose ΔLLR must have the ensemble's sign for a difference to count as stable
+STABLE_SIGN_SHARE = 0.95
+STABILITY_RULE = (
+    "stable: the set's ΔLLR against the reference (paired over the shared galaxies when the two sets show the "
+    "same galaxies, else the difference of the means) survives retraining when |ΔLLR| >= 2 sqrt(err^2 + "
+    "model_std^2) (err = galaxy-bootstrap error of ΔLLR, model_std = spread of ΔLLR over the model pairs) and "
+    "ΔLLR_ij has the sign of ΔLLR for at least 95 % of the model pairs ij")
+BOOTSTRAP_METHOD = {
+    "ci95": "percentile bootstrap of the set's mean LLR over images (over groups with group_col); models fixed",
+    "ci95_total": "hierarchical bootstrap: galaxies (groups) resampled once per replicate for all members, then "
+                  "K_obs p_obs and K_arch p_arch members drawn independently with replacement; the reported interval "
+                  "is the hull of that percentile interval, the galaxy-only interval of the same replicates and "
+                  "ci95, so it is never narrower than ci95 (model variance only adds to galaxy variance; a "
+                  "narrower draw is Monte-Carlo noise of drawing few members)",
+    "delta_llr_ci95_total": "the same for ΔLLR vs the reference, with one member draw for the set and the "
+                            "reference (the same models score both); paired over shared galaxies where the sets "
+                            "share them, else the two sets' galaxies resampled independently; hull with "
+                            "delta_llr_ci95",
+}
+
+
+def _attach_groups(results: dict[str, SetResult], group_col: str | None) -> list[str]:
+    """Set ``res.groups`` from the catalogue column ``group_col``; notes for sets without it."""
+    notes: list[str] = []
+    if group_col is None:
+        return notes
+    for name, res in results.items():
+        cat = res.catalog
+        col = None
+        if cat is not None:
+            col = next((c for c in cat.colnames if c.lower() == group_col.lower()), None)
+        if col is None or cat[col].ndim != 1:
+            notes.append(f"{name}: no catalogue column {group_col!r} (--group-col), so its intervals resample "
+                         "images, treating every image as an independent galaxy")
+            continue
+        values = np.ma.asarray(cat[col])
+        labels = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in np.ma.filled(values)],
+                            dtype=object)
+        masked = np.ma.getmaskarray(values)
+        labels[masked] = [f"<blank {group_col} row {i}>" for i in np.flatnonzero(masked)]  # a blank label is its own object
+        res.groups = labels.astype(str)
+    if any(r.groups is not None for r in results.values()):
+        notes.append(f"--group-col {group_col}: ci95, ΔLLR errors, the sky ratio interval and the model-variance "
+                     "intervals resample groups; AUROC, KS (and its p-value) and the matched ΔLLR still treat "
+                     "images as independent")
+    return notes
+
+
+def _pair_keys(res: SetResult, name: str, use_groups: bool) -> np.ndarray | None:
+    """Galaxy key of every image for pairing sets, or None when the set has no catalogue ids.
+
+    Keys are the group labels (when both sets have ``group_col``), else the catalogue ids
+    with a leading ``"<set name>-"`` removed when every id carries it (the demo's
+    ``sim-good-000012`` and ``observed-test-000012`` are one galaxy).
+    """
+    if use_groups:
+        return np.asarray(res.groups, dtype=str)
+    if res.catalog is None or "id" not in res.catalog.colnames:
+        return None
+    ids = [x.decode() if isinstance(x, bytes) else str(x) for x in res.ids]
+    prefix = f"{name}-"
+    if ids and all(i.startswith(prefix) and len(i) > len(prefix) for i in ids):
+        ids = [i[len(prefix):] for i in ids]
+    return np.asarray(ids, dtype=str)
+
+
+def _key_means(values: np.ndarray, keys: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """``(K, S)`` mean of each row of ``values (K, N)`` over the images of each shared key."""
+    pos = np.clip(np.searchsorted(shared, keys), 0, len(shared) - 1)
+    inside = shared[pos] == keys
+    counts = np.bincount(pos[inside], minlength=len(shared)).astype(np.float64)
+    sums = np.stack([np.bincount(pos[inside], row[inside], len(shared)) for row in values])
+    return sums / counts
+
+
+def shared_galaxies(res: SetResult, ref: SetResult, name: str, ref_name: str) -> tuple | None:
+    """How ``res`` and ``ref`` pair up, or None when they do not show the same galaxies.
+
+    Two sets are paired when one's galaxy keys (:func:`_pair_keys`) all occur in the other's
+    and they share at least :data:`MIN_SET_SIZE` galaxies.
+
+    Returns:
+        ``(keys of res, keys of ref, sorted shared keys)`` or None.
+    """
+    use_groups = res.groups is not None and ref.groups is not None
+    ks, kr = _pair_keys(res, name, use_groups), _pair_keys(ref, ref_name, use_groups)
+    if ks is None or kr is None:
+        return None
+    us, ur = np.unique(ks), np.unique(kr)
+    shared = np.intersect1d(us, ur)
+    if shared.size < MIN_SET_SIZE or shared.size < min(us.size, ur.size):
+        return None
+    return ks, kr, shared
+
+
+def _units(res: SetResult) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit (group, or image) sums of every member's log p, obs rows first, and the unit sizes."""
+    logp = np.vstack([res.member_logp["obs"], res.member_logp["arch"]])
+    if res.groups is None:
+        return logp, np.ones(logp.shape[1])
+    return stats.group_sums(logp, res.groups)
+
+
+def _by_pair(obs_values: np.ndarray, arch_values: np.ndarray) -> np.ndarray:
+    """``(K_obs, K_arch)`` table of obs_values[i] - arch_values[j]."""
+    return np.asarray(obs_values, dtype=np.float64)[:, None] - np.asarray(arch_values, dtype=np.float64)[None, :]
+
+
+def model_variance(results: dict[str, SetResult], reference: str, ranking: list[str], per_set: dict,
+                   names: tuple[list[str], list[str]], n_boot: int, seed: int,
+                   notes: list[str]) -> tuple[dict[str, dict], dict]:
+    """How far each number survives retraining: per-pair means, model spread, hierarchical intervals.
+
+    With K_obs p_obs and K_arch p_arch members, LLR_ij = log p_obs,i - log p_arch,j for all
+    pairs comes from the per-member log p (``SetResult.member_logp``).  The absolute LLR
+    level moves between seeds while the order need not, so the spread is measured on the
+    paired ΔLLR against the reference: per shared galaxy where the two sets show the same
+    galaxies (:func:`shared_galaxies`), else as the difference of the two sets' means.
+
+    Args:
+        results: the scored sets.
+        reference: the reference set's name.
+        ranking: set names, best first (the ensemble ranking).
+        per_set: summary["sets"] so far (``ci95``, ``delta_llr``, ``delta_llr_err`` are read).
+        names: member names of the obs and the arch side.
+        n_boot: bootstrap replicates.
+        seed: seed of the resampling.
+        notes: report notes (the single-pair and too-few-members notes are added here).
+
+    Returns:
+        ``(per-set additions, top-level additions)`` for summary.json (see ARCHITECTURE.md).
+    """
+    k_obs, k_arch = len(names[0]), len(names[1])
+    n_pairs = k_obs * k_arch
+    with_total = k_obs >= MIN_MEMBERS_TOTAL and k_arch >= MIN_MEMBERS_TOTAL
+    if n_pairs == 1:
+        notes.append("model variance is not measured: one p_obs and one p_arch model give one model pair, so every "
+                     "interval covers galaxy sampling only and says nothing about whether the ranking survives "
+                     "retraining; train each model with several seeds (`morphllr train --seeds`) and compare the "
+                     "ensembles to measure it")
+    elif not with_total:
+        notes.append(f"ci95_total and delta_llr_ci95_total need at least {MIN_MEMBERS_TOTAL} models per side "
+                     f"(have {k_obs} p_obs, {k_arch} p_arch): null; model_std and the stability mark use the "
+                     f"{n_pairs} model pairs")
+    ref = results[reference]
+    ref_units = _units(ref)
+    ref_draws = stats.resample_member_means(*ref_units, n_boot, np.random.default_rng([seed, 7, 0]))
+    ref_means = ref_units[0].sum(axis=1) / ref_units[1].sum()  # per-member mean over the reference's images
+    extra: dict[str, dict] = {}
+    means_by_pair: dict[str, np.ndarray] = {}
+    for k, (name, res) in enumerate(results.items()):
+        units = ref_units if name == reference else _units(res)
+        member_means = units[0].sum(axis=1) / units[1].sum()
+        table = _by_pair(member_means[:k_obs], member_means[k_obs:])
+        means_by_pair[name] = table.ravel()
+        e: dict[str, Any] = {"mean_llr_by_pair": table.tolist(), "model_std": None, "sign_agreement": None,
+                             "ci95_total": None, "delta_llr_pairing": None, "n_paired": 0,
+                             "delta_llr_paired": None, "delta_llr_paired_err": None, "delta_llr_by_pair": None,
+                             "delta_llr_ci95": None, "delta_llr_ci95_total": None, "stable": None}
+        draws = ref_draws if name == reference else stats.resample_member_means(
+            *units, n_boot, np.random.default_rng([seed, 7, k]))
+        if with_total:
+            iv = stats.hierarchical_intervals(draws[:, :k_obs], draws[:, k_obs:], 0.95,
+                                              np.random.default_rng([seed, 8, k]))
+            e["ci95_total"] = stats.hull(iv["total"], per_set[name]["ci95"])
+        extra[name] = e
+        if name == reference:
+            continue
+        pairing = shared_galaxies(res, ref, name, reference)
+        if pairing is not None:
+            ks, kr, shared = pairing
+            logp_set = np.vstack([res.member_logp["obs"], res.member_logp["arch"]])
+            logp_ref = np.vstack([ref.member_logp["obs"], ref.member_logp["arch"]])
+            diff = _key_means(logp_set, ks, shared) - _key_means(logp_ref, kr, shared)  # (K_obs + K_arch, S)
+            d_means = diff.mean(axis=1)
+            d_draws = stats.resample_member_means(diff, np.ones(diff.shape[1]), n_boot,
+                                                  np.random.default_rng([seed, 9, k]))
+            e.update(delta_llr_pairing="paired", n_paired=int(shared.size))
+        else:
+            d_means = member_means - ref_means
+            d_draws = draws - ref_draws
+            e["delta_llr_pairing"] = "unpaired"
+        deltas = _by_pair(d_means[:k_obs], d_means[k_obs:])
+        delta = float(deltas.mean())
+        iv = stats.hierarchical_intervals(d_draws[:, :k_obs], d_draws[:, k_obs:], 0.95,
+                                          np.random.default_rng([seed, 10, k]))
+        e["delta_llr_by_pair"] = deltas.tolist()
+        e["delta_llr_ci95"] = iv["galaxy"]
+        if pairing is not None:
+            e["delta_llr_paired"], e["delta_llr_paired_err"] = delta, iv["galaxy_std"]
+            err = iv["galaxy_std"]
+        else:
+            delta, err = per_set[name]["delta_llr"], per_set[name]["delta_llr_err"]
+        if with_total:
+            e["delta_llr_ci95_total"] = iv["total"]
+        if n_pairs > 1:
+            model_std = float(np.std(deltas.ravel(), ddof=1))
+            share = stats.sign_agreement(deltas, delta)
+            e.update(model_std=model_std, sign_agreement=share,
+                     stable=bool(abs(delta) >= 2.0 * math.hypot(err, model_std) and share >= STABLE_SIGN_SHARE))
+    top: dict[str, Any] = {"n_models": {"obs": k_obs, "arch": k_arch}, "model_pairs": n_pairs,
+                           "model_names": {"obs": list(names[0]), "arch": list(names[1])},
+                           "ranking_agreement": None, "ranking_by_pair": None,
+                           "stability_rule": STABILITY_RULE, "bootstrap": BOOTSTRAP_METHOD}
+    if n_pairs > 1:
+        matrix = np.stack([means_by_pair[n] for n in ranking], axis=1)  # (pairs, sets) in ranking order
+        agreement, per_pair = stats.ranking_agreement(matrix, range(len(ranking)))
+        top["ranking_agreement"] = agreement if len(ranking) > 1 else None
+        pairs = [(o, a) for o in names[0] for a in names[1]]
+        top["ranking_by_pair"] = [
+            {"obs": o, "arch": a, "ranking": [ranking[s] for s in np.argsort(-matrix[p], kind="stable")],
+             "agreement": float(per_pair[p]) if len(ranking) > 1 else None}
+            for p, (o, a) in enumerate(pairs)]
+    return extra, top
 
 
 def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:

@@ -104,6 +104,38 @@ def plot_logp_scatter(result, figs: _Figures) -> None:
               "per set). Points above the dashed line have LLR > 0.")
 
 
+STABILITY_SECTION = "Stability under retraining"
+
+
+def plot_pair_deltas(result, figs: _Figures) -> None:
+    """ΔLLR vs the reference under every model pair, per set (only with more than one pair)."""
+    summary = result.summary
+    if (summary.get("model_pairs") or 1) < 2:
+        return
+    names = [n for n in summary["ranking"] if n != summary["reference"]
+             and summary["sets"][n].get("delta_llr_by_pair") is not None]
+    if not names:
+        return
+    plt = _plt()
+    colours = _colours(list(result.sets))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2), 4))
+    rng = np.random.default_rng(0)
+    for x, name in enumerate(names):
+        e = summary["sets"][name]
+        d = np.asarray(e["delta_llr_by_pair"], dtype=np.float64).ravel()
+        delta, err = stability_delta(e)
+        ax.scatter(x + rng.uniform(-0.15, 0.15, d.size), d, s=14, alpha=0.7, color=colours[name])
+        bar = 2 * np.hypot(err or 0.0, e.get("model_std") or 0.0)
+        ax.errorbar([x + 0.3], [delta], yerr=[[bar], [bar]], fmt="o", color="k", capsize=3, ms=4)
+    ax.axhline(0, color="k", lw=0.8, ls=":")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("ΔLLR vs reference  [nats per image]")
+    figs.save(fig, "pair_delta_llr.png", STABILITY_SECTION,
+              "ΔLLR against the reference under each model pair (coloured points: one per p_obs x p_arch pair; "
+              "paired over shared galaxies where the sets share them) and the ensemble's ΔLLR with ±2 sqrt(err² + "
+              "model σ²) (black). A set whose points straddle 0 may change sides on retraining.")
+
+
 def plot_pixel_maps(result, figs: _Figures) -> None:
     """Gallery of per-pixel maps: image | log p_obs | log p_arch | LLR, per set."""
     plt = _plt()
@@ -311,29 +343,128 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _multi_pair(summary: dict) -> bool:
+    return (summary.get("model_pairs") or 1) > 1
+
+
+def stability_delta(entry: dict) -> tuple[float | None, float | None]:
+    """The ΔLLR vs the reference that the stability rule judges, and its galaxy error (paired when shared)."""
+    if entry.get("delta_llr_pairing") == "paired":
+        return entry.get("delta_llr_paired"), entry.get("delta_llr_paired_err")
+    return entry.get("delta_llr"), entry.get("delta_llr_err")
+
+
+def stability_mark(entry: dict, is_reference: bool) -> str:
+    """``✓`` (the difference to the reference survives retraining), ``✗`` (it may not), ``–`` (not measured)."""
+    if is_reference:
+        return "ref"
+    stable = entry.get("stable")
+    return "–" if stable is None else ("✓" if stable else "✗")
+
+
+_MARK_LEGEND = ("✓ = the set's difference to the reference survives retraining: |ΔLLR| ≥ 2·sqrt(err² + model σ²) "
+                "and ΔLLR has the same sign under ≥ 95 % of the model pairs (ΔLLR and its error paired over the "
+                "shared galaxies when the sets show the same galaxies); ✗ = it may flip or vanish on retraining.")
+
+
 def _ranking_table(summary: dict) -> str:
     matched = summary.get("matched") or {}
-    head = ("<tr><th>rank</th><th>set</th><th>n</th><th>mean LLR</th><th>95% interval</th><th>median</th>"
-            "<th>ΔLLR vs reference</th><th>matched ΔLLR</th><th>AUROC vs reference</th><th>KS</th>"
+    multi = _multi_pair(summary)
+    head = ("<tr><th>rank</th><th>set</th><th>n</th><th>mean LLR [nats]</th><th>95% interval [nats]</th>"
+            "<th>median [nats]</th><th>ΔLLR vs reference [nats]</th><th>matched ΔLLR [nats]</th>"
+            + ("<th>model σ of ΔLLR [nats]</th><th>survives retraining</th>" if multi else "")
+            + "<th>AUROC vs reference</th><th>KS</th>"
             "<th>outliers</th><th class='text'>E_q[LLR] = KL(q‖p_arch) − KL(q‖p_obs)</th></tr>")
     rows = []
     for rank, name in enumerate(summary["ranking"], 1):
         e = summary["sets"][name]
-        ref = " (reference)" if name == summary["reference"] else ""
+        is_ref = name == summary["reference"]
+        ref = " (reference)" if is_ref else ""
         md = (matched.get("delta_llr") or {}).get(name)
         me = (matched.get("delta_llr_err") or {}).get(name)
+        stab = (f"<td>{_fmt(e.get('model_std'), 3)}</td><td>{stability_mark(e, is_ref)}</td>" if multi else "")
         rows.append(
             f"<tr><td>{rank}</td><td class='name'>{html.escape(name)}{ref}</td><td>{e['n']}</td>"
             f"<td>{_fmt(e['mean_llr'])}</td><td>[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]</td>"
             f"<td>{_fmt(e['median_llr'])}</td><td>{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}</td>"
-            f"<td>{_fmt(md)} ± {_fmt(me, 2)}</td><td>{_fmt(e['auroc_vs_reference'], 3)}</td>"
+            f"<td>{_fmt(md)} ± {_fmt(me, 2)}</td>{stab}<td>{_fmt(e['auroc_vs_reference'], 3)}</td>"
             f"<td>{_fmt(e['ks_vs_reference'], 3)}</td><td>{100 * e.get('outlier_fraction', np.nan):.3g} %</td>"
             f"<td class='text'>{html.escape(e['verdict'])}</td></tr>")
     readings = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(summary['sets'][name]['reading'])}</li>"
                        for name in summary["ranking"])
-    return (f"<table id='ranking'>{head}{''.join(rows)}</table>"
+    groups = ""
+    if summary.get("group_col"):
+        groups = (f"<p>Intervals and errors resample groups of images of one object (catalogue column "
+                  f"<code>{html.escape(summary['group_col'])}</code>): "
+                  + ", ".join(f"{html.escape(n)} {summary['sets'][n].get('n_groups')} groups"
+                              for n in summary["ranking"]) + ".</p>")
+    legend = f"<p>{html.escape(_MARK_LEGEND)}</p>" if multi else ""
+    return (f"<table id='ranking'>{head}{''.join(rows)}</table>{legend}{groups}"
             "<p>Outliers: share of the set below the reference's 0.15th LLR percentile "
             f"({_fmt(summary['outlier_threshold_llr'])} nats).</p><ul>{readings}</ul>")
+
+
+#: model pairs listed one by one in the per-pair ranking table (the rest are summarised)
+MAX_PAIR_ROWS = 25
+
+
+def _interval(v) -> str:
+    return "–" if v is None else f"[{_fmt(v[0])}, {_fmt(v[1])}]"
+
+
+def _stability_section(summary: dict, figure_html: str) -> str:
+    """"Stability under retraining": ranking agreement, per-set model spread and per-pair rankings."""
+    title = f"<h2>{STABILITY_SECTION}</h2>"
+    if not _multi_pair(summary):
+        return (f"{title}<p class='note' id='stability'>Model variance is not measured: this report uses one p_obs "
+                "and one p_arch model (one model pair), so every interval above covers galaxy sampling only. "
+                "Retraining the models with other seeds can move ΔLLRs by more than these intervals and reorder "
+                "sets; train each model with several seeds (<code>morphllr train --seeds</code>) and compare the "
+                "ensembles to measure how far this ranking survives retraining.</p>")
+    n_models = summary.get("n_models") or {}
+    agreement = summary.get("ranking_agreement")
+    head = ("<tr><th>set</th><th>ΔLLR vs reference [nats]</th><th>pairing</th><th>model σ [nats]</th>"
+            "<th>same sign [% of pairs]</th><th>ΔLLR 95% total [nats]</th><th>mean LLR 95% total [nats]</th>"
+            "<th>survives retraining</th></tr>")
+    rows = []
+    for name in summary["ranking"]:
+        e = summary["sets"][name]
+        is_ref = name == summary["reference"]
+        delta, err = stability_delta(e)
+        pairing = e.get("delta_llr_pairing")
+        pairing_text = "–" if pairing is None else (f"paired ({e.get('n_paired')} galaxies)" if pairing == "paired"
+                                                    else "unpaired")
+        share = e.get("sign_agreement")
+        rows.append(
+            f"<tr><td class='name'>{html.escape(name)}{' (reference)' if is_ref else ''}</td>"
+            f"<td>{'–' if is_ref else f'{_fmt(delta)} ± {_fmt(err, 2)}'}</td><td>{pairing_text}</td>"
+            f"<td>{_fmt(e.get('model_std'), 3)}</td><td>{'–' if share is None else f'{100 * share:.3g} %'}</td>"
+            f"<td>{_interval(e.get('delta_llr_ci95_total'))}</td><td>{_interval(e.get('ci95_total'))}</td>"
+            f"<td>{stability_mark(e, is_ref)}</td></tr>")
+    pair_rows = []
+    for p in (summary.get("ranking_by_pair") or [])[:MAX_PAIR_ROWS]:
+        pair_rows.append(f"<tr><td class='name'>{html.escape(p['obs'])}</td><td class='name'>{html.escape(p['arch'])}"
+                         f"</td><td class='text'>{html.escape(' > '.join(p['ranking']))}</td>"
+                         f"<td>{_fmt(p.get('agreement'), 3)}</td></tr>")
+    more = len(summary.get("ranking_by_pair") or []) - MAX_PAIR_ROWS
+    totals = ("" if (n_models.get("obs", 0) >= 3 and n_models.get("arch", 0) >= 3) else
+              "<p class='note'>The total intervals need at least 3 models per side; they are left out.</p>")
+    return (
+        f"{title}<p id='stability'>{n_models.get('obs')} p_obs × {n_models.get('arch')} p_arch models = "
+        f"{summary.get('model_pairs')} model pairs (LLR_ij = log p_obs,i − log p_arch,j; the LLR above is the mean "
+        f"over pairs). <b>Ranking agreement: {_fmt(agreement, 3)}</b> = for every model pair, the share of pairs of "
+        "sets it orders as the ensemble ranking does, averaged over model pairs (1 = every pair ranks the sets "
+        "alike; 0.5 = no better than a coin).</p>"
+        "<p>Model σ: standard deviation over model pairs of the set's ΔLLR against the reference (paired per "
+        "galaxy when the two sets show the same galaxies): the absolute LLR moves between retrainings while the "
+        "order need not, so the spread is measured on the difference. Total intervals: hierarchical bootstrap "
+        "(models resampled per side, then galaxies), never narrower than the galaxy-only intervals.</p>"
+        f"<table id='stability-table'>{head}{''.join(rows)}</table><p>{html.escape(_MARK_LEGEND)}</p>{totals}"
+        f"{figure_html}"
+        "<h3>Ranking under each model pair</h3>"
+        f"<table id='pair-rankings'><tr><th>p_obs member</th><th>p_arch member</th><th>ranking</th>"
+        f"<th>agreement</th></tr>{''.join(pair_rows)}</table>"
+        + (f"<p>… and {more} more model pairs (all in summary.json, ranking_by_pair).</p>" if more > 0 else ""))
 
 
 def _panels_table(summary: dict) -> str:
@@ -453,6 +584,11 @@ interval of the mean.</li>
 realistic simulation has ΔLLR ≈ 0; negative means less realistic than real galaxies. <b>Matched ΔLLR</b> draws the
 same number of galaxies from every set in each cell of a stellar mass × size × Sérsic-index grid, so differences
 in the populations (e.g. more massive galaxies in one simulation) do not masquerade as morphology.</li>
+<li><b>Stability under retraining</b>: with ensembles of models trained with different seeds, every set is
+scored under every p_obs × p_arch pair. Model σ is how much a set's ΔLLR moves between model pairs, the total
+intervals add that model variance to the galaxy sampling (hierarchical bootstrap), and the ranking agreement says how
+often a single model pair orders two sets as the ensemble does. A ranking is worth quoting only when it survives
+retraining; with one model pair this is not measured.</li>
 <li><b>AUROC</b>: probability that a random image of the set has a higher LLR than a random reference image (0.5 =
 indistinguishable). <b>KS</b>: largest difference between the two cumulative LLR distributions.</li>
 <li><b>LLR split</b>: the LLR of each image summed over its empty-sky pixels (no source pixel falls into them)
@@ -488,7 +624,12 @@ def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: 
              f"<p>Reference (held-out observed galaxies): <b>{html.escape(summary['reference'])}</b>. "
              f"Model head: <code>{html.escape(str(summary.get('models', {}).get('head')))}</code>. "
              "Sets ordered by mean LLR, most realistic first.</p>",
-             _ranking_table(summary), _sky_table(summary), _panels_table(summary)]
+             _ranking_table(summary)]
+    stability_figures = "".join(
+        f"<figure>{_image_tag(figure_dir / name, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for sec, name, caption in figures if sec == STABILITY_SECTION)
+    figures = [f for f in figures if f[0] != STABILITY_SECTION]
+    parts += [_stability_section(summary, stability_figures), _sky_table(summary), _panels_table(summary)]
     matched = summary.get("matched") or {}
     if matched:
         props = ", ".join(f"{k} ({html.escape(str(v))})" for k, v in matched["properties"].items())
@@ -537,6 +678,7 @@ def write_report(result, folder: str | Path) -> Path:
                                       (SERSIC_N_COLUMNS, False, "{col}"), "Sérsic index–size relation",
                                       "scaling_sersic_size.png"),
         lambda: plot_galleries(result, figs),
+        lambda: plot_pair_deltas(result, figs),
     ]
     for step in steps:
         step()
@@ -564,18 +706,51 @@ def print_ranking(summary: dict, console=None) -> None:
     # A light box and no wrapping keep the whole table legible in an 80-column terminal or CI log.
     table = Table(title=f"LLR ranking (reference: {summary['reference']}; higher = more realistic)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("#", "set", "n", "mean LLR", "95% interval", "ΔLLR vs ref", "matched ΔLLR", "AUROC"):
+    multi = _multi_pair(summary)
+    if multi:
+        table.caption = ("LLR columns in nats per image. model σ = spread of ΔLLR over the "
+                         f"{summary.get('model_pairs')} model pairs; " + _MARK_LEGEND)
+    else:
+        table.caption = "LLR columns in nats per image."
+    table.caption_justify = "left"
+    columns = ["#", "set", "n", "mean LLR", "95% interval", "ΔLLR vs ref", "matched ΔLLR", "AUROC"]
+    if multi:
+        columns[-1:-1] = ["model σ"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
     for rank, name in enumerate(summary["ranking"], 1):
         e = summary["sets"][name]
         md = (matched.get("delta_llr") or {}).get(name)
         me = (matched.get("delta_llr_err") or {}).get(name)
-        table.add_row(str(rank), name + (" (ref)" if name == summary["reference"] else ""), str(e["n"]),
-                      _fmt(e["mean_llr"]), f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]",
-                      f"{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}",
-                      "–" if md is None else f"{_fmt(md)} ± {_fmt(me, 2)}", _fmt(e["auroc_vs_reference"], 3))
+        is_ref = name == summary["reference"]
+        cells = [str(rank), name + (" (ref)" if is_ref else ""), str(e["n"]),
+                 _fmt(e["mean_llr"]), f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]",
+                 f"{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}",
+                 "–" if md is None else f"{_fmt(md)} ± {_fmt(me, 2)}"]
+        if multi:
+            cells.append("ref" if is_ref else f"{_fmt(e.get('model_std'), 3)} {stability_mark(e, is_ref)}")
+        table.add_row(*cells, _fmt(e["auroc_vs_reference"], 3))
     _print_full_width(console, table)
+    console.print(stability_line(summary), highlight=False, soft_wrap=True)
     print_sky_split(summary, console)
+
+
+def stability_line(summary: dict) -> str:
+    """One line for the terminal: the ranking agreement over model pairs, or that it is not measured."""
+    if not _multi_pair(summary):
+        return ("stability under retraining: not measured (one p_obs and one p_arch model); train with --seeds "
+                "and compare the ensembles to measure it")
+    n = summary.get("n_models") or {}
+    unstable = [name for name in summary["ranking"] if summary["sets"][name].get("stable") is False]
+    paired = [f"{name} {_fmt(e['delta_llr_paired'])} ± {_fmt(e['delta_llr_paired_err'], 2)}"
+              for name in summary["ranking"] for e in [summary["sets"][name]]
+              if e.get("delta_llr_pairing") == "paired" and e.get("delta_llr_paired") is not None]
+    return (f"stability under retraining: {n.get('obs')} x {n.get('arch')} models = {summary.get('model_pairs')} "
+            f"model pairs; ranking agreement {_fmt(summary.get('ranking_agreement'), 3)} (share of pairs of sets "
+            "ordered as the ensemble ranking, averaged over model pairs; 1 = all agree)"
+            + (f"; may not survive retraining: {', '.join(unstable)}" if unstable else "")
+            + (f"\npaired ΔLLR vs the reference over the same galaxies (what the mark judges) [nats]: "
+               f"{'; '.join(paired)}" if paired else ""))
 
 
 def print_sky_split(summary: dict, console=None) -> None:

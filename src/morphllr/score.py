@@ -142,12 +142,49 @@ def _eval_mode(net) -> Iterator[None]:
         net.train(was_training)
 
 
+def _is_ensemble(model: Any) -> bool:
+    from .modelio import Ensemble
+
+    return isinstance(model, Ensemble)
+
+
+class _Scorer:
+    """One model made ready to score one source: checks done once, then ``scorer(batch, start) -> maps``."""
+
+    def __init__(self, model: Any, source: ImageSource, threads: int | None):
+        import torch
+
+        self.net, self.config, model_prep, self.name = _unpack(model)
+        check_images_fit(source, self.config, model_prep, self.name)
+        self.source_name = source.name
+        self.device = _device_of(self.net)
+        if self.device.type == "cpu":
+            runtime.configure_cpu(threads)
+        self.net = self.net.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray, start: int, bf16: bool | None) -> np.ndarray:
+        import torch
+
+        check_input_range(batch, self.config, self.source_name, self.name, start)
+        # inference mode only around the forward pass: a generator must not leave it
+        # switched on in the caller's code between batches
+        with torch.inference_mode(), runtime.autocast_context(self.device, bf16):
+            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            maps = self.net.log_prob_pixels(x).float().cpu().numpy()
+        _check_scores(maps, self.source_name, self.name, start)
+        return maps
+
+
 def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *, bf16: bool | None = None,
                        progress: bool = False, threads: int | None = None) -> Iterator[np.ndarray]:
-    """Yield per-pixel log-probability maps, one float32 (B, H, W) array per batch, in order.
+    """Yield per-pixel log-probability maps, one float32 array per batch, in order.
+
+    Shape rule (as in :func:`log_likelihood`): a single model (LoadedModel or PixelCNN) gives (B, H, W);
+    an :class:`~morphllr.modelio.Ensemble` gives (K, B, H, W), one map per member in ``ensemble.names``
+    order, even when K = 1.  Each batch is read once and run through every member.
 
     Args:
-        model: LoadedModel or PixelCNN.
+        model: LoadedModel, PixelCNN or Ensemble.
         source: ImageSource, path or float32 array (N, H, W) / (N, C, H, W).
         batch_size: images per forward pass; None picks :func:`default_batch_size`.
         bf16: use bf16 autocast; None means where the hardware supports it natively.
@@ -157,31 +194,21 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
     Returns:
         (yields) float32 maps of log p(x_ij | x_<ij) in nats, summed over channels.
     """
-    import torch
-
-    net, config, model_prep, model_name = _unpack(model)
+    members = list(model.members) if _is_ensemble(model) else [model]
     source = open_images(source)
-    check_images_fit(source, config, model_prep, model_name)
-    batch_size = int(batch_size) if batch_size else default_batch_size(config)
+    scorers = [_Scorer(m, source, threads) for m in members]
+    batch_size = int(batch_size) if batch_size else min(default_batch_size(s.config) for s in scorers)
     if batch_size < 1:
         raise MorphllrError(f"--batch-size: must be at least 1, got {batch_size}")
-    device = _device_of(net)
-    if device.type == "cpu":
-        runtime.configure_cpu(threads)
-    head = getattr(config, "head", None)
-    net = net.to(memory_format=torch.channels_last)
-    with _eval_mode(net), _progress(progress, len(source), source.name) as advance:
+    head = getattr(scorers[0].config, "head", None)
+    with contextlib.ExitStack() as modes, _progress(progress, len(source), source.name) as advance:
+        for scorer in scorers:
+            modes.enter_context(_eval_mode(scorer.net))
         start = 0
         for batch in source.batches(batch_size):
             check_batch(batch, source.name, head, start)
-            check_input_range(batch, config, source.name, model_name, start)
-            # inference mode only around the forward pass: a generator must not leave it
-            # switched on in the caller's code between batches
-            with torch.inference_mode(), runtime.autocast_context(device, bf16):
-                x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-                maps = net.log_prob_pixels(x).float().cpu().numpy()
-            _check_scores(maps, source.name, model_name, start)
-            yield maps
+            maps = [scorer(batch, start, bf16) for scorer in scorers]
+            yield np.stack(maps) if _is_ensemble(model) else maps[0]
             start += len(batch)
             advance(len(batch))
 
@@ -190,29 +217,37 @@ def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size:
                    progress: bool = False, *, bf16: bool | None = None, threads: int | None = None) -> np.ndarray:
     """log p(x) of every image under ``model``, in nats.
 
+    Shape rule: a single model (LoadedModel, PixelCNN) gives (N,) (or (N, H, W) maps); an
+    :class:`~morphllr.modelio.Ensemble` (``morphllr.load_ensemble``) gives a leading member axis,
+    (K, N) (or (K, N, H, W)), rows in ``ensemble.names`` order, always, also for K = 1 (a plain model
+    folder loaded with ``load_ensemble``).  Row k equals ``log_likelihood(ensemble.members[k], images)``
+    bit for bit (same batches); the member mean over axis 0 is the mean of log p, not the log of a
+    mixture density.
+
     Args:
-        model: LoadedModel (``morphllr.load_model``) or PixelCNN.
+        model: LoadedModel (``morphllr.load_model``), PixelCNN, or Ensemble.
         images: float32 array (N, H, W) / (N, C, H, W), a path, or any ImageSource.
-        per_pixel: return the (N, H, W) per-pixel maps instead of per-image sums.
+        per_pixel: return the per-pixel maps instead of per-image sums.
         batch_size: images per forward pass (None: automatic).
         progress: show a progress bar.
         bf16: bf16 autocast (None: automatic; False for exact fp32).
         threads: CPU threads (None: all usable cores).
 
     Returns:
-        float64 array (N,) of log p(x), or (N, H, W) per-pixel log-probabilities.
+        float64 array (N,) / (K, N) of log p(x), or (N, H, W) / (K, N, H, W) per-pixel log-probabilities.
     """
     source = open_images(images)
     _, _, h, w = source.shape
     n = len(source)
-    out = np.empty((n, h, w) if per_pixel else (n,), dtype=np.float64)
+    lead = (len(model),) if _is_ensemble(model) else ()
+    out = np.empty(lead + ((n, h, w) if per_pixel else (n,)), dtype=np.float64)
     start = 0
     for maps in iter_log_prob_maps(model, source, batch_size, bf16=bf16, progress=progress, threads=threads):
-        stop = start + len(maps)
+        stop = start + maps.shape[-3]
         if per_pixel:
-            out[start:stop] = maps
+            out[..., start:stop, :, :] = maps
         else:
-            out[start:stop] = maps.astype(np.float64).sum(axis=(1, 2))
+            out[..., start:stop] = maps.astype(np.float64).sum(axis=(-2, -1))
         start = stop
     return out
 
@@ -281,7 +316,18 @@ def image_ids(source: ImageSource) -> list:
     return list(range(len(source)))
 
 
-@claims({"csv_path": "--out", "maps_path": "--maps"}, inputs=("model", "images"))  # before the model runs
+def _score_inputs(arguments: dict) -> list:
+    """What :func:`score_to_files` reads: the images and the model (an ensemble's folder and members)."""
+    model = arguments["model"]
+    return [model, *(getattr(model, "members", None) or []), arguments["images"]]
+
+
+def _per_member(model: Any) -> bool:
+    """Per-member columns for an ensemble folder or any ensemble of several models; a plain model: none."""
+    return _is_ensemble(model) and (len(model) > 1 or model.index is not None)
+
+
+@claims({"csv_path": "--out", "maps_path": "--maps"}, inputs=_score_inputs)  # before the model runs
 def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_size: int | None = None,
                    bf16: bool | None = None, threads: int | None = None, progress: bool = False,
                    overwrite: bool = False) -> dict:
@@ -290,8 +336,15 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
     Both outputs are claimed first (:func:`morphllr.atomic.claim_outputs`): an existing one needs
     ``overwrite``, neither may be the model or the images, and each is locked while it is written.
 
+    An ensemble (an ensemble folder, or an Ensemble of several models) adds per-member columns:
+    ``logp`` and ``bits_per_dim`` become the member means (mean of log p), ``logp_std`` the spread
+    of log p across members (sample standard deviation; NaN for one member), then ``logp_NAME``,
+    ``bits_per_dim_NAME`` per member; the maps file gets ``logp`` (member mean) and ``logp_NAME``
+    per member.  A plain model folder (a 1-member Ensemble from ``load_ensemble``) writes the
+    single-model columns only.
+
     Args:
-        model: LoadedModel or PixelCNN.
+        model: LoadedModel, PixelCNN or Ensemble.
         images: ImageSource, path or array.
         csv_path: output CSV.
         maps_path: optional HDF5 file for the float32 (N, H, W) per-pixel maps (dataset ``logp``).
@@ -302,44 +355,74 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         overwrite: replace existing output files.
 
     Returns:
-        summary dict: n, mean_logp, mean_bits_per_dim.
+        summary dict: n, mean_logp, mean_bits_per_dim (+ members: {name: mean logp} for an ensemble).
     """
     import csv
 
     from .atomic import atomic_file
 
+    if _is_ensemble(model) and not _per_member(model):
+        model = model.members[0]  # a plain model folder: exactly the single-model file
+    names = list(model.names) if _is_ensemble(model) else []
     source = open_images(images)
     n, c, h, w = source.shape
     ids = image_ids(source)
-    logp = np.empty(n, dtype=np.float64)
+    logp = np.empty((len(names) or 1, n), dtype=np.float64)
     with contextlib.ExitStack() as stack:
         tmp_csv = stack.enter_context(atomic_file(csv_path, overwrite=overwrite))
-        maps_ds = None
+        datasets = []
         if maps_path is not None:
             import h5py
 
             tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
             fh = stack.enter_context(h5py.File(tmp_maps, "w"))
-            maps_ds = fh.create_dataset("logp", shape=(n, h, w), dtype="f4", chunks=(1, h, w),
-                                        compression="gzip", compression_opts=4, shuffle=True)
-            maps_ds.attrs["units"] = "nats"
-            maps_ds.attrs["description"] = "log p(x_ij | earlier pixels), summed over channels"
+            for ds_name, what in [("logp", "log p(x_ij | earlier pixels), summed over channels"
+                                   + (", mean over the ensemble's members" if names else ""))] + [
+                    (f"logp_{name}", f"log p(x_ij | earlier pixels), summed over channels, member {name}")
+                    for name in names]:
+                ds = fh.create_dataset(ds_name, shape=(n, h, w), dtype="f4", chunks=(1, h, w),
+                                       compression="gzip", compression_opts=4, shuffle=True)
+                ds.attrs["units"] = "nats"
+                ds.attrs["description"] = what
+                datasets.append(ds)
             fh.attrs["format"] = "morphllr.logp_maps"
-            fh.attrs["model"] = str(getattr(model, "path", "model"))
+            fh.attrs["model"] = str(getattr(model, "path", None) or "model")
             fh.attrs["images"] = source.name
+            if names:
+                fh.attrs["members"] = names
         start = 0
         for maps in iter_log_prob_maps(model, source, batch_size, bf16=bf16, progress=progress, threads=threads):
-            stop = start + len(maps)
-            logp[start:stop] = maps.astype(np.float64).sum(axis=(1, 2))
-            if maps_ds is not None:
-                maps_ds[start:stop] = maps
+            members_maps = maps if names else maps[None]
+            stop = start + members_maps.shape[1]
+            logp[:, start:stop] = members_maps.astype(np.float64).sum(axis=(-2, -1))
+            if datasets:
+                if names:
+                    datasets[0][start:stop] = members_maps.astype(np.float64).mean(axis=0).astype(np.float32)
+                    for ds, member_maps in zip(datasets[1:], members_maps):
+                        ds[start:stop] = member_maps
+                else:
+                    datasets[0][start:stop] = members_maps[0]
             start = stop
-        if maps_ds is not None:
-            maps_ds.file.close()
-        bpd = bits_per_dim(logp, c * h * w)
+        if datasets:
+            datasets[0].file.close()
+        mean = logp.mean(axis=0)
+        bpd = bits_per_dim(mean, c * h * w)
+        member_bpd = bits_per_dim(logp, c * h * w)
+        spread = logp.std(axis=0, ddof=1) if len(logp) > 1 else np.full(n, np.nan)
+        header = ["id", "logp", "bits_per_dim"]
+        if names:
+            header += ["logp_std"] + [f"{col}_{name}" for name in names for col in ("logp", "bits_per_dim")]
         with open(tmp_csv, "w", newline="", encoding="utf-8") as fh_csv:
             writer = csv.writer(fh_csv)
-            writer.writerow(["id", "logp", "bits_per_dim"])
-            for ident, lp, b in zip(ids, logp, bpd):
-                writer.writerow([ident, repr(float(lp)), repr(float(b))])
-    return {"n": int(n), "mean_logp": float(logp.mean()), "mean_bits_per_dim": float(bpd.mean())}
+            writer.writerow(header)
+            for i, ident in enumerate(ids):
+                row = [ident, repr(float(mean[i])), repr(float(bpd[i]))]
+                if names:
+                    row.append(repr(float(spread[i])))
+                    for k in range(len(names)):
+                        row += [repr(float(logp[k, i])), repr(float(member_bpd[k, i]))]
+                writer.writerow(row)
+    summary = {"n": int(n), "mean_logp": float(mean.mean()), "mean_bits_per_dim": float(bpd.mean())}
+    if names:
+        summary["members"] = {name: float(logp[k].mean()) for k, name in enumerate(names)}
+    return summary

@@ -36,21 +36,108 @@ def _as_finite_1d(values, what: str) -> np.ndarray:
     return arr
 
 
-def bootstrap_means(values, n_boot: int = 1000, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+def group_index(groups) -> tuple[np.ndarray, int]:
+    """Dense group numbers ``0..G-1`` (in order of first appearance) and ``G``.
+
+    Args:
+        groups: one label per value (numbers or text; equal labels = one group).
+
+    Returns:
+        ``(inverse, G)`` with ``inverse`` an int64 array of the values' group numbers.
+    """
+    labels = np.asarray(groups)
+    if labels.ndim != 1:
+        labels = labels.ravel()
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # np.unique sorts; renumber by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse.ravel()].astype(np.int64), int(order.size)
+
+
+def _finite_with_groups(values, groups, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Finite values (as :func:`_as_finite_1d`) and their group labels (None without groups)."""
+    if groups is None:
+        return _as_finite_1d(values, what), None
+    x = np.asarray(values, dtype=np.float64).ravel()
+    g = np.asarray(groups).ravel()
+    if g.shape != x.shape:
+        raise MorphllrError(f"{what}: {g.size} group labels for {x.size} values; give one label per image")
+    ok = np.isfinite(x)
+    if not ok.any():
+        raise MorphllrError(f"{what}: no finite values; check that the set is not empty")
+    return x[ok], g[ok]
+
+
+def group_sums(values, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums and counts of ``values`` (groups numbered as in :func:`group_index`).
+
+    Args:
+        values: 1-D values; a 2-D ``(K, N)`` array gives ``(K, G)`` sums (one row per member).
+        groups: one label per column of ``values``.
+
+    Returns:
+        ``(sums, counts)``: float64 ``(G,)`` or ``(K, G)`` and float64 ``(G,)``.
+    """
+    inverse, n_groups = group_index(groups)
+    v = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(inverse, minlength=n_groups).astype(np.float64)
+    if v.ndim == 1:
+        return np.bincount(inverse, v, n_groups), counts
+    return np.stack([np.bincount(inverse, row, n_groups) for row in v]), counts
+
+
+def n_groups(values, groups) -> int:
+    """How many groups hold a finite value (``len`` of the finite values without groups)."""
+    x, g = _finite_with_groups(values, groups, "groups")
+    return int(x.size) if g is None else group_index(g)[1]
+
+
+def _resampled_ratios(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``sum(a) / sum(b)`` over ``n_boot`` resamples (with replacement) of the units (pairs a_k, b_k).
+
+    Above :data:`LARGE_SAMPLE` units: the Gaussian (delta-method) limit of the ratio.
+    """
+    n = a.size
+    if n > LARGE_SAMPLE:
+        ratio = a.sum() / b.sum()
+        scale = np.std(a - ratio * b, ddof=1) / (np.sqrt(n) * b.mean())
+        return ratio + scale * rng.standard_normal(n_boot)
+    per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
+    ratios = np.empty(n_boot)
+    for start in range(0, n_boot, per_chunk):
+        stop = min(n_boot, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
+    return ratios
+
+
+def bootstrap_means(values, n_boot: int = 1000, rng: np.random.Generator | int | None = 0,
+                    groups=None) -> np.ndarray:
     """Means of ``n_boot`` bootstrap resamples (with replacement) of ``values``.
 
     Above :data:`LARGE_SAMPLE` values the means are drawn from their Gaussian (CLT) limit.
+    With ``groups`` (several images of one object: projections, snapshots, repeated
+    insertions) whole groups are resampled, the cluster bootstrap: each replicate draws G
+    groups with replacement and takes the mean over all their images, so images of one
+    object never count as independent.  With equal group sizes this is the bootstrap of
+    the group means (the same random draws as ``bootstrap_means(group_means)``).
 
     Args:
         values: 1-D sample (non-finite values are ignored).
         n_boot: number of bootstrap replicates.
         rng: numpy Generator or seed, for reproducible intervals.
+        groups: optional group label per value.
 
     Returns:
         float64 array ``(n_boot,)`` of resampled means.
     """
-    x = _as_finite_1d(values, "bootstrap")
+    x, g = _finite_with_groups(values, groups, "bootstrap")
     rng = np.random.default_rng(rng)
+    if g is not None:
+        sums, counts = group_sums(x, g)
+        return _resampled_ratios(sums, counts, n_boot, rng)
     n = x.size
     if n > LARGE_SAMPLE:
         # resampled means of a large sample are Gaussian to high accuracy (CLT); drawing them
@@ -66,7 +153,7 @@ def bootstrap_means(values, n_boot: int = 1000, rng: np.random.Generator | int |
 
 
 def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 1000,
-                      rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+                      rng: np.random.Generator | int | None = 0, groups=None) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean.
 
     Args:
@@ -74,11 +161,12 @@ def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 1000,
         level: coverage, e.g. 0.95.
         n_boot: bootstrap replicates.
         rng: Generator or seed.
+        groups: optional group label per value: groups are resampled (:func:`bootstrap_means`).
 
     Returns:
         ``(lo, hi)``.
     """
-    means = bootstrap_means(values, n_boot, rng)
+    means = bootstrap_means(values, n_boot, rng, groups=groups)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -100,7 +188,7 @@ def ratio_of_sums(numerator, denominator) -> float:
 
 
 def bootstrap_ratio_ci(numerator, denominator, level: float = 0.95, n_boot: int = 1000,
-                       rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+                       rng: np.random.Generator | int | None = 0, groups=None) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`ratio_of_sums`, resampling whole images.
 
     Images, not pixels, are the independent units (pixels of one image share a galaxy
@@ -113,10 +201,22 @@ def bootstrap_ratio_ci(numerator, denominator, level: float = 0.95, n_boot: int 
         level: coverage, e.g. 0.95.
         n_boot: bootstrap replicates.
         rng: Generator or seed.
+        groups: optional group label per image: whole groups (their summed numerators and
+            denominators) are resampled instead of images.
 
     Returns:
         ``(lo, hi)``; NaNs when the denominator sums to 0.
     """
+    if groups is not None:
+        num = np.asarray(numerator, dtype=np.float64).ravel()
+        den = np.asarray(denominator, dtype=np.float64).ravel()
+        g = np.asarray(groups).ravel()
+        ok = np.isfinite(num) & np.isfinite(den)
+        if ok.any():
+            numerator, _ = group_sums(num[ok], g[ok])
+            denominator, _ = group_sums(den[ok], g[ok])
+        else:
+            numerator, denominator = num[ok], den[ok]
     a, b = _finite_pairs(numerator, denominator)
     rng = np.random.default_rng(rng)
     n = a.size
@@ -143,7 +243,7 @@ def bootstrap_ratio_ci(numerator, denominator, level: float = 0.95, n_boot: int 
     return float(lo), float(hi)
 
 
-def share_of_mean(part, total, min_z: float = 2.0) -> float:
+def share_of_mean(part, total, min_z: float = 2.0, groups=None) -> float:
     """``mean(part) / mean(total)``: how much of a set's mean LLR a subset of pixels carries.
 
     The rule for "no share": when the mean of ``total`` is within ``min_z`` standard
@@ -154,6 +254,8 @@ def share_of_mean(part, total, min_z: float = 2.0) -> float:
         part: per-image LLR of the subset (e.g. empty-sky pixels).
         total: per-image LLR of the whole image (same images).
         min_z: how many standard errors from 0 the total's mean must be.
+        groups: optional group label per image; the standard error is then the cluster
+            (group-resampling) one, since images of one object are not independent.
 
     Returns:
         the share (may be negative or above 1 when the parts have opposite signs), or NaN.
@@ -163,6 +265,14 @@ def share_of_mean(part, total, min_z: float = 2.0) -> float:
         return float("nan")
     mean = t.mean()
     error = t.std(ddof=1) / np.sqrt(t.size) if t.size > 1 else 0.0
+    if groups is not None:
+        pa = np.asarray(part, dtype=np.float64).ravel()
+        to = np.asarray(total, dtype=np.float64).ravel()
+        ok = np.isfinite(pa) & np.isfinite(to)
+        sums, counts = group_sums(to[ok], np.asarray(groups).ravel()[ok])
+        n_g = sums.size
+        # linearised ratio estimator sum(S_g) / sum(c_g): var ~ var_g(S_g - mean c_g) / (G mean(c)^2)
+        error = (np.std(sums - mean * counts, ddof=1) / (np.sqrt(n_g) * counts.mean())) if n_g > 1 else 0.0
     if mean == 0 or abs(mean) < min_z * error:
         return float("nan")
     return float(p.mean() / mean)
@@ -178,7 +288,8 @@ def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def delta_mean(values, reference, n_boot: int = 1000,
-               rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+               rng: np.random.Generator | int | None = 0, groups=None,
+               reference_groups=None) -> tuple[float, float]:
     """Difference of means ``mean(values) - mean(reference)`` and its bootstrap standard error.
 
     The two samples are resampled independently (they are different galaxies).
@@ -188,14 +299,16 @@ def delta_mean(values, reference, n_boot: int = 1000,
         reference: LLRs of the reference set.
         n_boot: bootstrap replicates.
         rng: Generator or seed.
+        groups: optional group label per value of the set (groups are resampled).
+        reference_groups: the same for the reference.
 
     Returns:
         ``(delta, error)``.
     """
     rng = np.random.default_rng(rng)
-    x = _as_finite_1d(values, "delta_mean")
-    r = _as_finite_1d(reference, "delta_mean reference")
-    diffs = bootstrap_means(x, n_boot, rng) - bootstrap_means(r, n_boot, rng)
+    x, g = _finite_with_groups(values, groups, "delta_mean")
+    r, rg = _finite_with_groups(reference, reference_groups, "delta_mean reference")
+    diffs = bootstrap_means(x, n_boot, rng, groups=g) - bootstrap_means(r, n_boot, rng, groups=rg)
     return float(x.mean() - r.mean()), float(diffs.std(ddof=1))
 
 
@@ -290,7 +403,7 @@ def verdict(mean_llr: float, ci95: tuple[float, float] | None = None) -> str:
 
 
 def summarize(values, reference=None, n_boot: int = 1000,
-              rng: np.random.Generator | int | None = 0) -> dict:
+              rng: np.random.Generator | int | None = 0, groups=None, reference_groups=None) -> dict:
     """All per-set numbers of the report for one sample of LLRs.
 
     Args:
@@ -298,15 +411,18 @@ def summarize(values, reference=None, n_boot: int = 1000,
         reference: LLRs of the reference set, or None for the reference itself.
         n_boot: bootstrap replicates.
         rng: Generator or seed.
+        groups: optional group label per value: ``ci95`` and ``delta_llr_err`` then resample
+            groups (:func:`bootstrap_means`); AUROC and KS stay per image.
+        reference_groups: the same for the reference.
 
     Returns:
         dict with ``n, mean_llr, median_llr, std_llr, ci95, delta_llr, delta_llr_err,
-        auroc_vs_reference, ks_vs_reference, ks_pvalue, reading, verdict``.  With a reference of
-        itself the comparisons are 0 / 0.5 by definition.
+        auroc_vs_reference, ks_vs_reference, ks_pvalue, reading, verdict`` (+ ``n_groups`` with
+        groups).  With a reference of itself the comparisons are 0 / 0.5 by definition.
     """
     rng = np.random.default_rng(rng)
-    x = _as_finite_1d(values, "summary")
-    ci = bootstrap_mean_ci(x, 0.95, n_boot, rng)
+    x, g = _finite_with_groups(values, groups, "summary")
+    ci = bootstrap_mean_ci(x, 0.95, n_boot, rng, groups=g)
     out = {
         "n": int(x.size),
         "mean_llr": float(x.mean()),
@@ -317,13 +433,166 @@ def summarize(values, reference=None, n_boot: int = 1000,
     if reference is None:
         out.update(delta_llr=0.0, delta_llr_err=0.0, auroc_vs_reference=0.5, ks_vs_reference=0.0, ks_pvalue=1.0)
     else:
-        delta, err = delta_mean(x, reference, n_boot, rng)
+        delta, err = delta_mean(x, reference, n_boot, rng, groups=g, reference_groups=reference_groups)
         ks, pval = ks_statistic(x, reference)
         out.update(delta_llr=delta, delta_llr_err=err, auroc_vs_reference=auroc(x, reference),
                    ks_vs_reference=ks, ks_pvalue=pval)
+    if g is not None:
+        out["n_groups"] = group_index(g)[1]
     out["reading"] = read_mean_llr(out["mean_llr"], ci)
     out["verdict"] = verdict(out["mean_llr"], ci)
     return out
+
+
+# --------------------------------------------------------------------------- model (retraining) variance
+def resample_member_means(sums, counts, n_boot: int = 1000,
+                          rng: np.random.Generator | int | None = 0) -> np.ndarray:
+    """Every member's mean over ``n_boot`` resamples of the units, one draw of units for all members.
+
+    A unit is what is independent: an image, a group of images of one object, or a galaxy
+    shared by two sets (then its value is a paired difference and its count 1).  Drawing
+    the same units for every model member keeps the members' correlation (they score the
+    same galaxies), which is what makes differences between sets more stable than levels.
+
+    Args:
+        sums: ``(K, G)`` per-member sums of the values over each unit's images.
+        counts: ``(G,)`` images per unit.
+        n_boot: replicates.
+        rng: Generator or seed.
+
+    Returns:
+        ``(n_boot, K)``: per replicate and member, sum of the drawn units' sums / sum of
+        their counts.  Above :data:`LARGE_SAMPLE` units: the joint Gaussian (delta-method)
+        limit of these ratios.
+    """
+    rng = np.random.default_rng(rng)
+    s = np.atleast_2d(np.asarray(sums, dtype=np.float64))
+    c = np.asarray(counts, dtype=np.float64).ravel()
+    k, g = s.shape
+    if c.size != g or g == 0:
+        raise MorphllrError(f"resample_member_means: {c.size} counts for {g} units; give one count per unit")
+    if g > LARGE_SAMPLE:
+        ratio = s.sum(axis=1) / c.sum()
+        u = (s - ratio[:, None] * c[None, :]) / c.mean()
+        cov = u @ u.T / ((g - 1) * g)
+        vals, vecs = np.linalg.eigh(cov)
+        scale = vecs * np.sqrt(np.clip(vals, 0.0, None))
+        return ratio + rng.standard_normal((n_boot, k)) @ scale.T
+    per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // (g * k))
+    out = np.empty((n_boot, k))
+    st = s.T
+    for start in range(0, n_boot, per_chunk):
+        stop = min(n_boot, start + per_chunk)
+        idx = rng.integers(0, g, size=(stop - start, g))
+        out[start:stop] = st[idx].sum(axis=1) / c[idx].sum(axis=1)[:, None]
+    return out
+
+
+def resample_members(obs_means, arch_means, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+    """Second stage of the hierarchical bootstrap: resample the model members.
+
+    For replicate b, draw K_obs p_obs members and K_arch p_arch members with replacement
+    (independently) and return mean over the drawn obs columns of ``obs_means[b]`` minus the
+    mean over the drawn arch columns of ``arch_means[b]``: the ensemble's mean LLR (or ΔLLR)
+    had the training seeds come out differently.
+
+    Args:
+        obs_means: ``(B, K_obs)`` per-member statistics of replicate b (e.g. from
+            :func:`resample_member_means`: members first, galaxies resampled).
+        arch_means: ``(B, K_arch)``.
+        rng: Generator or seed.
+
+    Returns:
+        ``(B,)``.
+    """
+    rng = np.random.default_rng(rng)
+    o = np.atleast_2d(np.asarray(obs_means, dtype=np.float64))
+    a = np.atleast_2d(np.asarray(arch_means, dtype=np.float64))
+    if o.shape[0] != a.shape[0]:
+        raise MorphllrError(f"resample_members: {o.shape[0]} vs {a.shape[0]} replicates; give the same number")
+    i = rng.integers(0, o.shape[1], size=o.shape)
+    j = rng.integers(0, a.shape[1], size=a.shape)
+    return np.take_along_axis(o, i, axis=1).mean(axis=1) - np.take_along_axis(a, j, axis=1).mean(axis=1)
+
+
+def percentile_ci(draws, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap draws (non-finite draws ignored; NaNs when none is finite)."""
+    d = np.asarray(draws, dtype=np.float64).ravel()
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(d, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def hull(*intervals) -> list[float]:
+    """Smallest interval holding every given ``(lo, hi)`` (NaN bounds ignored)."""
+    los = [float(i[0]) for i in intervals if i is not None and np.isfinite(i[0])]
+    his = [float(i[1]) for i in intervals if i is not None and np.isfinite(i[1])]
+    return [min(los) if los else float("nan"), max(his) if his else float("nan")]
+
+
+def hierarchical_intervals(obs_means, arch_means, level: float = 0.95,
+                           rng: np.random.Generator | int | None = 0) -> dict:
+    """Galaxy-only and total (members + galaxies) intervals from per-member galaxy replicates.
+
+    Args:
+        obs_means: ``(B, K_obs)`` per-member statistics under B galaxy resamples (the same
+            galaxy draw in a row for every member).
+        arch_means: ``(B, K_arch)``.
+        level: coverage.
+        rng: Generator or seed of the member draws.
+
+    Returns:
+        dict ``galaxy`` (interval of the all-member ensemble over galaxy resamples only),
+        ``galaxy_std`` (its standard deviation: the galaxy sampling error) and ``total``
+        (the hull of the hierarchical percentile interval and ``galaxy``: model variance
+        only adds to galaxy variance, so a total interval narrower than the galaxy-only one
+        is Monte-Carlo noise of drawing few members, e.g. the same member K times).
+    """
+    o = np.atleast_2d(np.asarray(obs_means, dtype=np.float64))
+    a = np.atleast_2d(np.asarray(arch_means, dtype=np.float64))
+    ensemble = o.mean(axis=1) - a.mean(axis=1)
+    galaxy = percentile_ci(ensemble, level)
+    total = percentile_ci(resample_members(o, a, rng), level)
+    return {"galaxy": list(galaxy), "galaxy_std": float(np.std(ensemble, ddof=1)) if ensemble.size > 1 else 0.0,
+            "total": hull(total, galaxy)}
+
+
+def ranking_agreement(means_by_pair, order) -> tuple[float, np.ndarray]:
+    """How far every model pair ranks the sets as the ensemble does (Kendall-type, in [0, 1]).
+
+    For model pair p and every two sets a, b with a above b in ``order``, the pair agrees
+    when its mean LLR of a exceeds that of b (1), ties count 1/2, else 0; the agreement of
+    pair p is the mean over the S(S-1)/2 set pairs (= (1 + Kendall's tau) / 2 when the
+    ensemble order has no ties), and the result the mean over model pairs.
+
+    Args:
+        means_by_pair: ``(P, S)`` mean LLR of set s under model pair p (columns in ``order``'s
+            index space).
+        order: column indices, best first (the ensemble ranking).
+
+    Returns:
+        ``(agreement, per_pair)``; NaN and an empty array with fewer than 2 sets.
+    """
+    m = np.atleast_2d(np.asarray(means_by_pair, dtype=np.float64))
+    order = list(order)
+    if len(order) < 2:
+        return float("nan"), np.array([])
+    scores = []
+    for hi_pos, a in enumerate(order):
+        for b in order[hi_pos + 1:]:
+            diff = m[:, a] - m[:, b]
+            scores.append(np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0)))
+    per_pair = np.mean(scores, axis=0)
+    return float(per_pair.mean()), per_pair
+
+
+def sign_agreement(per_pair, value: float) -> float:
+    """Share of model pairs whose value has the sign of ``value`` (a 0 matches only 0)."""
+    d = np.asarray(per_pair, dtype=np.float64).ravel()
+    return float(np.mean(np.sign(d) == np.sign(value))) if d.size else float("nan")
 
 
 def panel_label(lo: float, hi: float) -> str:

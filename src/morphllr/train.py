@@ -26,7 +26,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import signal
 import threading
 import time
@@ -44,7 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from . import runtime
 from .atomic import atomic_file, claims
 from .errors import MorphllrError
-from .modelio import META_FILE, WEIGHTS_FILE, save_model
+from .modelio import (ENSEMBLE_FILE, MAX_ENSEMBLE_MEMBERS, MEMBER_DIR, META_FILE, WEIGHTS_FILE, file_sha256,
+                      member_name, read_ensemble_index, read_meta, save_model, write_ensemble_index)
 from .model import PixelCNN, PixelCNNConfig
 from .sources import DISCRETE_HEADS, ImageSource, open_images, validate_source
 
@@ -458,7 +461,17 @@ def check_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
         return
     if not out_dir.is_dir():
         raise MorphllrError(f"{out_dir}: exists and is not a folder; choose another --out")
-    entries = {p.name for p in out_dir.iterdir()}
+    layout = _layout(out_dir)
+    entries = layout.entries
+    if layout.is_ensemble:
+        seeds = layout.seeds_text
+        if resume:
+            raise MorphllrError(f"{out_dir}: holds an ensemble ({', '.join(layout.members) or ENSEMBLE_FILE}), not a "
+                                f"single model run; continue it with --seeds {seeds} --resume")
+        if not overwrite:
+            what = "a finished ensemble" if layout.has_index else "an unfinished ensemble run"
+            raise MorphllrError(f"{out_dir}: already holds {what}; pass --overwrite to replace it, or choose another "
+                                "--out")
     finished = META_FILE in entries
     if resume:
         if finished and not (out_dir / CHECKPOINT_DIR).is_dir():
@@ -473,10 +486,60 @@ def check_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
         what = "a finished model" if finished else "an unfinished training run"
         fix = "--overwrite to replace it" if finished else "--resume to continue it or --overwrite to start again"
         raise MorphllrError(f"{out_dir}: already holds {what}; pass {fix}, or choose another --out")
-    foreign = sorted(entries - {CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE})
-    if foreign:
-        raise MorphllrError(f"{out_dir}: contains files morphllr did not write ({', '.join(foreign[:3])}); "
+    _refuse_foreign(out_dir, layout)
+
+
+RUN_ENTRIES = frozenset({CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE})
+# what claims of an ensemble's members and index leave inside its folder after a SIGKILL (cleaned by the next claim)
+_ENSEMBLE_DEBRIS = re.compile(r"\.(?:seed[0-9]+|" + re.escape(ENSEMBLE_FILE) + r")\.(?:lock|[^.]+\.(?:tmp|old))\Z")
+
+
+@dataclass
+class _Layout:
+    """What a training folder holds: a single run's files, ensemble members (``seedK/``), an index, others."""
+
+    entries: set
+    members: list
+    has_index: bool
+    foreign: list
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.has_index or bool(self.members)
+
+    @property
+    def seeds_text(self) -> str:
+        return ",".join(m[len("seed"):] for m in self.members) or "..."
+
+
+def _layout(out_dir: Path) -> _Layout:
+    entries = {p.name for p in out_dir.iterdir() if not _ENSEMBLE_DEBRIS.match(p.name)}
+    members = sorted((e for e in entries if MEMBER_DIR.match(e) and (out_dir / e).is_dir()),
+                     key=lambda e: int(e[len("seed"):]))
+    foreign = sorted(entries - RUN_ENTRIES - {ENSEMBLE_FILE} - set(members))
+    for member in members:
+        foreign += sorted(f"{member}/{p.name}" for p in (out_dir / member).iterdir() if p.name not in RUN_ENTRIES)
+    return _Layout(entries=entries, members=members, has_index=ENSEMBLE_FILE in entries, foreign=foreign)
+
+
+def _refuse_foreign(out_dir: Path, layout: _Layout) -> None:
+    if layout.foreign:
+        raise MorphllrError(f"{out_dir}: contains files morphllr did not write ({', '.join(layout.foreign[:3])}); "
                             "refusing to delete them - choose another --out")
+
+
+def _clear_ours(out_dir: Path) -> None:
+    """Delete our old run, model or ensemble in ``out_dir`` (--overwrite; :func:`check_out_dir` judged it ours)."""
+    layout = _layout(out_dir)
+    # what marks a finished result goes first, so a crash never leaves an old model next to new checkpoints
+    (out_dir / ENSEMBLE_FILE).unlink(missing_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    for member in layout.members:
+        (out_dir / member / META_FILE).unlink(missing_ok=True)
+    for name in (WEIGHTS_FILE, RUN_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in (CHECKPOINT_DIR, LOG_DIR, *layout.members):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -484,11 +547,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     check_out_dir(out_dir, resume, overwrite)
     if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
-    # the old model.json goes first so a crash never leaves an old model next to new checkpoints
-    for name in (META_FILE, WEIGHTS_FILE, RUN_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    for name in (CHECKPOINT_DIR, LOG_DIR):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
+    _clear_ours(out_dir)
 
 
 def _check_resume_matches(out_dir: Path, run: dict) -> None:
@@ -650,6 +709,236 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
     if not trainer.is_global_zero:
         return None
     return _finish(module, trainer, ckpt_cb, source, datamodule, out_dir, run, elapsed)
+
+
+# ------------------------------------------------------------------------------ ensembles
+@dataclass
+class EnsembleResult:
+    """What :func:`train_ensemble` produced.
+
+    Attributes:
+        ensemble_dir: the finished ensemble folder (``ensemble.json`` + one model folder per member).
+        members: member name -> TrainResult (a member finished by an earlier run has its recorded metrics).
+        trained: names of the members trained (or continued) by this run, in order.
+    """
+
+    ensemble_dir: Path
+    members: dict
+    trained: list
+
+
+def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
+    """``--seeds``: a comma list of distinct seeds (``0,1,2``) or a range ``0-4`` (both ends included).
+
+    Args:
+        seeds: the option's text, or a sequence of ints.
+
+    Returns:
+        the seeds, in the order given.
+    """
+    from .limits import SEED_MAX
+
+    what = f"--seeds {seeds if isinstance(seeds, str) else ','.join(map(str, seeds))}"
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        match = re.fullmatch(r"([0-9]{1,10})\s*-\s*([0-9]{1,10})", text)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise MorphllrError(f"{what}: the range ends before it starts; e.g. --seeds 0-4")
+            if hi - lo + 1 > MAX_ENSEMBLE_MEMBERS:
+                raise MorphllrError(f"{what}: {hi - lo + 1} members; an ensemble holds at most {MAX_ENSEMBLE_MEMBERS}")
+            values = list(range(lo, hi + 1))
+        else:
+            parts = [part.strip() for part in text.split(",")]
+            if not parts or not all(re.fullmatch(r"[0-9]{1,10}", part) for part in parts):
+                raise MorphllrError(f"{what}: give seeds as a comma list of whole numbers, e.g. --seeds 0,1,2 "
+                                    "(or a range, --seeds 0-4)")
+            values = [int(part) for part in parts]
+    else:
+        try:
+            values = [int(v) for v in seeds]
+        except (TypeError, ValueError):
+            raise MorphllrError(f"{what}: give the seeds as whole numbers") from None
+        if any(int(v) != v for v in seeds):
+            raise MorphllrError(f"{what}: give the seeds as whole numbers")
+    if not values:
+        raise MorphllrError(f"{what}: give at least one seed, e.g. --seeds 0,1,2")
+    if len(values) > MAX_ENSEMBLE_MEMBERS:
+        raise MorphllrError(f"{what}: {len(values)} members; an ensemble holds at most {MAX_ENSEMBLE_MEMBERS}")
+    bad = [v for v in values if not 0 <= v <= SEED_MAX]
+    if bad:
+        raise MorphllrError(f"{what}: seed {bad[0]} is outside 0..{SEED_MAX}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise MorphllrError(f"{what}: seed {repeated[0]} is given twice; each member needs its own seed")
+    return values
+
+
+def check_ensemble_dir(out_dir: str | Path, seeds: Sequence[int], resume: bool, overwrite: bool) -> None:
+    """Judge an ensemble folder before any work, as :func:`check_out_dir` does for one model.
+
+    * new (missing or empty) folder: fine (not with ``resume``);
+    * ``resume``: the folder must hold an ensemble run (member folders, maybe an index) whose members are all
+      among ``seeds``; finished members are kept, the others continued or started (:func:`train_ensemble`);
+    * otherwise an existing ensemble, unfinished run or single model needs ``overwrite``, and is replaced only
+      if it holds nothing morphllr did not write.
+
+    Args:
+        out_dir: the ensemble folder.
+        seeds: the members' seeds (parsed).
+        resume: ``--resume``.
+        overwrite: ``--overwrite``.
+    """
+    out_dir = Path(out_dir)
+    text = ",".join(str(s) for s in seeds)
+    if not out_dir.exists():
+        if resume:
+            raise MorphllrError(f"{out_dir}: no ensemble run to resume; start it without --resume")
+        return
+    if not out_dir.is_dir():
+        raise MorphllrError(f"{out_dir}: exists and is not a folder; choose another --out")
+    layout = _layout(out_dir)
+    single = layout.entries & RUN_ENTRIES
+    if resume:
+        if single:
+            raise MorphllrError(f"{out_dir}: holds a single model run, not an ensemble; continue it with --resume "
+                                "without --seeds")
+        if not layout.is_ensemble:
+            raise MorphllrError(f"{out_dir}: holds no ensemble run to resume; start it without --resume")
+        listed = [m["name"] for m in read_ensemble_index(out_dir)["members"]] if layout.has_index else []
+        extra = sorted((set(layout.members) | set(listed)) - {member_name(s) for s in seeds},
+                       key=lambda n: (len(n), n))
+        if extra:
+            raise MorphllrError(f"{out_dir}: holds member(s) {', '.join(extra)} that --seeds {text} does not name; give "
+                                f"every seed of the run (e.g. --seeds {layout.seeds_text}) or start again with "
+                                "--overwrite")
+        return
+    if not layout.entries:
+        return
+    if not overwrite:
+        if layout.has_index:
+            what, fix = "a finished ensemble", "--overwrite to replace it"
+        elif layout.members:
+            what, fix = "an unfinished ensemble run", "--resume to continue it or --overwrite to start again"
+        elif META_FILE in layout.entries:
+            what, fix = "a finished model", "--overwrite to replace it"
+        else:
+            what, fix = "an unfinished training run", "--overwrite to replace it"
+        raise MorphllrError(f"{out_dir}: already holds {what}; pass {fix}, or choose another --out")
+    _refuse_foreign(out_dir, layout)
+
+
+def _finished_member(member_dir: Path, name: str, seed: int, fingerprint: str, config: PixelCNNConfig,
+                     out_dir: Path) -> TrainResult:
+    """A member an earlier run finished, checked to belong to this ensemble (same data, network and seed)."""
+    meta = read_meta(member_dir)
+    fix = (f"use the same DATA and options as the interrupted run, delete {member_dir} to retrain that member, or "
+           "start again with --overwrite")
+    if meta.get("data_fingerprint") != fingerprint:
+        raise MorphllrError(f"{member_dir}: finished member {name} was trained on other images than this --resume; {fix}")
+    if PixelCNNConfig.from_dict(meta["config"]) != config:
+        raise MorphllrError(f"{member_dir}: finished member {name} has other network settings than this --resume; {fix}")
+    recorded = ((meta.get("extra") or {}).get("training") or {}).get("seed")
+    if recorded is not None and recorded != seed:
+        raise MorphllrError(f"{member_dir}: member {name} was trained with seed {recorded}; {fix}")
+    weights = member_dir / WEIGHTS_FILE
+    expected = meta.get("weights_sha256")
+    if not weights.is_file() or (expected and file_sha256(weights) != expected):
+        raise MorphllrError(f"{weights}: missing or does not match {META_FILE} (member {name}); delete {member_dir} "
+                            f"and resume to retrain it, or recopy {out_dir}")
+    return TrainResult(model_dir=member_dir, metrics=dict(meta.get("metrics") or {}))
+
+
+@claims(_model_dir_output, inputs=("data",), kind="dir", existing="keep")
+def train_ensemble(data: Any, out_dir: str | Path, seeds: str | Sequence[int], *,
+                   config: PixelCNNConfig | dict | str = "zanisi21", val_fraction: float = 0.1,
+                   input_norm: str | Sequence[float] = "auto", key: str | None = None, resume: bool = False,
+                   overwrite: bool = False, progress: bool = True, **options: Any) -> EnsembleResult | None:
+    """Train one model per seed into an ensemble folder (``morphllr train DATA --out DIR --seeds 0,1,2``).
+
+    Members are trained one after another with :func:`train_model` into ``DIR/seedK/`` (ordinary model
+    folders), with the same options except the seed (initial weights, validation split, augmentation).
+    The input mapping of ``input_norm="auto"`` is fixed once, from the first seed's split, so every member
+    has the same network config (and member ``seedK`` equals a single model trained with ``--seed K`` when
+    K is the first seed).  ``DIR/ensemble.json`` (:func:`morphllr.modelio.write_ensemble_index`) is
+    written last, atomically: a failure or Ctrl-C leaves finished and unfinished member folders but no
+    index, so nothing loads it as an ensemble.
+
+    ``resume`` continues such a run: finished members (model.json) are checked (same images, network and
+    seed, weights intact) and kept, members with a last checkpoint continue from it, members without one
+    start again, missing ones are trained; ``seeds`` may add members to a finished ensemble but must name
+    every member already there.  ``overwrite`` replaces an earlier ensemble, run or model of ours.
+
+    Args:
+        data: as in :func:`train_model`.
+        out_dir: the ensemble folder.
+        seeds: the members' seeds: a sequence of ints or the ``--seeds`` text (``0,1,2`` or ``0-4``).
+        config, val_fraction, input_norm, key: as in :func:`train_model`, shared by every member.
+        resume: continue an interrupted ensemble run (see above).
+        overwrite: replace an existing ensemble / run / model in ``out_dir``.
+        progress: progress bars, and a line naming each member as it starts.
+        options: every other :func:`train_model` option (max_steps, batch_size, lr, ...), except ``seed``.
+
+    Returns:
+        EnsembleResult (None on non-zero ranks of a multi-process run).
+    """
+    if "seed" in options:
+        raise MorphllrError("--seed and --seeds: give one of them (--seeds trains one member per seed)")
+    seeds = parse_seeds(seeds)
+    out_dir = Path(out_dir)
+    rank0 = _launched_rank() == 0
+    if rank0:
+        check_ensemble_dir(out_dir, seeds, resume, overwrite)
+    # what all members share: the same images, config and network input mapping
+    source = open_images(data, key=key) if key is not None else open_images(data)
+    cfg = build_config(config, shape=source.shape)
+    train_idx, _ = split_indices(len(source), val_fraction, seeds[0])
+    validate_source(source, cfg.head)
+    member_cfg = with_input_norm(cfg, input_norm, source, train_idx, seeds[0])
+    if cfg.head in DISCRETE_HEADS or input_norm == "preset":
+        norm: Any = input_norm
+    else:
+        norm = (member_cfg.input_shift, member_cfg.input_scale)
+    fingerprint = source.fingerprint()
+    if rank0 and not resume and out_dir.is_dir() and any(out_dir.iterdir()):
+        _clear_ours(out_dir)  # check_ensemble_dir allowed it (--overwrite of our own files)
+    results: dict[str, TrainResult] = {}
+    trained: list[str] = []
+    for position, seed in enumerate(seeds, start=1):
+        name = member_name(seed)
+        member_dir = out_dir / name
+        state = _member_state(member_dir) if resume else "new"
+        if state == "finished":
+            results[name] = _finished_member(member_dir, name, seed, fingerprint, member_cfg, out_dir)
+            if progress and rank0:
+                print(f"member {name} ({position}/{len(seeds)}): finished by an earlier run, kept", file=sys.stderr,
+                      flush=True)
+            continue
+        if progress and rank0:
+            verb = {"resume": "continuing", "restart": "starting again", "new": "training"}[state]
+            print(f"member {name} ({position}/{len(seeds)}): {verb} with seed {seed}", file=sys.stderr, flush=True)
+        result = train_model(data, member_dir, config=cfg, seed=seed, val_fraction=val_fraction, input_norm=norm,
+                             key=key, resume=state == "resume", overwrite=state == "restart", progress=progress,
+                             **options)
+        trained.append(name)
+        if result is not None:
+            results[name] = result
+    if not rank0:
+        return None
+    write_ensemble_index(out_dir, [(member_name(s), s, member_name(s)) for s in seeds])
+    return EnsembleResult(ensemble_dir=out_dir, members=results, trained=trained)
+
+
+def _member_state(member_dir: Path) -> str:
+    """How ``--resume`` treats a member folder: finished, resume (has a last checkpoint), restart, or new."""
+    if not member_dir.is_dir() or not any(member_dir.iterdir()):
+        return "new"
+    if (member_dir / META_FILE).is_file():
+        return "finished"
+    if (member_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        return "resume"
+    return "restart"  # interrupted before its first checkpoint: nothing to continue
 
 
 def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:

@@ -147,10 +147,10 @@ def prepare(
 
 
 def preprocessing_like(reference: Path):
-    """The recipe recorded in a model folder (model.json) or an image set (.h5).
+    """The recipe recorded in a model folder (model.json), an ensemble folder (ensemble.json) or an image set (.h5).
 
     Args:
-        reference: model directory or ``.h5`` image set.
+        reference: model or ensemble directory, or ``.h5`` image set.
 
     Returns:
         Preprocessing.
@@ -160,9 +160,12 @@ def preprocessing_like(reference: Path):
     from ..preprocess import Preprocessing
 
     if reference.is_dir():
-        meta_path = reference / "model.json"
+        meta_path = reference / "ensemble.json"  # an ensemble records its members' shared preprocessing
         if not meta_path.is_file():
-            raise MorphllrError(f"--like {reference}: folder has no model.json; give a model folder or an image set .h5")
+            meta_path = reference / "model.json"
+        if not meta_path.is_file():
+            raise MorphllrError(f"--like {reference}: folder has no model.json; give a model folder, an ensemble "
+                                "folder or an image set .h5")
         try:
             recipe = json.loads(meta_path.read_text()).get("preprocessing") or {}
         except json.JSONDecodeError as exc:

@@ -18,6 +18,8 @@ The loss is the mean negative log-likelihood in [bold]bits per dimension[/bold] 
 
 MODEL_DIR (--out) receives weights.safetensors + model.json (config, preprocessing, training-data fingerprint, train/val bits/dim), plus checkpoints/ (best.ckpt, last.ckpt), logs/metrics.csv and training.json.  An interrupted run continues with --resume.
 
+[bold]Ensembles[/bold] (model variance: a retrained model moves every score): --seeds 0,1,2 (or 0-4) trains one model per seed, one after another with the same options except the seed (initial weights, validation split, augmentation), into an ensemble folder: --out/seed0/, --out/seed1/, ... (ordinary model folders) and --out/ensemble.json (index with every member's sha256, written last: an interrupted run leaves no ensemble).  score --model, prepare --like and mock --like take an ensemble folder where they take a model folder.  --resume with the same --seeds keeps the finished members, continues the interrupted one from its last checkpoint and trains the missing ones (more seeds than before add members).  --seed and --seeds exclude each other.
+
 Paper recipe (Zanisi et al. 2021): --preset zanisi21 (nr_resnet 3, nr_filters 64, dropout 0.5, gaussian head) with --augment rot (random 0-180 deg rotations).  On a laptop try --preset small first.
 
 Examples:
@@ -25,6 +27,8 @@ Examples:
   morphllr train obs.h5 --out models/obs --epochs 50
 
   morphllr train arch.h5 --out models/arch --epochs 50 --devices 4 --strategy ddp
+
+  morphllr train obs.h5 --out models/obs_ens --epochs 50 --seeds 0,1,2
 """
 
 SCORE_HELP = """Log-likelihood of every image under a trained model (written as CSV).
@@ -33,9 +37,13 @@ DATA: an image set (.h5 from `morphllr prepare`) or a .npy / .npz / .h5[:dataset
 
 The CSV has one row per image: [bold]id[/bold] (from the image set's catalogue, else the 0-based index), [bold]logp[/bold] = log p(x) in nats (higher = more typical of the training data) and [bold]bits_per_dim[/bold] = -logp / (C H W ln 2).  With --maps, the per-pixel log p(x_ij | earlier pixels) in nats is written as float32 (N, H, W) dataset `logp` of an HDF5 file.  The log-likelihood ratio of the paper is the difference of two such scores (see `morphllr compare`).
 
+With an ensemble folder (`morphllr train --seeds`) as --model every image is scored by every member (images read once): logp and bits_per_dim are the member means (mean of log p), [bold]logp_std[/bold] the spread of log p across members (sample standard deviation), then logp_seed0, bits_per_dim_seed0, ... per member; --maps holds `logp` (member mean) and one dataset per member, `logp_seed0`, ...
+
 Example:
 
   morphllr score --model models/obs sims.h5 --out sims_obs.csv --maps sims_obs_maps.h5
+
+  morphllr score --model models/obs_ens sims.h5 --out sims_obs_ens.csv
 """
 
 
@@ -71,7 +79,10 @@ def train(
     num_nodes: int = typer.Option(1, "--num-nodes", min=1, max=100_000, help="Nodes for multi-node DDP (e.g. under SLURM)."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy: auto, ddp (several devices/nodes)."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for the split, initial weights and augmentation."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX, show_default=False,
+                                       help="Seed for the split, initial weights and augmentation (default 0)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train an ensemble: one member per seed, e.g. 0,1,2 "
+                                        "or 0-4, into --out/seedK/ + --out/ensemble.json (see above)."),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, max=1_000_000, help="Early stopping: epochs without validation "
                                            "improvement before stopping (default: off)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads per process (default: usable cores "
@@ -85,35 +96,58 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from ..atomic import claim_output
-    from ..train import _launched_rank, build_config, check_out_dir, train_model
+    from ..errors import MorphllrError
+    from ..train import (_launched_rank, build_config, check_ensemble_dir, check_out_dir, parse_seeds, train_ensemble,
+                         train_model)
 
+    if seed is not None and seeds is not None:
+        raise MorphllrError(f"--seed {seed} and --seeds {seeds}: give one of them (--seeds trains one ensemble member "
+                            "per seed)")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     if _launched_rank() == 0:  # the folder is claimed before any work; only rank 0 of a DDP run writes it
         ctx.with_resource(claim_output(out, inputs=[data], kind="dir", existing="keep"))
-        check_out_dir(out, resume, overwrite)
+        if seed_list is None:
+            check_out_dir(out, resume, overwrite)
+        else:
+            check_ensemble_dir(out, seed_list, resume, overwrite)
     overrides = dict(head=head, nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix,
                      dropout=dropout)
     config = build_config(preset, **overrides)
     devices_arg = parse_devices(devices)
     norm: str | list[str] = input_norm if input_norm in ("auto", "preset") else input_norm.split(",")
-    result = train_model(data, out, config=config, max_steps=max_steps, max_epochs=epochs, batch_size=batch_size,
-                         lr=lr, val_fraction=val_fraction, augment=augment, precision=precision,
-                         devices=devices_arg, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
-                         seed=seed, resume=resume, overwrite=overwrite, early_stopping_patience=patience,
-                         warmup_steps=warmup_steps, progress=not quiet, threads=threads, key=key,
-                         input_norm=norm)
+    options = dict(config=config, max_steps=max_steps, max_epochs=epochs, batch_size=batch_size, lr=lr,
+                   val_fraction=val_fraction, augment=augment, precision=precision, devices=devices_arg,
+                   num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, resume=resume, overwrite=overwrite,
+                   early_stopping_patience=patience, warmup_steps=warmup_steps, progress=not quiet, threads=threads,
+                   key=key, input_norm=norm)
+    if seed_list is not None:
+        ensemble = train_ensemble(data, out, seed_list, **options)
+        if ensemble is None:  # non-zero rank of a multi-process run
+            return
+        for name, member in ensemble.members.items():
+            kept = "" if name in ensemble.trained else " (kept from the earlier run)"
+            typer.echo(f"  {name}: {_metrics_text(member.metrics)}{kept}")
+        typer.echo(f"ensemble of {len(ensemble.members)} models written to {ensemble.ensemble_dir} "
+                   f"(ensemble.json + {', '.join(ensemble.members)})")
+        return
+    result = train_model(data, out, seed=0 if seed is None else seed, **options)
     if result is None:  # non-zero rank of a multi-process run
         return
-    m = result.metrics
+    typer.echo(f"model written to {result.model_dir}: {_metrics_text(result.metrics)}")
+
+
+def _metrics_text(m: dict) -> str:
     val = f"{m['val_bits_per_dim']:.4f}" if m.get("val_bits_per_dim") is not None else "n/a"
-    typer.echo(f"model written to {result.model_dir}: train {m['train_bits_per_dim']:.4f} bits/dim, "
-               f"val {val} bits/dim after {m['steps']} steps")
+    train = f"{m['train_bits_per_dim']:.4f}" if m.get("train_bits_per_dim") is not None else "n/a"
+    return f"train {train} bits/dim, val {val} bits/dim after {m.get('steps', '?')} steps"
 
 
 @app.command("score", help=SCORE_HELP)
 def score(
     ctx: typer.Context,
     data: str = typer.Argument(..., help="Images to score: image set .h5, .npy, .npz or FILE.h5:dataset."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model folder from `morphllr train`."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder from `morphllr train`, or an ensemble "
+                               "folder (`morphllr train --seeds`: per-member columns)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV: id, logp (nats), bits_per_dim."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="Also write per-pixel log p maps (HDF5, float32 "
                                         "(N, H, W), nats) to this file."),
@@ -129,7 +163,7 @@ def score(
 ) -> None:
     from ..atomic import claim_outputs
     from ..errors import MorphllrError
-    from ..modelio import load_model
+    from ..modelio import load_ensemble
     from ..score import score_to_files
     from ..sources import open_images
 
@@ -137,13 +171,19 @@ def score(
         raise MorphllrError(f"--precision: {precision!r} must be bf16-mixed or 32")
     # both outputs checked and locked before the model is loaded
     ctx.with_resource(claim_outputs([("--out", out), ("--maps", maps)], inputs=[model, data], overwrite=overwrite))
-    loaded = load_model(model)
+    loaded = load_ensemble(model)  # a plain model folder is a 1-member ensemble (single-model columns)
     source = open_images(data, key=key) if key else open_images(data)
     bf16 = None if precision is None else precision == "bf16-mixed"
     summary = score_to_files(loaded, source, out, maps_path=maps, batch_size=batch_size, bf16=bf16,
                              threads=threads, progress=not quiet, overwrite=overwrite)
+    members = summary.get("members")
+    spread = ""
+    if members and len(members) > 1:
+        import statistics
+
+        spread = f", member means differ by {statistics.stdev(members.values()):.3f} nats (std over {len(members)})"
     typer.echo(f"scored {summary['n']} images: mean logp {summary['mean_logp']:.3f} nats "
-               f"({summary['mean_bits_per_dim']:.4f} bits/dim) -> {out}" + (f", maps -> {maps}" if maps else ""))
+               f"({summary['mean_bits_per_dim']:.4f} bits/dim){spread} -> {out}" + (f", maps -> {maps}" if maps else ""))
 
 
 def parse_devices(text: str) -> int | str:

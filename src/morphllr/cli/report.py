@@ -46,6 +46,22 @@ _HELP = (
     "the rest) against the reference. The sky cancels in the ratio only when a set shares sky, PSF and noise "
     "with the training data: then the sky LLR per pixel is near 0 and its AUROC near 0.5; otherwise part of the "
     "set's LLR measures its background, not its galaxies.\n\n"
+    "Stability under retraining: --obs and --arch each take a model folder or an ensemble folder (`morphllr train "
+    "--seeds`), and may be repeated to pool folders into one ensemble. With K_obs x K_arch model pairs every set is "
+    "scored under all pairs from K_obs + K_arch forward passes; the LLR column and every statistic use the mean "
+    "over pairs, scores.csv gains logp_obs_<member> / logp_arch_<member> columns, and summary.json per set "
+    "mean_llr_by_pair (rows = p_obs members), delta_llr_by_pair, model_std (spread over model pairs of the ΔLLR "
+    "against the reference, paired per galaxy when the two sets show the same galaxies), ci95_total and "
+    "delta_llr_ci95_total (hierarchical bootstrap: models, then galaxies; at least 3 models per side; never "
+    "narrower than ci95) and stable; at the top ranking_agreement (share of pairs of sets each model pair orders "
+    "as the ensemble ranking, averaged over model pairs), n_models and model_pairs. The ranking table marks a set "
+    "✓ when its ΔLLR survives retraining (|ΔLLR| >= 2 sqrt(err^2 + model_std^2) and the same sign under >= 95 % "
+    "of the model pairs), ✗ otherwise. With one model pair these are null and the report says that model "
+    "variance is not measured.\n\n"
+    "Several images of one object (projections, snapshots, repeated insertions: `morphllr mock --repeat` writes a "
+    "galaxy column): --group-col galaxy makes every interval and error resample whole groups instead of images "
+    "(summary.json records group_col and per set n_groups); a set without the column is resampled per image, "
+    "with a note. AUROC and KS stay per image.\n\n"
     "Example: morphllr compare --obs obs_model --arch arch_model --reference SDSS=sdss_test.h5 "
     "TNG=tng_mocks.h5 Illustris=illustris_mocks.h5 --out report"
 )
@@ -59,8 +75,12 @@ def compare_command(
         help="Sets to compare with the reference, each as NAME=FILE (an ImageSet from `morphllr prepare`, "
              "or .npy/.npz/.h5 images already in the models' input space). NAME labels the set in tables "
              "and figures."),
-    obs: Path = typer.Option(..., "--obs", help="Model folder of p_obs, trained on observed galaxies."),
-    arch: Path = typer.Option(..., "--arch", help="Model folder of p_arch, trained on their Sérsic archetypes."),
+    obs: List[Path] = typer.Option(
+        ..., "--obs", metavar="DIR", help="Model folder or ensemble folder of p_obs, trained on observed galaxies; repeat to pool "
+                           "several folders into one ensemble."),
+    arch: List[Path] = typer.Option(
+        ..., "--arch", metavar="DIR", help="Model folder or ensemble folder of p_arch, trained on their Sérsic archetypes; "
+                            "repeat to pool several."),
     reference: str = typer.Option(
         ..., "--reference", metavar="NAME=SET.h5",
         help="The held-out real test set, as NAME=FILE (e.g. SDSS=sdss_test.h5). Every other set is compared "
@@ -81,6 +101,10 @@ def compare_command(
                                   help="Bootstrap replicates for the 95 % intervals and ΔLLR errors."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for bootstrap, rotations and matched draws."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    group_col: str = typer.Option(
+        None, "--group-col", metavar="COLUMN",
+        help="Catalogue column naming the object each image shows (e.g. galaxy, written by `morphllr mock "
+             "--repeat`): intervals and errors resample these groups, not images."),
 ) -> None:
     """Rank image sets by mean LLR and write the comparison report (see ``_HELP``)."""
     from ..compare import compare
@@ -98,11 +122,12 @@ def compare_command(
     from ..atomic import claim_output
 
     # the report folder is claimed before any model is loaded; it may not hold a model or a set
-    ctx.with_resource(claim_output(out, inputs=[obs, arch, ref_path, *others.values()], overwrite=overwrite,
+    ctx.with_resource(claim_output(out, inputs=[*obs, *arch, ref_path, *others.values()], overwrite=overwrite,
                                    kind="dir"))
-    result = compare(obs, arch, reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
+    result = compare(obs[0] if len(obs) == 1 else list(obs), arch[0] if len(arch) == 1 else list(arch),
+                     reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
                      maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
-                     overwrite=overwrite, progress=True)
+                     overwrite=overwrite, progress=True, group_col=group_col)
     print_ranking(result.summary)
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
