@@ -1,6 +1,6 @@
 # make demo  — create .venv if needed, run the embedded demo, write ./morphllr-demo/
 # make test  — create .venv if needed, run the whole test suite (make test-fast skips the slow tests)
-# make models — retrain the two shipped demo models from scratch (<= 30 min on 2 cores)
+# make models — retrain the two shipped demo ensembles (3 seeds each) from scratch (~35 min on 2 cores)
 # make bench — speed tables quoted in BENCHMARKS.md
 PYTHON ?= python3
 VENV   ?= .venv

@@ -1,7 +1,8 @@
 """Does the demo's known order survive retraining with other seeds? (issue 6)
 
-For each seed: ``make models``' recipe with that seed (a fresh training universe and fresh
-initial weights; skipped when ``build/seed<k>/pretrained`` already exists), then the demo's
+For each seed: ``make models``' recipe with that seed (a fresh training universe and one model
+per side with that training seed, not the shipped 3-seed ensembles; skipped when
+``build/seed<k>/pretrained`` already exists), then the demo's
 comparison on the seed-0 demo sets, and the check of the known order
 observed-test > sim-good > sim-softened > sim-smooth >= archetypes, galaxy by galaxy
 (:func:`morphllr.demo.check_ranking`: the 95 % interval of the per-galaxy LLR difference above 0).
@@ -27,8 +28,9 @@ BUILD = Path(__file__).resolve().parents[1] / "build"
 def models_for_seed(seed: int) -> Path:
     """The installed model pair of ``seed`` (trained now if missing)."""
     dest = BUILD / f"seed{seed}" / "pretrained"
-    if not (dest / "obs" / "model.json").is_file():
-        obs, arch = train_models(BUILD / f"seed{seed}", dataclasses.replace(TRAIN_RECIPE, seed=seed), workers=1)
+    if not (dest / "obs" / "ensemble.json").is_file():  # one-member ensembles: universe and training seed `seed`
+        obs, arch = train_models(BUILD / f"seed{seed}", dataclasses.replace(TRAIN_RECIPE, seed=seed, seeds=(seed,)),
+                                 workers=1)
         install_models(obs, arch, dest)
     return dest
 

@@ -105,7 +105,10 @@ def test_model_std_recovers_a_constructed_spread_of_paired_delta_llr(tmp_path):
     exact = np.array([[(a - 1) * (b - c) * T2 / SIGMA**2 for c in cs] for b in bs])
     assert e["delta_llr_pairing"] == "paired" and e["n_paired"] == 60
     np.testing.assert_allclose(e["delta_llr_by_pair"], exact, rtol=1e-5, atol=1e-4)
-    assert e["model_std"] == pytest.approx(np.std(exact, ddof=1), rel=1e-5)
+    # one retrained pair moves by var_obs + var_arch (the K^2 pair values share members)
+    unbiased = abs(a - 1) * T2 / SIGMA**2 * np.sqrt(np.var(bs, ddof=1) + np.var(cs, ddof=1))
+    assert e["model_std"] == pytest.approx(unbiased, rel=1e-5)
+    assert e["model_std"] > np.std(exact, ddof=1)  # the plain std over pairs would understate it
     assert e["delta_llr_paired"] == pytest.approx(exact.mean(), rel=1e-5)
     assert e["delta_llr_paired_err"] < 1e-3  # no galaxy noise left in the paired difference
     assert e["sign_agreement"] == 1.0 and e["stable"] is True
@@ -149,7 +152,9 @@ def test_unpaired_delta_by_pair_is_the_difference_of_means_under_each_pair():
     brute = np.array([[np.mean(_logp(o, sim) - _logp(a, sim)) - np.mean(_logp(o, ref) - _logp(a, ref))
                        for a in arch] for o in obs])
     np.testing.assert_allclose(e["delta_llr_by_pair"], brute, rtol=1e-5, atol=1e-3)
-    assert e["model_std"] == pytest.approx(np.std(brute, ddof=1), rel=1e-4, abs=1e-4)
+    brute = np.asarray(brute)  # additive: brute[i, j] = u_i - v_j
+    unbiased = np.sqrt(np.var(brute[:, 0], ddof=1) + np.var(brute[0, :], ddof=1))
+    assert e["model_std"] == pytest.approx(unbiased, rel=1e-4, abs=1e-4)
     assert e["ci95_total"] is None and e["delta_llr_ci95_total"] is None  # 2 models per side: too few
     assert any("at least 3 models per side" in n for n in res.notes)
 
@@ -186,7 +191,7 @@ def test_ranking_agreement_is_one_for_identical_members_and_drops_by_the_swapped
     sets = _tag_sets()
     a_table, b_table = [10.0, 8.0, 6.0, 4.0], [10.0, 8.0, 4.0, 6.0]  # member B swaps s2 and s3
     arch = _tag_model([0.0] * 4)
-    same = compare([_tag_model(a_table)] * 3, arch, reference=("ref", sets["ref"]),
+    same = compare([_tag_model(a_table) for _ in range(3)], arch, reference=("ref", sets["ref"]),
                    sets={k: v for k, v in sets.items() if k != "ref"}, report=False, n_boot=50, gallery_size=0)
     assert same.summary["ranking_agreement"] == 1.0
     assert all(p["agreement"] == 1.0 for p in same.summary["ranking_by_pair"])
@@ -252,14 +257,22 @@ def test_ci95_total_holds_ci95_for_every_set_and_adds_the_model_spread(tmp_path)
         if name != "ref":
             dlo, dhi = e["delta_llr_ci95"]
             assert e["delta_llr_ci95_total"][0] <= dlo <= dhi <= e["delta_llr_ci95_total"][1]
-    # the obs offsets alone give the mean LLR a member-resampling spread of sd(offsets) * sqrt((K-1)/K^2) ...
+    # the members' spread (offsets and amplitudes) widens it as var_gal + var_obs/3 + var_arch/3 with Student's t
+    from scipy import stats as sps
+
     e = res.summary["sets"]["a"]
+    table = np.asarray(e["mean_llr_by_pair"])  # additive: table[i, j] = u_i - v_j
+    var_o, var_a = np.var(table[:, 0], ddof=1), np.var(table[0, :], ddof=1)
     galaxy_sd = (e["ci95"][1] - e["ci95"][0]) / (2 * 1.96)
-    member_sd = np.std(offsets) / np.sqrt(3)
-    predicted = 2 * 1.96 * np.hypot(galaxy_sd, member_sd)
-    assert e["ci95_total"][1] - e["ci95_total"][0] > 0.6 * predicted
+    total_var = galaxy_sd**2 + var_o / 3 + var_a / 3
+    dof = total_var**2 / ((var_o / 3) ** 2 / 2 + (var_a / 3) ** 2 / 2)
+    predicted = 2 * sps.t.ppf(0.975, dof) * np.sqrt(total_var)
+    assert e["ci95_total"][1] - e["ci95_total"][0] == pytest.approx(predicted, rel=0.1)
     # ... and identical members add nothing: the total interval is then the galaxy one (Monte-Carlo noise)
-    same = compare([obs[1]] * 3, [arch[0]] * 3, reference=("ref", sets["ref"]), sets={"a": sets["a"]},
+    import copy
+
+    same = compare([copy.deepcopy(obs[1]) for _ in range(3)], [copy.deepcopy(arch[0]) for _ in range(3)],
+                   reference=("ref", sets["ref"]), sets={"a": sets["a"]},
                    report=False, n_boot=400, gallery_size=0)
     ci, total = same.summary["sets"]["a"]["ci95"], same.summary["sets"]["a"]["ci95_total"]
     assert total[1] - total[0] == pytest.approx(ci[1] - ci[0], rel=0.2)
@@ -445,3 +458,16 @@ def test_cli_reads_ensemble_folders(tmp_path, capsys):
                   reference=("SDSS", ref), report=False, n_boot=20, gallery_size=0)
     assert res.summary["model_names"]["obs"] == ["a", "b", "c"]
     np.testing.assert_allclose(res.summary["sets"]["SDSS"]["mean_llr"], s["sets"]["SDSS"]["mean_llr"], rtol=1e-6)
+
+
+def test_one_group_and_the_same_model_twice_are_refused(tmp_path):
+    """One group gives a zero-width interval; the same model twice is not two seeds (it shrinks model_std)."""
+    rng = np.random.default_rng(9)
+    ref = _grouped_set(tmp_path / "ref.h5", 10, 2, 1.0, rng)
+    single = _grouped_set(tmp_path / "single.h5", 1, 4, 0.5, rng)  # 4 images of one galaxy
+    obs, arch = _gauss(1.0), _gauss(0.0)
+    with pytest.raises(MorphllrError, match="1 galaxy group"):
+        compare(obs, arch, reference=("ref", ref), sets={"single": single}, report=False, gallery_size=0,
+                group_col="galaxy")
+    with pytest.raises(MorphllrError, match="same model"):
+        compare([obs, obs], arch, reference=("ref", ref), sets={}, report=False, gallery_size=0)

@@ -499,3 +499,18 @@ def test_the_cli_bounds_are_the_librarys():
 
     assert sersic_fit.MIN_FIT_SIZE == limits.MIN_FIT_SIZE
     assert math.isfinite(limits.MAX_FLUX) and limits.MAX_RE_CUTOUTS > 2  # fits flag R_e beyond 2 cutouts only
+
+
+def test_a_worker_that_died_while_idle_gives_one_clear_error():
+    """Handing a job to a worker killed between jobs raises a MorphllrError, not a broken pipe."""
+    import multiprocessing as mp
+
+    from morphllr.errors import MorphllrError
+    from morphllr.parallel import _Worker
+
+    worker = _Worker(mp.get_context("fork"), abs)
+    worker.process.kill()
+    worker.process.join(timeout=10)
+    with pytest.raises(MorphllrError, match="worker process killed by SIGKILL"):
+        worker.give(3, -1)
+    worker.stop(terminate=True)

@@ -212,16 +212,35 @@ def test_member_resampling_keeps_one_galaxy_draw_for_all_members(monkeypatch):
 
 
 def test_hierarchical_interval_holds_the_galaxy_interval_and_member_spread():
+    from scipy import stats as sps
+
     rng = np.random.default_rng(14)
     galaxy = rng.normal(0, 0.1, (2000, 1))
     obs = galaxy + np.array([[-1.0, 0.0, 1.0]])  # members far apart compared with galaxy noise
     arch = np.zeros((2000, 3))
-    iv = stats.hierarchical_intervals(obs, arch, 0.95, rng=3)
+    iv = stats.hierarchical_intervals(obs, arch, 0.95)
     assert iv["total"][0] <= iv["galaxy"][0] and iv["galaxy"][1] <= iv["total"][1]
-    # member resampling alone: mean of 3 draws from {-1, 0, 1} has sd sqrt(2/3 / 3)
-    expected = 2 * 1.96 * np.hypot(0.1, np.sqrt(2 / 9))
-    assert iv["total"][1] - iv["total"][0] == pytest.approx(expected, rel=0.25)
-    same = stats.hierarchical_intervals(np.repeat(galaxy, 3, axis=1), arch, 0.95, rng=3)
-    assert same["total"] == pytest.approx(same["galaxy"])  # identical members add nothing
+    # var of the ensemble mean: galaxies 0.01 + member variance 1 (ddof=1) / 3; t with 2 degrees of freedom
+    # (the arch side adds nothing), Welch-Satterthwaite: (0.01 + 1/3)^2 / ((1/3)^2 / 2)
+    dof = (0.01 + 1 / 3) ** 2 / ((1 / 3) ** 2 / 2)
+    expected = 2 * sps.t.ppf(0.975, dof) * np.sqrt(np.var(galaxy, ddof=1) + 1 / 3)
+    assert iv["total"][1] - iv["total"][0] == pytest.approx(expected, rel=0.02)
+    same = stats.hierarchical_intervals(np.repeat(galaxy, 3, axis=1), arch, 0.95)
+    assert same["total"][1] - same["total"][0] == pytest.approx(2 * 1.96 * 0.1, rel=0.1)  # identical members add nothing
+    assert stats.member_variance([1.0, 2.0, 3.0], [5.0]) == (1.0, 0.0)
+
+
+def test_total_interval_covers_the_truth_with_three_members_per_side():
+    """Seeded coverage simulation: model variance larger than galaxy variance, K = 3 per side."""
+    rng = np.random.default_rng(21)
+    truth, hits, trials = 0.0, 0, 400
+    for _ in range(trials):
+        sample_galaxy = rng.normal(0, 0.3)  # this sample's galaxy error (its bootstrap sd is 0.3)
+        galaxy = sample_galaxy + rng.normal(0, 0.3, (500, 1))  # bootstrap replicates centred on the sample
+        obs = galaxy + rng.normal(0, 1.0, (1, 3))  # three p_obs members, model sd 1
+        arch = rng.normal(0, 1.0, (1, 3)) + np.zeros((500, 1))  # three p_arch members, model sd 1
+        lo, hi = stats.hierarchical_intervals(obs, arch, 0.95)["total"]
+        hits += lo <= truth <= hi
+    assert hits / trials >= 0.93  # a percentile bootstrap over the members covered ~0.8 here
     assert stats.hull((0.0, 1.0), (-1.0, 0.5), (float("nan"), 2.0)) == [-1.0, 2.0]
     assert stats.sign_agreement([-1.0, -2.0, 3.0, -0.5], -1.0) == 0.75

@@ -486,6 +486,27 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True, mode: int | Non
 
 
 @contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until it ends (main thread only; elsewhere a no-op)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+        elif caught:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path``, on error it is removed.
 
@@ -511,8 +532,14 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, mode: int | Non
             if os.path.lexists(path):
                 # the old folder goes aside under a name the next claim of `path` cleans if we die here
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, old / "x")
-                os.replace(tmp_path, path)
+                # Ctrl-C between the two renames must not lose both results: no SIGINT in between
+                with _sigint_deferred():
+                    os.replace(path, old / "x")
+                    try:
+                        os.replace(tmp_path, path)
+                    except BaseException:
+                        os.replace(old / "x", path)  # put the old result back
+                        raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp_path, path)

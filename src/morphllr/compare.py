@@ -72,6 +72,16 @@ class OpenedSet:
     segmap: Any = None
     flux_segmap: Any = None
 
+    def __getstate__(self) -> dict:
+        # h5py datasets cannot be pickled: a scoring process (morphllr.distributed) reopens them from the source
+        return {"name": self.name, "label": self.label, "source": self.source}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self.label, self.source = state["name"], state["label"], state["source"]
+        self.catalog = getattr(self.source, "catalog", None)
+        self.segmap = getattr(self.source, "segmap_model", None)
+        self.flux_segmap = getattr(self.source, "segmap", None)
+
 
 @dataclass
 class SetResult:
@@ -244,6 +254,14 @@ def _check_models(obs: Side, arch: Side) -> None:
     with the side's first member: an ensemble averages densities over the same pixels.
     """
     for side, what in ((obs, "--obs"), (arch, "--arch")):
+        seen: dict = {}
+        for name, m in zip(side.names, side.members):
+            # the same model twice is not two seeds: it would shrink model_std and ci95_total
+            key = (getattr(m, "meta", None) or {}).get("weights_sha256") or id(m.net)
+            if key in seen:
+                raise MorphllrError(f"{what}: members {seen[key]} and {name} are the same model (same weights); "
+                                    "give each trained model once")
+            seen[key] = name
         first = side.members[0]
         for name, m in zip(side.names[1:], side.members[1:]):
             diffs = [f"{k}: {_config_value(first.config, k)!r} vs {_config_value(m.config, k)!r}"
@@ -357,10 +375,11 @@ class _Scorer:
     K_obs x K_arch pairs, LLR_ij = log p_obs,i - log p_arch,j, from the per-member sums.
     """
 
-    def __init__(self, side: Side | Any):
+    def __init__(self, side: Side | Any, threads: int | None = None):
         self.side = side if isinstance(side, Side) else Side([side], ["0"], [""])
         self.model = self.side.members[0]
         self.seconds = 0.0
+        self.threads = threads  # CPU threads of this process (None: automatic)
 
     def maps_and_sums(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The members' mean map ``(B, H, W)`` float32 and each member's per-image log p ``(K, B)`` float64."""
@@ -368,7 +387,7 @@ class _Scorer:
         total = None
         sums = np.empty((len(self.side), len(batch)))
         for k, member in enumerate(self.side.members):
-            maps = _log_prob_maps(member, batch)
+            maps = _log_prob_maps(member, batch, self.threads)
             sums[k] = maps.sum(axis=(1, 2), dtype=np.float64)
             if len(self.side) == 1:
                 total = maps
@@ -384,16 +403,36 @@ class _Scorer:
         return self.maps_and_sums(batch)[0]
 
 
-def _log_prob_maps(model, batch: np.ndarray) -> np.ndarray:
+def _log_prob_maps(model, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
     """``(B, H, W)`` float32 log p per pixel (nats) of one model-input batch."""
     from .score import iter_log_prob_maps  # threads, bf16 autocast, channels-last: owned by score.py
 
     # one batch in, one map array out; the generator is run to the end so its contexts close
-    return np.concatenate(list(iter_log_prob_maps(model, batch, batch_size=len(batch))))
+    return np.concatenate(list(iter_log_prob_maps(model, batch, batch_size=len(batch), threads=threads)))
 
 
-def _rotate(batch: np.ndarray, rng: np.random.Generator, discrete: bool) -> np.ndarray:
-    """Randomly rotate each image the way training augments (``morphllr.train``).
+#: rotation draws come in blocks of this many images, each from its own seeded stream
+ROTATION_BLOCK = 1024
+
+
+def _rotation_draws(seed: int, set_index: int, start: int, stop: int, rotations: int, discrete: bool) -> np.ndarray:
+    """``(rotations, stop - start)`` random angles (deg, [0, 180)) or quarter turns of images ``start:stop``.
+
+    Image i's draws come from the stream ``(seed, set, i // ROTATION_BLOCK)``, so they do not
+    depend on the batch size nor on how the set is split between processes.
+    """
+    out = np.empty((rotations, stop - start), dtype=np.int64 if discrete else np.float64)
+    for block in range(start // ROTATION_BLOCK, (stop - 1) // ROTATION_BLOCK + 1 if stop > start else 0):
+        rng = np.random.default_rng([seed, 11, set_index, block])
+        draws = rng.integers(0, 4, (rotations, ROTATION_BLOCK)) if discrete else \
+            rng.uniform(0.0, 180.0, (rotations, ROTATION_BLOCK))
+        lo, hi = max(start, block * ROTATION_BLOCK), min(stop, (block + 1) * ROTATION_BLOCK)
+        out[:, lo - start:hi - start] = draws[:, lo - block * ROTATION_BLOCK:hi - block * ROTATION_BLOCK]
+    return out
+
+
+def _rotate(batch: np.ndarray, draws: np.ndarray, discrete: bool) -> np.ndarray:
+    """Rotate each image the way training augments (``morphllr.train``), by its drawn angle.
 
     Continuous heads: any angle in [0, 180) deg, bicubic with reflected edges; the
     discretized head only has mass on integers, so it gets exact quarter turns.
@@ -404,10 +443,8 @@ def _rotate(batch: np.ndarray, rng: np.random.Generator, discrete: bool) -> np.n
 
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     if discrete:
-        turns = torch.from_numpy(rng.integers(0, 4, len(batch)))
-        return rotate_lossless(x, turns).numpy()
-    angles = torch.from_numpy(rng.uniform(0.0, 180.0, len(batch)).astype(np.float32))
-    return rotate_continuous(x, angles).numpy()
+        return rotate_lossless(x, torch.from_numpy(np.asarray(draws, dtype=np.int64))).numpy()
+    return rotate_continuous(x, torch.from_numpy(np.asarray(draws, dtype=np.float32))).numpy()
 
 
 # --------------------------------------------------------------------------- accumulators
@@ -466,6 +503,14 @@ class _MapAccumulator:
                 inside = (kb >= 0) & (kb < len(self.re_sum))
                 self.re_sum += np.bincount(kb[inside], llr_maps[ok][inside], len(self.re_sum))
                 self.re_count += np.bincount(kb[inside], minlength=len(self.re_sum))
+
+    def set_totals(self, flat: np.ndarray) -> None:
+        """Replace the sums by ``flat`` (this accumulator's arrays concatenated, summed over processes)."""
+        sizes = [self.sum.size, self.count.size, self.pix_sum.size, self.pix_count.size, self.re_sum.size,
+                 self.re_count.size]
+        parts = np.split(np.asarray(flat, dtype=np.float64), np.cumsum(sizes)[:-1])
+        self.sum, self.count = parts[0].reshape(self.sum.shape), parts[1].reshape(self.count.shape)
+        self.pix_sum, self.pix_count, self.re_sum, self.re_count = parts[2:]
 
     def results(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -605,17 +650,32 @@ def _re_model_pixels(s: OpenedSet, prep: dict) -> tuple[np.ndarray | None, str |
     return catalog_values(s.catalog, col) * float(zoom), None
 
 
+#: per-image numbers of one set, gathered from every process in input order
+_PER_IMAGE = ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels")
+
+
 def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, rotations: int,
-               discrete: bool, prep: dict, maps_writer: _MapsWriter, rng: np.random.Generator,
-               advance: Callable[[int], None]) -> SetResult:
-    """Stream one set through both models and keep per-image numbers + accumulators."""
+               discrete: bool, prep: dict, maps_writer: _MapsWriter, rng_seed: int, set_index: int,
+               advance: Callable[[int], None], ctx=None, gather_maps: bool = False) -> SetResult | None:
+    """Stream one set (this process's shard of it) through both models; per-image numbers + accumulators.
+
+    With several processes (``ctx``, :mod:`morphllr.distributed`) every rank scores a contiguous
+    shard; rank 0 receives the per-image numbers in input order, the summed map accumulators and
+    (``gather_maps``: ``maps="all"``) every batch's maps for ``maps.h5``, and returns the SetResult
+    (None on the other ranks).
+    """
+    from .distributed import Context
+
+    ctx = ctx or Context()
     n, c, h, w = s.source.shape
     n_dims = c * h * w
-    out = {key: np.empty(n) for key in ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels")}
+    mine = ctx.shard(n, batch_size)
+    m = mine.stop - mine.start
+    out = {key: np.empty(m) for key in _PER_IMAGE}
     obs_scorer, arch_scorer = scorers
-    members = {"obs": np.empty((len(obs_scorer.side), n)), "arch": np.empty((len(arch_scorer.side), n))}
+    members = {"obs": np.empty((len(obs_scorer.side), m)), "arch": np.empty((len(arch_scorer.side), m))}
     if rotations:
-        out["llr_rot"] = np.empty(n)
+        out["llr_rot"] = np.empty(m)
     re_model, re_note = _re_model_pixels(s, prep)
     notes = [re_note] if re_note else []
     if s.segmap is None:
@@ -623,37 +683,62 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     sky_masks = _SkyMasks(s, (h, w))
     notes += sky_masks.notes
     acc = _MapAccumulator(h, w, with_re=re_model is not None)
-    maps_writer.start(s.name, n, h, w)
+    if ctx.is_main:
+        maps_writer.start(s.name, n, h, w)
     from .sources import check_batch
 
     head = _config_value(obs_scorer.model.config, "head")
-    start = 0
-    for batch in s.source.batches(batch_size):
-        stop = start + len(batch)
-        check_batch(batch, f"set {s.name}={s.label}", head, start)  # names the user's file, not "array"
-        (map_obs, sums_obs), (map_arch, sums_arch) = obs_scorer.maps_and_sums(batch), arch_scorer.maps_and_sums(batch)
-        llr_map = map_obs - map_arch  # members' mean maps: the mean over pairs of the per-pixel LLR
-        members["obs"][:, start:stop] = sums_obs
-        members["arch"][:, start:stop] = sums_arch
-        out["logp_obs"][start:stop] = sums_obs.mean(axis=0)
-        out["logp_arch"][start:stop] = sums_arch.mean(axis=0)
-        masks = None
-        if s.segmap is not None:
-            masks = np.asarray(s.segmap[start:stop]) == 1
-            out["llr_segmap"][start:stop] = np.where(masks, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
+    for step, (start, batch) in enumerate(ctx.batches(s.source, batch_size)):
+        if batch is not None:
+            stop = start + len(batch)
+            i0, i1 = start - mine.start, stop - mine.start  # positions in this shard's arrays
+            check_batch(batch, f"set {s.name}={s.label}", head, start)  # names the user's file, not "array"
+            (map_obs, sums_obs), (map_arch, sums_arch) = obs_scorer.maps_and_sums(batch), \
+                arch_scorer.maps_and_sums(batch)
+            llr_map = map_obs - map_arch  # members' mean maps: the mean over pairs of the per-pixel LLR
+            members["obs"][:, i0:i1] = sums_obs
+            members["arch"][:, i0:i1] = sums_arch
+            out["logp_obs"][i0:i1] = sums_obs.mean(axis=0)
+            out["logp_arch"][i0:i1] = sums_arch.mean(axis=0)
+            masks = None
+            if s.segmap is not None:
+                masks = np.asarray(s.segmap[start:stop]) == 1
+                out["llr_segmap"][i0:i1] = np.where(masks, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
+            else:
+                out["llr_segmap"][i0:i1] = np.nan
+            _split_sky(out, i0, i1, map_obs, map_arch, sky_masks.read(start, stop))
+            if rotations:
+                draws = _rotation_draws(rng_seed, set_index, start, stop, rotations, discrete)
+                total = np.zeros(len(batch))
+                for k in range(rotations):
+                    turned = _rotate(batch, draws[k], discrete)
+                    total += (obs_scorer(turned) - arch_scorer(turned)).sum(axis=(1, 2), dtype=np.float64)
+                out["llr_rot"][i0:i1] = total / rotations
+            acc.add(llr_map, _centroids(batch, masks), None if re_model is None else re_model[start:stop])
+            pair = np.stack([map_obs, map_arch], axis=1)  # (B, 2, H, W)
         else:
-            out["llr_segmap"][start:stop] = np.nan
-        _split_sky(out, start, stop, map_obs, map_arch, sky_masks.read(start, stop))
-        if rotations:
-            total = np.zeros(len(batch))
-            for _ in range(rotations):
-                turned = _rotate(batch, rng, discrete)
-                total += (obs_scorer(turned) - arch_scorer(turned)).sum(axis=(1, 2), dtype=np.float64)
-            out["llr_rot"][start:stop] = total / rotations
-        acc.add(llr_map, _centroids(batch, masks), None if re_model is None else re_model[start:stop])
-        maps_writer.write(s.name, start, map_obs, map_arch)
-        advance(len(batch))
-        start = stop
+            pair = np.empty((0, 2, h, w), np.float32)
+        if not gather_maps:  # the same on every rank: every rank makes the same collectives
+            advance(sum(ctx.exchange(len(pair))))
+            continue
+        parts = ctx.gather(pair)
+        if ctx.is_main:
+            for rank, part in enumerate(parts):
+                if len(part):
+                    maps_writer.write(s.name, ctx.batch_start(n, batch_size, rank, step), part[:, 0], part[:, 1])
+                    advance(len(part))
+    keys = list(out)
+    rows = np.vstack([out[k][None] for k in keys] + [members["obs"], members["arch"]])  # (columns, shard)
+    table = ctx.gather_rows(np.ascontiguousarray(rows.T))  # (N, columns) in input order on rank 0
+    sums = ctx.sum(np.concatenate([acc.sum.ravel(), acc.count.ravel(), acc.pix_sum, acc.pix_count, acc.re_sum,
+                                   acc.re_count]))
+    if not ctx.is_main:
+        return None
+    acc.set_totals(sums)
+    out = {k: np.ascontiguousarray(table[:, j]) for j, k in enumerate(keys)}
+    k_obs = len(obs_scorer.side)
+    members = {"obs": np.ascontiguousarray(table[:, len(keys):len(keys) + k_obs].T),
+               "arch": np.ascontiguousarray(table[:, len(keys) + k_obs:].T)}
     out["llr"] = out["logp_obs"] - out["logp_arch"]
     _finish_sky(out)
     # bits per dimension: the usual PixelCNN unit (negative for continuous densities of
@@ -1026,12 +1111,20 @@ def _inputs(arguments: dict) -> list:
             *(sets.values() if isinstance(sets, dict) else [])]
 
 
-@claims({"out": "--out"}, inputs=_inputs, kind="dir")  # checked and locked before any model is loaded
+def _outputs(arguments: dict) -> list:
+    """The report folder; claimed only by the process that writes it (rank 0 of a multi-process run)."""
+    from .distributed import launched_rank
+
+    return [("--out", arguments["out"])] if launched_rank() == 0 else []
+
+
+@claims(_outputs, inputs=_inputs, kind="dir")  # checked and locked before any model is loaded
 def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any] | None = None,
             out: str | os.PathLike | None = None, *, rotations: int = 0, maps: str = "gallery",
             batch_size: int = 64, gallery_size: int = 8, n_boot: int = 1000, matched_draws: int = 200,
             seed: int = 0, overwrite: bool = False, progress: bool = False,
-            report: bool = True, group_col: str | None = None) -> CompareResult:
+            report: bool = True, group_col: str | None = None, devices: int | str = 1,
+            accelerator: str | None = None, num_nodes: int = 1, threads: int | None = None) -> CompareResult | None:
     """Score every set under both models and compare each to the reference.
 
     Either side may be an ensemble (K models trained with different seeds): every set is
@@ -1041,13 +1134,20 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
     (``mean_llr_by_pair``, ``model_std``, ``ci95_total``, ``ranking_agreement``; see
     :func:`model_variance`).
 
+    Several processes or GPUs (``devices``, ``num_nodes``, or a launcher such as torchrun;
+    :mod:`morphllr.distributed`): each rank scores a contiguous shard of every set; rank 0
+    receives the per-image numbers in input order, the summed mean-map and profile
+    accumulators and (``maps="all"``) the maps batch by batch, re-scores the few gallery
+    galaxies itself, computes every statistic and alone writes the report.
+
     Args:
         obs: p_obs model folder, ensemble folder, LoadedModel, Ensemble or a list of those.
         arch: p_arch, the same way.
         reference: ``(name, set)``: the held-out real test set.
         sets: name -> set to compare with the reference (path, ImageSet, array).
         out: report folder (None: compute only, write nothing).
-        rotations: also average the LLR over this many random rotations (0–180°).
+        rotations: also average the LLR over this many random rotations (0–180°); image i's angles
+            depend only on ``seed``, its set and its index.
         maps: ``"gallery"`` (maps only for the gallery galaxies) or ``"all"`` (also
             ``maps.h5`` with every per-pixel map).
         batch_size: images per forward pass.
@@ -1062,11 +1162,15 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
             snapshots or repeated insertions of one simulated galaxy, e.g. ``galaxy`` from
             ``morphllr mock --repeat``): intervals and errors then resample groups, not images.
             A set without the column is resampled per image, with a note.
+        devices: processes (CPU) or GPUs per node, as ``morphllr train --devices``.
+        accelerator: "auto", "cpu", "cuda" / "gpu"; None: where the models are for one process, else "auto".
+        num_nodes: nodes (with a launcher, or NODE_RANK / MASTER_ADDR / MASTER_PORT on every node).
+        threads: CPU threads per process (None: automatic; several processes share the idle cores).
 
     Returns:
-        a :class:`CompareResult`.
+        a :class:`CompareResult` (None on the ranks other than 0 of a run joined from a launcher).
     """
-    from .atomic import atomic_dir
+    from . import distributed
 
     if maps not in ("gallery", "all"):
         raise MorphllrError(f"--maps {maps!r}: choose 'gallery' or 'all'")
@@ -1080,53 +1184,81 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
         raise MorphllrError(f"set name {reference[0]!r} is used twice; give every set its own NAME=")
     if group_col is not None and (not isinstance(group_col, str) or not group_col.strip()):
         raise MorphllrError(f"--group-col {group_col!r}: give a catalogue column name, e.g. galaxy")
+    plan = distributed.resolve(devices, accelerator, num_nodes)
     obs_side, arch_side = load_side(obs, "--obs"), load_side(arch, "--arch")
     _check_models(obs_side, arch_side)
-    obs_model = obs_side.members[0]
     specs = [(reference[0], reference[1]), *sets.items()]
     with _opened_sets(specs) as opened:
         for s in opened:
-            _check_set(s, obs_model)
-        t0 = time.perf_counter()
-        scorers = (_Scorer(obs_side), _Scorer(arch_side))
-        with (atomic_dir(out, overwrite=overwrite) if out is not None else _nullfolder()) as folder:
-            results = _score_all(opened, scorers, folder if maps == "all" else None, batch_size=batch_size,
-                                 rotations=rotations, progress=progress, rng=np.random.default_rng(seed))
-            ref_cut = float(np.quantile(results[reference[0]].llr, OUTLIER_QUANTILE))
-            for s in opened:
-                _fill_gallery(results[s.name], s, scorers, ref_cut, gallery_size)
-            timing = {"forward_s": scorers[0].seconds + scorers[1].seconds, "scoring_s": time.perf_counter() - t0,
-                      "forward_passes_per_batch": len(obs_side) + len(arch_side)}
-            group_notes = _attach_groups(results, group_col) + side_notes(obs_side, "--obs") \
-                + side_notes(arch_side, "--arch")
-            notes = merge_notes([note for r in results.values() for note in r.notes] + group_notes, results)
-            summary = _summary(results, reference[0], ref_cut, n_boot, matched_draws, seed, notes,
-                               sides=(obs_side, arch_side), group_col=group_col)
-            summary.update(models={"obs": obs_side.paths[0] if len(obs_side) == 1 else obs_side.paths,
-                                   "arch": arch_side.paths[0] if len(arch_side) == 1 else arch_side.paths,
-                                   "head": _config_value(obs_model.config, "head")},
-                           sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
-            result = CompareResult(reference=reference[0], sets=results, summary=summary,
-                                   ranking=summary["ranking"], notes=notes,
-                                   out=Path(out) if out is not None else None, timing=timing)
-            if folder is not None:
-                _write_outputs(result, folder, report)
-            timing["total_s"] = time.perf_counter() - t0
+            _check_set(s, obs_side.members[0])
+        options = dict(out=out, rotations=rotations, maps=maps, batch_size=batch_size, gallery_size=gallery_size,
+                       n_boot=n_boot, matched_draws=matched_draws, seed=seed, overwrite=overwrite,
+                       progress=progress, report=report, group_col=group_col)
+        result = distributed.run_sharded(_compare_job, (obs_side, arch_side, opened, reference[0]), options,
+                                         plan=plan, threads=threads)
+    return result
+
+
+def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], reference: str, *, out,
+                 rotations: int, maps: str, batch_size: int, gallery_size: int, n_boot: int, matched_draws: int,
+                 seed: int, overwrite: bool, progress: bool, report: bool,
+                 group_col: str | None) -> CompareResult | None:
+    """One rank of :func:`compare`: score its shards; rank 0 gathers, re-scores the gallery and writes."""
+    from .atomic import atomic_dir
+    from .distributed import models_on
+
+    obs_model = obs_side.members[0]
+    t0 = time.perf_counter()
+    scorers = (_Scorer(obs_side, ctx.threads), _Scorer(arch_side, ctx.threads))
+    writes = out is not None and ctx.is_main
+    with models_on(ctx.device, [*obs_side.members, *arch_side.members]), \
+            (atomic_dir(out, overwrite=overwrite) if writes else _nullfolder()) as folder:
+        results = _score_all(opened, scorers, folder if maps == "all" else None, batch_size=batch_size,
+                             rotations=rotations, progress=progress and ctx.is_main, seed=seed, ctx=ctx,
+                             gather_maps=maps == "all" and out is not None)
+        ctx.done()  # the other ranks are finished; rank 0 computes and writes alone
+        if not ctx.is_main:
+            return None
+        ref_cut = float(np.quantile(results[reference].llr, OUTLIER_QUANTILE))
+        for s in opened:
+            _fill_gallery(results[s.name], s, scorers, ref_cut, gallery_size)
+        timing = {"forward_s": scorers[0].seconds + scorers[1].seconds, "scoring_s": time.perf_counter() - t0,
+                  "forward_passes_per_batch": len(obs_side) + len(arch_side)}
+        group_notes = _attach_groups(results, group_col) + side_notes(obs_side, "--obs") \
+            + side_notes(arch_side, "--arch")
+        notes = merge_notes([note for r in results.values() for note in r.notes] + group_notes, results)
+        summary = _summary(results, reference, ref_cut, n_boot, matched_draws, seed, notes,
+                           sides=(obs_side, arch_side), group_col=group_col)
+        summary.update(models={"obs": obs_side.paths[0] if len(obs_side) == 1 else obs_side.paths,
+                               "arch": arch_side.paths[0] if len(arch_side) == 1 else arch_side.paths,
+                               "head": _config_value(obs_model.config, "head")},
+                       sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
+        result = CompareResult(reference=reference, sets=results, summary=summary,
+                               ranking=summary["ranking"], notes=notes,
+                               out=Path(out) if out is not None else None, timing=timing)
+        timing["processes"] = ctx.world
+        if folder is not None:
+            _write_outputs(result, folder, report)
+        timing["total_s"] = time.perf_counter() - t0
     return result
 
 
 def _score_all(opened: list[OpenedSet], scorers: tuple[_Scorer, _Scorer], maps_folder: Path | None, *,
-               batch_size: int, rotations: int, progress: bool, rng: np.random.Generator) -> dict[str, SetResult]:
-    """Stream every set through both models (one progress bar over all images)."""
+               batch_size: int, rotations: int, progress: bool, seed: int, ctx=None,
+               gather_maps: bool = False) -> dict[str, SetResult]:
+    """Stream every set through both models (one progress bar over all images; rank 0 only)."""
     obs_model = scorers[0].model
     discrete = str(_config_value(obs_model.config, "head")).startswith("discretized")
     maps_writer = _MapsWriter(maps_folder / "maps.h5" if maps_folder is not None else None)
     results: dict[str, SetResult] = {}
     try:
         with _progress(progress, sum(len(s.source) for s in opened)) as bar:
-            for s in opened:
-                results[s.name] = _score_set(s, scorers, batch_size, rotations, discrete, obs_model.preprocessing,
-                                             maps_writer, rng, lambda k, _n=s.name: bar.advance(k, _n))
+            for k, s in enumerate(opened):
+                res = _score_set(s, scorers, batch_size, rotations, discrete, obs_model.preprocessing,
+                                 maps_writer, seed, k, lambda n, _n=s.name: bar.advance(n, _n), ctx=ctx,
+                                 gather_maps=gather_maps)
+                if res is not None:
+                    results[s.name] = res
     finally:
         maps_writer.close()
     return results
@@ -1169,15 +1301,17 @@ STABILITY_RULE = (
     "ΔLLR_ij has the sign of ΔLLR for at least 95 % of the model pairs ij")
 BOOTSTRAP_METHOD = {
     "ci95": "percentile bootstrap of the set's mean LLR over images (over groups with group_col); models fixed",
-    "ci95_total": "hierarchical bootstrap: galaxies (groups) resampled once per replicate for all members, then "
-                  "K_obs p_obs and K_arch p_arch members drawn independently with replacement; the reported interval "
-                  "is the hull of that percentile interval, the galaxy-only interval of the same replicates and "
-                  "ci95, so it is never narrower than ci95 (model variance only adds to galaxy variance; a "
-                  "narrower draw is Monte-Carlo noise of drawing few members)",
-    "delta_llr_ci95_total": "the same for ΔLLR vs the reference, with one member draw for the set and the "
-                            "reference (the same models score both); paired over shared galaxies where the sets "
-                            "share them, else the two sets' galaxies resampled independently; hull with "
-                            "delta_llr_ci95",
+    "ci95_total": "galaxies (groups) and model members: the ensemble mean's variance = the galaxy-bootstrap "
+                  "variance (one galaxy resample for all members) + var_obs / K_obs + var_arch / K_arch (between-"
+                  "member variances, ddof=1), with Student's t on Welch-Satterthwaite degrees of freedom (few "
+                  "members: a percentile bootstrap over 3 members would cover ~80 %); the reported interval is its "
+                  "hull with the galaxy-only interval and ci95, so it is never narrower than ci95",
+    "delta_llr_ci95_total": "the same for ΔLLR vs the reference (each member's ΔLLR: the same models score both "
+                            "sets); paired over shared galaxies where the sets show the same galaxies, else the two "
+                            "sets' galaxies resampled independently; hull with delta_llr_ci95",
+    "model_std": "sqrt(var_obs + var_arch) of the per-member contributions to the paired ΔLLR: how far one "
+                 "retrained model pair's ΔLLR moves (the K_obs x K_arch pair values share members, so their "
+                 "plain std would understate it by ~sqrt(K / (K + 1)))",
 }
 
 
@@ -1199,8 +1333,16 @@ def _attach_groups(results: dict[str, SetResult], group_col: str | None) -> list
         labels = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in np.ma.filled(values)],
                             dtype=object)
         masked = np.ma.getmaskarray(values)
-        labels[masked] = [f"<blank {group_col} row {i}>" for i in np.flatnonzero(masked)]  # a blank label is its own object
+        # a blank label is its own object, in this set only (never "shared" with another set's blank row)
+        labels[masked] = [f"<{name}: blank {group_col} row {i}>" for i in np.flatnonzero(masked)]
         res.groups = labels.astype(str)
+        n_groups = len(np.unique(res.groups))
+        if n_groups < MIN_SET_SIZE:
+            raise MorphllrError(f"{name}: all its images belong to {n_groups} {group_col} group; an interval over "
+                                f"groups needs at least {MIN_SET_SIZE} (one group gives a zero-width interval); "
+                                "add galaxies or drop --group-col")
+        if n_groups < 10:
+            notes.append(f"{name}: only {n_groups} {group_col} groups; intervals over so few groups are rough")
     if any(r.groups is not None for r in results.values()):
         notes.append(f"--group-col {group_col}: ci95, ΔLLR errors, the sky ratio interval and the model-variance "
                      "intervals resample groups; AUROC, KS (and its p-value) and the matched ΔLLR still treat "
@@ -1222,7 +1364,9 @@ def _pair_keys(res: SetResult, name: str, use_groups: bool) -> np.ndarray | None
     ids = [x.decode() if isinstance(x, bytes) else str(x) for x in res.ids]
     prefix = f"{name}-"
     if ids and all(i.startswith(prefix) and len(i) > len(prefix) for i in ids):
-        ids = [i[len(prefix):] for i in ids]
+        return np.asarray([i[len(prefix):] for i in ids], dtype=str)
+    if ids and all(i.isdigit() for i in ids):
+        return None  # plain running numbers (0, 1, 2 ...) of two unrelated sets name no galaxy
     return np.asarray(ids, dtype=str)
 
 
@@ -1238,8 +1382,8 @@ def _key_means(values: np.ndarray, keys: np.ndarray, shared: np.ndarray) -> np.n
 def shared_galaxies(res: SetResult, ref: SetResult, name: str, ref_name: str) -> tuple | None:
     """How ``res`` and ``ref`` pair up, or None when they do not show the same galaxies.
 
-    Two sets are paired when one's galaxy keys (:func:`_pair_keys`) all occur in the other's
-    and they share at least :data:`MIN_SET_SIZE` galaxies.
+    Two sets are paired when they have the same galaxy keys (:func:`_pair_keys`; plain running
+    numbers as ids name no galaxy), at least :data:`MIN_SET_SIZE` of them.
 
     Returns:
         ``(keys of res, keys of ref, sorted shared keys)`` or None.
@@ -1249,10 +1393,10 @@ def shared_galaxies(res: SetResult, ref: SetResult, name: str, ref_name: str) ->
     if ks is None or kr is None:
         return None
     us, ur = np.unique(ks), np.unique(kr)
-    shared = np.intersect1d(us, ur)
-    if shared.size < MIN_SET_SIZE or shared.size < min(us.size, ur.size):
+    # the same galaxies: equal key sets (a subset of a larger reference would be a biased sample of it)
+    if us.size < MIN_SET_SIZE or not np.array_equal(us, ur):
         return None
-    return ks, kr, shared
+    return ks, kr, us
 
 
 def _units(res: SetResult) -> tuple[np.ndarray, np.ndarray]:
@@ -1322,8 +1466,7 @@ def model_variance(results: dict[str, SetResult], reference: str, ranking: list[
         draws = ref_draws if name == reference else stats.resample_member_means(
             *units, n_boot, np.random.default_rng([seed, 7, k]))
         if with_total:
-            iv = stats.hierarchical_intervals(draws[:, :k_obs], draws[:, k_obs:], 0.95,
-                                              np.random.default_rng([seed, 8, k]))
+            iv = stats.hierarchical_intervals(draws[:, :k_obs], draws[:, k_obs:], 0.95)
             e["ci95_total"] = stats.hull(iv["total"], per_set[name]["ci95"])
         extra[name] = e
         if name == reference:
@@ -1344,8 +1487,7 @@ def model_variance(results: dict[str, SetResult], reference: str, ranking: list[
             e["delta_llr_pairing"] = "unpaired"
         deltas = _by_pair(d_means[:k_obs], d_means[k_obs:])
         delta = float(deltas.mean())
-        iv = stats.hierarchical_intervals(d_draws[:, :k_obs], d_draws[:, k_obs:], 0.95,
-                                          np.random.default_rng([seed, 10, k]))
+        iv = stats.hierarchical_intervals(d_draws[:, :k_obs], d_draws[:, k_obs:], 0.95)
         e["delta_llr_by_pair"] = deltas.tolist()
         e["delta_llr_ci95"] = iv["galaxy"]
         if pairing is not None:
@@ -1356,7 +1498,9 @@ def model_variance(results: dict[str, SetResult], reference: str, ranking: list[
         if with_total:
             e["delta_llr_ci95_total"] = iv["total"]
         if n_pairs > 1:
-            model_std = float(np.std(deltas.ravel(), ddof=1))
+            # the spread of one retrained pair's answer: var_obs + var_arch (the K^2 pair values share members,
+            # so their plain std would be too small by ~sqrt(K / (K + 1)))
+            model_std = float(np.sqrt(sum(stats.member_variance(d_means[:k_obs], d_means[k_obs:]))))
             share = stats.sign_agreement(deltas, delta)
             e.update(model_std=model_std, sign_agreement=share,
                      stable=bool(abs(delta) >= 2.0 * math.hypot(err, model_std) and share >= STABLE_SIGN_SHARE))
@@ -1388,7 +1532,6 @@ def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:
     _write_summary_csv(result.summary, folder / "summary.csv")
     if result.summary["mass_panels"]:
         _write_panels_csv(result.summary, folder / "mass_panels.csv")
-    _make_readable(folder)
 
 
 def merge_notes(notes: list[str], set_names: Iterable[str]) -> list[str]:
@@ -1410,15 +1553,6 @@ def merge_notes(notes: list[str], set_names: Iterable[str]) -> list[str]:
         if owner:
             grouped[text].append(owner)
     return [f"{', '.join(owners)}: {text}" if owners else text for text, owners in grouped.items()]
-
-
-def _make_readable(folder: Path) -> None:
-    """Temporary folders are private (0700); a report is meant to be shared like any output."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in (folder, folder / "figures"):
-        if path.exists():
-            os.chmod(path, 0o777 & ~umask)
 
 
 @contextlib.contextmanager

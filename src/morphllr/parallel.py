@@ -76,8 +76,16 @@ class _Worker:
         self.index: int | None = None  # job being worked on
 
     def give(self, index: int, job: Any) -> None:
-        self.conn.send((index, job))
         self.index = index
+        try:
+            if not self.process.is_alive():
+                raise BrokenPipeError
+            self.conn.send((index, job))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            # a worker that died while idle (killed, out of memory): one clear line, not a pipe error
+            from .errors import MorphllrError
+
+            raise MorphllrError(_death_message(self)) from None
 
     def stop(self, terminate: bool) -> None:
         with contextlib.suppress(Exception):

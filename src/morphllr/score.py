@@ -327,10 +327,20 @@ def _per_member(model: Any) -> bool:
     return _is_ensemble(model) and (len(model) > 1 or model.index is not None)
 
 
-@claims({"csv_path": "--out", "maps_path": "--maps"}, inputs=_score_inputs)  # before the model runs
+def _score_outputs(arguments: dict) -> list:
+    """The files :func:`score_to_files` writes; claimed only by the process that writes them (rank 0)."""
+    from .distributed import launched_rank
+
+    if launched_rank() != 0:
+        return []
+    return [("--out", arguments["csv_path"]), ("--maps", arguments["maps_path"])]
+
+
+@claims(_score_outputs, inputs=_score_inputs)  # before the model runs
 def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_size: int | None = None,
                    bf16: bool | None = None, threads: int | None = None, progress: bool = False,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, devices: int | str = 1, accelerator: str | None = None,
+                   num_nodes: int = 1) -> dict | None:
     """Score a set and write ``id, logp, bits_per_dim`` CSV (and optional HDF5 maps), atomically.
 
     Both outputs are claimed first (:func:`morphllr.atomic.claim_outputs`): an existing one needs
@@ -343,66 +353,95 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
     per member.  A plain model folder (a 1-member Ensemble from ``load_ensemble``) writes the
     single-model columns only.
 
+    Several processes or GPUs (:mod:`morphllr.distributed`): each rank scores a contiguous shard
+    of the images; rank 0 receives the per-image numbers (and, batch by batch, the maps: memory
+    stays flat) in input order and alone claims and writes the files.  The files equal a single
+    process's (to float32 rounding of the forward pass; bit for bit when the shards are whole
+    batches and the thread counts match).
+
     Args:
         model: LoadedModel, PixelCNN or Ensemble.
         images: ImageSource, path or array.
         csv_path: output CSV.
         maps_path: optional HDF5 file for the float32 (N, H, W) per-pixel maps (dataset ``logp``).
         batch_size: images per forward pass (None: automatic).
-        bf16: bf16 autocast (None: automatic).
-        threads: CPU threads.
-        progress: show a progress bar.
+        bf16: bf16 autocast (None: automatic, per device).
+        threads: CPU threads per process (None: automatic; several processes share the idle cores).
+        progress: show a progress bar (rank 0).
         overwrite: replace existing output files.
+        devices: processes (CPU) or GPUs per node, as ``morphllr train --devices``.
+        accelerator: "auto", "cpu", "cuda" / "gpu"; None: where the models are for one process, else "auto".
+        num_nodes: nodes (with a launcher such as torchrun or srun, or NODE_RANK/MASTER_ADDR/MASTER_PORT).
 
     Returns:
-        summary dict: n, mean_logp, mean_bits_per_dim (+ members: {name: mean logp} for an ensemble).
+        summary dict: n, mean_logp, mean_bits_per_dim (+ members: {name: mean logp} for an ensemble);
+        None on the ranks other than 0 of a run joined from a launcher.
     """
+    from . import distributed
+
+    plan = distributed.resolve(devices, accelerator, num_nodes)
+    if _is_ensemble(model) and not _per_member(model):
+        model = model.members[0]  # a plain model folder: exactly the single-model file
+    source = open_images(images)
+    for member in (model.members if _is_ensemble(model) else [model]):  # refused here, before any process starts
+        _, config, model_prep, name = _unpack(member)
+        check_images_fit(source, config, model_prep, name)
+    summary = distributed.run_sharded(_score_job, (model, source, csv_path, maps_path, batch_size, bf16, progress,
+                                                   overwrite), plan=plan, threads=threads)
+    if summary is not None:
+        summary["processes"] = plan.world
+    return summary
+
+
+def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_size: int | None,
+               bf16: bool | None, progress: bool, overwrite: bool) -> dict | None:
+    """One rank of :func:`score_to_files`: score its shard; rank 0 gathers and writes the files."""
     import csv
 
     from .atomic import atomic_file
+    from .distributed import models_on
 
-    if _is_ensemble(model) and not _per_member(model):
-        model = model.members[0]  # a plain model folder: exactly the single-model file
     names = list(model.names) if _is_ensemble(model) else []
-    source = open_images(images)
+    members = list(model.members) if names else [model]
     n, c, h, w = source.shape
-    ids = image_ids(source)
-    logp = np.empty((len(names) or 1, n), dtype=np.float64)
-    with contextlib.ExitStack() as stack:
-        tmp_csv = stack.enter_context(atomic_file(csv_path, overwrite=overwrite))
-        datasets = []
-        if maps_path is not None:
-            import h5py
-
-            tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
-            fh = stack.enter_context(h5py.File(tmp_maps, "w"))
-            for ds_name, what in [("logp", "log p(x_ij | earlier pixels), summed over channels"
-                                   + (", mean over the ensemble's members" if names else ""))] + [
-                    (f"logp_{name}", f"log p(x_ij | earlier pixels), summed over channels, member {name}")
-                    for name in names]:
-                ds = fh.create_dataset(ds_name, shape=(n, h, w), dtype="f4", chunks=(1, h, w),
-                                       compression="gzip", compression_opts=4, shuffle=True)
-                ds.attrs["units"] = "nats"
-                ds.attrs["description"] = what
-                datasets.append(ds)
-            fh.attrs["format"] = "morphllr.logp_maps"
-            fh.attrs["model"] = str(getattr(model, "path", None) or "model")
-            fh.attrs["images"] = source.name
-            if names:
-                fh.attrs["members"] = names
-        start = 0
-        for maps in iter_log_prob_maps(model, source, batch_size, bf16=bf16, progress=progress, threads=threads):
-            members_maps = maps if names else maps[None]
-            stop = start + members_maps.shape[1]
-            logp[:, start:stop] = members_maps.astype(np.float64).sum(axis=(-2, -1))
-            if datasets:
-                if names:
-                    datasets[0][start:stop] = members_maps.astype(np.float64).mean(axis=0).astype(np.float32)
-                    for ds, member_maps in zip(datasets[1:], members_maps):
-                        ds[start:stop] = member_maps
-                else:
-                    datasets[0][start:stop] = members_maps[0]
-            start = stop
+    with models_on(ctx.device, members), contextlib.ExitStack() as stack:
+        scorers = [_Scorer(m, source, ctx.threads) for m in members]
+        for scorer in scorers:
+            stack.enter_context(_eval_mode(scorer.net))
+        batch_size = int(batch_size) if batch_size else min(default_batch_size(s.config) for s in scorers)
+        if batch_size < 1:
+            raise MorphllrError(f"--batch-size: must be at least 1, got {batch_size}")
+        head = getattr(scorers[0].config, "head", None)
+        mine = ctx.shard(n, batch_size)
+        logp = np.empty((len(members), mine.stop - mine.start), dtype=np.float64)
+        datasets: list = []
+        advance = lambda k: None  # noqa: E731
+        if ctx.is_main:
+            tmp_csv = stack.enter_context(atomic_file(csv_path, overwrite=overwrite))
+            if maps_path is not None:
+                datasets = _open_maps_file(stack, maps_path, overwrite, model, names, source.name, n, h, w)
+            advance = stack.enter_context(_progress(progress, n, source.name))
+        for step, (start, batch) in enumerate(ctx.batches(source, batch_size)):
+            if batch is not None:
+                check_batch(batch, source.name, head, start)
+                maps = np.stack([scorer(batch, start, bf16) for scorer in scorers])  # (K, B, H, W)
+                logp[:, start - mine.start:start - mine.start + len(batch)] = maps.astype(np.float64).sum(axis=(-2, -1))
+            else:
+                maps = np.empty((len(members), 0, h, w), np.float32)
+            if maps_path is None:  # the same on every rank: every rank makes the same collectives
+                advance(sum(ctx.exchange(maps.shape[1])))
+                continue
+            parts = ctx.gather(np.ascontiguousarray(maps.transpose(1, 0, 2, 3)))  # rows = images
+            if ctx.is_main:
+                for rank, part in enumerate(parts):
+                    if len(part):
+                        _write_maps(datasets, ctx.batch_start(n, batch_size, rank, step), part, bool(names))
+                        advance(len(part))
+        logp = ctx.gather_rows(np.ascontiguousarray(logp.T))  # (N, K) in input order on rank 0
+        ctx.done()  # the other ranks are finished; rank 0 writes alone
+        if not ctx.is_main:
+            return None
+        logp = np.ascontiguousarray(logp.T)
         if datasets:
             datasets[0].file.close()
         mean = logp.mean(axis=0)
@@ -415,7 +454,7 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         with open(tmp_csv, "w", newline="", encoding="utf-8") as fh_csv:
             writer = csv.writer(fh_csv)
             writer.writerow(header)
-            for i, ident in enumerate(ids):
+            for i, ident in enumerate(image_ids(source)):
                 row = [ident, repr(float(mean[i])), repr(float(bpd[i]))]
                 if names:
                     row.append(repr(float(spread[i])))
@@ -426,3 +465,41 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
     if names:
         summary["members"] = {name: float(logp[k].mean()) for k, name in enumerate(names)}
     return summary
+
+
+def _open_maps_file(stack: contextlib.ExitStack, maps_path, overwrite: bool, model: Any, names: list[str],
+                    images_name: str, n: int, h: int, w: int) -> list:
+    """The ``--maps`` HDF5 file's datasets (``logp`` and, for an ensemble, ``logp_NAME``), opened for writing."""
+    import h5py
+
+    from .atomic import atomic_file
+
+    tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
+    fh = stack.enter_context(h5py.File(tmp_maps, "w"))
+    datasets = []
+    for ds_name, what in [("logp", "log p(x_ij | earlier pixels), summed over channels"
+                           + (", mean over the ensemble's members" if names else ""))] + [
+            (f"logp_{name}", f"log p(x_ij | earlier pixels), summed over channels, member {name}")
+            for name in names]:
+        ds = fh.create_dataset(ds_name, shape=(n, h, w), dtype="f4", chunks=(1, h, w),
+                               compression="gzip", compression_opts=4, shuffle=True)
+        ds.attrs["units"] = "nats"
+        ds.attrs["description"] = what
+        datasets.append(ds)
+    fh.attrs["format"] = "morphllr.logp_maps"
+    fh.attrs["model"] = str(getattr(model, "path", None) or "model")
+    fh.attrs["images"] = images_name
+    if names:
+        fh.attrs["members"] = names
+    return datasets
+
+
+def _write_maps(datasets: list, start: int, part: np.ndarray, ensemble: bool) -> None:
+    """Write one gathered batch ``(B, K, H, W)`` of member maps at image ``start``."""
+    stop = start + len(part)
+    if ensemble:
+        datasets[0][start:stop] = part.astype(np.float64).mean(axis=1).astype(np.float32)
+        for k, ds in enumerate(datasets[1:]):
+            ds[start:stop] = part[:, k]
+    else:
+        datasets[0][start:stop] = part[:, 0]

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import math
 import os
+import signal
 import sys
 from typing import Iterator
 
@@ -111,9 +112,12 @@ def run(argv: list[str] | None = None) -> int:
         message = _os_error_message(exc)
         if message is None:
             return _internal_error(exc)
-        if message == "":  # the reader of our output went away (`morphllr ... | head`): stop quietly
+        if message == "":
+            if not _stdout_closed():  # a broken pipe to anything but our own output is a bug
+                return _internal_error(exc)
+            # the reader of our output went away (`morphllr ... | head`): stop quietly, as the shell expects
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit either
-            return EXIT_INTERNAL
+            return 128 + signal.SIGPIPE
         return _error(message)
     except MemoryError as exc:
         return _error(f"out of memory{f' ({exc})' if str(exc) else ''}; use a smaller --batch-size or fewer "
@@ -255,6 +259,23 @@ def _valid_range(param) -> str | None:
     if high is None:
         return f"x>={low}"
     return f"{low}<=x<={high}"
+
+
+def _stdout_closed() -> bool:
+    """True when standard output's reader is gone (writing to it raises a broken pipe)."""
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")
+    except (BrokenPipeError, OSError, ValueError):
+        return True
+    import select
+
+    try:  # a pipe whose reader closed polls as an error / hang-up
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _os_error_message(exc: OSError) -> str | None:

@@ -39,12 +39,37 @@ The CSV has one row per image: [bold]id[/bold] (from the image set's catalogue, 
 
 With an ensemble folder (`morphllr train --seeds`) as --model every image is scored by every member (images read once): logp and bits_per_dim are the member means (mean of log p), [bold]logp_std[/bold] the spread of log p across members (sample standard deviation), then logp_seed0, bits_per_dim_seed0, ... per member; --maps holds `logp` (member mean) and one dataset per member, `logp_seed0`, ...
 
+[bold]Any hardware, at scale[/bold]: --accelerator cpu | cuda (= gpu) | auto (CUDA when a GPU is visible); on a GPU the models run with bf16 autocast where it has bf16 and channels-last.  --devices N: on the CPU morphllr starts N processes itself (gloo; the idle cores are split between them, or --threads each); on GPUs one process per GPU (NCCL; a count, 'auto' = all, or indices such as 0,2).  Each process scores a contiguous shard of the images and process 0 alone writes the CSV (and maps, received batch by batch, so memory stays flat), in input order: the same file as one process (float32 rounding; bit for bit when the shards are whole batches).  Launched by torchrun, srun (SLURM) or Lightning's launcher (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, SLURM_PROCID / SLURM_NTASKS), the processes join each other instead of starting more; --num-nodes M without a launcher: run the command on every node with NODE_RANK, MASTER_ADDR and MASTER_PORT set, as for `morphllr train --num-nodes`.
+
 Example:
 
   morphllr score --model models/obs sims.h5 --out sims_obs.csv --maps sims_obs_maps.h5
 
   morphllr score --model models/obs_ens sims.h5 --out sims_obs_ens.csv
+
+  morphllr score --model models/obs sims.h5 --out sims_obs.csv --devices 2 --accelerator cpu
+
+  torchrun --nproc-per-node 4 -m morphllr score --model models/obs sims.h5 --out sims_obs.csv --accelerator cuda
 """
+
+
+def devices_option():
+    """``--devices`` of score and compare (checked by :func:`morphllr.distributed.parse_devices`, as train's)."""
+    return typer.Option("1", "--devices", help="Processes (CPU: started by morphllr, gloo) or GPUs per node (NCCL; "
+                        "a count, 'auto' = all, or indices such as 0,1); under torchrun / srun the launcher's "
+                        "processes are joined.")
+
+
+def num_nodes_option():
+    """``--num-nodes`` of score and compare (the same range as train's)."""
+    return typer.Option(1, "--num-nodes", min=1, max=100_000, help="Nodes (with torchrun / srun, or NODE_RANK, "
+                        "MASTER_ADDR and MASTER_PORT set on every node).")
+
+
+def accelerator_option():
+    """``--accelerator`` of score and compare."""
+    return typer.Option("auto", "--accelerator", help="auto (CUDA when a GPU is visible, else CPU), cpu, or cuda "
+                        "(= gpu).")
 
 
 @app.command("train", help=TRAIN_HELP)
@@ -154,14 +179,19 @@ def score(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=65536, help="Images per forward pass (default: "
                                              "largest activation kept under 32 MiB)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array name inside an .npz or dataset inside an .h5."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="bf16-mixed (default where the CPU has native "
-                                            "bf16; scores agree with fp32 to ~1e-3 relative) or 32 (exact fp32)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads (default: usable cores)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16-mixed (default where the CPU or GPU has "
+                                            "native bf16; scores agree with fp32 to ~1e-3 relative) or 32 (exact fp32)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads per process "
+                                          "(default: usable idle cores / processes on this node)."),
+    devices: str = devices_option(),
+    num_nodes: int = num_nodes_option(),
+    accelerator: str = accelerator_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out / --maps if they exist (never an "
                                    "input: DATA or the model)."),
 ) -> None:
     from ..atomic import claim_outputs
+    from ..distributed import describe_plan, launched_rank, resolve
     from ..errors import MorphllrError
     from ..modelio import load_ensemble
     from ..score import score_to_files
@@ -169,20 +199,27 @@ def score(
 
     if precision not in (None, "bf16-mixed", "32"):
         raise MorphllrError(f"--precision: {precision!r} must be bf16-mixed or 32")
-    # both outputs checked and locked before the model is loaded
-    ctx.with_resource(claim_outputs([("--out", out), ("--maps", maps)], inputs=[model, data], overwrite=overwrite))
+    devices_arg = parse_devices(devices)
+    plan = resolve(devices_arg, accelerator, num_nodes)  # impossible requests refused in one line, before any work
+    if launched_rank() == 0:  # both outputs checked and locked before the model is loaded; only rank 0 writes
+        ctx.with_resource(claim_outputs([("--out", out), ("--maps", maps)], inputs=[model, data],
+                                        overwrite=overwrite))
     loaded = load_ensemble(model)  # a plain model folder is a 1-member ensemble (single-model columns)
     source = open_images(data, key=key) if key else open_images(data)
     bf16 = None if precision is None else precision == "bf16-mixed"
     summary = score_to_files(loaded, source, out, maps_path=maps, batch_size=batch_size, bf16=bf16,
-                             threads=threads, progress=not quiet, overwrite=overwrite)
+                             threads=threads, progress=not quiet, overwrite=overwrite, devices=devices_arg,
+                             accelerator=accelerator, num_nodes=num_nodes)
+    if summary is None:  # a rank other than 0 of a launched run: rank 0 reports
+        return
     members = summary.get("members")
     spread = ""
     if members and len(members) > 1:
         import statistics
 
         spread = f", member means differ by {statistics.stdev(members.values()):.3f} nats (std over {len(members)})"
-    typer.echo(f"scored {summary['n']} images: mean logp {summary['mean_logp']:.3f} nats "
+    procs = f" in {describe_plan(plan)}" if plan.world > 1 else ""
+    typer.echo(f"scored {summary['n']} images{procs}: mean logp {summary['mean_logp']:.3f} nats "
                f"({summary['mean_bits_per_dim']:.4f} bits/dim){spread} -> {out}" + (f", maps -> {maps}" if maps else ""))
 
 
@@ -195,13 +232,6 @@ def parse_devices(text: str) -> int | str:
     Returns:
         an int count, or the text Lightning understands.
     """
-    from ..errors import MorphllrError
+    from ..distributed import parse_devices as parse  # one rule for train, score and compare
 
-    value = text.strip()
-    if value.isdigit() and 1 <= int(value) <= 4096:
-        return int(value)
-    if value in ("auto", "-1") or (value and all(part.strip().isdigit() for part in value.split(","))
-                                   and "," in value):
-        return value
-    raise MorphllrError(f"--devices {text!r}: give a number of processes/GPUs (1..4096), 'auto', -1 (all GPUs) or "
-                        "GPU indices such as 0,1")
+    return parse(text)

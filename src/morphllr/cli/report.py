@@ -7,8 +7,9 @@ from typing import List
 
 import typer
 
-from ..limits import SEED_MAX
+from ..limits import SEED_MAX, THREADS_MAX
 from . import app
+from .engine import accelerator_option, devices_option, num_nodes_option
 
 
 def parse_named_set(text: str, what: str) -> tuple[str, str]:
@@ -62,8 +63,18 @@ _HELP = (
     "galaxy column): --group-col galaxy makes every interval and error resample whole groups instead of images "
     "(summary.json records group_col and per set n_groups); a set without the column is resampled per image, "
     "with a note. AUROC and KS stay per image.\n\n"
+    "Any hardware, at scale: --accelerator cpu | cuda (= gpu) | auto, --devices N (CPU: N processes started by "
+    "morphllr, gloo, the idle cores split between them or --threads each; GPUs: one process per GPU, NCCL, bf16 "
+    "autocast where supported) and --num-nodes, as for `morphllr train`; under torchrun, srun or Lightning's "
+    "launcher its processes are joined. Each process scores a contiguous shard of every set; process 0 receives "
+    "the per-image numbers in input order, the summed mean-map and radial-profile sums and (--maps all) the maps "
+    "batch by batch, re-scores the few gallery galaxies itself and alone computes the statistics and writes the "
+    "report: the same numbers as one process (float32 rounding of the forward pass). Rotation angles (--rotations) "
+    "depend only on --seed, the set and the image.\n\n"
     "Example: morphllr compare --obs obs_model --arch arch_model --reference SDSS=sdss_test.h5 "
-    "TNG=tng_mocks.h5 Illustris=illustris_mocks.h5 --out report"
+    "TNG=tng_mocks.h5 Illustris=illustris_mocks.h5 --out report\n\n"
+    "Several processes: morphllr compare ... --devices 2 --accelerator cpu; on 4 GPUs: "
+    "torchrun --nproc-per-node 4 -m morphllr compare ... --accelerator cuda"
 )
 
 
@@ -105,9 +116,15 @@ def compare_command(
         None, "--group-col", metavar="COLUMN",
         help="Catalogue column naming the object each image shows (e.g. galaxy, written by `morphllr mock "
              "--repeat`): intervals and errors resample these groups, not images."),
+    devices: str = devices_option(),
+    num_nodes: int = num_nodes_option(),
+    accelerator: str = accelerator_option(),
+    threads: int = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads per process "
+                                "(default: usable idle cores / processes on this node)."),
 ) -> None:
     """Rank image sets by mean LLR and write the comparison report (see ``_HELP``)."""
     from ..compare import compare
+    from ..distributed import launched_rank, parse_devices, resolve
     from ..report import print_ranking
 
     ref_name, ref_path = parse_named_set(reference, "--reference")
@@ -121,13 +138,19 @@ def compare_command(
         others[name] = path
     from ..atomic import claim_output
 
-    # the report folder is claimed before any model is loaded; it may not hold a model or a set
-    ctx.with_resource(claim_output(out, inputs=[*obs, *arch, ref_path, *others.values()], overwrite=overwrite,
-                                   kind="dir"))
+    devices_arg = parse_devices(devices)
+    resolve(devices_arg, accelerator, num_nodes)  # impossible requests refused in one line, before any work
+    if launched_rank() == 0:  # only rank 0 of a multi-process run writes the report
+        # the report folder is claimed before any model is loaded; it may not hold a model or a set
+        ctx.with_resource(claim_output(out, inputs=[*obs, *arch, ref_path, *others.values()], overwrite=overwrite,
+                                       kind="dir"))
     result = compare(obs[0] if len(obs) == 1 else list(obs), arch[0] if len(arch) == 1 else list(arch),
                      reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
                      maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
-                     overwrite=overwrite, progress=True, group_col=group_col)
+                     overwrite=overwrite, progress=True, group_col=group_col, devices=devices_arg,
+                     accelerator=accelerator, num_nodes=num_nodes, threads=threads)
+    if result is None:  # a rank other than 0 of a launched run: rank 0 reports
+        return
     print_ranking(result.summary)
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
