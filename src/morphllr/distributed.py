@@ -777,16 +777,10 @@ class _Child:
 
 
 def _death(child: _Child) -> str:
-    code = child.process.poll()
-    if code is not None and code < 0:
-        try:
-            how = f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"was killed by signal {-code}"
-        if -code == signal.SIGKILL:
-            how += " (the system ends processes this way when memory runs out)"
-    else:
-        how = f"exited with status {code}"
+    from .parallel import how_it_ended
+
+    how = how_it_ended(child.process.poll())
+    how = f"was {how}" if how.startswith("killed") else how
     return (f"scoring process {child.rank} {how}; use a smaller --batch-size or fewer --devices "
             "(--devices 1 scores in one process)")
 

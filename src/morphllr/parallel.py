@@ -99,8 +99,8 @@ class _Worker:
             self.conn.close()
 
 
-def _death_message(worker: _Worker) -> str:
-    code = worker.process.exitcode
+def how_it_ended(code: int | None) -> str:
+    """How a child process ended, from its exit code (negative: the signal that killed it), for messages."""
     if code is not None and code < 0:
         try:
             how = f"killed by {signal.Signals(-code).name}"
@@ -108,10 +108,13 @@ def _death_message(worker: _Worker) -> str:
             how = f"killed by signal {-code}"
         if -code == signal.SIGKILL:
             how += " (the system ends processes this way when memory runs out)"
-    else:
-        how = f"exited with status {code}"
-    return (f"a worker process {how} during job {worker.index}; use fewer --workers or smaller inputs "
-            "(--workers 1 runs everything in one process)")
+        return how
+    return f"exited with status {code}"
+
+
+def _death_message(worker: _Worker) -> str:
+    return (f"a worker process {how_it_ended(worker.process.exitcode)} during job {worker.index}; use fewer "
+            "--workers or smaller inputs (--workers 1 runs everything in one process)")
 
 
 def map_in_processes(worker: Callable[[Any], Any], jobs: Iterable, workers: int,
