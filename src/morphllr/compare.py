@@ -247,6 +247,12 @@ def _config_value(config: Any, key: str):
 _SHAPE_KEYS = ("head", "in_channels", "height", "width")
 
 
+def _shape_diffs(one: Any, other: Any) -> list[str]:
+    """``"key: a vs b"`` for every :data:`_SHAPE_KEYS` entry where two network configs differ."""
+    return [f"{k}: {_config_value(one, k)!r} vs {_config_value(other, k)!r}"
+            for k in _SHAPE_KEYS if _config_value(one, k) != _config_value(other, k)]
+
+
 def _check_models(obs: Side, arch: Side) -> None:
     """Refuse models that do not describe the same image space with the same head.
 
@@ -264,8 +270,7 @@ def _check_models(obs: Side, arch: Side) -> None:
             seen[key] = name
         first = side.members[0]
         for name, m in zip(side.names[1:], side.members[1:]):
-            diffs = [f"{k}: {_config_value(first.config, k)!r} vs {_config_value(m.config, k)!r}"
-                     for k in _SHAPE_KEYS if _config_value(first.config, k) != _config_value(m.config, k)]
+            diffs = _shape_diffs(first.config, m.config)
             if diffs:
                 raise MorphllrError(
                     f"{what}: ensemble members {side.names[0]} and {name} differ ({'; '.join(diffs)}); "
@@ -281,8 +286,7 @@ def _check_models(obs: Side, arch: Side) -> None:
                     f"images ({diffs}); an ensemble averages one density over the same pixels, so train every member "
                     "on the same prepared set") from None
     o, a = obs.members[0], arch.members[0]
-    diffs = [f"{k}: {_config_value(o.config, k)!r} vs {_config_value(a.config, k)!r}"
-             for k in _SHAPE_KEYS if _config_value(o.config, k) != _config_value(a.config, k)]
+    diffs = _shape_diffs(o.config, a.config)
     if diffs:
         raise MorphllrError(
             f"--obs / --arch: the two models differ ({'; '.join(diffs)}); an LLR needs two densities over "

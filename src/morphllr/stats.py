@@ -222,22 +222,10 @@ def bootstrap_ratio_ci(numerator, denominator, level: float = 0.95, n_boot: int 
     n = a.size
     if n == 0 or b.sum() == 0:
         return float("nan"), float("nan")
-    if n > LARGE_SAMPLE:
-        ratio = a.sum() / b.sum()
-        # linearised ratio estimator: var(R) ~ var(a - R b) / (n mean(b)^2)
-        scale = np.std(a - ratio * b, ddof=1) / (np.sqrt(n) * b.mean())
-        ratios = ratio + scale * rng.standard_normal(n_boot)
-    else:
-        per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
-        ratios = np.empty(n_boot)
-        for start in range(0, n_boot, per_chunk):
-            stop = min(n_boot, start + per_chunk)
-            idx = rng.integers(0, n, size=(stop - start, n))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratios[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
-        ratios = ratios[np.isfinite(ratios)]  # a resample of only sky-free images has no ratio
-        if ratios.size == 0:
-            return float("nan"), float("nan")
+    ratios = _resampled_ratios(a, b, n_boot, rng)
+    ratios = ratios[np.isfinite(ratios)]  # a resample of only sky-free images has no ratio
+    if ratios.size == 0:
+        return float("nan"), float("nan")
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
