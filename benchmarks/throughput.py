@@ -11,6 +11,13 @@ for (a) ``morphllr.reference.ReferencePixelCNN``: NCHW, float32, eager, no fusio
 (b) ``morphllr.model.PixelCNN`` as score/train run it: channels-last, bf16 autocast where the
 CPU has native bf16 (``morphllr.runtime.bf16_supported``), head in float32.
 
+The yardstick (issue 17) is the network's own convolutions: every ``aten.convolution`` (and, for
+training, ``aten.convolution_backward``) call of the default path is recorded once with its exact
+shapes, strides (layout) and dtype, then replayed alone on fresh tensors and timed the same way.
+That is the fastest this network can run on this CPU with oneDNN's kernels; the columns
+``eval / conv`` and ``train / conv`` say how much the rest (elementwise, layout, head, optimizer,
+Python) adds.  Targets at 32x32: eval <= 1.15, train <= 1.30.
+
 FLOPs per image are counted from the convolution shapes (``torch.utils.flop_counter``, one
 multiply-add = 2 FLOPs; training counts forward + backward).  The bf16 and fp32 matmul peaks
 (2048^2) are measured in the same run, before and after, and the best is used, so the
@@ -27,10 +34,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from morphllr import runtime
@@ -63,6 +71,49 @@ def count_flops(net, x, train: bool) -> float:
                 net.log_prob_pixels(x)
     net.zero_grad(set_to_none=True)
     return counter.get_total_flops() / x.shape[0]
+
+
+CONV_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
+
+
+class ConvolutionRecorder(TorchDispatchMode):
+    """Records every convolution call (forward and backward) as (op, argument specs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in CONV_OPS:
+            spec = tree_map(lambda a: _TensorSpec(a) if isinstance(a, torch.Tensor) else a, args)
+            self.calls.append((func, spec))
+        return func(*args, **(kwargs or {}))
+
+
+class _TensorSpec:
+    """Shape, strides and dtype of a recorded tensor; ``make`` gives a fresh one just like it."""
+
+    def __init__(self, t: torch.Tensor):
+        self.shape, self.stride, self.dtype = tuple(t.shape), t.stride(), t.dtype
+
+    def make(self) -> torch.Tensor:
+        return torch.empty_strided(self.shape, self.stride, dtype=self.dtype).normal_()
+
+
+def convolutions_of(step) -> list[tuple]:
+    """The convolution calls one run of ``step`` makes, with fresh input tensors ready to replay."""
+    recorder = ConvolutionRecorder()
+    with recorder:
+        step()
+    return [(func, tree_map(lambda a: a.make() if isinstance(a, _TensorSpec) else a, spec))
+            for func, spec in recorder.calls]
+
+
+def replay(calls: list[tuple]) -> None:
+    """Run the recorded convolutions alone, in order."""
+    with torch.no_grad():
+        for func, args in calls:
+            func(*args)
 
 
 class Path:
@@ -119,14 +170,66 @@ def bench_size(size: int, repeats: int, bf16: bool, batch: int | None) -> list[d
     flops_train = count_flops(plain.train(), x[:2], train=True)
     paths = [Path("a) reference fp32 NCHW", plain, x, bf16=False, channels_last=False),
              Path("b) default (CL" + (", bf16)" if bf16 else ", fp32)"), fast, x, bf16=bf16, channels_last=True)]
-    t_eval = best_times(paths, "eval_step", repeats)
-    t_train = best_times(paths, "train_step", max(1, repeats // 2))
+    yardsticks = [Yardstick("conv eval", convolutions_of(paths[1].eval_step)),
+                  Yardstick("conv train", convolutions_of(paths[1].train_step))]
+    t_eval = best_times(paths + yardsticks[:1], "eval_step", repeats)
+    t_train = best_times(paths + yardsticks[1:], "train_step", max(1, repeats // 2))
     rows = []
     for path in paths:
         rows.append(dict(size=size, batch=batch, path=path.name,
                          eval_ips=batch / t_eval[path.name], train_ips=batch / t_train[path.name],
-                         gflop_eval=flops_eval / 1e9, gflop_train=flops_train / 1e9))
+                         gflop_eval=flops_eval / 1e9, gflop_train=flops_train / 1e9,
+                         eval_over_conv=t_eval[path.name] / t_eval["conv eval"],
+                         train_over_conv=t_train[path.name] / t_train["conv train"],
+                         n_conv=(len(yardsticks[0].calls), len(yardsticks[1].calls))))
     return rows
+
+
+class Yardstick:
+    """The recorded convolutions of the default path, timed like a path (eval or train step)."""
+
+    def __init__(self, name: str, calls: list[tuple]):
+        self.name, self.calls = name, calls
+
+    def eval_step(self) -> None:
+        replay(self.calls)
+
+    train_step = eval_step
+
+
+# torch.profiler op names -> the categories of issue 17's split (first match wins; the rest is "other ops")
+CATEGORIES = (
+    ("convolutions", ("convolution", "conv2d", "mkldnn_conv", "_convolution")),
+    ("optimizer", ("adam", "_foreach", "optimizer")),
+    ("layout", ("copy_", "cat", "contiguous", "permute", "fill_", "zero_", "empty", "pad", "clone", "to_copy",
+                "_to_copy", "as_strided", "pixel_shuffle", "reshape", "view", "narrow", "slice", "select")),
+    ("elementwise", ("add", "mul", "sub", "div", "exp", "elu", "neg", "maximum", "minimum", "abs", "sigmoid",
+                     "tanh", "glu", "where", "clamp", "log", "dropout", "bernoulli", "threshold", "sqrt", "pow",
+                     "sum", "mean", "softplus")),
+)
+
+
+def profile_split(path: "Path", step: str, repeats: int = 3) -> dict[str, float]:
+    """Share of one step's wall time per category, from torch.profiler's self CPU times (indicative)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    getattr(path, step)()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            getattr(path, step)()
+        wall = (time.perf_counter() - start) * 1e6  # microseconds, like the profiler
+    totals = {name: 0.0 for name, _ in CATEGORIES}
+    totals["other ops"] = 0.0
+    for event in prof.key_averages():
+        name = event.key.lower().removeprefix("aten::")
+        if name.startswith(("autograd::", "profilerstep", "[memory]")) or event.self_cpu_time_total <= 0:
+            continue
+        category = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other ops")
+        totals[category] += event.self_cpu_time_total
+    # self times of the ops on the main thread; what the ops do not account for is Python and dispatch
+    totals["python + dispatch"] = max(0.0, wall - sum(totals.values()))
+    return {k: v / wall for k, v in totals.items()}
 
 
 def main(argv=None) -> None:
@@ -135,6 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes (default 32 64)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per path (default 6, quick 3)")
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default: score's default)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split the default path's eval and train time into convolutions, elementwise, "
+                        "layout, optimizer, other ops and Python (torch.profiler; indicative shares)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: morphllr.runtime.configure_cpu's choice, i.e. all usable "
                         "cores on an idle machine, fewer when other processes keep cores busy)")
     args = parser.parse_args(argv)
@@ -152,10 +258,11 @@ def main(argv=None) -> None:
     peak_fp32 = max(peak_fp32, matmul_peak(torch.float32))
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  torch {torch.__version__}  "
-          f"{platform.processor() or platform.machine()}  threads={threads}  bf16={bf16}")
+          f"{runtime.cpu_description()}  threads={threads}  bf16={bf16}")
     print(f"# measured matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s (2048^2)")
     header = ("| size | batch | path | eval img/s | train img/s | GFLOP/img eval (train) | eval GFLOP/s | "
-              "eval % bf16 peak | train GFLOP/s | train % bf16 peak | speed-up eval / train |")
+              "eval % bf16 peak | train GFLOP/s | train % bf16 peak | speed-up eval / train | "
+              "eval / conv | train / conv |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for size in sizes:
@@ -166,7 +273,24 @@ def main(argv=None) -> None:
             print(f"| {size}x{size} | {r['batch']} | {r['path']} | {r['eval_ips']:.1f} | {r['train_ips']:.1f} | "
                   f"{r['gflop_eval']:.2f} ({r['gflop_train']:.2f}) | {eval_gfs:.0f} | {100 * eval_gfs / peak_bf16:.0f} % | "
                   f"{train_gfs:.0f} | {100 * train_gfs / peak_bf16:.0f} % | "
-                  f"{r['eval_ips'] / base['eval_ips']:.1f}x / {r['train_ips'] / base['train_ips']:.1f}x |")
+                  f"{r['eval_ips'] / base['eval_ips']:.1f}x / {r['train_ips'] / base['train_ips']:.1f}x | "
+                  f"{r['eval_over_conv']:.2f} | {r['train_over_conv']:.2f} |")
+    print(f"# eval / conv, train / conv: the path's time over its own {rows[0]['n_conv'][0]} forward convolutions "
+          f"(eval) or {rows[0]['n_conv'][1]} forward + backward convolutions (train, which adds Adam), replayed alone "
+          "with the same shapes, layout and dtype (default path's; the reference path is compared with the same "
+          "yardstick); targets at 32x32: eval <= 1.15, train <= 1.30")
+    if args.profile:
+        for size in sizes:
+            cfg = PRESETS["zanisi21"].with_(height=size, width=size)
+            torch.manual_seed(0)
+            from morphllr.score import default_batch_size
+
+            x = torch.rand(args.batch or default_batch_size(cfg), 1, size, size)
+            path = Path("default", PixelCNN(cfg), x, bf16=bf16, channels_last=True)
+            for step in ("eval_step", "train_step"):
+                split = profile_split(path, step)
+                print(f"# profile {size}x{size} {step.split('_')[0]}: "
+                      + ", ".join(f"{k} {100 * v:.0f} %" for k, v in split.items()))
 
 
 if __name__ == "__main__":

@@ -197,15 +197,188 @@ def test_multiband_archetype_follows_each_bands_flux(tmp_path):
 
 
 def test_psf_image_equals_the_profile_it_samples(tmp_path):
+    """A PSF image is the image of a point source (pixel response included), as in mock and fit-sersic."""
     from astropy.io import fits
 
     from morphllr.imageset import ImageSet
     from morphllr.psf import psf_image
 
     _observed_set(tmp_path / "obs.h5", catalog())
-    fits.PrimaryHDU(psf_image(make_psf(1.4, "gaussian"), SCALE, size=31, pixel_integrated=False)).writeto(
+    fits.PrimaryHDU(psf_image(make_psf(1.4, "gaussian"), SCALE, size=31, pixel_integrated=True)).writeto(
         tmp_path / "psf.fits")
     make_archetype_set(tmp_path / "obs.h5", tmp_path / "a.h5", psf_fwhm=1.4, psf_kind="gaussian", seed=4)
     make_archetype_set(tmp_path / "obs.h5", tmp_path / "b.h5", psf_image_path=tmp_path / "psf.fits", seed=4)
     a, b = ImageSet.open(tmp_path / "a.h5").flux[:], ImageSet.open(tmp_path / "b.h5").flux[:]
     assert np.abs(a - b).max() < 0.01 * a.max()
+
+
+# --------------------------------------------------------------------------- flags and provenance (issue 13)
+def test_drop_flagged_skips_flagged_fits_and_without_it_they_are_counted(tmp_path):
+    from morphllr.imageset import ImageSet
+    from morphllr.sersic_fit import FLAG_N_OUTSIDE_GALSIM, FLAG_RE_BEYOND_WINDOW
+
+    table = catalog(sersic_flag=[0, FLAG_RE_BEYOND_WINDOW, 0], sersic_n=[1.0, 2.5, 6.5])
+    _observed_set(tmp_path / "obs.h5", table)
+    kept = make_archetype_set(tmp_path / "obs.h5", tmp_path / "all.h5", seed=0)
+    assert kept["n"] == 3 and kept["n_flagged"] == 2 and kept["n_dropped"] == 0  # g2: n 6.5 beyond GalSim's 6.2
+    # --drop-bad alone skips only unusable values: the archetype sets made before the flags are reproduced
+    usable = make_archetype_set(tmp_path / "obs.h5", tmp_path / "usable.h5", seed=0, drop_bad=True)
+    assert usable["n"] == 3 and usable["n_dropped"] == 0 and usable["n_flagged"] == 2
+    dropped = make_archetype_set(tmp_path / "obs.h5", tmp_path / "good.h5", seed=0, drop_flagged=True)
+    assert dropped["n"] == 1 and dropped["n_dropped"] == 2 and dropped["n_dropped_flagged"] == 2
+    with ImageSet.open(tmp_path / "good.h5") as s:
+        assert list(s.catalog["id"]) == ["g0"]
+        assert s.catalog.meta["archetypes"]["drop_flagged"] is True
+    assert FLAG_N_OUTSIDE_GALSIM == 32 and FLAG_RE_BEYOND_WINDOW == 16
+
+
+def test_every_pixel_changing_archetypes_option_is_recorded(tmp_path):
+    """Each option of `morphllr archetypes` either changes pixels and is in the set's record, or is listed as not."""
+    import json
+
+    import typer
+
+    from morphllr.cli import app, main
+    from morphllr.imageset import ImageSet
+    from morphllr.psf import file_sha256, psf_image
+    from morphllr.skypatches import patches_sha256
+
+    table = catalog()
+    for key in ("n", "re_pix", "q", "pa_deg", "flux"):
+        table[f"my_{key}"] = table[f"sersic_{key}"]
+    _observed_set(tmp_path / "obs.h5", table)
+    np.save(tmp_path / "sky.npy", np.random.default_rng(0).normal(0, 3.0, (4, 1, 64, 64)).astype(np.float32))
+    np.save(tmp_path / "psf.npy", psf_image(make_psf(1.4), SCALE, size=21, pixel_integrated=True))
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        assert exc.value.code == 0, argv
+
+    first, second = tmp_path / "a1.h5", tmp_path / "a2.h5"
+    run("archetypes", tmp_path / "obs.h5", "--out", first, "--psf-fwhm", "1.2", "--psf", "moffat", "--psf-beta",
+        "3.1", "--sky-patches", tmp_path / "sky.npy", "--n-col", "my_n", "--re-col", "my_re_pix", "--q-col", "my_q",
+        "--pa-col", "my_pa_deg", "--flux-col", "my_flux", "--drop-bad", "--drop-flagged", "--seed", "7", "--workers", "1")
+    run("archetypes", tmp_path / "obs.h5", "--out", second, "--psf-image", tmp_path / "psf.npy", "--workers", "1")
+    records = {}
+    for name, path in (("first", first), ("second", second)):
+        with ImageSet.open(path) as s:
+            records[name] = json.loads(s.attrs["archetypes"])
+            assert s.catalog.meta["archetypes"] == records[name]
+    a, b = records["first"], records["second"]
+    recorded = {
+        "--psf-fwhm": lambda: a["psf"]["fwhm_arcsec"] == 1.2 and a["psf"]["source"] == "options",
+        "--psf": lambda: a["psf"]["kind"] == "moffat",
+        "--psf-beta": lambda: a["psf"]["beta"] == 3.1,
+        "--psf-image": lambda: b["psf"]["image"]["sha256"] == file_sha256(tmp_path / "psf.npy"),
+        "--sky-patches": lambda: a["noise"]["sky_patches"]["sha256"] == patches_sha256(np.load(tmp_path / "sky.npy"))
+        and b["noise"]["mode"] == "gaussian",
+        "--n-col": lambda: a["columns"]["n"] == "my_n",
+        "--re-col": lambda: a["columns"]["re_pix"] == "my_re_pix",
+        "--q-col": lambda: a["columns"]["q"] == "my_q",
+        "--pa-col": lambda: a["columns"]["pa_deg"] == "my_pa_deg",
+        "--flux-col": lambda: a["columns"]["flux"] == "my_flux",
+        "--drop-bad": lambda: a["drop_bad"] is True and b["drop_bad"] is False,
+        "--drop-flagged": lambda: a["drop_flagged"] is True and b["drop_flagged"] is False,
+        "--seed": lambda: a["seed"] == 7 and b["seed"] == 0,
+    }
+    not_pixels = {"--out", "--workers", "--overwrite"}  # results do not depend on --workers (tested above)
+    command = typer.main.get_command(app).commands["archetypes"]
+    options = {p.opts[0] for p in command.params if p.param_type_name == "option"}
+    assert options == set(recorded) | not_pixels, "classify the new archetypes option(s) here and record them"
+    failed = [option for option, check in recorded.items() if not check()]
+    assert not failed, failed
+    with ImageSet.open(tmp_path / "obs.h5") as obs:  # and the observed set itself (argument IMAGESET)
+        assert a["of"] == str(tmp_path / "obs.h5") and a["of_images_sha256"] == obs.attrs["images_sha256"]
+
+
+# --------------------------------------------------------------------------- sets fitted by an older fit-sersic
+def _old_fit_set(path, record, **overrides):
+    """An observed set whose catalogue meta is an older fit-sersic's record ({"psf": "moffat", "psf_fwhm": ...})."""
+    table = catalog(**overrides)
+    if record is not None:
+        table.meta["sersic_fit"] = {"channel": 0, "fit_size": 32, "pixel_scale": SCALE, **record}
+    _observed_set(path, table)
+    return path
+
+
+def test_a_set_fitted_by_an_older_fit_sersic_renders_as_before(tmp_path, capsys):
+    """The old record stored `psf` as a plain string; archetypes rebuild its PSF (FWHM 1.4, its default beta 4.765,
+    even beside a psf_beta column, as the old fitter used make_psf(FWHM)) and give the pixels the old code gave."""
+    from morphllr.cli import main
+    from morphllr.imageset import ImageSet
+
+    old = _old_fit_set(tmp_path / "old.h5", {"psf": "moffat", "psf_fwhm": 1.4}, psf_beta=[3.0, 3.0, 3.0])
+    plain = _old_fit_set(tmp_path / "plain.h5", None)  # no record, no psf_beta: options as the old code read them
+    summary = make_archetype_set(old, tmp_path / "a.h5", psf_fwhm=1.4, seed=3)
+    make_archetype_set(plain, tmp_path / "b.h5", psf_fwhm=1.4, seed=3)
+    with ImageSet.open(tmp_path / "a.h5") as a, ImageSet.open(tmp_path / "b.h5") as b:
+        assert np.array_equal(a.flux[:], b.flux[:])
+        used = a.catalog.meta["archetypes"]["psf"]
+        assert used["kind"] == "moffat" and used["fwhm_arcsec"] == 1.4 and used["beta"] == 4.765
+        assert used["source"] == "fit-sersic record" and used["record"] == "older fit-sersic"
+        assert list(a.catalog["psf_beta"]) == [4.765] * 3
+    assert summary["psf"] == "moffat FWHM 1.4 arcsec, beta 4.765 (fit-sersic record)"
+    make_archetype_set(old, tmp_path / "c.h5", seed=3)  # without the option: the same PSF
+    assert np.array_equal(ImageSet.open(tmp_path / "c.h5").flux[:], ImageSet.open(tmp_path / "a.h5").flux[:])
+    # the CLI (validation/gz2.sh: archetypes ... --psf-fwhm 1.4) works; another FWHM is one error line
+    with pytest.raises(SystemExit) as stop:
+        main(["archetypes", str(old), "--out", str(tmp_path / "d.h5"), "--psf-fwhm", "1.4", "--workers", "1"])
+    assert stop.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["archetypes", str(old), "--out", str(tmp_path / "e.h5"), "--psf-fwhm", "1.3", "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and "Traceback" not in err and not (tmp_path / "e.h5").exists()
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
+    assert "0/3" not in out + err  # the progress bar is not left standing above the error
+    assert err.startswith("error: --psf-fwhm 1.3: the Sérsic fits of") and "deconvolved moffat FWHM 1.4" in err
+
+
+def test_an_older_record_without_a_fwhm_used_the_columns_and_none_means_no_psf(tmp_path):
+    from morphllr.imageset import ImageSet
+
+    old = _old_fit_set(tmp_path / "old.h5", {"psf": "moffat", "psf_fwhm": None}, psf_beta=[3.0, np.nan, 2.5])
+    make_archetype_set(old, tmp_path / "a.h5", seed=0)
+    with ImageSet.open(tmp_path / "a.h5") as a:
+        assert np.allclose(a.catalog["psf_fwhm_arcsec"], [1.4, 1.3, 1.5])
+        assert np.allclose(a.catalog["psf_beta"], [3.0, 4.765, 2.5])  # blank: the default, as the old fitter read it
+        assert "column psf_fwhm_arcsec" in a.catalog.meta["archetypes"]["psf"]["fwhm_from"]
+    with pytest.raises(MorphllrError, match="--psf-fwhm 1.4: the Sérsic fits of .* deconvolved moffat FWHM per galaxy"):
+        make_archetype_set(old, tmp_path / "b.h5", psf_fwhm=1.4)
+    none = _old_fit_set(tmp_path / "none.h5", {"psf": "none", "psf_fwhm": None})
+    make_archetype_set(none, tmp_path / "c.h5", seed=0)
+    with ImageSet.open(tmp_path / "c.h5") as c:
+        assert c.catalog.meta["archetypes"]["psf"]["kind"] == "none" and "psf_fwhm_arcsec" not in c.catalog.colnames
+    with pytest.raises(MorphllrError, match="--psf-fwhm 1.4: the Sérsic fits of .* deconvolved no PSF"):
+        make_archetype_set(none, tmp_path / "d.h5", psf_fwhm=1.4)
+
+
+def test_drop_bad_that_drops_everything_says_why(tmp_path):
+    from morphllr.sersic_fit import FLAG_N_AT_BOUND, FLAG_NOT_CONVERGED
+
+    table = catalog(sersic_flag=[FLAG_N_AT_BOUND, FLAG_NOT_CONVERGED | FLAG_N_AT_BOUND, 0], sersic_n=[1.0, 2.0, 7.0],
+                    sersic_q=[0.5, 0.8, 1.5])  # g2: q > 1 is unusable
+    with pytest.raises(MorphllrError) as info:
+        params_from_catalog(table, where="obs.h5", drop_bad=True, drop_flagged=True)
+    text = str(info.value)
+    assert text.startswith("obs.h5: --drop-flagged dropped all 3 galaxies: 1 for unusable parameters and 2 for a "
+                           "flagged fit (2 sersic_flag bit 1 (n at the search bound"), text
+    assert "1 sersic_flag bit 4 (not converged)" in text and "drop --drop-flagged" in text and "fit-sersic" in text
+    assert "run `morphllr fit-sersic` first" not in text
+    with pytest.raises(MorphllrError, match="--drop-flagged dropped all 3 galaxies: 3 for a flagged fit .*3 n outside"):
+        params_from_catalog(catalog(sersic_n=[0.1, 6.5, 8.0]), where="obs.h5", drop_bad=True, drop_flagged=True)
+
+
+def test_real_space_drawing_samples_a_psf_image_instead_of_integrating_twice():
+    """A PSF image holds the pixel response: _draw_real_space equals the truth (GalSim with the profile PSF)."""
+    from morphllr.archetypes import _draw_real_space, draw_archetype
+    from morphllr.psf import psf_from_image, psf_image
+
+    true_psf = make_psf(1.4, "moffat", beta=3.0)
+    star = psf_from_image(psf_image(true_psf, SCALE, size=41, pixel_integrated=True), SCALE)
+    gal = galsim.Sersic(1.0, half_light_radius=2.0 * SCALE, flux=1e4).shear(q=0.7, beta=30 * galsim.degrees)
+    truth = draw_archetype(gal, true_psf, (48, 48), SCALE)
+    drawn = _draw_real_space(gal, star, (48, 48), SCALE)
+    assert np.abs(drawn - truth).max() < 0.003 * truth.max()  # integrating again: 1.5 % of the peak
+    assert np.abs(_draw_real_space(gal, true_psf, (48, 48), SCALE) - truth).max() < 0.003 * truth.max()

@@ -59,7 +59,9 @@ def test_prepare_fits_folder_with_catalog(tmp_path, fits_folder):
         # centred: every galaxy's peak sits in the middle of its flux cutout despite the shifts
         peaks = [np.unravel_index(np.argmax(f[0]), f[0].shape) for f in s.flux[:]]
         assert all(abs(r - 64) <= 1 and abs(c - 64) <= 1 for r, c in peaks)
-        assert s.preprocessing == Preprocessing.preset("zanisi21").to_dict()
+        # the preset, with what the readers know: FITS pixels are calibrated flux
+        assert s.preprocessing == Preprocessing.preset("zanisi21").replace(input_kind="flux",
+                                                                           read={"segmentation": "sep"}).to_dict()
         np.testing.assert_allclose(s.images[:], Preprocessing.preset("zanisi21").flux_to_model(s.flux[:]), atol=1e-6)
 
 
@@ -109,7 +111,7 @@ def test_npy_with_none_preset(tmp_path):
     [
         (lambda p: (p / "empty").mkdir(), ["empty"], "folder holds no"),
         (lambda p: fits.PrimaryHDU(np.zeros((50, 50), np.float32)).writeto(p / "tiny.fits"), ["tiny.fits"],
-         "tiny.fits.*smaller than the 128x128 cutout"),
+         "tiny.fits.*85% of the 128x128 cutout.*beyond the 50x50 image.*smaller cutout"),
         (lambda p: (p / "bad.fits").write_bytes(b"SIMPLE  =    garbage"), ["bad.fits"], "bad.fits"),
         (lambda p: None, ["missing.fits"], "no such file"),
         (lambda p: fits.PrimaryHDU(np.zeros((128, 128), np.float32)).writeto(p / "z.fits"),

@@ -319,3 +319,28 @@ def test_an_interrupted_ensemble_leaves_no_index_and_resumes_its_unfinished_memb
     assert (out / "seed1" / "logs" / "resume1").is_dir()  # continued from its checkpoint
     # members share the network config, input mapping included (fixed once for the ensemble)
     assert ens.members[0].config == ens.members[1].config
+
+
+# ---------------------------------------------------------------------- joining separately trained models
+def test_ensemble_command_joins_separately_trained_models_and_refuses_misfits(trained, tmp_path, capsys):
+    """One job per seed, then `morphllr ensemble`: the same members as `train --seeds` wrote, or one-line refusals."""
+    code, _, err = run(["ensemble", trained / "ens" / "seed0", trained / "ens" / "seed1", "--out", tmp_path / "j"],
+                       capsys)
+    assert code == 0, err
+    joined, direct = load_ensemble(tmp_path / "j"), load_ensemble(trained / "ens")
+    assert joined.names == direct.names == ["seed0", "seed1"]
+    x = galaxies(5, seed=7)
+    for a, b in zip(joined.members, direct.members):
+        np.testing.assert_array_equal(log_likelihood(a, x, bf16=False), log_likelihood(b, x, bf16=False))
+    # the same seed twice, and a model of other images: refused, nothing written
+    refused(["ensemble", trained / "ens" / "seed0", trained / "ens" / "seed0", "--out", tmp_path / "same"], capsys,
+            "same seed", "seed0")
+    np.save(tmp_path / "other.npy", galaxies(12, seed=3))
+    code, _, err = run(["train", tmp_path / "other.npy", "--out", tmp_path / "other", "--seed", "2", "--max-steps", "1",
+                        *TINY], capsys)
+    assert code == 0, err
+    refused(["ensemble", trained / "ens" / "seed0", tmp_path / "other", "--out", tmp_path / "mixed"], capsys,
+            "different images", str(tmp_path / "other"))
+    assert not (tmp_path / "same").exists() and not (tmp_path / "mixed").exists()
+    refused(["ensemble", trained / "ens" / "seed0", trained / "ens" / "seed1", "--out", tmp_path / "j"], capsys,
+            "--overwrite")

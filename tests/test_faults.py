@@ -447,6 +447,10 @@ REQUIRED = {
     "synth": ["--out", "universe"],
     "demo": [],
     "compare": ["--obs", "obs", "--arch", "arch", "--reference", "R=r.h5", "--out", "report"],
+    "degrade": ["set.h5", "--resolution", "2", "--out", "d.h5"],
+    "subset": ["set.h5", "--where", "label == spiral", "--out", "s.h5"],
+    "check": ["model", "set.h5"],
+    "ensemble": ["m1", "m2", "--out", "ens"],
 }
 
 

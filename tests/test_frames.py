@@ -122,8 +122,10 @@ def test_prepare_cuts_catalogue_galaxies_through_the_wcs(tmp_path, capsys):
             assert abs(row["window_y0"] + row["center_y"] - y0) < 0.5
             assert row["nmgy"] == NMGY and row["gain"] == pytest.approx(frames.electrons_per_unit(NMGY, ZP))
             assert row["frame"] == str(path) and row["mass"] > 9
-        # b sits 91 px from the left edge: its 256 px window runs past the frame (NaN -> 0 flux, counted)
-        assert cat["n_nonfinite"][0] == 0 and cat["n_nonfinite"][1] > 0
+        # b sits 91 px from the left edge: its 256 px window runs past the frame, but those pixels are marked
+        # beyond the frame (not NaN pixels of the image), and its 128 px cutout lies inside the frame
+        assert list(cat["n_nonfinite"]) == [0, 0] and list(cat["edge_padded"]) == [0, 0]
+        assert np.all(np.asarray(s.flux[1]) != 0) and s.mask is None
         assert cat["frame_edge_px"][1] == pytest.approx(SOURCES[1][0] + 0.5)
         # the flux cutouts are in the preset's unit: total flux = nanomaggies x 10**(0.4 (28.2 - 22.5))
         central = np.asarray(s.flux[0, 0])[64 - 12:64 + 12, 64 - 12:64 + 12].sum()

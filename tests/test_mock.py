@@ -537,3 +537,181 @@ def test_realsim_one_file_per_band_from_shared_data(shared_data):
     sims = list(read_sims([folder], bands=["g", "r", "i"]))
     assert len(sims) == 3 and all(s.data.shape[0] == 3 for s in sims)  # 3 snapshots x (g, r, i), not 9 galaxies
     assert sims[0].name == "photo_CNN_G2G3_e-orbit_1_186_i0_total"
+
+
+# --------------------------------------------------------------------------- provenance (issue 13)
+def _run(argv):
+    from morphllr.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 0, argv
+
+
+def test_every_pixel_changing_mock_option_is_recorded(tmp_path):
+    """Each option of `morphllr mock` either changes pixels and is found in the set's record, or is listed as not."""
+    import typer
+    from astropy.table import Table
+
+    from morphllr.cli import app
+    from morphllr.imageset import ImageSet, write_imageset
+    from morphllr.preprocess import Preprocessing
+    from morphllr.psf import file_sha256, make_psf, psf_image
+    from morphllr.skypatches import patches_sha256
+
+    cube = write_skirt_cube(tmp_path / "c.fits")
+    Table({"id": ["c"], "log_mstar": [10.2]}).write(tmp_path / "cat.csv")
+    np.save(tmp_path / "sky.npy", correlated_sky(4, 140))
+    np.save(tmp_path / "psf.npy", psf_image(make_psf(1.3), 0.396, size=21, pixel_integrated=True))
+    write_imageset(tmp_path / "obs.h5", np.zeros((3, 1, 8, 8)), {"id": ["a", "b", "c"], "psf_fwhm_arcsec": [1.1, 1.2, 1.3],
+                   "redshift": [0.03, 0.04, 0.05]}, Preprocessing.preset("zanisi21"))
+    first, second, third = tmp_path / "m1.h5", tmp_path / "m2.h5", tmp_path / "m3.h5"
+    _run(["mock", cube, "--band", "r", "--zero-point", "23.9", "--redshift", "0.06", "--cosmology", "realsim",
+          "--sim-pixel-kpc", "0.4", "--catalog", tmp_path / "cat.csv", "--preset", "zanisi21", "--pixel-scale", "0.4",
+          "--psf-fwhm", "1.2", "--psf", "moffat", "--psf-beta", "3.2", "--sky-sigma", "4.0", "--gain", "5.0",
+          "--working-zero-point", "28.0", "--repeat", "2", "--seed", "5", "--out", first])
+    _run(["mock", cube, "--band", "r", "--zero-point", "23.9", "--sky-patches", tmp_path / "sky.npy",
+          "--match", tmp_path / "obs.h5", "--match-redshift", "--psf-image", tmp_path / "psf.npy", "--out", second])
+    _run(["mock", cube, "--band", "r", "--zero-point", "23.9", "--like", first, "--out", third])
+    sets = {name: ImageSet.open(path) for name, path in (("first", first), ("second", second), ("third", third))}
+    prep = {k: s.preprocessing for k, s in sets.items()}
+    mock = {k: p["mock"] for k, p in prep.items()}
+    sha = file_sha256
+    recorded = {
+        "--band": lambda: mock["first"]["bands"] == "sloan/sdss_r",
+        "--zero-point": lambda: prep["first"]["input_zero_point"] == 23.9 == mock["first"]["input_zero_point"],
+        "--redshift": lambda: mock["first"]["redshift"] == 0.06,
+        "--cosmology": lambda: prep["first"]["cosmology"] == "FlatLambdaCDM(H0=70, Om0=0.3)",
+        "--sim-pixel-kpc": lambda: mock["first"]["sim_pixel_kpc"] == 0.4,
+        "--sky-patches": lambda: mock["second"]["sky"]["sha256"] == patches_sha256(np.load(tmp_path / "sky.npy")),
+        "--match": lambda: mock["second"]["match_file"]["sha256"] == sha(tmp_path / "obs.h5"),
+        "--match-redshift": lambda: mock["second"]["match_redshift"] is True,
+        "--catalog": lambda: mock["first"]["catalog"]["sha256"] == sha(tmp_path / "cat.csv"),
+        "--like": lambda: prep["third"]["cosmology"] == prep["first"]["cosmology"] and
+        prep["third"]["pixel_scale"] == 0.4 and prep["third"]["zero_point"] == 28.0,
+        "--preset": lambda: prep["first"]["name"] == "zanisi21" == mock["first"]["preset"],
+        "--pixel-scale": lambda: prep["first"]["pixel_scale"] == 0.4 == mock["first"]["pixel_scale"],
+        "--psf-fwhm": lambda: mock["first"]["psf_settings"]["fwhm_arcsec"] == 1.2 and
+        mock["first"]["psf_settings"]["fwhm_from"] == "--psf-fwhm",
+        "--psf": lambda: mock["first"]["psf_settings"]["kind"] == "moffat",
+        "--psf-beta": lambda: mock["first"]["psf_settings"]["beta"] == 3.2 and
+        mock["first"]["psf_settings"]["beta_from"] == "--psf-beta",
+        "--psf-image": lambda: mock["second"]["psf_settings"]["image"]["sha256"] == sha(tmp_path / "psf.npy"),
+        "--sky-sigma": lambda: mock["first"]["sky"]["gaussian_sigma"] == 4.0 == mock["first"]["sky_sigma"],
+        "--gain": lambda: mock["first"]["gain"] == 5.0,
+        "--working-zero-point": lambda: prep["first"]["zero_point"] == 28.0 == mock["first"]["zero_point"],
+        "--repeat": lambda: mock["first"]["repeat"] == 2,
+        "--seed": lambda: mock["first"]["seed"] == 5,
+    }
+    not_pixels = {"--out", "--overwrite"}
+    command = typer.main.get_command(app).commands["mock"]
+    options = {p.opts[0] for p in command.params if p.param_type_name == "option"}
+    assert options == set(recorded) | not_pixels, "classify the new mock option(s) here and record them"
+    failed = [option for option, check in recorded.items() if not check()]
+    assert not failed, failed
+    assert list(sets["first"].catalog["psf_beta"]) == [3.2, 3.2]  # and per galaxy in the catalogue
+    assert all(str(f).startswith(str(cube)) for f in sets["second"].catalog["file"])  # the inputs, per galaxy
+
+
+def test_option_beta_beats_the_catalogue_column(tmp_path):
+    """Documented order option > catalogue column: --psf-beta wins over psf_beta in --catalog."""
+    from astropy.table import Table
+
+    from morphllr.imageset import ImageSet
+
+    cube = write_skirt_cube(tmp_path / "c.fits")
+    Table({"id": ["c"], "psf_beta": [2.5]}).write(tmp_path / "cat.csv")
+    make_mock_set([cube], tmp_path / "a.h5", bands=["r"], zero_point=23.9, catalog=tmp_path / "cat.csv")
+    make_mock_set([cube], tmp_path / "b.h5", bands=["r"], zero_point=23.9, catalog=tmp_path / "cat.csv", psf_beta=4.0)
+    assert list(ImageSet.open(tmp_path / "a.h5").catalog["psf_beta"]) == [2.5]
+    assert list(ImageSet.open(tmp_path / "b.h5").catalog["psf_beta"]) == [4.0]
+    Table({"id": ["c"], "psf_beta": [0.5]}).write(tmp_path / "bad.csv")
+    with pytest.raises(MorphllrError, match=r"bad.csv: column psf_beta holds 0.5 in row 1 \(id c\)"):
+        make_mock_set([cube], tmp_path / "c.h5", bands=["r"], zero_point=23.9, catalog=tmp_path / "bad.csv")
+
+
+# --------------------------------------------------------------------------- --match takes the fits' PSF
+def _fitted_match_set(path, psf_record, columns=None, **record):
+    """An observed set whose Sérsic fits recorded ``psf_record`` (catalog.meta["sersic_fit"]["psf"])."""
+    from astropy.table import Table
+
+    from morphllr.imageset import write_imageset
+    from morphllr.preprocess import Preprocessing
+
+    table = Table({"id": ["o0", "o1", "o2"], "sky_sigma": [5.0, 5.0, 5.0], **(columns or {})})
+    table.meta["sersic_fit"] = {"psf": psf_record, "fit_size": 8, "channel": 0, "pixel_scale": 0.396, **record}
+    write_imageset(path, np.zeros((3, 1, 8, 8)), table, Preprocessing.preset("zanisi21"))
+    return path
+
+
+def test_match_uses_the_psf_the_fits_recorded(tmp_path):
+    """Matched mocks get the PSF the archetypes get: the fits' FWHM and beta (not psf_fwhm_arcsec / the default)."""
+    from morphllr.imageset import ImageSet
+
+    sim = write_sim_fits(tmp_path / "sim.fits", blob_sb(size=40, sigma_pix=4.0, cut=18.0))
+    beta35 = _fitted_match_set(tmp_path / "beta.h5", {"kind": "moffat", "fwhm_arcsec": 1.4, "fwhm_from": "--psf-fwhm",
+                                                      "beta": 3.5, "beta_from": "--psf-beta"},
+                               {"psf_fwhm_arcsec": [2.0, 2.0, 2.0], "sersic_psf_fwhm_arcsec": [1.2, 1.2, 1.2],
+                                "sersic_psf_beta": [3.5, 3.5, 3.5]})
+    make_mock_set([sim], tmp_path / "a.h5", match=beta35, seed=1)
+    with ImageSet.open(tmp_path / "a.h5") as s:
+        assert list(s.catalog["psf_fwhm_arcsec"]) == [1.2] and list(s.catalog["psf_beta"]) == [3.5]
+        settings = s.preprocessing["mock"]["psf_settings"]
+        assert "its Sérsic fits' PSF: moffat FWHM 1.4 arcsec, beta 3.5" in settings["match_psf"]
+    # fitted with --psf-fwhm and no column (an older fit-sersic's record too): no psf_fwhm_arcsec needed
+    old = _fitted_match_set(tmp_path / "old.h5", "moffat", psf_fwhm=1.3)
+    make_mock_set([sim], tmp_path / "b.h5", match=old, seed=1)
+    with ImageSet.open(tmp_path / "b.h5") as s:
+        assert list(s.catalog["psf_fwhm_arcsec"]) == [1.3] and list(s.catalog["psf_beta"]) == [4.765]
+    # a Gaussian fit gives Gaussian mocks (no beta); an option still beats the match
+    gauss = _fitted_match_set(tmp_path / "gauss.h5", {"kind": "gaussian", "fwhm_arcsec": 1.1, "fwhm_from": "--psf-fwhm"})
+    make_mock_set([sim], tmp_path / "c.h5", match=gauss, seed=1)
+    make_mock_set([sim], tmp_path / "d.h5", match=gauss, seed=1, psf_fwhm=1.5, psf="moffat")
+    with ImageSet.open(tmp_path / "c.h5") as c, ImageSet.open(tmp_path / "d.h5") as d:
+        assert list(c.catalog["psf_fwhm_arcsec"]) == [1.1] and np.isnan(c.catalog["psf_beta"]).all()
+        assert c.preprocessing["mock"]["psf_settings"]["kind"] == "gaussian"
+        assert list(d.catalog["psf_fwhm_arcsec"]) == [1.5] and list(d.catalog["psf_beta"]) == [4.765]
+
+
+def test_match_uses_the_fits_psf_image(tmp_path):
+    from morphllr.imageset import ImageSet
+    from morphllr.psf import make_psf, psf_image
+
+    pixels = psf_image(make_psf(1.4, "moffat", beta=3.0), 0.396, size=15, pixel_integrated=True)
+    record = {"kind": "image", "pixel_scale": 0.396,
+              "image": {"file": "star.fits", "sha256": "ab" * 32, "pixels_sha256": "cd" * 32, "shape": [15, 15],
+                        "pixels": pixels.tolist()}}
+    match = _fitted_match_set(tmp_path / "obs.h5", record, {"psf_fwhm_arcsec": [2.0, 2.0, 2.0]})
+    sim = write_sim_fits(tmp_path / "sim.fits", blob_sb(size=40, sigma_pix=4.0, cut=18.0))
+    np.save(tmp_path / "star.npy", pixels)
+    make_mock_set([sim], tmp_path / "a.h5", match=match, seed=1, sky_sigma=0.0, gain=None)
+    make_mock_set([sim], tmp_path / "b.h5", psf_image=tmp_path / "star.npy", seed=1, sky_sigma=0.0, gain=None)
+    with ImageSet.open(tmp_path / "a.h5") as a, ImageSet.open(tmp_path / "b.h5") as b:
+        assert np.array_equal(a.flux[:], b.flux[:]) and np.isnan(a.catalog["psf_fwhm_arcsec"]).all()
+        settings = a.preprocessing["mock"]["psf_settings"]
+        assert settings["kind"] == "image" and settings["image"]["file"] == "star.fits"
+        assert "pixels" not in settings["image"]
+    with pytest.raises(MorphllrError, match=r"--match .*obs.h5: its Sérsic fits used the PSF image star.fits sampled "
+                                            r"at 0.396 arcsec/pixel, but the mocks are drawn at 0.2"):
+        make_mock_set([sim], tmp_path / "c.h5", match=match, pixel_scale=0.2)
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_mocks_are_flux_and_refuse_a_jpeg_recipe(tmp_path, capsys):
+    from morphllr.cli import main
+    from morphllr.imageset import ImageSet, write_imageset
+    from morphllr.preprocess import Preprocessing
+
+    sim = write_sim_fits(tmp_path / "sim.fits", blob_sb(size=40, sigma_pix=4.0, cut=18.0))
+    make_mock_set([sim], tmp_path / "m.h5", seed=0)
+    assert ImageSet.open(tmp_path / "m.h5").preprocessing["input_kind"] == "flux"
+    write_imageset(tmp_path / "jpeg.h5", np.zeros((2, 1, 8, 8)), {"id": ["a", "b"]}, Preprocessing.preset("jpeg8bit"))
+    for argv, source in ((["--like", tmp_path / "jpeg.h5"], f"--like {tmp_path / 'jpeg.h5'}"),
+                         (["--preset", "gz2_linear"], "--preset gz2_linear")):
+        with pytest.raises(SystemExit) as stop:
+            main(["mock", str(sim), "--out", str(tmp_path / "x.h5"), *map(str, argv)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {source}: the recipe is for ")
+        assert "simulations are calibrated flux" in lines[0] and "flux set or model for --like" in lines[0]
+        assert not (tmp_path / "x.h5").exists()

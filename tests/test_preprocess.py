@@ -156,9 +156,19 @@ def test_nonfinite_pixels_masked_or_refused(zanisi):
         zanisi.replace(nonfinite="fail").cut(frame, source="gal.fits")
 
 
-def test_small_image_is_refused_with_its_name(zanisi):
-    with pytest.raises(MorphllrError, match=r"tiny.fits.*smaller than the 128x128 cutout"):
-        zanisi.cut(np.zeros((100, 140)), source="tiny.fits")
+def test_small_image_is_padded_unless_padding_would_dominate(zanisi):
+    """An image smaller than the cutout is an edge galaxy (sky-noise padding, flagged); refused only when more
+    than half the cutout would lie beyond it."""
+    rng = np.random.default_rng(0)
+    flux, info = zanisi.cut(rng.normal(0, 5, (100, 140)), source="small.fits")
+    assert flux.shape == (1, 128, 128) and info["edge_padded"] == pytest.approx(28 / 128)
+    assert info["zero_padded"] == 0 and info["outside"][:14].all() and not info["outside"][14:114].any()
+    assert flux[0][info["outside"]].std() == pytest.approx(5, rel=0.1)
+    with pytest.raises(MorphllrError, match=r"tiny.fits: 61% of the 128x128 cutout .* beyond the 50x140 image.*"
+                                            r"smaller cutout.*--edge refuse"):
+        zanisi.cut(rng.normal(0, 5, (50, 140)), source="tiny.fits")
+    # --edge refuse: no refusal here (the galaxy is dropped by prepare)
+    assert zanisi.replace(edge="refuse").cut(rng.normal(0, 5, (50, 140)), source="t")[1]["edge_padded"] > 0.5
 
 
 def test_resample_to_scale_conserves_flux():

@@ -199,3 +199,80 @@ def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_pa
         with_input_norm(cfg, "median", source, train_idx, seed=0)
     discrete = build_config("tiny", shape=source.shape, head="discretized_logistic_mixture")
     assert with_input_norm(discrete, "auto", source, train_idx, seed=0) == discrete
+
+
+def test_weight_average_is_the_ramped_ema_of_the_raw_weights_and_becomes_the_model(tmp_path):
+    """The averaged weights follow the stated recursion exactly, and the model file holds them."""
+    from morphllr.train import PixelCNNModule
+
+    module = PixelCNNModule(PRESETS["tiny"].to_dict(), weight_average=0.9)
+    module.net.train()
+    params = [p for p in module.net.parameters()]
+    expected = [p.detach().clone() for p in params]
+    rng = torch.Generator().manual_seed(1)
+
+    class _Trainer:  # global_step as Lightning exposes it after each optimizer step
+        sanity_checking = False
+        global_step = 0
+    trainer = _Trainer()
+    module.__dict__["_trainer"] = None
+    for step in range(1, 6):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=rng))
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = [e + (1 - decay) * (p.detach() - e) for e, p in zip(expected, params)]
+        type(module).global_step = property(lambda self, s=step: s)
+        module.on_train_batch_end(None, None, 0)
+    for e, a in zip(expected, module.averaged.parameters()):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+    assert not any(p.requires_grad for p in module.averaged.parameters())
+    del type(module).global_step  # the class attribute Lightning defines again below
+
+    # end to end: the model file holds the averaged weights; evaluate_raw adds the raw model in raw/
+    x = galaxies(16)
+    out = tmp_path / "m"
+    result = train_model(x, out, max_steps=12, val_fraction=0.25, weight_average=0.99, evaluate_raw=True, **FAST)
+    averaged, raw = load_model(out), load_model(out / "raw")
+    assert json.loads((out / "training.json").read_text())["weight_average"] == 0.99
+    assert "weight_average" not in raw.meta["extra"]["training"]
+    raw_steps = [row[0] for row in raw.meta["metrics"]["convergence"]["history"]]
+    assert raw_steps == [row[0] for row in averaged.meta["metrics"]["convergence"]["history"]] and raw_steps
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for name, value in averaged.net.state_dict().items():
+        torch.testing.assert_close(value, ckpt[f"averaged.{name}"])
+    assert any(not torch.equal(a, b) for a, b in zip(averaged.net.state_dict().values(), raw.net.state_dict().values()))
+    assert result.metrics["val_bits_per_dim"] == pytest.approx(_bpd(averaged, x[_val_rows(16, 0.25)]), abs=1e-4)
+    with pytest.raises(MorphllrError, match="--weight-average"):
+        train_model(x, tmp_path / "bad", max_steps=1, weight_average=1.0, **FAST)
+
+
+def _val_rows(n: int, fraction: float, seed: int = 0) -> np.ndarray:
+    return split_indices(n, fraction, seed)[1]
+
+
+def test_convergence_rule_on_constructed_histories():
+    from morphllr.train import convergence
+
+    flat = [[s, -2.0 - 0.5 * (1 - np.exp(-s / 20))] for s in range(10, 501, 10)]
+    still = [[s, -2.0 - 0.001 * s] for s in range(10, 501, 10)]
+    assert convergence(flat, tolerance=0.01)["converged"] is True
+    verdict = convergence(still, tolerance=0.01)
+    # best before step 400 is -2.4, best overall -2.5: improved by 0.1 in the last 20 %
+    assert verdict["converged"] is False and verdict["tail_improvement_bpd"] == pytest.approx(0.1)
+    assert convergence(still[:2])["converged"] is None  # too few validations to judge
+    worse_at_end = [[100, -3.0], [200, -3.2], [300, -3.1], [400, -3.0], [500, -2.9]]
+    verdict = convergence(worse_at_end, tolerance=0.01)
+    assert verdict["converged"] is True and verdict["tail_improvement_bpd"] == 0  # over-fitting is not "improving"
+    # the tail is measured on the run's steps: no validation inside it means no verdict
+    assert convergence(still[:30], tolerance=0.01, final_step=500)["converged"] is None
+
+
+def test_trained_model_records_its_validation_history_and_verdict(tmp_path):
+    x = galaxies(16)
+    out = tmp_path / "m"
+    train_model(x, out, max_steps=16, val_fraction=0.25, **FAST)  # 3 steps per epoch -> 6 validations
+    conv = load_model(out).meta["metrics"]["convergence"]
+    steps = [row[0] for row in conv["history"]]
+    assert steps == sorted(steps) and len(steps) == 5 and steps[-1] == 15
+    assert conv["converged"] in (True, False) and "rule" in conv

@@ -1,7 +1,7 @@
 """The shipped Galaxy Zoo 2 validation models (validation/models/) load and score real GZ2 JPEGs.
 
-The JPEGs go through ``validation/gz2.sh jpegs`` (the linearisation + recipe the models were
-trained with), so this also checks that a user can prepare their own cutouts like the models'
+The JPEGs go through ``morphllr prepare DIR --like validation/models/obs`` (the un-stretch + recipe the
+models were trained with), so this also checks that a user can prepare their own cutouts like the models'
 training data.  Uses held-out (validation-split) galaxies only.
 """
 
@@ -17,7 +17,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "validation" / "models"
-SCRIPT = REPO / "validation" / "gz2.sh"
 N_PER_CLASS = 6
 
 
@@ -33,7 +32,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def gz2_val_set(shared_data, tmp_path_factory) -> Path:
-    """A few held-out GZ2 JPEGs of each class, prepared with ``validation/gz2.sh jpegs``."""
+    """A few held-out GZ2 JPEGs of each class, prepared with ``morphllr prepare --like validation/models/obs``."""
     root = shared_data / "gz2_sdss_jpeg"
     split = REPO / "validation" / "split.csv"
     if not root.is_dir() or not split.is_file():
@@ -44,9 +43,8 @@ def gz2_val_set(shared_data, tmp_path_factory) -> Path:
         for r in [r for r in rows if r["label"] == label][:N_PER_CLASS]:
             (folder / Path(r["file"]).name).symlink_to(root / r["file"])
     out = folder.parent / "gz2_val.h5"
-    env = {"PY": sys.executable, "PATH": "/usr/bin:/bin", "RUN": str(folder.parent)}
-    proc = subprocess.run(["bash", str(SCRIPT), "jpegs", str(folder), str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "morphllr", "prepare", str(folder), "--like", str(MODELS / "obs"),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 

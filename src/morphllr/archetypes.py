@@ -35,11 +35,13 @@ from .atomic import claims
 from .errors import MorphllrError
 from .limits import MAX_FLUX, MAX_RE_CUTOUTS
 from .parallel import map_in_processes
-from .psf import PSF_FWHM_COLUMNS, first_column
+from .psf import first_column
 from .readers import numeric_column
+from .sersic_fit import GALSIM_N_RANGE
 
-#: GalSim's valid Sérsic range; indices outside are clipped (and flagged).
-GALSIM_N_RANGE = (0.3, 6.2)
+#: GalSim's valid Sérsic range (:data:`morphllr.sersic_fit.GALSIM_N_RANGE`); indices outside are
+#: clipped (and flagged: column ``sersic_n_clipped``, fit flag bit 32).
+GALSIM_N_RANGE = GALSIM_N_RANGE
 #: Indices accepted at all (beyond these a fit has failed: refuse with a message).
 N_ACCEPT = (0.05, 20.0)
 #: log-n spacing of the profile cache: 95 indices over 0.3-6.2, inside GalSim's own cache of
@@ -85,7 +87,8 @@ def _bad_rows(ids, bad: np.ndarray) -> str:
 
 
 def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: str = "catalogue",
-                        drop_bad: bool = False, cutout_side: int | None = None) -> tuple[ArchetypeParams, np.ndarray]:
+                        drop_bad: bool = False, cutout_side: int | None = None,
+                        drop_flagged: bool = False) -> tuple[ArchetypeParams, np.ndarray]:
     """Read and check archetype parameters from a catalogue.
 
     Values that would exhaust memory or crash GalSim (an R_e of many cutouts, an absurd
@@ -98,6 +101,8 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
         drop_bad: skip rows with unusable values instead of refusing.
         cutout_side: side of the flux cutouts in pixels; R_e may be at most
             :data:`morphllr.limits.MAX_RE_CUTOUTS` of them (None: no such bound).
+        drop_flagged: also skip rows whose fit is flagged (:func:`flagged_rows`: column
+            ``sersic_flag`` not 0, or an n GalSim cannot render); ``archetypes --drop-bad``.
 
     Returns:
         (params of the kept rows, boolean mask of kept rows over the catalogue).
@@ -140,6 +145,17 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
                 f"{where}: column {names[key]!r} has unusable values ({rules[key]}, got e.g. "
                 f"{float(v[~ok][0]):g}) for id(s) {_bad_rows(ids, ~ok)}; fix or refit them, or pass --drop-bad to skip them")
         keep &= ok
+    if drop_flagged:
+        flagged = flagged_rows(catalog, values["n"], where)
+        if keep.any() and not (keep & ~flagged).any():
+            unusable = int((~keep).sum())
+            raise MorphllrError(
+                f"{where}: --drop-flagged dropped all {len(ids)} galaxies: "
+                + (f"{unusable} for unusable parameters and " if unusable else "")
+                + f"{int(keep.sum())} for a flagged fit ({_flag_summary(catalog, values['n'], keep, where)}); drop "
+                f"--drop-flagged to render the flagged ones anyway (they are counted), or refit: "
+                f"`morphllr fit-sersic {where} ... --overwrite`")
+        keep &= ~flagged
     if not keep.any():
         raise MorphllrError(f"{where}: no row has usable Sérsic parameters; run `morphllr fit-sersic` first")
     n = values["n"][keep]
@@ -150,6 +166,47 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
         y0_pix=values["y0_pix"][keep] if "y0_pix" in values else None,
         n_clipped=(n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1]))
     return params, keep
+
+
+def _flag_summary(catalog, n: np.ndarray, rows: np.ndarray, where: str, flag_col: str = "sersic_flag") -> str:
+    """Why the usable ``rows`` are flagged, for messages: counts per fit flag bit and of n beyond GalSim's range."""
+    from .sersic_fit import FLAG_BITS
+
+    rows = np.asarray(rows, bool)
+    parts = []
+    if flag_col in catalog.colnames:
+        flags = numeric_column(catalog, flag_col, where)[rows]
+        flags = np.where(np.isfinite(flags), flags, 0).astype(np.int64)
+        for bit, text in FLAG_BITS.items():
+            count = int((flags & bit != 0).sum())
+            if count:
+                parts.append(f"{count} {flag_col} bit {bit} ({text})")
+    n = np.asarray(n, dtype=np.float64)[rows]
+    outside = int(((n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1])).sum())
+    if outside:
+        parts.append(f"{outside} n outside GalSim's {GALSIM_N_RANGE[0]:g}-{GALSIM_N_RANGE[1]:g}")
+    return ", ".join(parts)
+
+
+def flagged_rows(catalog, n: np.ndarray, where: str = "catalogue", flag_col: str = "sersic_flag") -> np.ndarray:
+    """Rows whose Sérsic fit is not trustworthy: flag not 0 (any bit of :data:`morphllr.sersic_fit.FLAG_BITS`,
+    incl. 16 R_e beyond the fitted window and 32 n at GalSim's bounds), or an n outside GalSim's range.
+
+    Args:
+        catalog: astropy Table.
+        n: the Sérsic indices used (NaN allowed).
+        where: file named in messages.
+        flag_col: the fit's flag column (absent: only the n rule applies).
+
+    Returns:
+        boolean (len(catalog),).
+    """
+    n = np.asarray(n, dtype=np.float64)
+    bad = (n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1])
+    if flag_col in catalog.colnames:
+        flags = numeric_column(catalog, flag_col, where)
+        bad |= np.isfinite(flags) & (flags != 0)
+    return bad
 
 
 # --------------------------------------------------------------------------- rendering
@@ -215,7 +272,8 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
 
     Args:
         profile: GalSim profile (from :func:`sersic_profile`).
-        psf: GalSim PSF profile.
+        psf: GalSim PSF profile (one from a PSF image is taken to include the pixel response:
+            the image is then sampled at pixel centres, not integrated).
         shape: (ny, nx) of the flux cutout.
         pixel_scale: arcsec per pixel.
         x0_pix, y0_pix: centre in 0-based array coordinates; None = the cutout centre.
@@ -227,15 +285,19 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
     import galsim
     from galsim.errors import GalSimFFTSizeWarning
 
+    from .psf import has_pixel_response
+
     ny, nx = shape
     # GalSim centres on the true image centre, (n - 1) / 2 in 0-based coordinates
     dx = 0.0 if x0_pix is None else float(x0_pix) - (nx - 1) / 2
     dy = 0.0 if y0_pix is None else float(y0_pix) - (ny - 1) / 2
     obj = galsim.Convolve(profile, psf) if psf is not None else profile
+    # a PSF image holds the pixel response already (as in mock and fit-sersic): sample, do not integrate again
+    method = "no_pixel" if psf is not None and has_pixel_response(psf) else "auto"
     with warnings.catch_warnings():
         # GalSim only warns before allocating an FFT beyond its maximum_fft_size (8192^2, 1.5 GB): stop there
         warnings.simplefilter("error", GalSimFFTSizeWarning)
-        img = obj.drawImage(nx=nx, ny=ny, scale=float(pixel_scale), offset=(dx, dy), method="auto")
+        img = obj.drawImage(nx=nx, ny=ny, scale=float(pixel_scale), offset=(dx, dy), method=method)
     return img.array.astype(np.float64)
 
 
@@ -289,6 +351,9 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     a margin of the PSF's radius, convolved with the PSF sampled on the same grid, and
     summed back to pixels (pixel integration).  Exact to the sampling for profiles that are
     smooth on the sub-pixel scale, which is what reaches this path (R_e many cutouts wide).
+    A PSF image holds the pixel response already (:func:`morphllr.psf.has_pixel_response`):
+    then the convolved image is sampled at the pixel centres (an odd ``oversample``, so one
+    sub-pixel sits on each centre) instead of integrated over the pixel a second time.
 
     Args:
         profile: GalSim profile (analytic in real space).
@@ -303,10 +368,11 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     """
     from scipy.signal import fftconvolve
 
-    from .psf import psf_image
+    from .psf import has_pixel_response, psf_image
 
     ny, nx = shape
-    k = int(oversample)
+    sample = psf is not None and has_pixel_response(psf)
+    k = int(oversample) | 1 if sample else int(oversample)  # odd when sampling: a sub-pixel on each pixel centre
     fine = float(pixel_scale) / k
     kernel = psf_image(psf, fine) if psf is not None else None
     pad = 0 if kernel is None else -(-(kernel.shape[0] // 2) // k)  # margin in pixels, rounded up
@@ -317,7 +383,9 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     samples = samples.astype(np.float64)
     if kernel is not None:
         samples = fftconvolve(samples, kernel, mode="same")
-    pixels = samples.reshape(ny + 2 * pad, k, nx + 2 * pad, k).sum(axis=(1, 3))
+    blocks = samples.reshape(ny + 2 * pad, k, nx + 2 * pad, k)
+    # flux per sub-pixel -> per pixel: summed (integrated), or the centre sub-pixel's value times k^2 (sampled)
+    pixels = blocks[:, k // 2, :, k // 2] * (k * k) if sample else blocks.sum(axis=(1, 3))
     return pixels[pad:pad + ny, pad:pad + nx]
 
 
@@ -485,7 +553,7 @@ def render_archetypes(params: ArchetypeParams, shape: tuple[int, int, int], pixe
 
 # --------------------------------------------------------------------------- whole sets
 def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=None, pixel_scale: float = 1.0,
-                     where: str = "catalogue"):
+                     where: str = "catalogue", psf_beta: float | None = None):
     """One PSF per galaxy from the options or the catalogue (``psf_fwhm_arcsec``, ``psf_beta``).
 
     Args:
@@ -495,17 +563,19 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
         psf_image: 2-D PSF image at ``pixel_scale`` for all galaxies (overrides both), or None.
         pixel_scale: arcsec per pixel.
         where: file name for messages.
+        psf_beta: Moffat index for all galaxies (None: column ``psf_beta``, else 4.765).
 
     Returns:
         a single GalSim PSF or a list with one per row (profiles shared between equal FWHMs).
     """
-    from .psf import make_psf, psf_from_image, psfs_from_catalog
+    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image, psfs_from_catalog
 
     if psf_image is not None:
         return psf_from_image(psf_image, pixel_scale)
-    if psf_fwhm is not None:
-        return make_psf(float(psf_fwhm), psf_kind)
-    return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE")
+    if psf_fwhm is not None and psf_beta is None and "psf_beta" not in catalog.colnames:
+        return make_psf(float(psf_fwhm), psf_kind, DEFAULT_MOFFAT_BETA)
+    return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE",
+                             fwhm=psf_fwhm, beta=psf_beta)
 
 
 def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts",
@@ -565,50 +635,152 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
     return arr
 
 
+def _same(values, value, rtol: float = 1e-3) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.isclose(values, float(value), rtol=rtol, atol=0)))
+
+
+def archetype_psfs(kept, fit_record: dict | None, pixel_scale: float, *, psf_fwhm: float | None = None,
+                   psf_beta: float | None = None, psf_kind: str | None = None, psf_image_path=None,
+                   where: str = "catalogue"):
+    """The archetypes' PSF: by default the one ``fit-sersic`` deconvolved, else the options / catalogue.
+
+    Observations and archetypes must share everything but morphology, so when the set
+    records the PSF of its fits (``catalog.meta["sersic_fit"]["psf"]`` and the columns
+    ``sersic_psf_fwhm_arcsec`` / ``sersic_psf_beta``), that PSF is used, and an explicit
+    option that disagrees with it is refused (a different PSF would show up in the LLR
+    as morphology); an option that agrees is accepted.
+
+    Args:
+        kept: catalogue rows rendered.
+        fit_record: the set's ``sersic_fit`` record, or None (parameters from elsewhere).
+        pixel_scale: arcsec per pixel of the flux cutouts.
+        psf_fwhm, psf_beta, psf_kind, psf_image_path: the options (None = not given).
+        where: file named in messages.
+
+    Returns:
+        (PSF(s) for :func:`render_archetypes`, per-row FWHM (N,), per-row beta (N,),
+        JSON-able record of the PSF used, without pixels).
+    """
+    from .psf import fit_psf_rows, load_psf_image, psf_from_image, psf_image_record, psf_parameters
+    from .sersic_fit import describe_psf
+
+    n = len(kept)
+    nan = np.full(n, np.nan)
+    fitted = fit_psf_rows(kept, fit_record, where)  # also rebuilds an older fit-sersic's record (a plain string)
+    pixels = load_psf_image(psf_image_path) if psf_image_path is not None else None
+    if fitted is None:  # parameters not from fit-sersic: options, then columns
+        kind = psf_kind or "moffat"
+        if pixels is not None:
+            record = {"kind": "image", "source": "--psf-image", "image": psf_image_record(psf_image_path, pixels,
+                                                                                          store_pixels=False)}
+            return psf_from_image(pixels, pixel_scale), nan, nan, record
+        fwhm, beta = psf_parameters(kept, kind, where, "pass --psf-fwhm ARCSEC or --psf-image FILE", psf_fwhm, psf_beta)
+        psfs = psfs_for_catalog(kept, psf_fwhm, kind, None, pixel_scale, where, psf_beta)
+        source = "options" if psf_fwhm is not None else "catalogue columns"
+        return psfs, fwhm, beta, {"kind": kind, "source": source, "fwhm_arcsec": float(fwhm[0]) if
+                                  _same(fwhm, fwhm[0]) else None, "beta": float(beta[0]) if kind == "moffat" and
+                                  _same(beta, beta[0]) else None}
+    kind = fitted.kind
+    used = describe_psf(fitted.record)
+    refit = f"`morphllr fit-sersic {where} ... --overwrite`"
+
+    def refuse(option: str, value) -> None:
+        raise MorphllrError(
+            f"{option} {value}: the Sérsic fits of {where} deconvolved {used}, and an archetype must be convolved with "
+            f"the PSF its fit used (observations and archetypes share everything but morphology); drop {option} to "
+            f"reuse the fit's PSF, or refit with that PSF: {refit}")
+
+    record = dict(fitted.record)
+    record["source"] = "fit-sersic record"
+    if kind in ("none", "image"):
+        for option, value in (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--psf", psf_kind)):
+            if value is not None:
+                refuse(option, value)
+        if pixels is not None and (kind == "none" or psf_image_record(psf_image_path, pixels, store_pixels=False)[
+                "pixels_sha256"] != record["image"].get("pixels_sha256")):
+            refuse("--psf-image", psf_image_path)
+        return fitted.profiles(pixel_scale), nan, nan, record
+    # a profile: per galaxy from the columns the fit wrote, else the record's values
+    if pixels is not None:
+        refuse("--psf-image", psf_image_path)
+    if psf_kind is not None and str(psf_kind).lower() != kind:
+        refuse("--psf", psf_kind)
+    if psf_fwhm is not None and not _same(fitted.fwhm, psf_fwhm):
+        refuse("--psf-fwhm", psf_fwhm)
+    if psf_beta is not None and (kind != "moffat" or not _same(fitted.beta, psf_beta)):
+        refuse("--psf-beta", psf_beta)
+    return fitted.profiles(pixel_scale), fitted.fwhm, fitted.beta, record
+
+
 @claims({"out": "--out"}, inputs=("set_path", "psf_image_path", "sky_patches_path"))  # before any rendering
-def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind: str = "moffat",
+def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind: str | None = None,
                        psf_image_path=None, sky_patches_path=None, columns: dict | None = None,
                        seed: int = 0, drop_bad: bool = False, overwrite: bool = False, workers: int = 1,
-                       progress=None) -> dict:
+                       progress=None, psf_beta: float | None = None, drop_flagged: bool = False) -> dict:
     """``morphllr archetypes``: render the archetype ImageSet of an observed ImageSet.
+
+    Everything that changes the pixels is recorded: file attribute ``archetypes`` (JSON) and
+    catalogue meta ``archetypes`` (observed set and its images' sha256, seed, PSF used and
+    where it came from, noise mode with the sky library's file and sha256 or the noise
+    columns, parameter columns, ``drop_bad`` and what it dropped), plus the observed set's
+    ``sersic_fit`` record and preprocessing.
 
     Args:
         set_path: observed ImageSet with ``/flux`` and Sérsic columns.
         out: output ``.h5``.
-        psf_fwhm: FWHM (arcsec) for every galaxy; None = catalogue column ``psf_fwhm_arcsec``.
-        psf_kind: ``moffat`` or ``gaussian``.
-        psf_image_path: FITS/npy PSF image at the set's pixel scale (overrides the FWHM).
+        psf_fwhm: FWHM (arcsec) for every galaxy; None = the PSF the fits recorded, else the
+            catalogue column ``psf_fwhm_arcsec``.  Refused when it differs from the fits' PSF.
+        psf_kind: ``moffat`` or ``gaussian``; None = the fits' (else moffat).
+        psf_image_path: FITS/npy PSF image at the set's pixel scale (the image of a point
+            source: pixel response included); refused when the fits used another PSF.
         sky_patches_path: real empty-sky cutouts (else matched Gaussian/Poisson noise).
         columns: catalogue column names overriding :data:`DEFAULT_COLUMNS`.
         seed: random seed.
-        drop_bad: skip galaxies with unusable parameters instead of refusing.
+        drop_bad: skip galaxies with unusable parameters (NaN, non-positive R_e or flux, ...)
+            instead of refusing.
+        drop_flagged: also skip galaxies whose fit is flagged (:func:`flagged_rows`) instead of
+            rendering them (they are counted and warned about).  Off by default so that an
+            archetype set made before the flags existed is reproduced (the shipped GZ2 p_arch was
+            trained on the archetypes of every usable fit).
         overwrite: replace ``out``.
         workers: processes used for rendering.
         progress: optional callable(n_done).
+        psf_beta: Moffat index for every galaxy (same rules as ``psf_fwhm``).
 
     Returns:
-        summary dict (n, n_dropped, n_clipped, noise mode, out path).
+        summary dict (n, n_dropped, n_dropped_flagged, n_flagged, n_clipped, noise mode, psf, out path).
     """
     from .imageset import ImageSet, write_flux_set
+    from .psf import file_sha256
 
     s = ImageSet.open(set_path)
     where = str(set_path)
     if s.flux is None:
         raise MorphllrError(f"{where}: has no /flux cutouts to match; prepare it again keeping the flux cutouts")
     catalog = s.catalog
-    params, keep = params_from_catalog(catalog, columns, where, drop_bad, cutout_side=max(s.flux.shape[2:]))
+    names = dict(DEFAULT_COLUMNS)
+    names.update(columns or {})
+    params, keep = params_from_catalog(catalog, columns, where, drop_bad or drop_flagged,
+                                       cutout_side=max(s.flux.shape[2:]), drop_flagged=drop_flagged)
+    n_values = numeric_column(catalog, names["n"], where)
+    flagged = flagged_rows(catalog, n_values, where)
+    _, usable = params_from_catalog(catalog, columns, where, True, cutout_side=max(s.flux.shape[2:]))
     prep = s.preprocessing
     pixel_scale = prep.get("pixel_scale") or first_column(catalog, ("pixel_scale",), where)
     if pixel_scale is None:
         raise MorphllrError(f"{where}: the set records no pixel_scale; prepare it with a preset that sets pixel_scale")
     pixel_scale = float(np.ravel(pixel_scale)[0])
     kept = catalog[keep]
-    psf_image = _load_psf_image(psf_image_path) if psf_image_path else None
-    psfs = psfs_for_catalog(kept, psf_fwhm, psf_kind, psf_image, pixel_scale, where)
+    # the fits' record describes the sersic_* columns: it applies when those are the parameters used
+    fit_record = catalog.meta.get("sersic_fit") if all(names[k] == v for k, v in DEFAULT_COLUMNS.items()) else None
+    psfs, fwhm, beta, psf_used = archetype_psfs(kept, fit_record, pixel_scale, psf_fwhm=psf_fwhm, psf_beta=psf_beta,
+                                                psf_kind=psf_kind, psf_image_path=psf_image_path, where=where)
     if s.flux.shape[1] > 1:
         fitted_channel = int((catalog.meta.get("sersic_fit") or {}).get("channel", 0))
         params.band_scale = band_flux_ratios(s, np.flatnonzero(keep), fitted_channel)
     noise = NoiseModel()
+    noise_record: dict = {}
     if sky_patches_path:
         noise.sky_patches = load_sky_patches(sky_patches_path)
         hp, wp = noise.sky_patches.shape[2:]
@@ -619,20 +791,54 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
         if noise.sky_patches.shape[1] != s.flux.shape[1]:
             raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but "
                                 f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
+        from pathlib import Path
+
+        from .skypatches import patches_sha256
+
+        noise_record = {"mode": "sky patches", "sky_patches": {  # sha256 of the patches as mock and synth record it
+            "file": Path(sky_patches_path).name, "path": str(Path(sky_patches_path).resolve()),
+            "sha256": patches_sha256(noise.sky_patches), "file_sha256": file_sha256(sky_patches_path),
+            "n_patches": int(len(noise.sky_patches)), "shape": [int(v) for v in noise.sky_patches.shape[1:]]}}
     else:
         sigma = first_column(kept, ("sky_sigma",), where)
         if sigma is None or not np.all(np.isfinite(sigma) & (sigma >= 0)):
             raise MorphllrError(f"{where}: no usable `sky_sigma` column to match the noise; prepare the set with "
                                 "segmentation (it measures sky_sigma) or pass --sky-patches FILE")
         noise.sky_sigma = sigma
+        noise_record = {"mode": "gaussian", "sky_sigma_from": "column sky_sigma",
+                        "sky_sigma_median": float(np.median(sigma))}
     noise.gain = first_column(kept, ("gain",), where)
+    noise_record["poisson"] = noise.gain is not None
+    noise_record["gain_from"] = "column gain" if noise.gain is not None else None
+    n_dropped_flagged = int((usable & flagged).sum()) if drop_flagged else 0
+    attrs = s.attrs
+    record = {
+        "of": str(set_path), "of_images_sha256": attrs.get("images_sha256"), "seed": int(seed), "psf": psf_used,
+        "noise": noise_record, "columns": names, "drop_bad": bool(drop_bad), "drop_flagged": bool(drop_flagged),
+        "n_dropped": int((~keep).sum()),
+        "n_dropped_flagged": n_dropped_flagged, "n_flagged_rendered": int((flagged & keep).sum()),
+        "n_clipped": int(params.n_clipped.sum()), "pixel_scale": pixel_scale,
+        "fitted_channel": int((catalog.meta.get("sersic_fit") or {}).get("channel", 0)),
+        "band_scaling": s.flux.shape[1] > 1}
     flux = _LazyArchetypes(params, tuple(s.flux.shape[1:]), pixel_scale, psfs, noise, seed, workers, progress)
-    table = _archetype_table(kept, params, psf_fwhm, noise)
+    table = _archetype_table(kept, params, fwhm, beta, noise)
+    if fit_record is not None:
+        table.meta["sersic_fit"] = fit_record
+    table.meta["archetypes"] = record
     write_flux_set(out, flux, table, prep, overwrite=overwrite, batch_size=_LazyArchetypes.BATCH,
-                   attrs={"archetypes_of": str(set_path), "archetype_seed": int(seed)})
-    return {"n": len(params), "n_dropped": int((~keep).sum()), "n_clipped": int(params.n_clipped.sum()),
+                   attrs={"archetypes_of": str(set_path), "archetype_seed": int(seed), "archetypes": record})
+    return {"n": len(params), "n_dropped": int((~keep).sum()), "n_dropped_flagged": n_dropped_flagged,
+            "n_flagged": int((flagged & keep).sum()), "n_clipped": int(params.n_clipped.sum()),
             "noise": "sky patches" if sky_patches_path else "gaussian" + ("+poisson" if noise.gain is not None else ""),
-            "out": str(out)}
+            "psf": describe_psf_used(psf_used), "out": str(out)}
+
+
+def describe_psf_used(record: dict) -> str:
+    """One line for the PSF record of :func:`archetype_psfs`."""
+    from .sersic_fit import describe_psf
+
+    text = describe_psf(record) if record.get("kind") != "image" else f"PSF image {record['image'].get('file')}"
+    return f"{text} ({record.get('source')})"
 
 
 def band_flux_ratios(imageset, rows: np.ndarray, reference: int) -> np.ndarray:
@@ -688,7 +894,7 @@ class _LazyArchetypes:
                                  self.workers, report, start=start, stop=stop)
 
 
-def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel):
+def _archetype_table(kept, params: ArchetypeParams, fwhm: np.ndarray, beta: np.ndarray, noise: NoiseModel):
     from astropy.table import Table
 
     table = Table()
@@ -702,9 +908,12 @@ def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel)
     if params.x0_pix is not None:
         table["sersic_x0_pix"] = params.x0_pix
         table["sersic_y0_pix"] = params.y0_pix
-    fwhm = first_column(kept, PSF_FWHM_COLUMNS)
-    if psf_fwhm is not None or fwhm is not None:
-        table["psf_fwhm_arcsec"] = np.full(len(params), float(psf_fwhm)) if psf_fwhm is not None else fwhm
+    if "sersic_flag" in kept.colnames:
+        table["sersic_flag"] = np.asarray(kept["sersic_flag"])
+    if np.isfinite(fwhm).any():  # the PSF each archetype was convolved with
+        table["psf_fwhm_arcsec"] = fwhm
+        if np.isfinite(beta).any():
+            table["psf_beta"] = beta
     if noise.gain is not None:
         table["gain"] = noise.gain
     table["archetype"] = np.ones(len(params), bool)
@@ -712,16 +921,7 @@ def _archetype_table(kept, params: ArchetypeParams, psf_fwhm, noise: NoiseModel)
 
 
 def _load_psf_image(path) -> np.ndarray:
-    from pathlib import Path
+    """The one PSF-image reader, :func:`morphllr.psf.load_psf_image` (kept for older callers)."""
+    from .psf import load_psf_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise MorphllrError(f"--psf-image {path}: file not found")
-    if path.suffix.lower() == ".npy":
-        return np.load(path)
-    from astropy.io import fits
-
-    try:
-        return np.asarray(fits.getdata(path), dtype=np.float64)
-    except OSError as exc:
-        raise MorphllrError(f"--psf-image {path}: not a readable FITS image ({exc})") from None
+    return load_psf_image(path)

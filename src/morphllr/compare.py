@@ -11,6 +11,26 @@ Each image's LLR is also split into its empty-sky pixels and the rest (columns
 ``summary["sets"][name]["sky"]``): the background cancels in the ratio only when a set
 shares sky, PSF and noise with the training data, and this split shows whether it did.
 
+**Masked pixels** (an ImageSet's ``/mask_model``, 1 = excluded: user-masked or beyond the image
+edge; they hold sky noise in ``/images``): the PixelCNN's later conditionals still see them as
+context, so the images are scored unchanged, but their own terms are dropped from every per-image
+sum: ``llr`` = sum over the unmasked pixels of (log p_obs map - log p_arch map), and likewise
+``logp_obs``, ``logp_arch``, ``llr_segmap``, the sky split, the rotation-averaged LLR (the mask is
+rotated with the image) and the domain statistics.  Columns ``n_masked_pixels``,
+``masked_share`` (of the H x W model pixels) and ``llr_per_pixel`` (``llr`` / unmasked pixels);
+``bpd_obs`` / ``bpd_arch`` are per unmasked dimension; per set ``masked_share`` (mean) and
+``mean_llr_per_pixel``.  Sets with different masked shares sum different numbers of terms: a note
+says so, and a set whose mean masked share differs from the reference's by more than
+:data:`MASKED_SHARE_TOLERANCE` gets a warning.  Masked pixels are NaN in the maps written
+(``maps.h5``, gallery figures) and left out of the mean map and radial profiles.
+
+Every comparison is also checked against what the models saw in training (:mod:`morphllr.domain`,
+:func:`guards`): ``summary["warnings"]`` (always a list) and ``summary["sets"][name]["warnings"]``
+name sets outside the models' recorded domain (sky bits/dim, whole-image bits/dim, galaxy
+sizes), sets of fewer than 30 images, a reference with mean LLR <= 0, models of different
+recipes and models that had not converged; ``summary["provenance"]`` says what each model
+was trained on.
+
 Outputs in ``out`` (written atomically): ``scores.csv`` / ``scores.parquet`` (one row per
 image), ``summary.json`` (per set: n, mean, interval, ΔLLR vs the reference, AUROC, KS,
 sky split, mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
@@ -46,7 +66,9 @@ RE_PIX_COLUMNS = ("sersic_re_pix", "re_pix")
 #: Radial-profile bins: in units of the half-light radius, or in model pixels as fallback.
 PROFILE_RE_EDGES = np.linspace(0.0, 4.0, 17)
 SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "llr_sky", "llr_rest", "n_sky_pixels",
-                 "llr_sky_per_pixel", "bpd_obs", "bpd_arch")
+                 "llr_sky_per_pixel", "bpd_obs", "bpd_arch", "n_masked_pixels", "masked_share", "llr_per_pixel")
+#: a set whose mean masked share differs from the reference's by more than this gets a warning
+MASKED_SHARE_TOLERANCE = 0.05
 OUTLIER_QUANTILE = 0.0015  # the paper's outliers: below the reference's 0.15th percentile
 
 
@@ -63,6 +85,8 @@ class OpenedSet:
         segmap: lazy ``(N, H, W)`` central-source mask or None.
         flux_segmap: lazy ``(N, Hf, Wf)`` segmentation on the flux-cutout grid (``/segmap``:
             0 sky, 1 central source, >1 companions) or None.
+        mask: lazy ``(N, H, W)`` excluded pixels on the model grid (``/mask_model``, 1 = excluded)
+            or None: their own terms are dropped from the sums (:func:`excluded_pixels`).
     """
 
     name: str
@@ -71,6 +95,7 @@ class OpenedSet:
     catalog: Any = None
     segmap: Any = None
     flux_segmap: Any = None
+    mask: Any = None
 
     def __getstate__(self) -> dict:
         # h5py datasets cannot be pickled: a scoring process (morphllr.distributed) reopens them from the source
@@ -81,6 +106,30 @@ class OpenedSet:
         self.catalog = getattr(self.source, "catalog", None)
         self.segmap = getattr(self.source, "segmap_model", None)
         self.flux_segmap = getattr(self.source, "segmap", None)
+        self.mask = model_grid_mask(self.source, self.name)
+
+
+def model_grid_mask(source: Any, name: str | None = None) -> Any:
+    """The source's ``/mask_model`` (lazy ``(N, H, W)``, 1 = excluded pixel) or None; refused when misshapen."""
+    mask = getattr(source, "mask_model", None)
+    if mask is None:
+        return None
+    n, _, h, w = source.shape
+    if tuple(mask.shape) != (n, h, w):
+        raise MorphllrError(f"{name or source.name}: /mask_model has shape {tuple(mask.shape)} but the images are "
+                            f"{n} x {h}x{w}; rebuild the set with `morphllr prepare`")
+    return mask
+
+
+def excluded_pixels(mask: Any, start: int | None = None, stop: int | None = None, rows: Any = None) -> np.ndarray | None:
+    """bool ``(B, H, W)`` masked pixels of images ``start:stop`` (or sorted ``rows``), or None without a mask."""
+    if mask is None:
+        return None
+    if rows is not None:
+        from .domain import _rows
+
+        return _rows(mask, np.asarray(rows)) != 0
+    return np.asarray(mask[start:stop]) != 0
 
 
 @dataclass
@@ -91,8 +140,9 @@ class SetResult:
         name: set label.
         scores: column -> per-image array (``logp_obs``, ``logp_arch``, ``llr``,
             ``llr_segmap``, ``llr_sky``, ``llr_rest``, ``n_sky_pixels``, ``llr_sky_per_pixel``,
-            ``bpd_obs``, ``bpd_arch`` and ``llr_rot`` with rotations); see :class:`_SkyMasks`
-            for the sky split.
+            ``bpd_obs``, ``bpd_arch``, ``n_masked_pixels``, ``masked_share``, ``llr_per_pixel``
+            and ``llr_rot`` with rotations); see :class:`_SkyMasks` for the sky split; sums run
+            over the unmasked pixels only.
         ids: per-image identifiers (catalogue ``id`` or the index).
         catalog: the set's catalogue (astropy Table) or None.
         mean_map: mean pixel LLR map after centring each galaxy, ``(H, W)``.
@@ -106,6 +156,11 @@ class SetResult:
             under every member (``scores["logp_obs"]`` is the mean over the obs members);
             LLR_ij = member_logp["obs"][i] - member_logp["arch"][j].
         groups: per-image label of the object it shows (``group_col``), or None.
+        domain_values: what the domain guards judge (:mod:`morphllr.domain`): ``sky_logp``
+            ``{"obs": (K_obs, N), "arch": (K_arch, N)}`` every member's log p summed over the
+            empty-sky pixels (NaN without a mask), ``area`` (N,) central-source areas and
+            ``n_valid`` (N,) unmasked model pixels.
+        warnings: this set's warnings (``summary["sets"][name]["warnings"]``).
     """
 
     name: str
@@ -120,6 +175,8 @@ class SetResult:
     sky_mask: str | None = None
     member_logp: dict[str, np.ndarray] = field(default_factory=dict)
     groups: np.ndarray | None = None
+    domain_values: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def llr(self) -> np.ndarray:
@@ -315,7 +372,8 @@ def _open_set(name: str, spec: Any) -> OpenedSet:
     if catalog is not None and len(catalog) != len(source):
         raise MorphllrError(f"set {name}={label}: catalogue has {len(catalog)} rows for {len(source)} images; "
                             "rebuild the set with `morphllr prepare`")
-    return OpenedSet(name=name, label=label, source=source, catalog=catalog, segmap=segmap, flux_segmap=flux_segmap)
+    return OpenedSet(name=name, label=label, source=source, catalog=catalog, segmap=segmap, flux_segmap=flux_segmap,
+                     mask=model_grid_mask(source, f"set {name}={label}"))
 
 
 def _check_set(s: OpenedSet, obs) -> None:
@@ -385,14 +443,30 @@ class _Scorer:
         self.seconds = 0.0
         self.threads = threads  # CPU threads of this process (None: automatic)
 
-    def maps_and_sums(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The members' mean map ``(B, H, W)`` float32 and each member's per-image log p ``(K, B)`` float64."""
+    def maps_and_sums(self, batch: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The members' mean map ``(B, H, W)`` float32 and each member's per-image log p ``(K, B)`` float64
+        (summed over the ``keep`` pixels, bool ``(B, H, W)``; None: all)."""
+        return self.maps_sums_sky(batch, None, keep)[:2]
+
+    def maps_sums_sky(self, batch: np.ndarray, sky: np.ndarray | None,
+                      keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`maps_and_sums` plus each member's log p summed over the ``sky`` pixels ``(K, B)`` (NaN: no mask).
+
+        ``keep`` (bool ``(B, H, W)`` or None): the pixels whose terms are summed; the maps are of
+        the whole image (masked pixels stay context for the later conditionals).
+        """
         start = time.perf_counter()
         total = None
         sums = np.empty((len(self.side), len(batch)))
+        sky_sums = np.full((len(self.side), len(batch)), np.nan)
         for k, member in enumerate(self.side.members):
             maps = _log_prob_maps(member, batch, self.threads)
-            sums[k] = maps.sum(axis=(1, 2), dtype=np.float64)
+            if keep is None:
+                sums[k] = maps.sum(axis=(1, 2), dtype=np.float64)
+            else:  # float32 zeros: with nothing masked the sum is bit-identical to the unmasked one
+                sums[k] = np.where(keep, maps, np.float32(0)).sum(axis=(1, 2), dtype=np.float64)
+            if sky is not None:  # per member: each is judged against its own training record (domain.py)
+                sky_sums[k] = np.where(sky, maps.astype(np.float64), 0.0).sum(axis=(1, 2))
             if len(self.side) == 1:
                 total = maps
             elif total is None:
@@ -401,7 +475,7 @@ class _Scorer:
                 total += maps
         self.seconds += time.perf_counter() - start
         mean = total if len(self.side) == 1 else (total / len(self.side)).astype(np.float32)
-        return mean, sums
+        return mean, sums, sky_sums
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.maps_and_sums(batch)[0]
@@ -451,6 +525,16 @@ def _rotate(batch: np.ndarray, draws: np.ndarray, discrete: bool) -> np.ndarray:
     return rotate_continuous(x, torch.from_numpy(np.asarray(draws, dtype=np.float32))).numpy()
 
 
+def _rotate_mask(excluded: np.ndarray, draws: np.ndarray, discrete: bool) -> np.ndarray:
+    """bool ``(B, H, W)`` masked pixels turned exactly as :func:`_rotate` turns their images.
+
+    Quarter turns are exact; an arbitrary angle resamples the 0/1 mask with the images'
+    interpolation and reflected edges, and a rotated pixel is masked when at least half of it is.
+    """
+    turned = _rotate(excluded[:, None].astype(np.float32), draws, discrete)[:, 0]
+    return turned >= 0.5
+
+
 # --------------------------------------------------------------------------- accumulators
 def _centroids(images: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
     """(B, 2) light-weighted centre (y, x) of each galaxy, from its mask if there is one."""
@@ -485,7 +569,12 @@ class _MapAccumulator:
         self.re_count = np.zeros(n_re)
         self._yy, self._xx = np.mgrid[0:h, 0:w]
 
-    def add(self, llr_maps: np.ndarray, centres: np.ndarray, re_model: np.ndarray | None) -> None:
+    def add(self, llr_maps: np.ndarray, centres: np.ndarray, re_model: np.ndarray | None,
+            keep: np.ndarray | None = None) -> None:
+        """Add a batch of LLR maps; ``keep`` (bool, like the maps): only those pixels count (None: all)."""
+        if keep is not None:
+            self._add_kept(llr_maps, centres, re_model, keep)
+            return
         h, w = self.h, self.w
         shifts = np.rint(np.array([(h - 1) / 2, (w - 1) / 2]) - centres).astype(int)
         shifts = np.clip(shifts, [-(h // 4), -(w // 4)], [h // 4, w // 4])  # never trust a wild centroid
@@ -506,6 +595,31 @@ class _MapAccumulator:
                 kb = np.searchsorted(PROFILE_RE_EDGES, x, side="right") - 1
                 inside = (kb >= 0) & (kb < len(self.re_sum))
                 self.re_sum += np.bincount(kb[inside], llr_maps[ok][inside], len(self.re_sum))
+                self.re_count += np.bincount(kb[inside], minlength=len(self.re_sum))
+
+    def _add_kept(self, llr_maps: np.ndarray, centres: np.ndarray, re_model: np.ndarray | None,
+                  keep: np.ndarray) -> None:
+        """:meth:`add` counting only the ``keep`` pixels (masked pixels: neither sum nor count)."""
+        h, w = self.h, self.w
+        values = np.where(keep, llr_maps, 0.0)
+        shifts = np.rint(np.array([(h - 1) / 2, (w - 1) / 2]) - centres).astype(int)
+        shifts = np.clip(shifts, [-(h // 4), -(w // 4)], [h // 4, w // 4])
+        for m, ok, (dy, dx) in zip(values, keep, shifts):
+            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+            self.sum[yd, xd] += m[ys, xs]
+            self.count[yd, xd] += ok[ys, xs]
+        r = np.hypot(self._yy[None] - centres[:, 0, None, None], self._xx[None] - centres[:, 1, None, None])
+        k = np.minimum(r.astype(int), self.n_pix_bins - 1)
+        self.pix_sum += np.bincount(k[keep], values[keep], self.n_pix_bins)
+        self.pix_count += np.bincount(k[keep], minlength=self.n_pix_bins)
+        if self.with_re and re_model is not None:
+            ok = np.isfinite(re_model) & (re_model > 0)
+            if ok.any():
+                x = r[ok] / re_model[ok, None, None]
+                kb = np.searchsorted(PROFILE_RE_EDGES, x, side="right") - 1
+                inside = (kb >= 0) & (kb < len(self.re_sum)) & keep[ok]
+                self.re_sum += np.bincount(kb[inside], values[ok][inside], len(self.re_sum))
                 self.re_count += np.bincount(kb[inside], minlength=len(self.re_sum))
 
     def set_totals(self, flat: np.ndarray) -> None:
@@ -535,6 +649,7 @@ class _MapsWriter:
             self.fh = h5py.File(path, "w")
             self.fh.attrs["format"] = "morphllr.maps"
             self.fh.attrs["units"] = "nats per pixel"
+            self.fh.attrs["masked_pixels"] = "NaN (the set's /mask_model: their terms are not in the sums)"
 
     def start(self, name: str, n: int, h: int, w: int) -> None:
         if self.fh is None:
@@ -567,7 +682,8 @@ class _SkyMasks:
     training data, so each image's LLR is split into its empty-sky pixels and the rest.
     Preferred source: ``/segmap`` (flux grid) through the set's crop and zoom
     (:func:`morphllr.segmentation.model_sky_mask`); fallback ``/segmap_model == 0``, where
-    companions and stars count as sky; with neither, ``kind`` is None.
+    companions and stars count as sky; with neither, ``kind`` is None.  Masked pixels
+    (``/mask_model``) are never sky: their terms are in no sum.
 
     Attributes:
         kind: ``"segmap"``, ``"segmap_model"`` or None.
@@ -613,11 +729,30 @@ class _SkyMasks:
         """bool ``(B, H, W)`` empty-sky mask of images ``start:stop`` (None without a mask)."""
         from .segmentation import model_sky_mask
 
+        sky = None
         if self.kind == "segmap":
-            return model_sky_mask(np.asarray(self._set.flux_segmap[start:stop]), self._prep)
-        if self.kind == "segmap_model":
-            return np.asarray(self._set.segmap[start:stop]) == 0
-        return None
+            sky = model_sky_mask(np.asarray(self._set.flux_segmap[start:stop]), self._prep)
+        elif self.kind == "segmap_model":
+            sky = np.asarray(self._set.segmap[start:stop]) == 0
+        return self._unmasked(sky, excluded_pixels(self._set.mask, start, stop))
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The same mask for sorted, not necessarily contiguous ``rows`` (a training set's validation split)."""
+        from .domain import _rows
+        from .segmentation import model_sky_mask
+
+        sky = None
+        if self.kind == "segmap":
+            sky = model_sky_mask(_rows(self._set.flux_segmap, rows), self._prep)
+        elif self.kind == "segmap_model":
+            sky = _rows(self._set.segmap, rows) == 0
+        return self._unmasked(sky, excluded_pixels(self._set.mask, rows=rows))
+
+    @staticmethod
+    def _unmasked(sky: np.ndarray | None, excluded: np.ndarray | None) -> np.ndarray | None:
+        if sky is None or excluded is None:
+            return sky
+        return np.asarray(sky, bool) & ~excluded
 
 
 def _split_sky(out: dict[str, np.ndarray], start: int, stop: int, map_obs: np.ndarray, map_arch: np.ndarray,
@@ -655,7 +790,7 @@ def _re_model_pixels(s: OpenedSet, prep: dict) -> tuple[np.ndarray | None, str |
 
 
 #: per-image numbers of one set, gathered from every process in input order
-_PER_IMAGE = ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels")
+_PER_IMAGE = ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels", "n_masked_pixels")
 
 
 def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, rotations: int,
@@ -672,12 +807,13 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
 
     ctx = ctx or Context()
     n, c, h, w = s.source.shape
-    n_dims = c * h * w
     mine = ctx.shard(n, batch_size)
     m = mine.stop - mine.start
     out = {key: np.empty(m) for key in _PER_IMAGE}
     obs_scorer, arch_scorer = scorers
-    members = {"obs": np.empty((len(obs_scorer.side), m)), "arch": np.empty((len(arch_scorer.side), m))}
+    members = {"obs": np.empty((len(obs_scorer.side), m)), "arch": np.empty((len(arch_scorer.side), m)),
+               "obs_sky": np.empty((len(obs_scorer.side), m)), "arch_sky": np.empty((len(arch_scorer.side), m))}
+    out["central_area"] = np.empty(m)  # the domain guard's galaxy size (domain.py)
     if rotations:
         out["llr_rot"] = np.empty(m)
     re_model, re_note = _re_model_pixels(s, prep)
@@ -697,29 +833,44 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
             stop = start + len(batch)
             i0, i1 = start - mine.start, stop - mine.start  # positions in this shard's arrays
             check_batch(batch, f"set {s.name}={s.label}", head, start)  # names the user's file, not "array"
-            (map_obs, sums_obs), (map_arch, sums_arch) = obs_scorer.maps_and_sums(batch), \
-                arch_scorer.maps_and_sums(batch)
+            sky = sky_masks.read(start, stop)  # masked pixels are never sky
+            # masked pixels (sky noise) stay in the images as context; their own terms leave every sum
+            excluded = excluded_pixels(s.mask, start, stop)
+            keep = None if excluded is None else ~excluded
+            (map_obs, sums_obs, sky_obs), (map_arch, sums_arch, sky_arch) = \
+                obs_scorer.maps_sums_sky(batch, sky, keep), arch_scorer.maps_sums_sky(batch, sky, keep)
             llr_map = map_obs - map_arch  # members' mean maps: the mean over pairs of the per-pixel LLR
+            out["n_masked_pixels"][i0:i1] = 0 if excluded is None else excluded.sum(axis=(1, 2))
             members["obs"][:, i0:i1] = sums_obs
             members["arch"][:, i0:i1] = sums_arch
+            members["obs_sky"][:, i0:i1] = sky_obs
+            members["arch_sky"][:, i0:i1] = sky_arch
             out["logp_obs"][i0:i1] = sums_obs.mean(axis=0)
             out["logp_arch"][i0:i1] = sums_arch.mean(axis=0)
             masks = None
             if s.segmap is not None:
                 masks = np.asarray(s.segmap[start:stop]) == 1
-                out["llr_segmap"][i0:i1] = np.where(masks, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
+                central = masks if keep is None else masks & keep
+                out["llr_segmap"][i0:i1] = np.where(central, llr_map, 0.0).sum(axis=(1, 2), dtype=np.float64)
+                out["central_area"][i0:i1] = masks.sum(axis=(1, 2))  # the galaxy's size, masked pixels included
             else:
                 out["llr_segmap"][i0:i1] = np.nan
-            _split_sky(out, i0, i1, map_obs, map_arch, sky_masks.read(start, stop))
+                out["central_area"][i0:i1] = np.nan
+            _split_sky(out, i0, i1, map_obs, map_arch, sky)
             if rotations:
                 draws = _rotation_draws(rng_seed, set_index, start, stop, rotations, discrete)
                 total = np.zeros(len(batch))
                 for k in range(rotations):
                     turned = _rotate(batch, draws[k], discrete)
-                    total += (obs_scorer(turned) - arch_scorer(turned)).sum(axis=(1, 2), dtype=np.float64)
+                    turned_llr = obs_scorer(turned) - arch_scorer(turned)
+                    if excluded is not None:  # the mask turns with its image
+                        turned_llr = np.where(_rotate_mask(excluded, draws[k], discrete), np.float32(0), turned_llr)
+                    total += turned_llr.sum(axis=(1, 2), dtype=np.float64)
                 out["llr_rot"][i0:i1] = total / rotations
-            acc.add(llr_map, _centroids(batch, masks), None if re_model is None else re_model[start:stop])
+            acc.add(llr_map, _centroids(batch, masks), None if re_model is None else re_model[start:stop], keep)
             pair = np.stack([map_obs, map_arch], axis=1)  # (B, 2, H, W)
+            if excluded is not None:  # masked pixels are NaN in maps.h5
+                pair = np.where(excluded[:, None], np.float32(np.nan), pair)
         else:
             pair = np.empty((0, 2, h, w), np.float32)
         if not gather_maps:  # the same on every rank: every rank makes the same collectives
@@ -732,7 +883,8 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
                     maps_writer.write(s.name, ctx.batch_start(n, batch_size, rank, step), part[:, 0], part[:, 1])
                     advance(len(part))
     keys = list(out)
-    rows = np.vstack([out[k][None] for k in keys] + [members["obs"], members["arch"]])  # (columns, shard)
+    member_keys = ("obs", "arch", "obs_sky", "arch_sky")
+    rows = np.vstack([out[k][None] for k in keys] + [members[k] for k in member_keys])  # (columns, shard)
     table = ctx.gather_rows(np.ascontiguousarray(rows.T))  # (N, columns) in input order on rank 0
     sums = ctx.sum(np.concatenate([acc.sum.ravel(), acc.count.ravel(), acc.pix_sum, acc.pix_count, acc.re_sum,
                                    acc.re_count]))
@@ -740,15 +892,25 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
         return None
     acc.set_totals(sums)
     out = {k: np.ascontiguousarray(table[:, j]) for j, k in enumerate(keys)}
-    k_obs = len(obs_scorer.side)
-    members = {"obs": np.ascontiguousarray(table[:, len(keys):len(keys) + k_obs].T),
-               "arch": np.ascontiguousarray(table[:, len(keys) + k_obs:].T)}
+    counts = {"obs": len(obs_scorer.side), "arch": len(arch_scorer.side)}
+    members, col = {}, len(keys)
+    for k in member_keys:
+        width = counts[k.split("_")[0]]
+        members[k] = np.ascontiguousarray(table[:, col:col + width].T)
+        col += width
+    n_valid = h * w - out["n_masked_pixels"]  # unmasked model pixels per image
+    domain_values = {"sky_logp": {"obs": members.pop("obs_sky"), "arch": members.pop("arch_sky")},
+                     "area": out.pop("central_area"), "n_valid": n_valid}
     out["llr"] = out["logp_obs"] - out["logp_arch"]
     _finish_sky(out)
     # bits per dimension: the usual PixelCNN unit (negative for continuous densities of
-    # narrow-range images, which is fine: only differences matter)
-    out["bpd_obs"] = -out["logp_obs"] / (n_dims * math.log(2))
-    out["bpd_arch"] = -out["logp_arch"] / (n_dims * math.log(2))
+    # narrow-range images, which is fine: only differences matter), per unmasked dimension
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dims = np.where(n_valid > 0, c * n_valid, np.nan) * math.log(2)
+        out["bpd_obs"] = -out["logp_obs"] / dims
+        out["bpd_arch"] = -out["logp_arch"] / dims
+        out["masked_share"] = out["n_masked_pixels"] / (h * w)
+        out["llr_per_pixel"] = out["llr"] / np.where(n_valid > 0, n_valid, np.nan)
     for side, scorer in (("obs", obs_scorer), ("arch", arch_scorer)):
         if len(scorer.side) > 1:  # per-member columns of scores.csv / .parquet
             for name, row in zip(scorer.side.names, members[side]):
@@ -757,7 +919,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     mean_map, prof_re, prof_pix = acc.results()
     return SetResult(name=s.name, scores=out, ids=ids, catalog=s.catalog, mean_map=mean_map,
                      profile_re=prof_re, profile_pix=prof_pix, notes=notes, sky_mask=sky_masks.kind,
-                     member_logp=members)
+                     member_logp=members, domain_values=domain_values)
 
 
 def _ids(catalog: Any, n: int) -> np.ndarray:
@@ -786,6 +948,10 @@ def _fill_gallery(res: SetResult, s: OpenedSet, scorers: tuple[_Scorer, _Scorer]
         return
     images = s.source.read(wanted)
     map_obs, map_arch = scorers[0](images), scorers[1](images)
+    excluded = excluded_pixels(s.mask, rows=wanted)
+    if excluded is not None:  # shown as NaN: their terms are not in the LLR
+        map_obs = np.where(excluded, np.float32(np.nan), map_obs)
+        map_arch = np.where(excluded, np.float32(np.nan), map_arch)
     where = {int(i): j for j, i in enumerate(wanted)}
     n_outliers = int(np.sum(res.llr < ref_cut))
     for key, idx in picks.items():
@@ -811,6 +977,10 @@ def _set_summaries(results: dict[str, SetResult], reference: str, n_boot: int, s
         entry["mean_logp_arch"] = float(np.nanmean(res.scores["logp_arch"]))
         entry["mean_bpd_obs"] = float(np.nanmean(res.scores["bpd_obs"]))
         entry["mean_bpd_arch"] = float(np.nanmean(res.scores["bpd_arch"]))
+        # masked pixels' terms are not in the LLR: sets of different masked shares compare per pixel
+        entry["masked_share"] = float(np.mean(res.scores["masked_share"]))
+        per_pixel = res.scores["llr_per_pixel"]
+        entry["mean_llr_per_pixel"] = float(np.nanmean(per_pixel)) if np.isfinite(per_pixel).any() else None
         seg = res.scores["llr_segmap"]
         entry["mean_llr_segmap"] = float(np.mean(seg)) if np.isfinite(seg).all() else None
         if "llr_rot" in res.scores:
@@ -1026,7 +1196,8 @@ def _write_summary_csv(summary: dict, path: Path) -> None:
             "matched_delta_llr", "matched_delta_llr_err", "llr_per_sky_pixel", "sky_share", "sky_pixel_fraction",
             "auroc_sky_vs_reference", "auroc_rest_vs_reference", "n_groups", "delta_llr_pairing", "n_paired",
             "delta_llr_paired", "delta_llr_paired_err", "model_std", "sign_agreement", "stable", "ci95_total_lo",
-            "ci95_total_hi", "delta_llr_ci95_total_lo", "delta_llr_ci95_total_hi"]
+            "ci95_total_hi", "delta_llr_ci95_total_lo", "delta_llr_ci95_total_hi", "masked_share",
+            "mean_llr_per_pixel"]
     matched = summary.get("matched") or {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -1237,6 +1408,7 @@ def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], 
                                "arch": arch_side.paths[0] if len(arch_side) == 1 else arch_side.paths,
                                "head": _config_value(obs_model.config, "head")},
                        sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
+        guards(results, reference, summary, notes, obs_side, arch_side, tuple(opened[0].source.shape[1:]))
         result = CompareResult(reference=reference, sets=results, summary=summary,
                                ranking=summary["ranking"], notes=notes,
                                out=Path(out) if out is not None else None, timing=timing)
@@ -1522,6 +1694,91 @@ def model_variance(results: dict[str, SetResult], reference: str, ranking: list[
              "agreement": float(per_pair[p]) if len(ranking) > 1 else None}
             for p, (o, a) in enumerate(pairs)]
     return extra, top
+
+
+def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: list[str], obs: Side, arch: Side,
+           shape: tuple[int, int, int]) -> list[str]:
+    """The warnings of a comparison (:mod:`morphllr.domain`), into ``summary`` and each SetResult.
+
+    ``summary["warnings"]`` (always a list: the models' warnings, then every set's) and
+    ``summary["sets"][name]["warnings"]`` (that set's), ``summary["sets"][name]["domain"]`` (the
+    numbers each guard judged), ``summary["provenance"]`` (what each model was trained on) and
+    ``summary["domain_rules"]``; models lacking the recorded fields add a note to ``notes``.
+    Each top-level warning is also issued as a :class:`~morphllr.errors.MorphllrWarning`.
+
+    Returns:
+        the top-level warnings.
+    """
+    import warnings as _warnings
+
+    from . import domain
+    from .errors import MorphllrWarning
+
+    sides = [("obs", "p_obs", obs.names, [domain.domain_record(m) for m in obs.members]),
+             ("arch", "p_arch", arch.names, [domain.domain_record(m) for m in arch.members])]
+    top: list[str] = []
+    top += domain.recipe_warnings(obs.members[0].preprocessing, arch.members[0].preprocessing)
+    for label, side in (("p_obs (--obs)", obs), ("p_arch (--arch)", arch)):
+        found, side_notes_ = domain.convergence_findings(label, side.names, side.members)
+        top += found
+        notes += side_notes_ + domain.domain_notes(label, side.names, side.members)
+    checked = any(any(r is not None for r in recs) for *_, recs in sides)
+    for name, res in results.items():
+        entry = summary["sets"][name]
+        own: list[str] = []
+        if name == reference:
+            own += domain.reference_warning(name, entry["mean_llr"])
+        own += domain.small_sample_warning(name, int(entry["n"]))
+        values = res.domain_values or {}
+        sky = values.get("sky_logp") or {}
+        n_sky = res.scores.get("n_sky_pixels")
+        re = None
+        if res.catalog is not None:
+            col = find_column(res.catalog, RE_PIX_COLUMNS)
+            zoom = (obs.members[0].preprocessing or {}).get("zoom")
+            if col is not None and zoom is not None:
+                re = catalog_values(res.catalog, col) * float(zoom)
+        stat = {side: domain.set_statistics(res.member_logp[side], sky.get(side), n_sky, values.get("area"), re, shape,
+                                            n_valid=values.get("n_valid"))
+                for side in ("obs", "arch")}
+        judged, found = domain.domain_check(name, stat, sides, res.sky_mask) if checked else ({}, [])
+        own += found
+        own += masked_share_warning(name, reference, summary["sets"])
+        if judged.get("sky_not_comparable"):
+            notes.append(f"{name}: its empty sky comes from {res.sky_mask} but the training record of "
+                         f"{', '.join(judged['sky_not_comparable'])} used the other mask, so the sky guard skips them")
+        entry["domain"] = judged or None
+        entry["warnings"] = own
+        res.warnings = list(own)
+        top += own
+    masked = [name for name in results if summary["sets"][name].get("masked_share", 0.0) > 0]
+    if masked:
+        notes.append(f"masked pixels ({', '.join(masked)}): each LLR is summed over the unmasked pixels only "
+                     "(masked pixels stay context for the later pixels' conditionals), so sets with different "
+                     "masked shares sum different numbers of terms; compare them per pixel (llr_per_pixel, "
+                     "mean_llr_per_pixel); scores.csv has n_masked_pixels and masked_share")
+    summary["warnings"] = top
+    summary["provenance"] = {"obs": domain.provenance("p_obs", obs.names, obs.members, obs.paths),
+                             "arch": domain.provenance("p_arch", arch.names, arch.members, arch.paths)}
+    summary["domain_rules"] = domain.RULES
+    for text in top:
+        _warnings.warn(text, MorphllrWarning, stacklevel=3)
+    return top
+
+
+def masked_share_warning(name: str, reference: str, per_set: dict) -> list[str]:
+    """A warning when set ``name``'s mean masked share differs from the reference's by more than
+    :data:`MASKED_SHARE_TOLERANCE` (its LLR then sums a different number of pixels' terms)."""
+    if name == reference:
+        return []
+    share = float(per_set[name].get("masked_share") or 0.0)
+    ref_share = float(per_set[reference].get("masked_share") or 0.0)
+    if abs(share - ref_share) <= MASKED_SHARE_TOLERANCE:
+        return []
+    return [f"{name}: {share:.1%} of its model pixels are masked against {ref_share:.1%} in the reference "
+            f"{reference} (more than {MASKED_SHARE_TOLERANCE:.0%} apart); its LLR sums the terms of "
+            f"{'fewer' if share > ref_share else 'more'} pixels, so compare it per pixel (llr_per_pixel, "
+            "mean_llr_per_pixel), not by the mean LLR"]
 
 
 def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:

@@ -248,7 +248,7 @@ def frame_raw_image(path, image_id: str):
     frame = read_frame(path)
     meta = {"band": frame.band, "nmgy": frame.nmgy, "exptime": frame.exptime if frame.exptime is not None else np.nan}
     return RawImage(image_id, frame.image.astype(np.float64)[None], str(frame.path), "nanomaggies",
-                    frame.pixel_scale, meta)
+                    frame.pixel_scale, meta, kind="flux")
 
 
 # ---------------------------------------------------------------------- catalogue cutouts
@@ -393,8 +393,10 @@ def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
     """Stream the planned galaxies as raw cutouts, reading every frame once.
 
     The window is centred on the galaxy's nearest pixel (window pixel ``window // 2``, as
-    :func:`morphllr.preprocess.cutout_window` does); pixels beyond the frame edge are NaN,
-    which preparation masks to 0 flux and counts (``n_nonfinite``).  Pixels stay in
+    :func:`morphllr.preprocess.window_origin` does) and never moved; pixels beyond the frame
+    edge are marked (``RawImage.outside``), and preparation fills them with the frame's own sky
+    noise and reports their share (catalogue column ``edge_padded``; ``--edge refuse`` drops
+    such galaxies instead).  Pixels stay in
     nanomaggies (``units="nanomaggies"``): :meth:`Preprocessing.flux_frame` converts them
     through the preset's zero point.  Galaxies come frame by frame, in catalogue order
     within a frame.
@@ -411,7 +413,7 @@ def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
         ``gain`` (electrons per working unit), ``window_x0``, ``window_y0`` (frame pixel of the
         window's first column/row: frame x = window_x0 + catalogue ``center_x``) and
         ``frame_edge_px`` (pixels from the galaxy to the nearest frame edge: below half the
-        cutout, part of the cutout lies beyond the frame and is 0 flux).
+        cutout, part of the cutout lies beyond the frame and is sky noise, ``edge_padded``).
     """
     from .readers import RawImage
 
@@ -429,13 +431,16 @@ def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
         for r in rows:
             left, top = int(round(plan.x[r])) - window // 2, int(round(plan.y[r])) - window // 2
             cut = np.full((window, window), np.nan)
+            outside = np.ones((window, window), bool)
             y0, y1, x0, x1 = max(top, 0), min(top + window, h), max(left, 0), min(left + window, w)
             cut[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+            outside[y0 - top:y1 - top, x0 - left:x1 - left] = False
             meta = {"frame": str(frame.path), "band": frame.band, "x": float(plan.x[r]), "y": float(plan.y[r]),
                     "ra": float(plan.ra[r]), "dec": float(plan.dec[r]), "nmgy": frame.nmgy, "gain": gain,
                     "window_x0": left, "window_y0": top,
                     "frame_edge_px": float(frame.edge_distance(plan.x[r], plan.y[r]))}
             source = f"{frame.path}[{top}:{top + window},{left}:{left + window}]"
             yield RawImage(str(plan.ids[r]), cut[None], source, "nanomaggies", frame.pixel_scale, meta,
-                           center_tolerance=POSITION_TOLERANCE_PX)
+                           center_tolerance=POSITION_TOLERANCE_PX, kind="flux",
+                           outside=outside if outside.any() else None)
         del frame, image

@@ -6,6 +6,10 @@ One HDF5 file (layout in ARCHITECTURE.md)::
     /flux          float32 (N, C, Hf, Wf) linear sky-subtracted cutouts (optional)
     /segmap        int32   (N, Hf, Wf)    0 sky, 1 central source, >1 companions (optional)
     /segmap_model  uint8   (N, H, W)      central-source mask on the model grid (optional)
+    /mask          uint8   (N, Hf, Wf)    1 = excluded pixel: user-masked or beyond the image edge,
+                                          filled with sky noise in /flux and /images (optional)
+    /mask_model    uint8   (N, H, W)      /mask on the model grid (segmentation.model_mask, rule "any":
+                                          masked where any flux pixel is) (optional)
     /catalog       astropy Table (HDF5 writer), one row per image, unique ``id``
     attrs: format, format_version, preprocessing (JSON), created_by, images_sha256
 
@@ -152,6 +156,18 @@ class ImageSet:
     def segmap_model(self):
         """Lazy (N, H, W) uint8 central-source mask on the model grid, or None."""
         return self._dataset("segmap_model")
+
+    @property
+    def mask(self):
+        """Lazy (N, Hf, Wf) uint8 on the flux grid, 1 = excluded pixel (a user's mask or beyond the
+        image edge; such pixels hold sky noise in ``/flux``), or None when no pixel of the set is."""
+        return self._dataset("mask")
+
+    @property
+    def mask_model(self):
+        """Lazy (N, H, W) uint8 ``mask`` on the model grid (1 = excluded where any flux pixel mapped into
+        the model pixel is; :func:`morphllr.segmentation.model_mask` with ``rule="any"``), or None."""
+        return self._dataset("mask_model")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -301,6 +317,35 @@ def _read_catalog(f, path: Path):
     return table
 
 
+#: File attributes every writer sets itself (never copied from another set).
+OWN_ATTRS = ("format", "format_version", "preprocessing", "created_by", "images_sha256")
+
+
+def carried_attrs(attrs: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+    """A set's own attributes (its records: archetypes, frames, degrade, ...) to carry into a copy of it.
+
+    Args:
+        attrs: ``ImageSet.attrs`` of the source.
+        drop: further keys to leave out.
+
+    Returns:
+        dict of str / int / float values (numpy scalars and arrays as Python values or JSON text).
+    """
+    out = {}
+    for key, value in attrs.items():
+        if key in OWN_ATTRS or key in drop:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray):
+            value = json.dumps(value.tolist())
+        if isinstance(value, (str, int, float)):
+            out[key] = value
+    return out
+
+
 def _json_able(value: Any) -> bool:
     try:
         json.dumps(value)
@@ -387,7 +432,8 @@ class ImageSetWriter:
             shuffle=True,
         )
 
-    def append(self, images, catalog_rows, flux=None, segmap=None, segmap_model=None) -> None:
+    def append(self, images, catalog_rows, flux=None, segmap=None, segmap_model=None, mask=None,
+               mask_model=None) -> None:
         """Add a batch of images with their catalogue rows (and optional extras).
 
         Args:
@@ -396,6 +442,10 @@ class ImageSetWriter:
             flux: (B, C, Hf, Wf) flux cutouts (needed when ``flux_shape`` was given).
             segmap: (B, Hf, Wf) int segmentation maps.
             segmap_model: (B, H, W) central-source masks on the model grid.
+            mask: (B, Hf, Wf) 0/1 excluded pixels on the flux grid; unlike the other extras it may
+                start at any append (earlier images read as 0, nothing excluded) and be left out
+                of later ones (0).
+            mask_model: (B, H, W) the same on the model grid.
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
@@ -411,6 +461,9 @@ class ImageSetWriter:
             extras["segmap"] = (segmap, np.int32, None)
         if segmap_model is not None:
             extras["segmap_model"] = (segmap_model, np.uint8, None)
+        for name, value in (("mask", mask), ("mask_model", mask_model)):
+            if value is not None:
+                extras[name] = (value, np.uint8, None)
         if flux is None and self.flux_shape is not None:
             raise MorphllrError(f"{self.path}: flux_shape was given, so every append needs flux")
         start, stop = self.count, self.count + b
@@ -422,7 +475,7 @@ class ImageSetWriter:
             if name == "flux" and array.ndim == 3:
                 array = array[:, None]
             if name not in self._file:
-                if self.count:
+                if self.count and name not in ("mask", "mask_model"):  # masks start late: earlier rows are 0
                     raise MorphllrError(f"{self.path}: {name} must be given from the first append on")
                 if shape is None:
                     shape = array.shape[1:]
@@ -457,7 +510,7 @@ class ImageSetWriter:
     def _finish(self) -> None:
         from astropy.table import Table, vstack
 
-        for name in ("images", "flux", "segmap", "segmap_model"):
+        for name in ("images", "flux", "segmap", "segmap_model", "mask", "mask_model"):
             if name in self._file:
                 self._file[name].resize(self.count, axis=0)
         if self._rows:
@@ -610,12 +663,68 @@ def write_flux_set(path, flux, catalog, preprocessing, *, segmentation: str | No
     return Path(path)
 
 
+@claims({"out": "--out"}, inputs=("src",))
+def write_subset(src, out, where: Sequence[str], *, overwrite: bool = False, batch_size: int = 256) -> dict[str, Any]:
+    """Copy the images of a set whose catalogue rows satisfy every condition (``morphllr subset``).
+
+    The rows are copied as they are (``/images``, ``/flux``, segmentation and masks, catalogue), with the
+    source's preprocessing record and attributes, so a subset is exactly part of its set.
+
+    Args:
+        src: image set (.h5).
+        out: output ``.h5``.
+        where: conditions ``COLUMN OP VALUE`` (:func:`morphllr.readers.catalog_where`), all must hold.
+        overwrite: replace ``out``.
+        batch_size: images copied together.
+
+    Returns:
+        the record stored in the attribute ``subset``: source, its images_sha256, conditions, ``n_source``,
+        ``n_images``.
+    """
+    from .readers import catalog_where
+
+    where = [where] if isinstance(where, str) else list(where)
+    if not where:
+        raise MorphllrError("subset: give at least one --where condition, e.g. --where 'label == spiral'")
+    src = Path(src)
+    with ImageSet.open(src) as s:
+        catalog = s.catalog
+        keep = np.ones(len(catalog), bool)
+        for condition in where:
+            keep &= catalog_where(catalog, condition)
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            raise MorphllrError(f"--where {' and '.join(where)}: no image of {src} matches; check the column's "
+                                "values (e.g. `label == spiral`)")
+        attrs = s.attrs
+        record = {"source": src.name, "source_images_sha256": attrs.get("images_sha256"), "where": where,
+                  "n_source": len(catalog), "n_images": int(len(rows))}
+        record = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in record.items()}
+        extras = [name for name in ("flux", "segmap", "segmap_model", "mask", "mask_model")
+                  if s._dataset(name) is not None]
+        flux_shape = s.flux.shape[1:] if "flux" in extras else None
+        with ImageSetWriter(out, n=len(rows), image_shape=s.shape[1:], flux_shape=flux_shape,
+                            preprocessing=s.preprocessing, overwrite=overwrite,
+                            attrs={**carried_attrs(attrs, drop=("subset",)), "subset": record}) as writer:
+            for start in range(0, len(rows), batch_size):
+                part = rows[start : start + batch_size]
+                data = {name: np.asarray(s._dataset(name)[part]) for name in extras}
+                writer.append(np.asarray(s.images[part]), catalog[part], **data)
+    return record
+
+
 # ---------------------------------------------------------------------- preparing sets from files
 def process_record(record, preprocessing, pixel_scale: float | None = None, segmentation: str | None = "sep"):
-    """One raw image -> (flux cutout, segmentation map or None, catalogue row).
+    """One raw image -> (flux cutout, segmentation map or None, catalogue row, excluded-pixel mask or None).
 
-    The frame is segmented once; the segmentation both centres the cutout (when the
-    recipe says so) and, cut to the same window, becomes the stored ``/segmap``.
+    The frame is segmented once (masked pixels and pixels beyond the image take no part);
+    the segmentation both centres the cutout (when the recipe says so) and, cut to the same
+    window, becomes the stored ``/segmap``.  The window is never moved: where it runs past
+    the image, and at masked pixels, the cutout holds noise drawn from the image's own sky
+    (:func:`morphllr.preprocess.cut_with_sky`), and the row says how much
+    (``edge_padded``, ``masked_fraction``) and where the window lies (``cutout_x0``,
+    ``cutout_y0``: frame pixel of its first column/row, negative past the edge; the
+    detected centre ``center_x`` = ``cutout_x0 + cutout // 2`` to within half a pixel).
 
     Args:
         record: :class:`morphllr.readers.RawImage`.
@@ -624,37 +733,53 @@ def process_record(record, preprocessing, pixel_scale: float | None = None, segm
         segmentation: ``sep``, ``photutils`` or None.
 
     Returns:
-        (flux (C, Hf, Wf) float32, int32 (Hf, Wf) segmap or None, row dict).
+        (flux (C, Hf, Wf) float32, int32 (Hf, Wf) segmap or None, row dict, uint8 (Hf, Wf) mask
+        (1 = user-masked or beyond the image) or None when no pixel is); the row also carries
+        ``_kind`` (the image's input kind) for :func:`prepare_imageset`.
     """
-    from .preprocess import cutout_window
+    from .preprocess import MAX_EDGE_PADDED, cut_with_sky, excluded_pixels
     from .segmentation import renumber, segment
 
     prep = preprocessing
     scale = pixel_scale or record.pixel_scale
-    frame, info = prep.flux_frame(record.image, source=record.source, units=record.units, input_pixel_scale=scale)
+    kind = prep.resolve_input_kind(record.kind, record.source)
+    frame, info = prep.flux_frame(record.image, source=record.source, units=record.units, input_pixel_scale=scale,
+                                  mask=record.mask, outside=record.outside)
     _, h, w = frame.shape
     cx, cy = (w - 1) / 2, (h - 1) / 2
     seg = None
+    excluded = excluded_pixels(info, padded=True)
     if segmentation or prep.center:
         # a frame larger than the cutout may hold the galaxy further from its centre
         max_offset = 0.25 * min(h, w) if prep.center and prep.cutout and prep.cutout < min(h, w) else None
         if record.center_tolerance is not None:  # the position is known: never re-centre on a neighbour
             max_offset = float(record.center_tolerance)
-        seg = segment(frame, method=segmentation or "sep", max_offset=max_offset)
+        seg = segment(frame, method=segmentation or "sep", max_offset=max_offset,
+                      mask=excluded if excluded.any() else None)
         near = record.center_tolerance is None or np.hypot(seg.x - cx, seg.y - cy) <= record.center_tolerance
         if prep.center and seg.central_found and near:  # a blend's centroid far off: keep the known position
             cx, cy = seg.x, seg.y
-    rows, cols = (slice(None), slice(None))
-    if prep.cutout is not None:
-        rows, cols = cutout_window(frame.shape, cx, cy, prep.cutout, record.source)
+    cut, extra = cut_with_sky(frame, info, cx, cy, prep.cutout, record.source, seed=record.id, noise_free=prep.pad,
+                              max_edge=None if prep.edge == "refuse" else MAX_EDGE_PADDED)
     row = {"id": record.id, "file": record.source, "input_pixel_scale": float(scale or np.nan),
-           "sky_level": info["sky"], "n_nonfinite": info["n_nonfinite"], "center_x": float(cx), "center_y": float(cy)}
+           "sky_level": info["sky"], "n_nonfinite": info["n_nonfinite"], "center_x": float(cx), "center_y": float(cy),
+           "cutout_x0": extra["cutout_x0"], "cutout_y0": extra["cutout_y0"], "edge_padded": extra["edge_padded"],
+           "masked_fraction": extra["masked_fraction"], "nonfinite_fraction": extra["nonfinite_fraction"]}
+    if prep.pad:  # noise-free simulations: the share of 0 flux around them (not sky noise, not excluded)
+        row["zero_padded"] = extra["zero_padded"]
     row.update(record.meta)
     segmap = None
     if segmentation:
-        segmap = renumber(seg.segmap[rows, cols])
+        if prep.cutout is not None:
+            from .preprocess import take_window
+
+            segmap = renumber(take_window(seg.segmap, extra["cutout_y0"], extra["cutout_x0"], prep.cutout)[0])
+        else:
+            segmap = renumber(seg.segmap)
         row.update(sky_sigma=seg.sky_sigma, central_found=bool(seg.central_found and (segmap == 1).any()))
-    return np.ascontiguousarray(frame[:, rows, cols]), segmap, row
+    row["_kind"] = kind
+    excluded_cut = excluded_pixels(extra)  # user-masked, beyond the image, NaN/inf: sky noise in the cutout
+    return cut, segmap, row, (excluded_cut.astype(np.uint8) if excluded_cut.any() else None)
 
 
 def _process_chunk(args):
@@ -672,7 +797,7 @@ def _processed(records, prep, pixel_scale, segmentation, workers: int, chunk: in
         chunk: records per job.
 
     Returns:
-        (yields) (flux, segmap, row) per record, in order.
+        (yields) (flux, segmap, row, mask) per record, in order.
     """
     import itertools
 
@@ -727,45 +852,85 @@ def prepare_imageset(
 
     Returns:
         report dict: ``n_images``, ``n_nonfinite_pixels``, ``n_images_with_nonfinite``,
-        ``n_central_missing``, ``image_shape``, ``flux_shape`` and, with a catalogue,
-        ``catalog`` (the join report of :func:`morphllr.readers.join_catalog`).
+        ``n_central_missing``, ``n_edge_padded`` (cutouts running past the image edge, padded
+        with sky noise), ``n_zero_padded`` (cutouts of ``pad`` recipes with 0 flux around), ``n_edge_dropped`` and ``edge_dropped_ids`` (such galaxies dropped by
+        ``edge = "refuse"``), ``n_masked`` (images with masked pixels), ``input_kind``,
+        ``image_shape``, ``flux_shape`` and, with a catalogue, ``catalog`` (the join report of
+        :func:`morphllr.readers.join_catalog`).
+
+    The recipe recorded in the set is ``preprocessing`` with its ``input_kind`` resolved (the
+    recipe's, else the readers'; one kind per set) and, when it does not resample
+    (``pixel_scale`` None), ``pixel_scale`` set to a given ``pixel_scale`` with ``pixel_scale_given``:
+    the set's pixels then are at that scale, and no model check compares it.
     """
     from astropy.table import Table, vstack
 
     from .preprocess import as_preprocessing
 
     prep = as_preprocessing(preprocessing)
+    if prep.pixel_scale_given:  # a record's scale (--like a set of `--preset none --pixel-scale`): resample nothing
+        prep = prep.replace(pixel_scale=None, pixel_scale_given=False)
+    if pixel_scale is not None and prep.pixel_scale is None:  # nothing is resampled: the inputs' scale is the set's
+        prep = prep.replace(pixel_scale=float(pixel_scale), pixel_scale_given=True)
     path = Path(path)
-    report = {"n_images": 0, "n_nonfinite_pixels": 0, "n_images_with_nonfinite": 0, "n_central_missing": 0}
-    state = {"writer": None, "first": None}
+    report = {"n_images": 0, "n_nonfinite_pixels": 0, "n_images_with_nonfinite": 0, "n_central_missing": 0,
+              "n_edge_padded": 0, "n_edge_dropped": 0, "edge_dropped_ids": [], "n_masked": 0, "n_zero_padded": 0,
+              "input_kind": prep.input_kind}
+    state = {"writer": None, "first": None, "kind": None}
     pending: list = []
 
     def flush():
-        flux = np.stack([f for f, _, _ in pending])
-        names = list(dict.fromkeys(k for _, _, r in pending for k in r))  # files may differ in meta keys
-        rows = Table(rows=[[r.get(k, np.nan) for k in names] for _, _, r in pending], names=names)
+        flux = np.stack([f for f, _, _, _ in pending])
+        names = list(dict.fromkeys(k for _, _, r, _ in pending for k in r))  # files may differ in meta keys
+        rows = Table(rows=[[r.get(k, np.nan) for k in names] for _, _, r, _ in pending], names=names)
         images = prep.flux_to_model(flux)
-        segmaps = segmap_model = None
+        segmaps = segmap_model = masks = mask_model = None
         if segmentation:
             from .segmentation import model_mask
 
-            segmaps = np.stack([s for _, s, _ in pending])
+            segmaps = np.stack([s for _, s, _, _ in pending])
             segmap_model = model_mask(segmaps, prep)
+        if any(m is not None for _, _, _, m in pending):
+            from .segmentation import model_mask
+
+            masks = np.stack([np.zeros(f.shape[1:], np.uint8) if m is None else m for f, _, _, m in pending])
+            mask_model = model_mask(masks, prep, rule="any")  # one masked flux pixel masks its model pixel
         if state["writer"] is None:
             writer = ImageSetWriter(path, n=n, image_shape=images.shape[1:],
                                     flux_shape=flux.shape[1:] if store_flux else None,
-                                    preprocessing=prep, overwrite=overwrite, attrs=attrs)
+                                    preprocessing=prep.replace(input_kind=state["kind"]), overwrite=overwrite,
+                                    attrs=attrs)
             writer.__enter__()
             state["writer"] = writer
             report.update(image_shape=list(images.shape[1:]), flux_shape=list(flux.shape[1:]))
         state["writer"].append(images, rows, flux=flux if store_flux else None, segmap=segmaps,
-                               segmap_model=segmap_model)
+                               segmap_model=segmap_model, mask=masks, mask_model=mask_model)
         if progress:
             progress(len(pending))
         pending.clear()
 
     try:
-        for flux, segmap, row in _processed(records, prep, pixel_scale, segmentation, workers, chunk=16):
+        for flux, segmap, row, mask in _processed(records, prep, pixel_scale, segmentation, workers, chunk=16):
+            kind = row.pop("_kind")
+            if state["kind"] is None:
+                state["kind"] = kind
+                report["input_kind"] = kind
+            elif kind != state["kind"]:
+                from .preprocess import INPUT_KIND_TEXT
+
+                raise MorphllrError(
+                    f"{row['file']}: holds {INPUT_KIND_TEXT[kind]}, but the images before it hold "
+                    f"{INPUT_KIND_TEXT[state['kind']]}; one set holds one kind of pixels: prepare them separately")
+            if row["edge_padded"] > 0:
+                if prep.edge == "refuse":
+                    report["n_edge_dropped"] += 1
+                    report["edge_dropped_ids"].append(str(row["id"]))
+                    if progress:
+                        progress(1)
+                    continue
+                report["n_edge_padded"] += 1
+            report["n_masked"] += bool(row["masked_fraction"] > 0)
+            report["n_zero_padded"] += bool(row.get("zero_padded", 0) > 0)
             if state["first"] is None:
                 state["first"] = (flux.shape, row["file"])
             elif flux.shape != state["first"][0]:
@@ -777,12 +942,16 @@ def prepare_imageset(
                 )
             report["n_nonfinite_pixels"] += row["n_nonfinite"]
             report["n_images_with_nonfinite"] += bool(row["n_nonfinite"])
-            pending.append((flux, segmap, row))
+            pending.append((flux, segmap, row, mask))
             if len(pending) >= batch_size:
                 flush()
         if pending:
             flush()
         writer = state["writer"]
+        if writer is None and report["n_edge_dropped"]:
+            raise MorphllrError(f"{path}: every one of the {report['n_edge_dropped']} galaxies has a cutout running past "
+                                "its image's edge, and --edge refuse drops them all; use --edge pad (sky noise, "
+                                "flagged in the catalogue column edge_padded) or larger images")
         if writer is None:
             raise MorphllrError(f"{path}: no images were read from the inputs; check the paths")
         # the catalogue join needs all rows: replace the writer's buffered rows before closing
@@ -793,6 +962,8 @@ def prepare_imageset(
             all_rows, join_report = join_catalog(all_rows, catalog, catalog_name)
             report["catalog"] = join_report
         writer._rows = [all_rows]
+        if report["n_edge_dropped"]:
+            writer.extra_attrs["edge_dropped_ids"] = report["edge_dropped_ids"]
         report["n_images"] = writer.count
         if segmentation:
             report["n_central_missing"] = int(np.sum(~np.asarray(all_rows["central_found"], bool)))

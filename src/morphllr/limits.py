@@ -18,6 +18,8 @@ PIXEL_SCALE_MIN, PIXEL_SCALE_MAX = 1e-6, 3600.0  # arcsec per pixel
 ZERO_POINT_MIN, ZERO_POINT_MAX = -60.0, 60.0  # AB magnitude of one flux unit (1 erg/s/cm^2/Hz is -48.6)
 GAIN_MIN, GAIN_MAX = 1e-9, 1e9  # electrons per DN / per flux unit
 PSF_FWHM_MIN, PSF_FWHM_MAX = 0.01, 60.0  # arcsec (also refused beyond these in a catalogue column)
+PSF_BETA_MIN, PSF_BETA_MAX = 1.0, 50.0  # Moffat index (option and catalogue column psf_beta); 50 is ~Gaussian
+PSF_IMAGE_MAX_SIDE = 1025  # pixels per side of a PSF image (--psf-image); stored whole in the fit's record
 
 # --- Sérsic fits and archetypes ----------------------------------------------------------------
 MIN_FIT_SIZE = 8  # pixels per side of the fitted square: fewer leave too few pixels for the 7 parameters

@@ -38,7 +38,7 @@ choice is recorded per galaxy in the catalogue and for the set in its preprocess
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -427,9 +427,10 @@ def survey_settings(preset: str, prep, pixel_scale=None, psf_fwhm=None, psf=None
         :class:`SurveySettings`.
     """
     base = dict(SURVEY_PRESETS.get(preset, {}))
+    if prep.pixel_scale is not None:  # the recipe's own scale (e.g. --like a set made at another one) wins
+        base["pixel_scale"] = prep.pixel_scale
     chosen = {"pixel_scale": pixel_scale, "psf_fwhm": psf_fwhm, "psf": psf, "sky_sigma": sky_sigma, "gain": gain}
     base.update({k: v for k, v in chosen.items() if v is not None})
-    base.setdefault("pixel_scale", prep.pixel_scale)
     for key, hint in (("pixel_scale", "--pixel-scale 0.396"), ("psf_fwhm", "--psf-fwhm 1.4"),
                       ("sky_sigma", "--sky-sigma SIGMA")):
         if base.get(key) is None:
@@ -460,13 +461,24 @@ class MatchPool:
     gain: np.ndarray | None
     redshift: np.ndarray | None
     zero_point: float | None = None  # working unit of its sky_sigma and gain (AB mag of one flux unit)
+    #: the PSF its Sérsic fits used (``morphllr.psf.fit_psf_rows``), so matched mocks share the archetypes' PSF:
+    psf_kind: str | None = None  # moffat / gaussian of the fits (None: the columns, the survey's shape)
+    psf_image: np.ndarray | None = None  # the fits' PSF image, for every galaxy
+    psf_image_scale: float | None = None  # arcsec per pixel of psf_image
+    psf_from: str = "column psf_fwhm_arcsec"  # where the pool's PSFs come from, for the record
+    psf_record: dict | None = None  # the fits' PSF record (an image without its pixels)
 
     @classmethod
     def from_imageset(cls, path, need_redshift: bool = False) -> "MatchPool":
-        """Read the columns to match from an observed ImageSet's catalogue.
+        """Read the PSFs and noise to match from an observed ImageSet's catalogue.
+
+        The PSF is the one its Sérsic fits used when the set records it (``catalog.meta["sersic_fit"]``
+        and the columns ``sersic_psf_fwhm_arcsec`` / ``sersic_psf_beta``, a PSF image included; read
+        by :func:`morphllr.psf.fit_psf_rows`, as ``archetypes`` reads it), so that mocks and
+        archetypes share it; else the columns ``psf_fwhm_arcsec`` / ``psf_beta``.
 
         Args:
-            path: observed ``.h5`` (``psf_fwhm_arcsec`` required; ``sky_sigma``, ``gain``,
+            path: observed ``.h5`` (a fit record or ``psf_fwhm_arcsec`` required; ``sky_sigma``, ``gain``,
                 ``psf_beta``, ``redshift`` used when present).
             need_redshift: refuse a set without a usable ``redshift`` column.
 
@@ -474,36 +486,54 @@ class MatchPool:
             MatchPool.
         """
         from .imageset import ImageSet
-        from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
+        from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column, fit_psf_rows
+        from .sersic_fit import describe_psf
 
+        where = f"--match {path}"
         with ImageSet.open(path) as s:
             cat = s.catalog
             zero_point = s.preprocessing.get("zero_point")
-        fwhm = first_column(cat, PSF_FWHM_COLUMNS)
-        if fwhm is None or len(cat) == 0:
-            raise MorphllrError(f"--match {path}: the set's catalogue has no psf_fwhm_arcsec column to draw PSFs from; "
-                                "add one (prepare --catalog) or give --psf-fwhm instead")
-        good = np.isfinite(fwhm) & (fwhm > 0)
-        z = first_column(cat, ("redshift",))
+        fitted = fit_psf_rows(cat, cat.meta.get("sersic_fit"), where) if len(cat) else None
+        no_psf_fit = fitted is not None and fitted.kind == "none"
+        if no_psf_fit:
+            fitted = None  # the fits used no PSF: they tell nothing about the seeing, the columns may
+        if fitted is not None:
+            fwhm, beta = fitted.fwhm, (fitted.beta if fitted.kind == "moffat" else None)
+            good = np.ones(len(cat), bool)
+        else:
+            fwhm = first_column(cat, PSF_FWHM_COLUMNS, where)
+            if fwhm is None or len(cat) == 0:
+                raise MorphllrError(f"{where}: the set's catalogue has no psf_fwhm_arcsec column to draw PSFs from"
+                                    f"{' (its Sérsic fits used no PSF)' if no_psf_fit else ''}; add one (prepare "
+                                    "--catalog), fit it with a PSF (fit-sersic --psf-fwhm), or give --psf-fwhm instead")
+            beta = first_column(cat, PSF_BETA_COLUMNS, where)
+            good = np.isfinite(fwhm) & (fwhm > 0)
+        z = first_column(cat, ("redshift",), where)
         if need_redshift:
             if z is None:
-                raise MorphllrError(f"--match {path}: no `redshift` column to draw redshifts from; drop "
+                raise MorphllrError(f"{where}: no `redshift` column to draw redshifts from; drop "
                                     "--match-redshift or add the column")
             good &= np.isfinite(z) & (z > 0)
         if not good.any():
-            raise MorphllrError(f"--match {path}: no galaxy has a usable PSF FWHM{' and redshift' if need_redshift else ''}")
+            raise MorphllrError(f"{where}: no galaxy has a usable PSF FWHM{' and redshift' if need_redshift else ''}")
 
         def column(names):
-            values = first_column(cat, names)
+            values = first_column(cat, names, where)
             return None if values is None else values[good]
 
-        return cls(str(path), np.asarray(cat["id"]).astype(str)[good], fwhm[good], column(PSF_BETA_COLUMNS),
-                   column(("sky_sigma",)), column(("gain",)), None if z is None else z[good],
-                   None if zero_point is None else float(zero_point))
+        extra = {}
+        if fitted is not None:
+            extra = {"psf_kind": fitted.kind if fitted.kind != "image" else None, "psf_image": fitted.pixels,
+                     "psf_image_scale": fitted.pixel_scale if fitted.kind == "image" else None,
+                     "psf_from": f"its Sérsic fits' PSF: {describe_psf(fitted.record)}", "psf_record": fitted.record}
+        return cls(str(path), np.asarray(cat["id"]).astype(str)[good], fwhm[good],
+                   None if beta is None else beta[good], column(("sky_sigma",)), column(("gain",)),
+                   None if z is None else z[good], None if zero_point is None else float(zero_point), **extra)
 
 
-def _catalog_lookup(catalog, ids: list[str]):
+def _catalog_lookup(catalog, ids: list[str], where: str = "--catalog"):
     """Per-galaxy float columns of a user catalogue (None where absent), matched by id."""
+    from .limits import PSF_BETA_MAX, PSF_BETA_MIN
     from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
 
     if catalog is None:
@@ -514,11 +544,21 @@ def _catalog_lookup(catalog, ids: list[str]):
     for key, names in (("redshift", ("redshift",)), ("psf_fwhm", PSF_FWHM_COLUMNS), ("psf_beta", PSF_BETA_COLUMNS),
                        ("sky_sigma", ("sky_sigma",)), ("gain", ("gain",))):
         try:
-            values = first_column(catalog, names)
+            values = first_column(catalog, names, where)
+        except MorphllrError:
+            raise  # names the column, the row and the value
         except (TypeError, ValueError):
-            raise MorphllrError(f"--catalog: column {names[0]!r} is not numeric; fix its values") from None
-        if values is not None:
-            out[key] = np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+            raise MorphllrError(f"{where}: column {names[0]!r} is not numeric; fix its values") from None
+        if values is None:
+            continue
+        if key == "psf_beta":
+            bad = np.isfinite(values) & ((values < PSF_BETA_MIN) | (values > PSF_BETA_MAX)) | np.isinf(values)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise MorphllrError(f"{where}: column psf_beta holds {values[row]:g} in row {row + 1} (id "
+                                    f"{catalog['id'][row]}), not a Moffat index from {PSF_BETA_MIN:g} to "
+                                    f"{PSF_BETA_MAX:g}; fix it or leave the cell empty for the default")
+        out[key] = np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
     return out
 
 
@@ -528,7 +568,7 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                   psf_image=None, zero_point=None, working_zero_point=None, sky_sigma=None, gain=None,
                   sky_patches=None, catalog=None, match=None, match_redshift: bool = False, bands=None,
                   cosmology: str | None = None, repeat: int = 1, seed: int = 0, overwrite: bool = False,
-                  progress=None) -> dict:
+                  progress=None, recipe_source: str | None = None) -> dict:
     """``morphllr mock``: observe idealised images and write them as an ImageSet.
 
     Args:
@@ -556,9 +596,13 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
         seed: noise seed.
         overwrite: replace ``out``.
         progress: optional callable(n_done).
+        recipe_source: where ``preset`` came from, for messages (e.g. ``--like models/obs``;
+            default ``--preset NAME``).  Its recipe must be one for calibrated flux: a JPEG
+            recipe (``input_kind`` ``jpeg`` / ``jpeg_linear``, an un-stretch) is refused.
 
     Returns:
-        summary dict (``n``, ``out``, settings, ``warnings``).
+        summary dict (``n``, ``out``, settings, ``warnings``).  The set records
+        ``input_kind = "flux"`` (simulations are calibrated flux).
     """
     from astropy.table import Table
 
@@ -569,6 +613,7 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
     if not inputs:
         raise MorphllrError("mock: give at least one FITS file of an idealised simulation image")
     prep = as_preprocessing(preset)
+    _check_flux_recipe(prep, recipe_source or f"--preset {prep.name}")
     survey = survey_settings(prep.name, prep, pixel_scale, psf_fwhm, psf, working_zero_point, sky_sigma, gain,
                              cosmology, psf_beta)
     if zero_point is not None and not math.isfinite(float(zero_point)):
@@ -584,8 +629,18 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
     else:
         ids = galaxies
     table = read_catalog(catalog) if catalog is not None else None
-    given = _catalog_lookup(table, galaxies)  # a catalogue row describes the simulated galaxy
+    given = _catalog_lookup(table, galaxies, f"--catalog {catalog}")  # a catalogue row describes the simulated galaxy
     pool = MatchPool.from_imageset(match, need_redshift=match_redshift) if match is not None else None
+    pool_psf = pool is not None and psf_image is None and psf_fwhm is None  # the match's PSFs are drawn
+    if pool_psf and psf is None and pool.psf_kind is not None:  # the shape its fits used (archetypes use it too)
+        survey = replace(survey, psf=pool.psf_kind)
+    if pool_psf and pool.psf_image is not None and pool.psf_image_scale is not None and \
+            not math.isclose(pool.psf_image_scale, survey.pixel_scale, rel_tol=1e-6):
+        star = ((pool.psf_record or {}).get("image") or {}).get("file")
+        raise MorphllrError(
+            f"--match {match}: its Sérsic fits used the PSF image {star} sampled at {pool.psf_image_scale:g} "
+            f"arcsec/pixel, but the mocks are drawn at {survey.pixel_scale:g}; draw them at --pixel-scale "
+            f"{pool.psf_image_scale:g}, or give --psf-image FILE (at {survey.pixel_scale:g}) or --psf-fwhm ARCSEC")
     if pool is not None and (pool.sky_sigma is not None or pool.gain is not None) and \
             not math.isclose(pool.zero_point if pool.zero_point is not None else survey.zero_point, survey.zero_point):
         raise MorphllrError(f"--match {match}: its sky_sigma and gain are in a flux unit of AB zero point "
@@ -601,15 +656,15 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                                        "MODEL_OR_SET --out SKY.npy`")
     psf_pixels = None
     if psf_image is not None:
-        from .archetypes import _load_psf_image
+        from .psf import load_psf_image
 
-        psf_pixels = _load_psf_image(psf_image)
+        psf_pixels = load_psf_image(psf_image)
     draw = np.random.default_rng([int(seed), 1])  # the choices: independent of the noise stream
     rng = np.random.default_rng(seed)
     fluxes, rows, warnings = [], [], []
     for i, sim in enumerate(sims):
         place, row = _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sky_sigma, gain,
-                                match_redshift)
+                                match_redshift, psf_beta)
         flux, meta = observe(sim, survey, redshift=None, rng=rng, placement=place, input_zero_point=zero_point)
         if fluxes and flux.shape != fluxes[0].shape:
             raise MorphllrError(f"{sim.source}: has {flux.shape[0]} band(s) but earlier files have {fluxes[0].shape[0]}; "
@@ -638,15 +693,22 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
             warnings.append(f"--catalog {catalog}: {len(missing)} galaxy(ies) without a row, e.g. "
                             f"{', '.join(missing[:5])} (ids are the file names without suffix)")
     settings = {
-        "psf": _psf_description(survey, psf_image, psf_fwhm, "psf_fwhm" in given, match),
+        "psf": _psf_description(survey, psf_image, psf_fwhm, "psf_fwhm" in given, match, pool),
+        "psf_settings": _psf_settings(survey, psf_image, psf_pixels, psf_fwhm, psf_beta, given, match, pool),
         "sky": library.info if library is not None else {"gaussian_sigma": survey.sky_sigma},
         "gain": survey.gain, "match": None if match is None else Path(match).name, "match_redshift": bool(match_redshift),
         "redshift": redshift if redshift is not None else "per galaxy (catalogue, match or image header)",
         "sim_pixel_kpc": sim_pixel_kpc, "bands": sims[0].bands, "seed": int(seed), "repeat": int(repeat),
         "units": sims[0].units,
+        # which files chose per-galaxy values (their bytes, so an edited catalogue or set is told apart)
+        "match_file": _file_record(match), "catalog": _file_record(catalog),
+        "sky_sigma": survey.sky_sigma if library is None else None, "preset": prep.name,
+        "pixel_scale": survey.pixel_scale, "zero_point": survey.zero_point,
+        "input_zero_point": None if zero_point is None else float(zero_point), "cosmology": survey.cosmology,
+        "n_inputs": len(galaxies) // int(repeat),
     }
     changes = {"zero_point": survey.zero_point, "pixel_scale": survey.pixel_scale, "cosmology": survey.cosmology,
-               "mock": settings, "units": sims[0].units}
+               "mock": settings, "units": sims[0].units, "input_kind": "flux"}  # simulations are calibrated flux
     if zero_point is not None:
         changes["input_zero_point"] = float(zero_point)
     prep = prep.replace(**changes)
@@ -657,14 +719,68 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
             "psf": settings["psf"], "gain": survey.gain, "catalog": join_report, "warnings": warnings}
 
 
-def _psf_description(survey: SurveySettings, psf_image, psf_fwhm, from_catalog: bool, match) -> str:
+def _file_record(path) -> dict | None:
+    """File name, resolved path and sha256 of an input that chose pixels (None when not given)."""
+    if path is None:
+        return None
+    from .psf import file_sha256
+
+    return {"file": Path(path).name, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def _check_flux_recipe(prep, source: str) -> None:
+    """Refuse a recipe for JPEG levels: mocks are calibrated flux, and a model of JPEGs would never see flux."""
+    from .preprocess import INPUT_KIND_TEXT
+
+    kind = prep.input_kind
+    if kind not in (None, "flux") or getattr(prep, "unstretch", "none") != "none":
+        what = f"{INPUT_KIND_TEXT.get(kind, kind)} (input_kind {kind!r})" if kind not in (None, "flux") else \
+            f"JPEG levels (it un-stretches them: unstretch {prep.unstretch!r})"
+        raise MorphllrError(f"{source}: the recipe is for {what}, but simulations are calibrated flux; train the "
+                            "models on flux data and use a flux set or model for --like (or a flux --preset, e.g. "
+                            "zanisi21)")
+
+
+def _psf_settings(survey: SurveySettings, psf_image, psf_pixels, psf_fwhm, psf_beta, given: dict, match,
+                  pool: MatchPool | None = None) -> dict:
+    """The PSF of the mocks, structured: kind, FWHM and beta with where they come from, or the image's record."""
+    from .psf import DEFAULT_MOFFAT_BETA, psf_image_record
+
+    if psf_image is not None:
+        return {"kind": "image", "image": psf_image_record(psf_image, psf_pixels, store_pixels=False)}
+    if psf_fwhm is None and pool is not None and pool.psf_image is not None:
+        record = {"kind": "image", "image": (pool.psf_record or {}).get("image"),
+                  "from": f"--match {Path(match).name}: {pool.psf_from}"}
+        if "psf_fwhm" in given:
+            record["catalogue_rows"] = f"{survey.psf} of the catalogue's psf_fwhm_arcsec where it has one"
+        return record
+    per_galaxy = [name for name, on in (("catalogue", "psf_fwhm" in given), ("match", match is not None)) if on]
+    record = {"kind": survey.psf, "fwhm_arcsec": survey.psf_fwhm,
+              "fwhm_from": "--psf-fwhm" if psf_fwhm is not None else
+              (" else ".join(per_galaxy) + " else default") if per_galaxy else "default"}
+    if survey.psf == "moffat":
+        beta_sources = [name for name, on in (("catalogue", "psf_beta" in given), ("match", match is not None)) if on]
+        record["beta"] = survey.psf_beta or DEFAULT_MOFFAT_BETA
+        record["beta_from"] = "--psf-beta" if psf_beta is not None else \
+            (" else ".join(beta_sources) + " else default") if beta_sources else "default"
+    if pool is not None:
+        record["match_psf"] = pool.psf_from
+    return record
+
+
+def _psf_description(survey: SurveySettings, psf_image, psf_fwhm, from_catalog: bool, match,
+                     pool: MatchPool | None = None) -> str:
     if psf_image is not None:
         return f"image {Path(psf_image).name}"
+    if psf_fwhm is None and pool is not None and pool.psf_image is not None:
+        text = f"drawn from {Path(match).name} ({pool.psf_from})"
+        return f"catalogue psf_fwhm_arcsec else {text}" if from_catalog else text
     default = f"{survey.psf} FWHM {survey.psf_fwhm:g} arcsec"
     if psf_fwhm is not None or not (from_catalog or match is not None):
         return default
     sources = (["catalogue psf_fwhm_arcsec"] if from_catalog else []) + (
-        [f"drawn from {Path(match).name}"] if match is not None else [])
+        [f"drawn from {Path(match).name} ({pool.psf_from})" if pool is not None else f"drawn from {Path(match).name}"]
+        if match is not None else [])
     return f"{survey.psf}, FWHM per galaxy: {' else '.join(sources)} else {survey.psf_fwhm:g} arcsec"
 
 
@@ -674,7 +790,8 @@ def _unique_ids(names: list[str]) -> list[str]:
     return [f"{n}-{i}" for i, n in enumerate(names)]  # the same snapshot in two folders: keep ids unique
 
 
-def _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sky_sigma, gain, match_redshift):
+def _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sky_sigma, gain, match_redshift,
+               psf_beta=None):
     """One galaxy's PSF, sky, gain and redshift, in order: option > catalogue > match draw > default."""
     def pick(key, option):
         if option is not None:
@@ -683,16 +800,19 @@ def _placement(i, given, pool, library, draw, redshift, psf_fwhm, psf_pixels, sk
         return float(value) if np.isfinite(value) else None
 
     place = Placement(redshift=pick("redshift", redshift), psf_fwhm=pick("psf_fwhm", psf_fwhm),
-                      psf_beta=pick("psf_beta", None), sky_sigma=pick("sky_sigma", sky_sigma),
+                      psf_beta=pick("psf_beta", psf_beta), sky_sigma=pick("sky_sigma", sky_sigma),
                       gain=pick("gain", gain), psf_image=psf_pixels)
     row = {}
     if pool is not None:
         j = int(draw.integers(len(pool.ids)))
         row["match_id"] = str(pool.ids[j])
         if place.psf_fwhm is None and psf_pixels is None:
-            place.psf_fwhm = float(pool.psf_fwhm[j])
-            if pool.psf_beta is not None and place.psf_beta is None and np.isfinite(pool.psf_beta[j]):
-                place.psf_beta = float(pool.psf_beta[j])
+            if pool.psf_image is not None:  # the PSF image its Sérsic fits used, for every galaxy
+                place.psf_image = pool.psf_image
+            else:
+                place.psf_fwhm = float(pool.psf_fwhm[j])
+                if pool.psf_beta is not None and place.psf_beta is None and np.isfinite(pool.psf_beta[j]):
+                    place.psf_beta = float(pool.psf_beta[j])
         if place.sky_sigma is None and pool.sky_sigma is not None and np.isfinite(pool.sky_sigma[j]):
             place.sky_sigma = float(pool.sky_sigma[j])
         if place.gain is None and pool.gain is not None and np.isfinite(pool.gain[j]):

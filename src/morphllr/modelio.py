@@ -364,15 +364,18 @@ def _check_consistent(described: list[tuple[str, Any, dict, str | None]], where:
         where: what the message names first (the ensemble folder, or ``Ensemble.from_models``).
         fix: the end of the message.
     """
+    def normal_prep(prep: Any) -> dict:  # a field an older record lacks is its default, None
+        return {k: v for k, v in _jsonable(dict(prep or {})).items() if v is not None}
+
     name0, config0, prep0, data0 = described[0]
     config0 = _normal_config(config0)
-    prep0 = _jsonable(dict(prep0 or {}))
+    prep0 = normal_prep(prep0)
     for name, config, prep, data in described[1:]:
         pair = f"members {name0} and {name}"
         if data != data0:
             raise MorphllrError(f"{where}: {pair} were trained on different images (data_fingerprint "
                                 f"{str(data0)[:12]}... vs {str(data)[:12]}...); {fix}")
-        prep = _jsonable(dict(prep or {}))
+        prep = normal_prep(prep)
         if prep != prep0:
             raise MorphllrError(f"{where}: {pair} were trained on differently preprocessed images "
                                 f"({_first_difference(prep0, prep)}); {fix}")
@@ -610,12 +613,14 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     return Ensemble(models, [name for name, _, _ in checked], path=path, index=index)
 
 
-def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None, str]]) -> dict:
+def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None, str]], *, where: str | None = None,
+                         fix: str = "retrain the ensemble with --overwrite") -> dict:
     """Write ``folder/ensemble.json`` for finished member folders, atomically (the last step of training).
 
     Args:
         folder: the ensemble folder.
         members: ``(name, seed, path relative to folder)`` per member, in order.
+        where, fix: how a refusal names the ensemble and ends (default: ``folder``, retrain).
 
     Returns:
         the index written.
@@ -634,7 +639,7 @@ def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None
                         "weights_sha256": weights_sha})
         described.append((name, meta["config"], meta.get("preprocessing") or {}, meta.get("data_fingerprint")))
         first = first or meta
-    _check_consistent(described, str(folder), "retrain the ensemble with --overwrite")
+    _check_consistent(described, where or str(folder), fix)
     index = {
         "format": ENSEMBLE_FORMAT,
         "format_version": ENSEMBLE_FORMAT_VERSION,
@@ -649,3 +654,58 @@ def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None
     with atomic_file(folder / ENSEMBLE_FILE) as tmp:
         tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
+
+
+def assemble_ensemble(models: list[str | Path], out: str | Path, overwrite: bool = False) -> dict:
+    """Join separately trained models into an ensemble folder (``morphllr ensemble``).
+
+    For models trained one seed per job (a cluster array, or one member added to shipped
+    models): each model folder is copied into ``out/seedK/`` (K = its recorded training seed)
+    and ``out/ensemble.json`` is written, all in a temporary folder renamed at the end.
+    The members must have distinct seeds and share network, preprocessing and training data
+    (:func:`write_ensemble_index` refuses otherwise, naming the first difference).
+
+    Args:
+        models: model folders (``model.json`` + ``weights.safetensors``; checked as
+            :func:`load_model` checks them).
+        out: the ensemble folder to create.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        the index written.
+    """
+    import shutil
+
+    if len(models) < 2:
+        raise MorphllrError(f"ensemble: give at least two model folders, got {len(models)}")
+    members: list[tuple[str, int, Path]] = []
+    for model in models:
+        model = Path(model)
+        meta = read_meta(model)
+        _load_model(model, "cpu", meta)  # weights readable, finite and matching their checksum
+        seed = ((meta.get("extra") or {}).get("training") or {}).get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise MorphllrError(f"{model / META_FILE}: records no training seed (extra.training.seed); only models "
+                                "trained by `morphllr train` can join an ensemble")
+        members.append((member_name(seed), seed, model))
+    names = [name for name, _, _ in members]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise MorphllrError(f"ensemble: several models were trained with the same seed ({', '.join(repeated)}); "
+                            "members must differ in their training seed")
+    if len(members) > MAX_ENSEMBLE_MEMBERS:
+        raise MorphllrError(f"ensemble: {len(members)} models, more than {MAX_ENSEMBLE_MEMBERS}")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, _, model in members:
+            (tmp / name).mkdir()
+            for file in (WEIGHTS_FILE, META_FILE):
+                shutil.copy2(model / file, tmp / name / file)
+        by_name = {name: str(model) for name, _, model in members}
+        try:
+            return write_ensemble_index(tmp, [(name, seed, name) for name, seed, _ in members], where="ensemble",
+                                        fix="only models of the same training set, network and recipe form an ensemble")
+        except MorphllrError as exc:  # name the user's folders, not the temporary copies
+            text = str(exc)
+            for name, model in by_name.items():
+                text = text.replace(f" {name} ", f" {name} ({model}) ", 1)
+            raise MorphllrError(text) from None

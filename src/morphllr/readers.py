@@ -29,12 +29,19 @@ Supported inputs (a file, a folder, or a glob; folders are searched recursively)
   clipped to 8 bits, so their values are not linear flux; use a preset that does not
   stretch again (``jpeg8bit``) and compare only with images made the same way.
 
+Masks: a FITS file whose name holds the token ``_mask`` (``NAME_mask.fits``,
+``NAME_mask_cutout.fits``) is the mask of the image named without it (``NAME.fits``,
+``NAME_cutout.fits``) in the same folder, wherever the files come from (folder, glob or
+named); nonzero (or NaN) = excluded pixel, as in imfit/SExtractor.  ``--mask FILE_OR_DIR``
+gives masks explicitly (:func:`mask_plan`).  Records carry the mask (``RawImage.mask``).
+
 Catalogues (FITS tables, CSV, ECSV, Parquet) are joined by ``id`` (:func:`join_catalog`).
 """
 
 from __future__ import annotations
 
 import glob as globlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +73,12 @@ class RawImage:
         center_tolerance: pixels the galaxy is known to lie within of the image centre (a
             cutout at a catalogue position), bounding how far centring may move the window;
             None: unknown (centring may search a quarter of the frame).
+        kind: what the pixels are, as far as the reader knows (``flux`` for FITS and SDSS
+            frames, ``jpeg`` for JPEG/PNG, None for arrays; see
+            :data:`morphllr.preprocess.INPUT_KINDS`).
+        mask: bool (H, W), True = pixel excluded (a user's mask), or None.
+        outside: bool (H, W), True = pixel beyond the real image (a window past a frame's
+            edge), or None.
     """
 
     id: str
@@ -75,6 +88,9 @@ class RawImage:
     pixel_scale: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     center_tolerance: float | None = None
+    kind: str | None = None
+    mask: np.ndarray | None = None
+    outside: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------- input expansion
@@ -93,13 +109,51 @@ def _is_supported(path: Path) -> bool:
 def expand_inputs(inputs: list[str | os.PathLike], exclude: list[Path] | None = None) -> list[Path]:
     """Turn files, folders (recursive) and globs into a sorted list of image files.
 
+    Mask files (``NAME_mask.fits``) are not images: they are paired with their image
+    (:func:`expand_inputs_with_masks`) and left out; a mask without its image is refused.
+
     Args:
         inputs: what the user typed.
         exclude: files to leave out (e.g. the output file or a catalogue in the folder).
 
     Returns:
-        sorted, de-duplicated supported files.
+        sorted, de-duplicated supported image files.
     """
+    return expand_inputs_with_masks(inputs, exclude)[0]
+
+
+def expand_inputs_with_masks(inputs: list[str | os.PathLike],
+                             exclude: list[Path] | None = None) -> tuple[list[Path], dict[Path, Path]]:
+    """Like :func:`expand_inputs`, plus the mask files found among the inputs, paired with their images.
+
+    Args:
+        inputs: what the user typed.
+        exclude: files to leave out.
+
+    Returns:
+        (image files, {image file: its mask file}).
+    """
+    files = _expand_all(inputs, exclude)
+    masks = [p for p in files if is_mask_file(p)]
+    images = [p for p in files if not is_mask_file(p)]
+    by_key = {(p.resolve().parent, _stem(p).lower()): p for p in images}
+    pairs: dict[Path, Path] = {}
+    for m in masks:
+        image = by_key.get((m.resolve().parent, mask_image_stem(m).lower()))
+        if image is None:
+            raise MorphllrError(f"{m}: a mask file (its name holds _mask) but its image {mask_image_stem(m)}.fits is "
+                                "not among the inputs; give the image too, pass masks with --mask, or rename the file "
+                                "if it is a galaxy image")
+        if image in pairs:
+            raise MorphllrError(f"{m}: a second mask for {image} (also {pairs[image]}); keep one mask per image")
+        pairs[image] = m
+    if not images:
+        raise MorphllrError(f"{' '.join(map(str, inputs))}: only mask files, no input images found")
+    return images, pairs
+
+
+def _expand_all(inputs: list[str | os.PathLike], exclude: list[Path] | None = None) -> list[Path]:
+    """Files, folders (recursive) and globs -> supported files, masks included, in order, de-duplicated."""
     excluded = {p.resolve() for p in (exclude or [])}
     files: list[Path] = []
     for item in inputs:
@@ -107,7 +161,6 @@ def expand_inputs(inputs: list[str | os.PathLike], exclude: list[Path] | None = 
         path = Path(item).expanduser()
         if path.is_dir():
             found = [p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p) and not p.name.startswith(".")]
-            found = [p for p in found if not _is_mask_file(p)]
             if not found:
                 raise MorphllrError(f"{path}: folder holds no FITS/HDF5/npy/JPEG/PNG files; check the path")
             files.extend(found)
@@ -135,9 +188,158 @@ def expand_inputs(inputs: list[str | os.PathLike], exclude: list[Path] | None = 
     return unique
 
 
-def _is_mask_file(path: Path) -> bool:
-    """Bad-pixel masks shipped next to images (``*_mask*.fits``) are not galaxies."""
-    return "_mask" in path.name.lower() and _suffix(path) in FITS_SUFFIXES
+_MASK_TOKEN = r"_mask(?=$|[_.\-])"
+
+
+def is_mask_file(path: Path) -> bool:
+    """Bad-pixel masks shipped next to images (``NAME_mask.fits``, ``NAME_mask_cutout.fits``) are not galaxies.
+
+    The token ``_mask`` must stand alone (``gal_masked.fits`` is an image).
+    """
+    import re
+
+    return _suffix(Path(path)) in FITS_SUFFIXES and re.search(_MASK_TOKEN, _stem(Path(path)).lower()) is not None
+
+
+def mask_image_stem(path: Path) -> str:
+    """The stem of the image a mask file belongs to: its own stem without the ``_mask`` token."""
+    import re
+
+    return re.sub(_MASK_TOKEN, "", _stem(Path(path)), count=1, flags=re.IGNORECASE)
+
+
+def read_mask_file(path: Path, hdu=None) -> np.ndarray:
+    """A mask file as bool, True = excluded pixel (nonzero or NaN, the imfit/SExtractor convention).
+
+    Args:
+        path: FITS (first image HDU, or ``hdu``), ``.npy``/``.npz`` or HDF5 file; 2-D, or 3-D for
+            one plane per image of a cube or array file.
+
+    Returns:
+        bool (H, W) or (N, H, W).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MorphllrError(f"--mask {path}: file not found; give an existing mask file or a folder of NAME_mask.fits")
+    kind = _suffix(path)
+    if kind in FITS_SUFFIXES:
+        with _fits_open(path) as hdul:
+            chosen = _fits_hdu(hdul, path, hdu)
+            try:
+                data = np.asarray(chosen.data)
+            except (OSError, ValueError, TypeError) as exc:
+                raise MorphllrError(f"--mask {path}: cannot read the mask ({exc}); the file is truncated or corrupt") from None
+    elif kind in NPY_SUFFIXES:
+        data = np.asarray(_load_npy(path, None))
+    elif kind in HDF5_SUFFIXES:
+        with _open_h5(path) as f:
+            import h5py
+
+            found = []
+            f.visititems(lambda n, o: found.append(o) if isinstance(o, h5py.Dataset) and o.ndim in (2, 3) else None)
+            if len(found) != 1:
+                raise MorphllrError(f"--mask {path}: expected one 2-D or 3-D dataset, found {len(found)}; "
+                                    "write the mask alone into the file")
+            data = np.asarray(found[0][()])
+    else:
+        raise MorphllrError(f"--mask {path}: unsupported mask file; use FITS, .npy/.npz or HDF5 (nonzero = excluded)")
+    if data.ndim not in (2, 3) or data.dtype.kind not in "biuf":
+        raise MorphllrError(f"--mask {path}: holds a {data.ndim}-D {data.dtype} array; a mask is a 2-D image (or one "
+                            "plane per image) of numbers, nonzero = excluded")
+    with np.errstate(invalid="ignore"):
+        return (data != 0) | (np.isnan(data) if data.dtype.kind == "f" else False)
+
+
+@dataclass
+class MaskPlan:
+    """Which mask belongs to which image.
+
+    Attributes:
+        by_file: image file -> mask file (pairs found beside the images, ``--mask DIR``, or
+            ``--mask FILE`` with one input image).
+        common: a ``--mask FILE`` for every image (2-D: same shape as each image; 3-D: one
+            plane per image, in input order), or None.
+    """
+
+    by_file: dict[Path, Path] = field(default_factory=dict)
+    common: Path | None = None
+    _common: np.ndarray | None = None
+    _used: int = 0
+
+    def __len__(self) -> int:
+        return len(self.by_file) + (self.common is not None)
+
+    def mask_for(self, path: Path, plane: int, hw: tuple[int, int], source: str) -> np.ndarray | None:
+        """The bool (H, W) mask of image ``plane`` of ``path``, checked against its shape ``hw``."""
+        if path in self.by_file:
+            mask_path = self.by_file[path]
+            data = read_mask_file(mask_path)
+            if data.ndim == 3:
+                if plane >= data.shape[0]:
+                    raise MorphllrError(f"--mask {mask_path}: has {data.shape[0]} planes, but {path} holds more "
+                                        "images; give one plane per image")
+                data = data[plane]
+        elif self.common is not None:
+            mask_path = self.common
+            if self._common is None:
+                self._common = read_mask_file(self.common)
+            data = self._common
+            if data.ndim == 3:
+                if self._used >= data.shape[0]:
+                    raise MorphllrError(f"--mask {mask_path}: has {data.shape[0]} planes but there are more images; "
+                                        "give one plane per image, or a 2-D mask for all")
+                data = data[self._used]
+            self._used += 1
+        else:
+            return None
+        if data.shape != tuple(hw):
+            raise MorphllrError(f"--mask {mask_path}: is {data.shape[0]}x{data.shape[1]} but {source} is "
+                                f"{hw[0]}x{hw[1]}; give a mask of the image's shape (nonzero = excluded)")
+        return data
+
+
+def mask_plan(files: list[Path], pairs: dict[Path, Path], mask: str | os.PathLike | None) -> MaskPlan:
+    """Masks for ``files``: the pairs found beside them, or those of ``--mask FILE_OR_DIR``.
+
+    Args:
+        files: image files (:func:`expand_inputs_with_masks`).
+        pairs: image -> mask pairs found among the inputs.
+        mask: ``--mask``: a mask file (one image, or every image), a folder of masks named
+            ``NAME_mask.fits`` / ``NAME.fits`` after the images (``NAME`` = image file stem), or None.
+
+    Returns:
+        :class:`MaskPlan`.
+    """
+    if mask is None:
+        return MaskPlan(dict(pairs))
+    mask = Path(mask)
+    if pairs:
+        first = next(iter(pairs.items()))
+        raise MorphllrError(f"--mask {mask}: the inputs already pair masks with images ({first[1]} for {first[0]}); "
+                            "give either --mask or mask files beside the images, not both")
+    if mask.is_dir():
+        candidates = [p for p in sorted(mask.rglob("*")) if p.is_file() and _is_supported(p)
+                      and _suffix(p) not in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        index: dict[str, Path] = {}
+        for p in candidates:
+            key = (mask_image_stem(p) if is_mask_file(p) else _stem(p)).lower()
+            if key in index and is_mask_file(index[key]) == is_mask_file(p):
+                raise MorphllrError(f"--mask {mask}: two masks for image {key} ({index[key]}, {p}); keep one")
+            if key not in index or is_mask_file(p):
+                index[key] = p
+        found = {f: index[_stem(f).lower()] for f in files if _stem(f).lower() in index}
+        resolved = {f.resolve() for f in files}
+        found = {f: m for f, m in found.items() if m.resolve() not in resolved}
+        if not found:
+            raise MorphllrError(f"--mask {mask}: no mask in the folder is named after an input image (NAME_mask.fits "
+                                "or NAME.fits for image NAME.fits); rename the masks or give one file")
+        return MaskPlan(found)
+    if not mask.exists():
+        raise MorphllrError(f"--mask {mask}: not found; give a mask file or a folder of NAME_mask.fits masks")
+    read_mask_file(mask)  # refuse an unreadable mask before any image is read
+    if len(files) == 1:
+        return MaskPlan({files[0]: mask})
+    return MaskPlan(common=mask)
 
 
 def file_ids(files: list[Path]) -> dict[Path, str]:
@@ -483,17 +685,35 @@ def read_array_file(path: Path, image_id: str, hdu=None, channel: int | None = N
     if _suffix(path) in HDF5_SUFFIXES:
         with _open_h5(path) as f:
             dataset = _hdf5_dataset(f, path, hdu)
-            yield from _iter_array(dataset, path, image_id, channel)
+            yield from _iter_array(dataset, path, image_id, channel, imageset_kind(f, dataset))
     else:
         yield from _iter_array(_load_npy(path, hdu), path, image_id, channel)
 
 
-def _iter_array(array, path: Path, image_id: str, channel: int | None) -> Iterator[RawImage]:
+def imageset_kind(f, dataset) -> str | None:
+    """The input kind of a dataset of a morphllr image set read as input (``--hdu flux``): the kind its
+    recipe records for ``/flux`` (:func:`morphllr.preprocess.input_kind_of`; None if unrecorded), and
+    ``model_space`` for ``/images`` or any other dataset; None for an HDF5 file that is not an image set."""
+    if f.attrs.get("format") != "morphllr.imageset":
+        return None
+    if dataset.name.strip("/") != "flux":
+        return "model_space"
+    from .preprocess import input_kind_of
+
+    text = f.attrs.get("preprocessing")
+    try:
+        prep = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
+    except (TypeError, ValueError):
+        prep = {}
+    return input_kind_of(prep if isinstance(prep, dict) else {})
+
+
+def _iter_array(array, path: Path, image_id: str, channel: int | None, kind: str | None = None) -> Iterator[RawImage]:
     array, ndim = _array_images(array, channel, str(path))
     n = 1 if ndim == 2 else array.shape[0]
     for i in range(n):
         rid = image_id if ndim == 2 else f"{image_id}:{i}"
-        yield RawImage(rid, _array_item(array, ndim, i, channel), f"{path}[{i}]")
+        yield RawImage(rid, _array_item(array, ndim, i, channel), f"{path}[{i}]", kind=kind)
 
 
 # ---------------------------------------------------------------------- JPEG / PNG
@@ -638,8 +858,8 @@ def count_images(files: list[Path], hdu=None, bands: list[str] | None = None) ->
 
 
 def iter_images(files: list[Path], *, hdu=None, channel: int | None = None, bands: list[str] | None = None,
-                cosmology: str | None = None) -> Iterator[RawImage]:
-    """Yield every image in ``files`` in order.
+                cosmology: str | None = None, masks: MaskPlan | None = None) -> Iterator[RawImage]:
+    """Yield every image in ``files`` in order, each with its input kind and mask.
 
     Args:
         files: from :func:`expand_inputs`.
@@ -648,27 +868,44 @@ def iter_images(files: list[Path], *, hdu=None, channel: int | None = None, band
         bands: band names for band cubes (TNG SKIRT: ``["r"]``), or, with several, the
             bands of single-band files to stack per galaxy (:func:`group_band_files`).
         cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.cosmology`).
+        masks: which mask belongs to which image (:func:`mask_plan`), or None.
 
     Returns:
-        iterator of :class:`RawImage`.
+        iterator of :class:`RawImage` (``kind``: ``flux`` for FITS, ``jpeg`` for JPEG/PNG, None
+        for arrays; ``mask`` where the plan has one).
     """
     plan = _band_plan(files, bands, hdu)
     ids = file_ids([item for kind_of, item in plan if kind_of == "file"])
     for kind_of, item in plan:
         if kind_of == "bands":
             galaxy_id, paths = item
-            yield _stack_bands(galaxy_id, paths, bands, hdu, cosmology)
+            record = _stack_bands(galaxy_id, paths, bands, hdu, cosmology)
+            record.kind = "flux"
+            yield _with_mask(record, masks, paths[0], 0)
             continue
         path = item
         kind = _suffix(path)
         if kind in FITS_SUFFIXES and frames.is_frame_file(path):
-            yield frames.frame_raw_image(path, ids[path])  # SDSS frame: NMGY checked, band/nmgy kept (frames.py)
+            records = [frames.frame_raw_image(path, ids[path])]  # SDSS frame: NMGY checked, band/nmgy kept (frames.py)
         elif kind in FITS_SUFFIXES:
-            yield from read_fits(path, ids[path], hdu, bands, cosmology)
+            records = read_fits(path, ids[path], hdu, bands, cosmology)
         elif kind in HDF5_SUFFIXES or kind in NPY_SUFFIXES:
-            yield from read_array_file(path, ids[path], hdu, channel)
+            records = read_array_file(path, ids[path], hdu, channel)
         else:
-            yield from read_picture(path, ids[path], channel)
+            records = read_picture(path, ids[path], channel)
+        reader_kind = "flux" if kind in FITS_SUFFIXES else "jpeg" if kind in IMAGE_SUFFIXES else None
+        for plane, record in enumerate(records):
+            if record.kind is None:
+                record.kind = reader_kind
+            yield _with_mask(record, masks, path, plane)
+
+
+def _with_mask(record: RawImage, masks: MaskPlan | None, path: Path, plane: int) -> RawImage:
+    if masks is not None and len(masks):
+        found = masks.mask_for(path, plane, record.image.shape[1:], record.source)
+        if found is not None:
+            record.mask = found if record.mask is None else (record.mask | found)
+    return record
 
 
 # ---------------------------------------------------------------------- catalogues
@@ -884,3 +1121,56 @@ def join_catalog(images_table, catalog, catalog_name: str = "catalog"):
         "rows_without_image": int(len(catalog) - len(set(rows[matched].tolist()))),
     }
     return joined, report
+
+
+# ---------------------------------------------------------------------- row selections
+#: Comparisons a ``--where`` condition may use (longest first, so ``<=`` is not read as ``<``).
+WHERE_OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
+
+
+def catalog_where(table, condition: str, where: str = "--where") -> np.ndarray:
+    """Rows of a catalogue that satisfy one condition ``COLUMN OP VALUE``, e.g. ``label == spiral``.
+
+    ``OP`` is one of :data:`WHERE_OPERATORS`.  A number column (astropy numbers) is compared as numbers
+    (missing values never match), any other column as text (``==``/``!=`` only; quotes around the value
+    are optional).
+
+    Args:
+        table: astropy Table.
+        condition: the condition text.
+        where: option named in messages.
+
+    Returns:
+        bool (N,) array.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(==|!=|<=|>=|<|>)\s*(.*?)\s*", str(condition))
+    if match is None or not match.group(3):
+        raise MorphllrError(f"{where} {condition!r}: write COLUMN OP VALUE with OP one of {' '.join(WHERE_OPERATORS)}, "
+                            "e.g. 'label == spiral' or 'sersic_n < 2'")
+    name, op, value = match.groups()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    if name not in table.colnames:
+        raise MorphllrError(f"{where} {condition!r}: the catalogue has no column {name!r}; columns: "
+                            f"{', '.join(table.colnames)}")
+    column = table[name]
+    if getattr(column, "ndim", 1) != 1:
+        raise MorphllrError(f"{where} {condition!r}: column {name!r} holds arrays, not one value per row")
+    if column.dtype.kind in "biuf":
+        try:
+            number = float(value)
+        except ValueError:
+            raise MorphllrError(f"{where} {condition!r}: column {name!r} holds numbers, but {value!r} is not one; "
+                                "compare it with a number") from None
+        values = numeric_column(table, name, where)
+        with np.errstate(invalid="ignore"):
+            result = {"==": values == number, "!=": values != number, "<": values < number,
+                      "<=": values <= number, ">": values > number, ">=": values >= number}[op]
+        return result & np.isfinite(values)
+    if op not in ("==", "!="):
+        raise MorphllrError(f"{where} {condition!r}: column {name!r} holds text, which only == and != compare")
+    text, missing = _cells(column)
+    equal = np.array([t == value for t in text], bool) & ~missing
+    return equal if op == "==" else ~equal

@@ -147,7 +147,8 @@ def plot_pixel_maps(result, figs: _Figures) -> None:
         fig, axes = plt.subplots(rows, 4, figsize=(8, 2.0 * rows), squeeze=False)
         lim = _symmetric_limit([g["map_obs"] - g["map_arch"]])
         lp = np.concatenate([g["map_obs"].ravel(), g["map_arch"].ravel()])
-        lp_lo, lp_hi = np.percentile(lp, [1, 99])
+        lp = lp[np.isfinite(lp)]  # masked pixels are NaN (their terms are not in the LLR)
+        lp_lo, lp_hi = np.percentile(lp, [1, 99]) if lp.size else (-1.0, 1.0)
         images = {}
         for r in range(rows):
             panels = [(_display(g["images"][r]), "gray", None, None, "image"),
@@ -170,7 +171,7 @@ def plot_pixel_maps(result, figs: _Figures) -> None:
         figs.save(fig, f"pixel_maps_{_slug(name)}.png", "Pixel maps",
                   f"{name}: galaxies spanning the LLR range (highest first). Per-pixel log-likelihoods in nats; "
                   "in the LLR map blue pixels are better explained by the observed-galaxy model, red pixels by "
-                  "the smooth Sérsic model.")
+                  "the smooth Sérsic model; masked pixels (not in the LLR) are blank.")
 
 
 def plot_mean_maps(result, figs: _Figures) -> None:
@@ -332,6 +333,8 @@ th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td{white-space:now
 th{background:#f3f3f3} td.name{text-align:left;font-weight:bold} td.text{text-align:left;white-space:normal;min-width:14em}
 figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:0.9em;color:#444}
 .note{color:#8a5a00} code{background:#f4f4f4;padding:0 3px}
+.warnings{border:2px solid #c0392b;background:#fdecea;color:#611a15;padding:0.5em 1em;margin:1em 0}
+.warnings h2{margin:0.2em 0;font-size:1.1em} td.warn{text-align:left;white-space:normal;min-width:16em;color:#611a15}
 """
 
 
@@ -370,11 +373,15 @@ _MARK_LEGEND = ("✓ = the set's difference to the reference survives retraining
 def _ranking_table(summary: dict) -> str:
     matched = summary.get("matched") or {}
     multi = _multi_pair(summary)
+    # masked pixels' terms are not in the LLR: with masks, show the share and the LLR per unmasked pixel
+    masked = any((summary["sets"][n].get("masked_share") or 0) > 0 for n in summary["ranking"])
     head = ("<tr><th>rank</th><th>set</th><th>n</th><th>mean LLR [nats]</th><th>95% interval [nats]</th>"
             "<th>median [nats]</th><th>ΔLLR vs reference [nats]</th><th>matched ΔLLR [nats]</th>"
             + ("<th>model σ of ΔLLR [nats]</th><th>survives retraining</th>" if multi else "")
             + "<th>AUROC vs reference</th><th>KS</th>"
-            "<th>outliers</th><th class='text'>E_q[LLR] = KL(q‖p_arch) − KL(q‖p_obs)</th></tr>")
+            "<th>outliers</th>"
+            + ("<th>masked share</th><th>mean LLR per unmasked pixel [nats]</th>" if masked else "")
+            + "<th class='text'>E_q[LLR] = KL(q‖p_arch) − KL(q‖p_obs)</th><th>warnings</th></tr>")
     rows = []
     for rank, name in enumerate(summary["ranking"], 1):
         e = summary["sets"][name]
@@ -383,13 +390,15 @@ def _ranking_table(summary: dict) -> str:
         md = (matched.get("delta_llr") or {}).get(name)
         me = (matched.get("delta_llr_err") or {}).get(name)
         stab = (f"<td>{_fmt(e.get('model_std'), 3)}</td><td>{stability_mark(e, is_ref)}</td>" if multi else "")
+        mask_cells = (f"<td>{100 * (e.get('masked_share') or 0):.3g} %</td>"
+                      f"<td>{_fmt(e.get('mean_llr_per_pixel'), 3)}</td>" if masked else "")
         rows.append(
             f"<tr><td>{rank}</td><td class='name'>{html.escape(name)}{ref}</td><td>{e['n']}</td>"
             f"<td>{_fmt(e['mean_llr'])}</td><td>[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]</td>"
             f"<td>{_fmt(e['median_llr'])}</td><td>{_fmt(e['delta_llr'])} ± {_fmt(e['delta_llr_err'], 2)}</td>"
             f"<td>{_fmt(md)} ± {_fmt(me, 2)}</td>{stab}<td>{_fmt(e['auroc_vs_reference'], 3)}</td>"
             f"<td>{_fmt(e['ks_vs_reference'], 3)}</td><td>{100 * e.get('outlier_fraction', np.nan):.3g} %</td>"
-            f"<td class='text'>{html.escape(e['verdict'])}</td></tr>")
+            f"{mask_cells}<td class='text'>{html.escape(e['verdict'])}</td>{_warning_cell(e, name)}</tr>")
     readings = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(summary['sets'][name]['reading'])}</li>"
                        for name in summary["ranking"])
     groups = ""
@@ -402,6 +411,76 @@ def _ranking_table(summary: dict) -> str:
     return (f"<table id='ranking'>{head}{''.join(rows)}</table>{legend}{groups}"
             "<p>Outliers: share of the set below the reference's 0.15th LLR percentile "
             f"({_fmt(summary['outlier_threshold_llr'])} nats).</p><ul>{readings}</ul>")
+
+
+def short_warning(text: str, name: str) -> str:
+    """A warning's headline for the ranking table (the set's name and the details dropped)."""
+    for prefix in (f"{name} (the reference): ", f"{name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    cuts = [i for i in (text.find("; "), text.find(": median"), text.find(" (")) if i > 0]
+    text = text[:min(cuts)] if cuts else text
+    return text if len(text) <= 90 else text[:89] + "…"
+
+
+def _warning_cell(entry: dict, name: str) -> str:
+    """The ranking table's cell beside a set's row: its warnings' headlines (in full in the box at the top), or –."""
+    found = entry.get("warnings") or []
+    if not found:
+        return "<td>–</td>"
+    return ("<td class='warn'>" + "<br>".join(f"⚠ {html.escape(short_warning(w, name))}" for w in found)
+            + " (<a href='#warnings'>details</a>)</td>")
+
+
+def warnings_box(summary: dict) -> str:
+    """The box at the top of the page listing every warning (empty string when there is none)."""
+    found = summary.get("warnings") or []
+    if not found:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in found)
+    return (f"<div class='warnings' id='warnings'><h2>⚠ {len(found)} warning{'s' if len(found) > 1 else ''}: read "
+            f"before quoting any number below</h2><ul>{items}</ul></div>")
+
+
+def _short(fingerprint: Any) -> str:
+    return str(fingerprint)[:12] if fingerprint else "–"
+
+
+def _yes_no(value: Any) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def provenance_rows(summary: dict) -> list[list[str]]:
+    """One row per model member: side, member, training data, N images, steps, val bits/dim, fingerprint, converged."""
+    rows = []
+    for side in ("obs", "arch"):
+        prov = (summary.get("provenance") or {}).get(side) or {}
+        for m in prov.get("members", []):
+            n = m.get("n_images")
+            split = (f" ({m.get('train_images')} train + {m.get('val_images')} val)" if n is not None else "")
+            rows.append([prov.get("label", side), str(m.get("name")), str(m.get("data") or "–"),
+                         ("–" if n is None else str(n)) + split, _fmt(m.get("steps")), _fmt(m.get("val_bits_per_dim")),
+                         _short(m.get("data_fingerprint")), _yes_no(m.get("converged")),
+                         "yes" if m.get("domain_recorded") else "no"])
+    return rows
+
+
+PROVENANCE_HEADERS = ("model", "member", "trained on", "N images", "steps", "val bits/dim", "data fingerprint",
+                      "converged", "domain recorded")
+
+
+def _provenance_table(summary: dict) -> str:
+    rows = provenance_rows(summary)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in PROVENANCE_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    rules = summary.get("domain_rules") or {}
+    rule_text = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in rules.items())
+    return (f"<h2>The models</h2><table id='provenance'><tr>{head}</tr>{body}</table>"
+            + (f"<p>Domain guards (each scored set against what the models saw in training):</p><ul>{rule_text}</ul>"
+               if rule_text else ""))
 
 
 #: model pairs listed one by one in the per-pair ranking table (the rest are summarised)
@@ -624,7 +703,8 @@ def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: 
              f"<p>Reference (held-out observed galaxies): <b>{html.escape(summary['reference'])}</b>. "
              f"Model head: <code>{html.escape(str(summary.get('models', {}).get('head')))}</code>. "
              "Sets ordered by mean LLR, most realistic first.</p>",
-             _ranking_table(summary)]
+             warnings_box(summary),
+             _ranking_table(summary), _provenance_table(summary)]
     stability_figures = "".join(
         f"<figure>{_image_tag(figure_dir / name, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
         for sec, name, caption in figures if sec == STABILITY_SECTION)

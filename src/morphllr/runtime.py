@@ -157,6 +157,30 @@ def tune_glibc_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 
     return ok
 
 
+def cpu_description() -> str:
+    """This CPU as benchmarks print it: model name, family and model number, usable cores.
+
+    Returns:
+        e.g. ``"AMD EPYC 9R45 (family 26, model 2), 2 usable cores"``.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not key and fields:
+                    break  # the first processor is enough
+                fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    import platform
+
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = f" (family {fields['cpu family']}, model {fields.get('model', '?')})" if "cpu family" in fields else ""
+    return f"{name}{family}, {usable_cores()} usable cores"
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:

@@ -10,6 +10,12 @@ bf16 autocast where the CPU has native bf16 (the head's log-probabilities are st
 computed in fp32 by the model, and sums are accumulated here in float64), and a
 default batch size that keeps the largest activation under glibc's 32 MiB mmap
 threshold so buffers are recycled instead of page-faulted in on every batch.
+
+Masked pixels: :func:`score_to_files` drops the own terms of an ImageSet's masked pixels
+(``/mask_model``, 1 = excluded: user-masked or beyond the image edge, holding sky noise) from
+each image's log p; the images are scored unchanged, so those pixels stay context for the
+later pixels' conditionals.  :func:`log_likelihood` and :func:`iter_log_prob_maps` return
+every pixel's term (the maps are whole; apply the mask yourself).
 """
 
 from __future__ import annotations
@@ -224,6 +230,14 @@ def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size:
     bit for bit (same batches); the member mean over axis 0 is the mean of log p, not the log of a
     mixture density.
 
+    `images` given as a plain array (numpy, .npy/.npz, bare HDF5 dataset) is taken as already in
+    the model's input space: no preprocessing record is checked, the caller vouches for it; pass
+    an `ImageSet` to have its recorded preprocessing (input kind included) checked against the
+    model's.
+
+    An ImageSet's mask (``/mask_model``) is not applied here: every pixel's term is summed (and
+    every pixel is in the maps); :func:`score_to_files` and ``compare`` drop masked pixels' terms.
+
     Args:
         model: LoadedModel (``morphllr.load_model``), PixelCNN, or Ensemble.
         images: float32 array (N, H, W) / (N, C, H, W), a path, or any ImageSource.
@@ -353,6 +367,13 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
     per member.  A plain model folder (a 1-member Ensemble from ``load_ensemble``) writes the
     single-model columns only.
 
+    Masked pixels: for an ImageSet with ``/mask_model`` (1 = excluded pixel: user-masked or beyond
+    the image edge; it holds sky noise), each image's ``logp`` sums the unmasked pixels' terms only
+    (the masked pixels stay in the image as context for the later conditionals),
+    ``bits_per_dim`` is per unmasked dimension (``-logp / (C n_unmasked ln 2)``), the CSV gains a
+    column ``n_masked_pixels`` and the maps hold NaN at masked pixels.  Sets without a mask give
+    the files they always did.
+
     Several processes or GPUs (:mod:`morphllr.distributed`): each rank scores a contiguous shard
     of the images; rank 0 receives the per-image numbers (and, batch by batch, the maps: memory
     stays flat) in input order and alone claims and writes the files.  The files equal a single
@@ -374,7 +395,8 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         num_nodes: nodes (with a launcher such as torchrun or srun, or NODE_RANK/MASTER_ADDR/MASTER_PORT).
 
     Returns:
-        summary dict: n, mean_logp, mean_bits_per_dim (+ members: {name: mean logp} for an ensemble);
+        summary dict: n, mean_logp, mean_bits_per_dim (+ members: {name: mean logp} for an ensemble;
+        + masked_share, the mean share of masked model pixels, for a set with a mask);
         None on the ranks other than 0 of a run joined from a launcher.
     """
     from . import distributed
@@ -414,18 +436,32 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
         head = getattr(scorers[0].config, "head", None)
         mine = ctx.shard(n, batch_size)
         logp = np.empty((len(members), mine.stop - mine.start), dtype=np.float64)
+        # the domain guards' numbers (morphllr.domain): each member's log p over the empty sky, the sky
+        # pixel counts, the central-source areas and the masked pixels; rows of (K + 3, shard), gathered with logp
+        guard = _DomainNumbers(source, len(members), mine.stop - mine.start)
         datasets: list = []
         advance = lambda k: None  # noqa: E731
         if ctx.is_main:
             tmp_csv = stack.enter_context(atomic_file(csv_path, overwrite=overwrite))
             if maps_path is not None:
                 datasets = _open_maps_file(stack, maps_path, overwrite, model, names, source.name, n, h, w)
+                if guard.has_mask:
+                    datasets[0].file.attrs["masked_pixels"] = "NaN (the set's /mask_model: their terms are not in logp)"
             advance = stack.enter_context(_progress(progress, n, source.name))
         for step, (start, batch) in enumerate(ctx.batches(source, batch_size)):
             if batch is not None:
                 check_batch(batch, source.name, head, start)
                 maps = np.stack([scorer(batch, start, bf16) for scorer in scorers])  # (K, B, H, W)
-                logp[:, start - mine.start:start - mine.start + len(batch)] = maps.astype(np.float64).sum(axis=(-2, -1))
+                excluded = guard.excluded(start, len(batch))
+                at = slice(start - mine.start, start - mine.start + len(batch))
+                if excluded is None:
+                    logp[:, at] = maps.astype(np.float64).sum(axis=(-2, -1))
+                else:  # masked pixels stay context; their own terms leave the sums, and they are NaN in --maps
+                    logp[:, at] = np.where(excluded[None], 0.0, maps.astype(np.float64)).sum(axis=(-2, -1))
+                    guard.n_masked[at] = excluded.sum(axis=(1, 2))
+                guard.add(maps, start, start - mine.start)
+                if excluded is not None:
+                    maps = np.where(excluded[None], np.float32(np.nan), maps)
             else:
                 maps = np.empty((len(members), 0, h, w), np.float32)
             if maps_path is None:  # the same on every rank: every rank makes the same collectives
@@ -437,20 +473,29 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
                     if len(part):
                         _write_maps(datasets, ctx.batch_start(n, batch_size, rank, step), part, bool(names))
                         advance(len(part))
-        logp = ctx.gather_rows(np.ascontiguousarray(logp.T))  # (N, K) in input order on rank 0
+        gathered = ctx.gather_rows(np.ascontiguousarray(np.vstack([logp, guard.rows()]).T))  # (N, 2K + 3)
         ctx.done()  # the other ranks are finished; rank 0 writes alone
         if not ctx.is_main:
             return None
-        logp = np.ascontiguousarray(logp.T)
+        gathered = np.ascontiguousarray(gathered.T)
+        logp, guard_rows = gathered[:len(members)], gathered[len(members):]
         if datasets:
             datasets[0].file.close()
         mean = logp.mean(axis=0)
-        bpd = bits_per_dim(mean, c * h * w)
-        member_bpd = bits_per_dim(logp, c * h * w)
+        masked = guard.has_mask
+        n_masked = guard_rows[-1]
+        dims: Any = c * h * w
+        if masked:  # per unmasked dimension
+            dims = np.where(n_masked < h * w, c * (h * w - n_masked), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bpd = bits_per_dim(mean, dims)
+            member_bpd = bits_per_dim(logp, dims)
         spread = logp.std(axis=0, ddof=1) if len(logp) > 1 else np.full(n, np.nan)
         header = ["id", "logp", "bits_per_dim"]
         if names:
             header += ["logp_std"] + [f"{col}_{name}" for name in names for col in ("logp", "bits_per_dim")]
+        if masked:
+            header.append("n_masked_pixels")
         with open(tmp_csv, "w", newline="", encoding="utf-8") as fh_csv:
             writer = csv.writer(fh_csv)
             writer.writerow(header)
@@ -460,11 +505,78 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
                     row.append(repr(float(spread[i])))
                     for k in range(len(names)):
                         row += [repr(float(logp[k, i])), repr(float(member_bpd[k, i]))]
+                if masked:
+                    row.append(int(n_masked[i]))
                 writer.writerow(row)
-    summary = {"n": int(n), "mean_logp": float(mean.mean()), "mean_bits_per_dim": float(bpd.mean())}
+    summary = {"n": int(n), "mean_logp": float(mean.mean()), "mean_bits_per_dim": float(np.nanmean(bpd))
+               if masked else float(bpd.mean())}
     if names:
         summary["members"] = {name: float(logp[k].mean()) for k, name in enumerate(names)}
+    if masked:
+        summary["masked_share"] = float(n_masked.mean() / (h * w))
+    summary.update(guard.judge(logp, guard_rows, members, names or ["model"], source, (c, h, w)))
     return summary
+
+
+class _DomainNumbers:
+    """What :mod:`morphllr.domain` judges a scored set by, collected batch by batch in :func:`score_to_files`."""
+
+    def __init__(self, source: ImageSource, k: int, m: int):
+        from .domain import SkyReader
+
+        self.reader = SkyReader(source)
+        self.k = k
+        self.sky = np.full((k, m), np.nan)
+        self.n_sky = np.full(m, np.nan)
+        self.area = np.full(m, np.nan)
+        self.has_mask = self.reader.opened.mask is not None
+        self.n_masked = np.zeros(m)  # masked model pixels per image (filled by the scoring loop)
+
+    def excluded(self, start: int, b: int) -> np.ndarray | None:
+        """bool (B, H, W) masked pixels of images ``start:start + b`` (None without a mask)."""
+        return self.reader.excluded(np.arange(start, start + b)) if self.has_mask else None
+
+    def add(self, maps: np.ndarray, start: int, at: int) -> None:
+        """One batch of maps ``(K, B, H, W)`` of images ``start..``; ``at`` = its position in this shard."""
+        rows = np.arange(start, start + maps.shape[1])
+        sky = self.reader.sky(rows)
+        stop = at + len(rows)
+        if sky is not None:
+            self.sky[:, at:stop] = np.where(sky[None], maps.astype(np.float64), 0.0).sum(axis=(-2, -1))
+            self.n_sky[at:stop] = sky.sum(axis=(1, 2))
+        central = self.reader.central(rows)
+        if central is not None:
+            self.area[at:stop] = central.sum(axis=(1, 2))
+
+    def rows(self) -> np.ndarray:
+        return np.vstack([self.sky, self.n_sky[None], self.area[None], self.n_masked[None]])
+
+    def judge(self, logp: np.ndarray, rows: np.ndarray, members: list, names: list[str], source: ImageSource,
+              shape: tuple[int, int, int]) -> dict:
+        """``warnings`` and ``notes`` for the score summary; each warning is also a MorphllrWarning."""
+        import warnings as _warnings
+
+        from . import domain
+        from .errors import MorphllrWarning
+
+        sky, n_sky, area, n_masked = rows[:self.k], rows[self.k], rows[self.k + 1], rows[self.k + 2]
+        has_sky = self.reader.kind is not None
+        _, h, w = shape
+        values = {"model": domain.set_statistics(logp, sky if has_sky else None, n_sky if has_sky else None,
+                                                 area if self.reader.opened.segmap is not None else None,
+                                                 domain.re_model_pixels(source), shape,
+                                                 n_valid=h * w - n_masked if self.has_mask else None)}
+        records = [domain.domain_record(m) for m in members]
+        found, notes = domain.convergence_findings("model", names, members)
+        notes += domain.domain_notes("model", names, members)
+        judged: dict = {}
+        if any(r is not None for r in records):
+            judged, out_of_domain = domain.domain_check(str(source.name), values,
+                                                        [("model", "the model", names, records)], self.reader.kind)
+            found = out_of_domain + found
+        for text in found:
+            _warnings.warn(text, MorphllrWarning, stacklevel=4)
+        return {"warnings": found, "notes": notes, "domain": judged or None}
 
 
 def _open_maps_file(stack: contextlib.ExitStack, maps_path, overwrite: bool, model: Any, names: list[str],

@@ -95,14 +95,14 @@ def _detection_threshold(image: np.ndarray, sigma: float, nsigma: float) -> floa
     return 1e-3 * peak if peak > 0 else np.inf
 
 
-def _labels_sep(image: np.ndarray, threshold: float, minarea: int, deblend_cont: float):
+def _labels_sep(image: np.ndarray, threshold: float, minarea: int, deblend_cont: float, mask=None):
     import sep
 
     if not np.isfinite(threshold):
         return np.zeros(image.shape, np.int32)
     try:
         _, segmap = sep.extract(image, threshold, minarea=minarea, deblend_cont=deblend_cont,
-                                segmentation_map=True)
+                                segmentation_map=True, mask=mask)
     except Exception as exc:  # sep raises plain Exception for pixel-buffer overflows
         if "pixel buffer" in str(exc) or "object" in str(exc):
             # sep allocates its whole pixel stack on every call: raise it for this image only, or every
@@ -112,7 +112,7 @@ def _labels_sep(image: np.ndarray, threshold: float, minarea: int, deblend_cont:
             sep.set_sub_object_limit(4096)
             try:
                 _, segmap = sep.extract(image, threshold, minarea=minarea, deblend_cont=deblend_cont,
-                                        segmentation_map=True)
+                                        segmentation_map=True, mask=mask)
             finally:
                 sep.set_extract_pixstack(stack)
                 sep.set_sub_object_limit(limit)
@@ -121,7 +121,7 @@ def _labels_sep(image: np.ndarray, threshold: float, minarea: int, deblend_cont:
     return segmap.astype(np.int32, copy=False)
 
 
-def _labels_photutils(image: np.ndarray, threshold: float, minarea: int, deblend: bool):
+def _labels_photutils(image: np.ndarray, threshold: float, minarea: int, deblend: bool, mask=None):
     try:
         from photutils.segmentation import deblend_sources, detect_sources
     except ImportError:
@@ -129,11 +129,15 @@ def _labels_photutils(image: np.ndarray, threshold: float, minarea: int, deblend
                             "`pip install 'photutils>=2'` or use the default sep") from None
     if not np.isfinite(threshold):
         return np.zeros(image.shape, np.int32)
-    segm = detect_sources(image, threshold, n_pixels=minarea)
+    segm = detect_sources(image, threshold, n_pixels=minarea, mask=mask)
     if segm is None:
         return np.zeros(image.shape, np.int32)
     if deblend and segm.n_labels > 0:
-        segm = deblend_sources(image, segm, n_pixels=minarea, progress_bar=False)
+        try:
+            segm = deblend_sources(image, segm, n_pixels=minarea, progress_bar=False)
+        except ImportError as exc:  # photutils deblends with scikit-image's watershed, an optional dependency
+            raise MorphllrError(f"--segmentation photutils: deblending needs a package photutils does not install "
+                                f"({exc}); `pip install scikit-image` or use the default sep") from None
     return np.asarray(segm.data, np.int32)
 
 
@@ -182,8 +186,12 @@ def segment(
     minarea: int = 5,
     deblend: bool = True,
     max_offset: float | None = None,
+    mask: np.ndarray | None = None,
 ) -> Segmentation:
     """Segment one sky-subtracted image into sky, central source and companions.
+
+    Masked pixels (a user's mask, pixels beyond the image) take no part: they are left out of
+    the sky noise and the detection and are labelled 0.
 
     Args:
         image: 2-D flux cutout, or (C, H, W) (detected on the channel sum).
@@ -193,6 +201,7 @@ def segment(
         deblend: split blended sources (sep deblend_cont 0.005 / photutils deblend).
         max_offset: furthest (pixels) the central source's centroid may be from the
             image centre when no source covers the centre pixel (default: 10% of the side).
+        mask: bool (H, W), True = pixel excluded (optional).
 
     Returns:
         :class:`Segmentation`.
@@ -204,12 +213,22 @@ def segment(
         image = image.sum(axis=0)
     image = np.ascontiguousarray(image, dtype=np.float32)  # sep needs native byte order
     image = np.where(np.isfinite(image), image, 0.0).astype(np.float32)
-    sigma = sky_sigma(image)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+        if mask.shape != image.shape:
+            raise MorphllrError(f"segment: mask is {mask.shape}, the image {image.shape}; give a mask of the image's shape")
+        if mask.any():
+            image = np.where(mask, np.float32(0), image).astype(np.float32)
+        else:
+            mask = None
+    sigma = sky_sigma(image, mask)
     threshold = _detection_threshold(image, sigma, nsigma)
     if method == "sep":
-        labels = _labels_sep(image, threshold, minarea, 0.005 if deblend else 1.0)
+        labels = _labels_sep(image, threshold, minarea, 0.005 if deblend else 1.0, mask)
     else:
-        labels = _labels_photutils(image, threshold, minarea, deblend)
+        labels = _labels_photutils(image, threshold, minarea, deblend, mask)
+    if mask is not None:
+        labels = np.where(mask, 0, labels).astype(np.int32)
     if max_offset is None:
         max_offset = 0.1 * min(image.shape)
     central = _pick_central(labels, image, max_offset)
@@ -245,13 +264,14 @@ def _centroid(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float((weights * xx).sum() / total), float((weights * yy).sum() / total)
 
 
-def find_central_source(image: np.ndarray, method: str = "sep") -> tuple[float, float] | None:
+def find_central_source(image: np.ndarray, method: str = "sep", mask: np.ndarray | None = None) -> tuple[float, float] | None:
     """Centroid (x, y) in pixels of the source nearest the image centre, or None.
 
     Used to centre cutouts: the input image is usually larger than the cutout, so the
     search allows the galaxy to sit up to 25% of the side away from the centre.
+    ``mask`` (True = excluded) keeps masked pixels out of the detection.
     """
-    seg = segment(image, method=method, max_offset=0.25 * min(np.shape(image)[-2:]))
+    seg = segment(image, method=method, max_offset=0.25 * min(np.shape(image)[-2:]), mask=mask)
     return (seg.x, seg.y) if seg.central_found else None
 
 
@@ -276,25 +296,33 @@ def segment_batch(flux: np.ndarray, method: str = "sep", **kwargs) -> tuple[np.n
     return segmaps, sigmas, found
 
 
-def model_mask(segmaps: np.ndarray, preprocessing) -> np.ndarray:
-    """Central-source masks on the model's pixel grid (``/segmap_model``).
+def model_mask(segmaps: np.ndarray, preprocessing, rule: str = "half") -> np.ndarray:
+    """Central-source masks on the model's pixel grid (``/segmap_model``), or any 0/1 mask there.
 
-    The mask goes through the same crop and zoom as the images (not the stretch); a
-    model pixel belongs to the central source when at least half of it does.
+    The mask goes through the same crop and zoom as the images (not the stretch).  The one
+    flux-grid -> model-grid mapping, with two rules: ``half`` (``/segmap_model``): a model pixel
+    belongs to the central source when at least half of it does; ``any`` (``/mask_model``,
+    excluded pixels): a model pixel is masked when any flux pixel mapped into it is (a thin
+    masked line or a single bad pixel is not averaged away).
 
     Args:
-        segmaps: (B, Hf, Wf) segmentation maps (1 = central source).
+        segmaps: (B, Hf, Wf) segmentation maps (1 = central source), or 0/1 masks.
         preprocessing: the Preprocessing that made the model images.
+        rule: ``half`` or ``any``.
 
     Returns:
         uint8 (B, H, W) 0/1 masks.
     """
     from .preprocess import central_crop, zoom_images
 
+    if rule not in ("half", "any"):
+        raise ValueError(f"model_mask: rule {rule!r} is not 'half' or 'any'")
     mask = (np.asarray(segmaps) == 1).astype(np.float32)[:, None]
     if preprocessing.crop is not None:
         mask = central_crop(mask, preprocessing.crop)
     mask = zoom_images(mask, preprocessing.zoom)
+    if rule == "any":
+        return (mask[:, 0] > 0).astype(np.uint8)
     return (mask[:, 0] >= 0.5).astype(np.uint8)
 
 

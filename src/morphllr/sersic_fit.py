@@ -26,10 +26,23 @@ Conventions (the same as ``galsim`` and ``morphllr.archetypes``; tested):
 
 ``sersic_flag`` is a bit mask; 0 means a good fit:
 
-* 1  ``n`` ended at a bound of the search range (``N_BOUNDS``)
-* 2  ``R_e`` or ``q`` ended at a bound (unresolved, or larger than the cutout)
+* 1  ``n`` ended at a bound of the search range (``N_BOUNDS``, 0.2 and 8)
+* 2  ``R_e`` or ``q`` ended at a bound (unresolved, or R_e beyond two cutout sides)
 * 4  the optimiser did not report convergence
 * 8  no fit possible (no positive flux in the central source); parameters are NaN
+* 16 ``R_e`` beyond the fitted window: the major-axis half-light radius exceeds half the
+  window's side, so the half-light ellipse leaves the pixels fitted and R_e (with n and the
+  flux) is an extrapolation of the profile's wings
+* 32 ``n`` at or beyond GalSim's Sérsic range 0.3-6.2 (within 1 %): the archetype cannot
+  have this index (``archetypes`` clips it)
+
+``morphllr archetypes --drop-bad`` skips every galaxy whose flag is not 0 (and any whose
+n it would clip); without it they are rendered and counted.
+
+PSF convention: a PSF profile (Moffat/Gaussian from a FWHM) is convolved and the result
+integrated over each pixel; a PSF *image* already holds the pixel response (the image of a
+point source, as ``mock`` and ``archetypes`` use it), so the convolved model is sampled at
+the pixel centres instead (``psf_has_pixel``).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ from .atomic import claims
 from .errors import MorphllrError
 from .limits import MIN_FIT_SIZE
 from .parallel import concat_in_processes
-from .psf import first_column
+from .psf import DEFAULT_MOFFAT_BETA, first_column
 
 OVERSAMPLE = 3
 BOX_HALF = 5  # pixels each side of the centre convolved on the sub-pixel grid
@@ -55,13 +68,30 @@ Q_BOUNDS = (0.05, 1.0)
 RE_MIN_PIX = 0.3
 RETRY_N = (1.0, 4.0)  # restarts when a fit ends at the n bound or does not converge
 
+#: GalSim's valid Sérsic range (``archetypes`` clips n to it)
+GALSIM_N_RANGE = (0.3, 6.2)
+
 FLAG_N_AT_BOUND = 1
 FLAG_SHAPE_AT_BOUND = 2
 FLAG_NOT_CONVERGED = 4
 FLAG_NO_SOURCE = 8
+FLAG_RE_BEYOND_WINDOW = 16
+FLAG_N_OUTSIDE_GALSIM = 32
+#: every bit, with its meaning (recorded with the fits and printed by ``fit-sersic``)
+FLAG_BITS = {
+    FLAG_N_AT_BOUND: f"n at the search bound {N_BOUNDS[0]:g} or {N_BOUNDS[1]:g}",
+    FLAG_SHAPE_AT_BOUND: "R_e or q at a bound (unresolved, or R_e beyond two cutout sides)",
+    FLAG_NOT_CONVERGED: "not converged",
+    FLAG_NO_SOURCE: "no fit (no positive flux in the central source), parameters NaN",
+    FLAG_RE_BEYOND_WINDOW: "R_e beyond the fitted window (major-axis R_e > half the window side)",
+    FLAG_N_OUTSIDE_GALSIM: f"n at or beyond GalSim's range {GALSIM_N_RANGE[0]:g}-{GALSIM_N_RANGE[1]:g}",
+}
 
 COLUMNS = ("sersic_n", "sersic_re_pix", "sersic_q", "sersic_pa_deg", "sersic_flux",
            "sersic_x0_pix", "sersic_y0_pix", "sersic_chi2nu", "sersic_flag")
+#: what ``fit-sersic`` records per galaxy besides the fit: the PSF it deconvolved (NaN: none, a
+#: PSF image, or beta of a Gaussian) and the side of the fitted window (flux-cutout pixels)
+RECORD_COLUMNS = ("sersic_psf_fwhm_arcsec", "sersic_psf_beta", "sersic_fit_size")
 
 
 @dataclass
@@ -138,19 +168,25 @@ class ConvolvedSersicRenderer:
         psf_kernel: PSF sampled (not pixel-integrated) at ``1 / oversample`` pixels, odd
             side, centred, sum 1 (:func:`psf_kernel_for`); None = no PSF.
         oversample: sub-pixels per pixel along each axis (odd).
+        psf_has_pixel: the kernel comes from a PSF image, which holds the pixel response
+            already: the convolved model is sampled at pixel centres (central sub-pixel)
+            instead of integrated over the pixel.
     """
 
-    def __init__(self, shape: tuple[int, int], psf_kernel: np.ndarray | None, oversample: int = OVERSAMPLE):
+    def __init__(self, shape: tuple[int, int], psf_kernel: np.ndarray | None, oversample: int = OVERSAMPLE,
+                 psf_has_pixel: bool = False):
         from scipy import fft
 
         self.shape = tuple(int(s) for s in shape)
+        self.psf_has_pixel = bool(psf_has_pixel) and psf_kernel is not None
         k = self.oversample = int(oversample)
         ny, nx = self.shape
         # sub-pixel centres relative to a pixel centre: pixel i covers [i - 1/2, i + 1/2]
         self._sub = (np.arange(k) + 0.5) / k - 0.5
         # outside the central box the profile is smooth on the pixel scale: 2 x 2 samples
-        # per pixel integrate it to < 0.5 % (and cost half of 3 x 3)
-        sub_out = np.array([-0.25, 0.25])
+        # per pixel integrate it to < 0.5 % (and cost half of 3 x 3); a PSF image holds the
+        # pixel response already, so there the profile is sampled at the pixel centres
+        sub_out = np.array([0.0]) if self.psf_has_pixel else np.array([-0.25, 0.25])
         self._ys = (np.arange(ny)[:, None] + sub_out[None, :]).ravel()
         self._xs = (np.arange(nx)[:, None] + sub_out[None, :]).ravel()
         self._box = 2 * BOX_HALF + 1
@@ -213,7 +249,10 @@ class ConvolvedSersicRenderer:
         ny, nx = self.shape
         k = self.oversample
         fine = sersic_surface_brightness(self._xs[None, :] - x0, self._ys[:, None] - y0, flux, re, n, q, theta)
-        pix = 0.25 * (fine[0::2, 0::2] + fine[1::2, 0::2] + fine[0::2, 1::2] + fine[1::2, 1::2])
+        if self.psf_has_pixel:  # pixel centres: convolved with the PSF image, which integrates over the pixel
+            pix = fine
+        else:
+            pix = 0.25 * (fine[0::2, 0::2] + fine[1::2, 0::2] + fine[0::2, 1::2] + fine[1::2, 1::2])
         cx, cy = int(np.clip(round(x0), 0, nx - 1)), int(np.clip(round(y0), 0, ny - 1))
         box_fine = self._box_subpixels(flux, re, n, x0, y0, q, theta, cx, cy)
         b = self._box
@@ -228,21 +267,24 @@ class ConvolvedSersicRenderer:
         m = self._m
         full = k * (b + 2 * m)
         blurred = fft.irfft2(fft.rfft2(box_fine, s=self._fft_box) * self._kb, s=self._fft_box)[:full, :full]
-        self._add_clipped(out, blurred.reshape(b + 2 * m, k, b + 2 * m, k).sum(axis=(1, 3)), y_lo - m, x_lo - m)
+        blocks = blurred.reshape(b + 2 * m, k, b + 2 * m, k)
+        # the pixel response is in a PSF image already: sample the pixel centre (sub-pixel k // 2, k odd)
+        patch = blocks[:, k // 2, :, k // 2] * (k * k) if self.psf_has_pixel else blocks.sum(axis=(1, 3))
+        self._add_clipped(out, patch, y_lo - m, x_lo - m)
         return out
 
 
 _RENDERERS: dict = {}
 
 
-def _renderer_for(shape, psf_kernel) -> ConvolvedSersicRenderer:
+def _renderer_for(shape, psf_kernel, psf_has_pixel: bool = False) -> ConvolvedSersicRenderer:
     """A renderer for this shape and PSF, reused across fits (its FFT set-up costs ~15 ms)."""
-    key = (tuple(shape), None if psf_kernel is None else hash(np.asarray(psf_kernel).tobytes()))
+    key = (tuple(shape), None if psf_kernel is None else hash(np.asarray(psf_kernel).tobytes()), bool(psf_has_pixel))
     renderer = _RENDERERS.get(key)
     if renderer is None:
         if len(_RENDERERS) > 16:
             _RENDERERS.clear()
-        renderer = _RENDERERS[key] = ConvolvedSersicRenderer(shape, psf_kernel)
+        renderer = _RENDERERS[key] = ConvolvedSersicRenderer(shape, psf_kernel, psf_has_pixel=psf_has_pixel)
     return renderer
 
 
@@ -360,7 +402,8 @@ def _sky_sigma(image: np.ndarray, sky: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- one fit
 def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: np.ndarray | None = None,
-               sky_sigma: float | None = None, gain: float | None = None, maxiter: int = 100) -> SersicFit:
+               sky_sigma: float | None = None, gain: float | None = None, maxiter: int = 100,
+               mask: np.ndarray | None = None, psf_has_pixel: bool = False) -> SersicFit:
     """Fit one PSF-convolved Sérsic profile to a sky-subtracted flux cutout.
 
     Args:
@@ -372,14 +415,18 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
         sky_sigma: per-pixel sky noise in flux units; None = measured from sky pixels.
         gain: electrons per flux unit, adds the source's Poisson variance; None = sky only.
         maxiter: optimiser iteration limit.
+        mask: pixels to exclude (True / non-zero), e.g. the set's own mask; None = none.
+        psf_has_pixel: ``psf_kernel`` comes from a PSF image (pixel response included).
 
     Returns:
-        :class:`SersicFit`.
+        :class:`SersicFit` (flags: see the module docstring; R_e is judged against this image's side).
     """
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise MorphllrError(f"fit_sersic: expected a 2-D image, got shape {image.shape}")
     finite = np.isfinite(image)
+    if mask is not None:
+        finite &= ~np.asarray(mask, bool)  # masked pixels are treated like missing ones
     image = np.where(finite, image, 0.0)
     if segmap is None:
         sky_guess = _sky_sigma(image, np.ones(image.shape, bool))
@@ -396,13 +443,18 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
     guess = moment_guess(image, weight_mask, source)
     if guess is None:
         return SersicFit.failed()
+    # the renderer's finely sampled box is placed on the pixel nearest the centre, so the model
+    # steps (by < 0.3 % of the peak) where the centre crosses a half-integer; a start exactly there
+    # (the moments of a symmetric image centred between pixels) gives the optimiser derivatives
+    # across that step and stalls it (n off by 0.3-0.6 on noise-free images): start beside it
+    guess = replace(guess, x0=_beside_box_edge(guess.x0), y0=_beside_box_edge(guess.y0))
 
     variance = np.full(image.shape, float(sky_sigma) ** 2)
     if gain is not None and np.isfinite(gain) and gain > 0:
         variance += np.clip(image, 0.0, None) / gain
     weights = weight_mask / np.sqrt(variance)
 
-    renderer = _renderer_for(image.shape, psf_kernel)
+    renderer = _renderer_for(image.shape, psf_kernel, psf_has_pixel)
     best = _levmar(image, weights, renderer, guess, maxiter)
     if best is None or best.flag & (FLAG_N_AT_BOUND | FLAG_NOT_CONVERGED):
         # a bad start (e.g. the moments of a compact, noisy source) can send n to a bound;
@@ -412,6 +464,12 @@ def fit_sersic(image: np.ndarray, psf_kernel: np.ndarray | None = None, segmap: 
             if other is not None and (best is None or other.chi2nu < best.chi2nu):
                 best = other
     return best if best is not None else SersicFit.failed()
+
+
+def _beside_box_edge(v: float, gap: float = 1e-3) -> float:
+    """``v`` moved ``gap`` pixels away when it lies within ``gap`` of a half-integer."""
+    off = (v % 1.0) - 0.5
+    return v + (gap - off if off >= 0 else -gap - off) if abs(off) < gap else v
 
 
 def _levmar(image: np.ndarray, weights: np.ndarray, renderer: ConvolvedSersicRenderer, guess: _Guess,
@@ -441,6 +499,10 @@ def _levmar(image: np.ndarray, weights: np.ndarray, renderer: ConvolvedSersicRen
         flag |= FLAG_N_AT_BOUND
     if re <= RE_MIN_PIX * 1.05 or re >= 2.0 * max(ny, nx) or q <= Q_BOUNDS[0] * 1.05:
         flag |= FLAG_SHAPE_AT_BOUND
+    if re > 0.5 * min(ny, nx):
+        flag |= FLAG_RE_BEYOND_WINDOW
+    if n <= GALSIM_N_RANGE[0] * 1.01 or n >= GALSIM_N_RANGE[1] * 0.99:
+        flag |= FLAG_N_OUTSIDE_GALSIM
     x0, y0 = float(fitted.x_0.value), float(fitted.y_0.value)
     if not (-0.5 <= x0 <= nx - 0.5 and -0.5 <= y0 <= ny - 0.5):
         flag |= FLAG_NOT_CONVERGED
@@ -474,12 +536,13 @@ def psf_kernel_for(psf, pixel_scale: float, oversample: int = OVERSAMPLE) -> np.
 
 # --------------------------------------------------------------------------- many fits
 def _fit_chunk(args):
-    images, segmaps, sigmas, gains, kernels = args
+    images, segmaps, sigmas, gains, kernels, masks, psf_has_pixel = args
     out = []
     for i in range(len(images)):
         seg = None if segmaps is None else segmaps[i]
         kernel = kernels[i] if isinstance(kernels, list) else kernels
-        out.append(fit_sersic(images[i], kernel, seg, sigmas[i], gains[i]))
+        out.append(fit_sersic(images[i], kernel, seg, sigmas[i], gains[i], mask=None if masks is None else masks[i],
+                              psf_has_pixel=psf_has_pixel))
     return out
 
 
@@ -498,7 +561,8 @@ def default_workers() -> int:
 
 
 def fit_sersic_many(images: np.ndarray, psf_kernel, segmaps: np.ndarray | None = None,
-                    sky_sigma=None, gain=None, workers: int | None = None, progress=None) -> list[SersicFit]:
+                    sky_sigma=None, gain=None, workers: int | None = None, progress=None,
+                    masks: np.ndarray | None = None, psf_has_pixel: bool = False) -> list[SersicFit]:
     """Fit every cutout of a stack, in parallel processes (the fits are independent).
 
     Args:
@@ -509,6 +573,8 @@ def fit_sersic_many(images: np.ndarray, psf_kernel, segmaps: np.ndarray | None =
         gain: scalar or ``(N,)`` electrons per flux unit (NaN = unknown).
         workers: processes; default = the cores this process may use.
         progress: optional callable ``progress(n_done)`` called after each chunk.
+        masks: ``(N, H, W)`` pixels to exclude (non-zero) or None.
+        psf_has_pixel: the kernel(s) come from a PSF image (see :class:`ConvolvedSersicRenderer`).
 
     Returns:
         list of :class:`SersicFit`, in input order.
@@ -521,7 +587,8 @@ def fit_sersic_many(images: np.ndarray, psf_kernel, segmaps: np.ndarray | None =
     jobs = [(np.asarray(images[i:i + chunk], dtype=np.float64),
              None if segmaps is None else np.asarray(segmaps[i:i + chunk]),
              sigmas[i:i + chunk], gains[i:i + chunk],
-             list(psf_kernel[i:i + chunk]) if per_image else psf_kernel) for i in range(0, n, chunk)]
+             list(psf_kernel[i:i + chunk]) if per_image else psf_kernel,
+             None if masks is None else np.asarray(masks[i:i + chunk]), bool(psf_has_pixel)) for i in range(0, n, chunk)]
     return concat_in_processes(_fit_chunk, jobs, workers, progress)
 
 
@@ -540,7 +607,94 @@ def fits_to_table(fits: list[SersicFit], ids=None):
 
 
 # --------------------------------------------------------------------------- image sets
-def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf_kind: str, where: str):
+@dataclass
+class FitPSF:
+    """The PSF a set is fitted with: kernels for the fitter and what to record about it.
+
+    Attributes:
+        kernels: None (no PSF), one kernel for every galaxy, or a list with one per row.
+        has_pixel: the kernel(s) come from a PSF image (pixel response included).
+        fwhm: (N,) FWHM in arcsec per row (NaN: no PSF or a PSF image).
+        beta: (N,) Moffat index per row (NaN: not a Moffat).
+        record: JSON-able description (``kind`` none / moffat / gaussian / image; FWHM and
+            beta with where they came from; for an image its file, sha256 and pixels).
+    """
+
+    kernels: object
+    has_pixel: bool
+    fwhm: np.ndarray
+    beta: np.ndarray
+    record: dict
+
+
+def psf_for_fit(catalog, pixel_scale: float, *, psf_fwhm: float | None = None, psf_beta: float | None = None,
+                psf_kind: str = "moffat", psf_image_path=None, no_psf: bool = False,
+                where: str = "catalogue") -> FitPSF:
+    """The fitter's PSF from the options or the catalogue: option > column > default.
+
+    Args:
+        catalog: astropy Table (``psf_fwhm_arcsec`` or ``psf_fwhm``; ``psf_beta``).
+        pixel_scale: arcsec per pixel of the flux cutouts.
+        psf_fwhm: FWHM in arcsec for every galaxy; None = the catalogue column.
+        psf_beta: Moffat index for every galaxy; None = column ``psf_beta``, else 4.765.
+        psf_kind: ``moffat`` or ``gaussian``.
+        psf_image_path: PSF image file (FITS/.npy) at ``pixel_scale`` for every galaxy
+            (:func:`morphllr.psf.load_psf_image`); excludes FWHM and beta.
+        no_psf: fit without a PSF.
+        where: file name for messages.
+
+    Returns:
+        :class:`FitPSF`.
+    """
+    from .psf import (PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, PSF_KINDS, load_psf_image, make_psf, psf_from_image,
+                      psf_image_record, psf_parameters)
+
+    n = len(catalog)
+    nan = np.full(n, np.nan)
+    given = [name for name, value in (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta),
+                                      ("--psf-image", psf_image_path)) if value is not None]
+    if no_psf:
+        if given:
+            raise MorphllrError(f"--no-psf: cannot be combined with {given[0]} (one says no PSF, the other gives one); "
+                                "drop one of them")
+        return FitPSF(None, False, nan, nan, {"kind": "none"})
+    kind = str(psf_kind).lower()
+    if kind not in PSF_KINDS:
+        raise MorphllrError(f"--psf {psf_kind}: unknown PSF shape; choose one of {', '.join(PSF_KINDS)}")
+    if psf_image_path is not None:
+        if psf_fwhm is not None or psf_beta is not None:
+            raise MorphllrError(f"--psf-image {psf_image_path}: a PSF image replaces {given[0]}; give either the image "
+                                "or a FWHM (and beta), not both")
+        pixels = load_psf_image(psf_image_path)
+        kernel = psf_kernel_for(psf_from_image(pixels, pixel_scale), pixel_scale)
+        record = {"kind": "image", "pixel_scale": float(pixel_scale), "image": psf_image_record(psf_image_path, pixels)}
+        return FitPSF(kernel, True, nan, nan, record)
+    if psf_beta is not None and kind != "moffat":
+        raise MorphllrError(f"--psf-beta {psf_beta}: only a Moffat PSF has a beta, not --psf {kind}; drop one of them")
+    fix = "pass --psf-fwhm ARCSEC, --psf-image FILE, or --no-psf to fit without one"
+    fwhm, beta = psf_parameters(catalog, kind, where, fix, fwhm=psf_fwhm, beta=psf_beta)
+    kernels: dict = {}
+    per_row = []
+    for f, b in zip(fwhm, beta):
+        key = (float(f), DEFAULT_MOFFAT_BETA if np.isnan(b) else float(b))
+        if key not in kernels:
+            kernels[key] = psf_kernel_for(make_psf(key[0], kind, beta=key[1]), pixel_scale)
+        per_row.append(kernels[key])
+    fwhm_column = next((c for c in PSF_FWHM_COLUMNS if c in catalog.colnames), None)
+    beta_column = next((c for c in PSF_BETA_COLUMNS if c in catalog.colnames), None)
+    record = {"kind": kind,
+              "fwhm_arcsec": float(fwhm[0]) if n and np.all(fwhm == fwhm[0]) else None,
+              "fwhm_from": "--psf-fwhm" if psf_fwhm is not None else f"column {fwhm_column}"}
+    if kind == "moffat":
+        record["beta"] = float(beta[0]) if n and np.all(beta == beta[0]) else None
+        record["beta_from"] = ("--psf-beta" if psf_beta is not None else f"column {beta_column} (blank: "
+                               f"{DEFAULT_MOFFAT_BETA})" if beta_column else f"default {DEFAULT_MOFFAT_BETA}")
+    one = len(kernels) == 1
+    return FitPSF(next(iter(kernels.values())) if one else per_row, False, fwhm, beta, record)
+
+
+def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf_kind: str, where: str,
+                        psf_beta: float | None = None):
     """The fitter's PSF kernel(s): one from ``psf_fwhm``, or one per row from the catalogue.
 
     Args:
@@ -549,34 +703,68 @@ def kernels_for_catalog(catalog, pixel_scale: float, psf_fwhm: float | None, psf
         psf_fwhm: FWHM in arcsec for all galaxies, or None to read the catalogue.
         psf_kind: ``moffat`` or ``gaussian``.
         where: file name for messages.
+        psf_beta: Moffat index for all galaxies, or None (column ``psf_beta``, else 4.765).
 
     Returns:
         a kernel array, or a list with one kernel per row.
     """
-    from .psf import make_psf, psfs_from_catalog
+    return psf_for_fit(catalog, pixel_scale, psf_fwhm=psf_fwhm, psf_beta=psf_beta, psf_kind=psf_kind,
+                       where=where).kernels
 
-    if psf_fwhm is not None:
-        return psf_kernel_for(make_psf(float(psf_fwhm), psf_kind), pixel_scale)
-    kernels: dict[int, np.ndarray] = {}
-    profiles = psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --no-psf to fit without one")
-    for p in profiles:
-        if id(p) not in kernels:
-            kernels[id(p)] = psf_kernel_for(p, pixel_scale)
-    return [kernels[id(p)] for p in profiles]
+
+def describe_psf(record: dict | None) -> str:
+    """One line for a PSF record of :func:`psf_for_fit` (messages and summaries)."""
+    if not record:
+        return "unknown PSF"
+    kind = record.get("kind")
+    if kind == "none":
+        return "no PSF"
+    if kind == "image":
+        image = record.get("image", {})
+        return f"PSF image {image.get('file')} (sha256 {str(image.get('sha256', ''))[:12]}...)"
+    fwhm = record.get("fwhm_arcsec")
+    text = f"{kind} FWHM " + (f"{fwhm:g} arcsec" if fwhm is not None else f"per galaxy ({record.get('fwhm_from')})")
+    if kind == "moffat":
+        beta = record.get("beta")
+        text += f", beta {beta:g}" if beta is not None else f", beta per galaxy ({record.get('beta_from')})"
+    return text
+
+
+def _window_mask(mask, start: int, stop: int, channel: int, window) -> np.ndarray | None:
+    """Rows ``start:stop`` of the set's flux-grid mask (1 = excluded) inside the fitted window."""
+    if mask is None:
+        return None
+    m = np.asarray(mask[start:stop])
+    if m.ndim == 4:
+        m = m[:, channel]
+    return m[(slice(None),) + window] != 0
 
 
 # the one in-place command: it updates the set's own catalogue, so it locks the set itself
-@claims(lambda a: [("IMAGESET", a["path"])] if a["write"] else [], overwrite=None, existing="update")
+@claims(lambda a: [("IMAGESET", a["path"])] if a["write"] else [], inputs=lambda a: [a["psf_image_path"]],
+        overwrite=None, existing="update")
 def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat", no_psf: bool = False,
+                 psf_beta: float | None = None, psf_image_path=None,
                  channel: int = 0, fit_size: int | None = None, workers: int | None = None,
                  write: bool = True, overwrite: bool = False, progress=None):
     """``morphllr fit-sersic``: fit every flux cutout of an ImageSet and store the columns.
+
+    Besides the :data:`COLUMNS` it records the PSF and window used: per galaxy the
+    :data:`RECORD_COLUMNS`, and for the set ``catalog.meta["sersic_fit"]`` (``psf``: the
+    :func:`psf_for_fit` record, a PSF image with its file, sha256 and pixels; ``window``: x0,
+    y0 and side of the fitted square on the flux cutout; channel, pixel scale, flag bits).
+    ``morphllr archetypes`` renders with that PSF by default.
 
     Args:
         path: ImageSet with ``/flux`` (and ideally ``/segmap`` and ``sky_sigma``).
         psf_fwhm: FWHM in arcsec for all galaxies; None = the catalogue's ``psf_fwhm_arcsec``.
         psf_kind: ``moffat`` or ``gaussian``.
         no_psf: fit without a PSF.
+        psf_beta: Moffat index for all galaxies; None = the catalogue's ``psf_beta``, else 4.765.
+            A wrong beta biases n (see the module docstring of :mod:`morphllr.psf` and
+            benchmarks/psf_beta.py).
+        psf_image_path: PSF image (FITS/.npy, the image of a point source at the set's pixel
+            scale) for all galaxies, instead of a FWHM.
         channel: band to fit.
         fit_size: side of the central square fitted (default: the preprocessing's crop,
             i.e. what the model sees, else the whole cutout).
@@ -595,7 +783,7 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     where = str(path)
     if s.flux is None:
         raise MorphllrError(f"{where}: has no /flux cutouts to fit; prepare it again without --no-flux")
-    present = [c for c in COLUMNS if c in s.catalog.colnames]
+    present = [c for c in COLUMNS + RECORD_COLUMNS if c in s.catalog.colnames]
     if write and present and not overwrite:
         raise MorphllrError(f"{where}: its catalogue already has Sérsic columns ({', '.join(present[:3])}"
                             f"{', ...' if len(present) > 3 else ''}); pass --overwrite to replace them")
@@ -616,11 +804,15 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
                             "model sees")
     size = fit_size or prep.get("crop") or max(hf, wf)
     size = int(min(size, hf, wf))
+    size_from = "--fit-size" if fit_size else "preprocessing crop" if prep.get("crop") else "whole cutout"
     y0, x0 = (hf - size) // 2, (wf - size) // 2
     window = np.s_[y0:y0 + size, x0:x0 + size]
-    kernels = None if no_psf else kernels_for_catalog(catalog, float(pixel_scale), psf_fwhm, psf_kind, where)
+    psf = psf_for_fit(catalog, float(pixel_scale), psf_fwhm=psf_fwhm, psf_beta=psf_beta, psf_kind=psf_kind,
+                      psf_image_path=psf_image_path, no_psf=no_psf, where=where)
+    kernels = psf.kernels
     sigma = first_column(catalog, ("sky_sigma",), where)
     gain = first_column(catalog, ("gain",), where)
+    mask = getattr(s, "mask", None)  # the set's own flux-grid mask (1 = excluded), where the set has one
     fits = []
     for start in range(0, n, 1024):  # bounded memory for large sets
         stop = min(start + 1024, n)
@@ -630,21 +822,31 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
         done = len(fits)
         fits.extend(fit_sersic_many(flux, kern, seg, None if sigma is None else sigma[start:stop],
                                     None if gain is None else gain[start:stop], workers,
-                                    (lambda k, d=done: progress(d + k)) if progress else None))
+                                    (lambda k, d=done: progress(d + k)) if progress else None,
+                                    masks=_window_mask(mask, start, stop, channel, window),
+                                    psf_has_pixel=psf.has_pixel))
     table = catalog.copy()
     fitted = fits_to_table(fits)
     fitted["sersic_x0_pix"] += x0  # report positions on the full flux cutout
     fitted["sersic_y0_pix"] += y0
     for col in COLUMNS:
         table[col] = fitted[col]
-    table.meta["sersic_fit"] = {"psf_fwhm": psf_fwhm, "psf": "none" if no_psf else psf_kind, "fit_size": size,
-                                "channel": channel, "pixel_scale": float(pixel_scale)}
+    table["sersic_psf_fwhm_arcsec"] = psf.fwhm
+    table["sersic_psf_beta"] = psf.beta
+    table["sersic_fit_size"] = np.full(n, size, np.int32)
+    table.meta["sersic_fit"] = {
+        "psf": psf.record, "psf_fwhm": psf_fwhm, "fit_size": size, "channel": channel,
+        "pixel_scale": float(pixel_scale),
+        "window": {"x0": int(x0), "y0": int(y0), "size": size, "from": size_from},
+        "mask": mask is not None, "flag_bits": {str(bit): text for bit, text in FLAG_BITS.items()}}
     s.close()
     if write:
         ImageSet.open(path).update_catalog(table)
     flags = np.asarray(fitted["sersic_flag"])
     summary = {"n": n, "n_good": int((flags == 0).sum()),
                "flag_counts": {int(f): int((flags == f).sum()) for f in np.unique(flags)},
+               "flag_bits": {int(bit): int((flags & bit != 0).sum()) for bit in FLAG_BITS},
                "median_n": float(np.nanmedian(fitted["sersic_n"])) if n else float("nan"),
-               "median_re_pix": float(np.nanmedian(fitted["sersic_re_pix"])) if n else float("nan")}
+               "median_re_pix": float(np.nanmedian(fitted["sersic_re_pix"])) if n else float("nan"),
+               "psf": describe_psf(psf.record), "window": size}
     return table, summary

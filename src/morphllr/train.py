@@ -22,6 +22,7 @@ images left-right.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ AUGMENTATIONS = ("rot", "flip")
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_FILE = "training.json"
+RAW_DIR = "raw"  # the raw weights' model beside the averaged one (train_model(evaluate_raw=True))
 # Splits smaller than this are held in memory as one array (fast random batches);
 # larger ones are read batch by batch from the source.
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -62,6 +64,13 @@ IN_MEMORY_BYTES = 2 * 1024**3
 # augmentation is recorded next to the validation value (to see over-fitting).
 TRAIN_EVAL_IMAGES = 2048
 LN2 = math.log(2.0)
+# Convergence rule (recorded in model.json): a run has converged when the best validation bits/dim of its
+# last CONVERGENCE_TAIL share of steps beats the best before them by less than the seed-to-seed noise.
+# Where that noise is not measured (a single model) CONVERGENCE_TOLERANCE_BPD stands in: a third of the
+# smallest seed-to-seed standard deviation of val bits/dim measured on the shipped models (demo ensembles:
+# 0.029 obs, 0.024 arch), so a model is flagged well before its late gains reach the size of seed noise.
+CONVERGENCE_TAIL = 0.2
+CONVERGENCE_TOLERANCE_BPD = 0.008
 
 
 # ------------------------------------------------------------------------------ data
@@ -258,16 +267,24 @@ def augment_batch(x: torch.Tensor, names: Sequence[str], discrete: bool,
 class PixelCNNModule(L.LightningModule):
     """Maximum-likelihood training of a PixelCNN; loss = mean NLL in bits/dim.
 
+    With ``weight_average > 0`` the module also keeps an exponential moving average of the weights
+    (Polyak averaging, as PixelCNN++ was trained: Salimans et al. 2017 used decay 0.9995).  Validation
+    then measures the averaged weights, and those are what the model file holds.  The decay is ramped,
+    ``min(weight_average, (1 + t) / (10 + t))`` at step t, so that a run of a few hundred steps is not
+    dominated by its random initial weights.
+
     Args:
         config: the network config (dict form, so that checkpoints hold only plain data).
         lr: peak learning rate of Adam.
         warmup_steps: linear warm-up steps.
         min_lr_ratio: cosine decay floor as a fraction of ``lr``.
         augment: augmentation names.
+        weight_average: EMA decay per step (0: off, the raw weights are the model).
+        evaluate_raw: with weight averaging, also log the raw weights' ``val_bpd_raw`` (recipe comparisons).
     """
 
     def __init__(self, config: dict, lr: float = 1e-3, warmup_steps: int = 200, min_lr_ratio: float = 0.05,
-                 augment: Sequence[str] = ()):
+                 augment: Sequence[str] = (), weight_average: float = 0.0, evaluate_raw: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.net = PixelCNN(PixelCNNConfig.from_dict(dict(config)))
@@ -276,11 +293,23 @@ class PixelCNNModule(L.LightningModule):
         self.augment = tuple(augment)
         self.discrete = cfg.head in DISCRETE_HEADS
         self.net.to(memory_format=torch.channels_last)
+        self.averaged = copy.deepcopy(self.net).requires_grad_(False) if weight_average > 0 else None
+        self.evaluate_raw = bool(evaluate_raw) and self.averaged is not None
+        self.val_history: list[list[float]] = []  # [step, val bits/dim] per validation, kept in checkpoints
+        self.raw_history: list[list[float]] = []  # the same for the raw weights (evaluate_raw)
+        # seconds spent on the average's updates and on validating the raw weights: what a recipe
+        # comparison subtracts to put both recipes on their own wall-clock
+        self.extra_seconds = {"weight_average": 0.0, "raw_validation": 0.0}
 
-    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-image bits/dim (B,) of a batch."""
+    @property
+    def model_prefix(self) -> str:
+        """State-dict prefix of the weights that become the model file."""
+        return "averaged." if self.averaged is not None else "net."
+
+    def bits_per_dim(self, x: torch.Tensor, net: PixelCNN | None = None) -> torch.Tensor:
+        """Per-image bits/dim (B,) of a batch under ``net`` (default: the trained network)."""
         x = x.contiguous(memory_format=torch.channels_last)
-        return -self.net.log_prob(x).float() / (self.n_dims * LN2)
+        return -(self.net if net is None else net).log_prob(x).float() / (self.n_dims * LN2)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if self.augment:
@@ -293,19 +322,83 @@ class PixelCNNModule(L.LightningModule):
         self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
         return loss
 
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.averaged is None:
+            return
+        started = time.perf_counter()
+        step = self.global_step  # optimizer steps taken, this one included
+        decay = min(float(self.hparams.weight_average), (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.averaged.parameters()), list(self.net.parameters()), 1.0 - decay)
+        for kept, current in zip(self.averaged.buffers(), self.net.buffers()):
+            kept.copy_(current)
+        self.extra_seconds["weight_average"] += time.perf_counter() - started
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        bpd = self.bits_per_dim(batch)
+        bpd = self.bits_per_dim(batch, self.averaged)
         self.log("val_bpd", bpd.mean(), prog_bar=True, on_epoch=True, batch_size=len(batch), sync_dist=True)
+        if self.evaluate_raw:
+            started = time.perf_counter()
+            raw = self.bits_per_dim(batch).mean()
+            self.extra_seconds["raw_validation"] += time.perf_counter() - started
+            self.log("val_bpd_raw", raw, on_epoch=True, batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer is None or self.trainer.sanity_checking:
+            return
+        for key, history in (("val_bpd", self.val_history), ("val_bpd_raw", self.raw_history)):
+            value = self.trainer.callback_metrics.get(key)
+            if value is not None and (key == "val_bpd" or self.evaluate_raw):
+                history.append([int(self.global_step), float(value)])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_history"] = [list(row) for row in self.val_history]
+        checkpoint["raw_history"] = [list(row) for row in self.raw_history]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = [list(row) for row in checkpoint.get("val_history", [])]
+        self.raw_history = [list(row) for row in checkpoint.get("raw_history", [])]
 
     def configure_optimizers(self):
         hp = self.hparams
         # betas as in PixelCNN++ (Salimans et al. 2017): slow second-moment decay
-        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(0.95, 0.9995))
+        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(0.95, 0.9995))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
         warmup = min(int(hp.warmup_steps), max(1, total // 10))
         schedule = WarmupCosine(warmup, total, float(hp.min_lr_ratio))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def convergence(history: Sequence[Sequence[float]], tolerance: float = CONVERGENCE_TOLERANCE_BPD,
+                tail: float = CONVERGENCE_TAIL, final_step: int | None = None) -> dict:
+    """Judge whether a run had stopped improving (the rule of ``model.json``'s ``convergence``).
+
+    Args:
+        history: ``[step, val bits/dim]`` per validation, in step order.
+        tolerance: improvement (bits/dim) below which the tail counts as flat: the seed-to-seed noise.
+        tail: share of the final step count that forms the tail.
+        final_step: the run's last optimizer step (default: the last validation's step).
+
+    Returns:
+        dict with ``converged`` (None when fewer than 3 validations, or none before or inside the tail),
+        ``tail_improvement_bpd`` (best before the tail minus best overall, >= 0), ``tolerance_bpd``,
+        ``rule`` and the ``history`` itself.
+    """
+    rows = [(int(step), float(bpd)) for step, bpd in history if math.isfinite(float(bpd))]
+    rule = (f"converged when the best validation bits/dim of the last {tail:.0%} of steps improves on the best "
+            f"before them by less than {tolerance:.3g} bits/dim (seed-to-seed noise)")
+    out = {"rule": rule, "tolerance_bpd": float(tolerance), "tail": float(tail), "history": [list(r) for r in rows],
+           "tail_improvement_bpd": None, "converged": None}
+    if len(rows) < 3:
+        return out
+    last = max(rows[-1][0], int(final_step or 0))
+    before = [bpd for step, bpd in rows if step <= (1.0 - tail) * last]
+    if not before or len(before) == len(rows):  # nothing to compare with, or no validation inside the tail
+        return out
+    improvement = max(0.0, min(before) - min(bpd for _, bpd in rows))
+    out.update(tail_improvement_bpd=improvement, converged=bool(improvement < tolerance))
+    return out
 
 
 @dataclass
@@ -489,7 +582,7 @@ def check_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
     _refuse_foreign(out_dir, layout)
 
 
-RUN_ENTRIES = frozenset({CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE})
+RUN_ENTRIES = frozenset({CHECKPOINT_DIR, LOG_DIR, RUN_FILE, META_FILE, WEIGHTS_FILE, RAW_DIR})
 # what claims of an ensemble's members and index leave inside its folder after a SIGKILL (cleaned by the next claim)
 _ENSEMBLE_DEBRIS = re.compile(r"\.(?:seed[0-9]+|" + re.escape(ENSEMBLE_FILE) + r")\.(?:lock|[^.]+\.(?:tmp|old))\Z")
 
@@ -538,7 +631,7 @@ def _clear_ours(out_dir: Path) -> None:
         (out_dir / member / META_FILE).unlink(missing_ok=True)
     for name in (WEIGHTS_FILE, RUN_FILE):
         (out_dir / name).unlink(missing_ok=True)
-    for name in (CHECKPOINT_DIR, LOG_DIR, *layout.members):
+    for name in (CHECKPOINT_DIR, LOG_DIR, RAW_DIR, *layout.members):
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
@@ -619,7 +712,8 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
                 strategy: str = "auto", accelerator: str = "auto", seed: int = 0, resume: bool = False,
                 overwrite: bool = False, early_stopping_patience: int | None = None, warmup_steps: int = 200,
                 progress: bool = True, threads: int | None = None, callbacks: Sequence[Any] = (),
-                key: str | None = None, input_norm: str | Sequence[float] = "auto") -> TrainResult | None:
+                key: str | None = None, input_norm: str | Sequence[float] = "auto", weight_average: float = 0.0,
+                evaluate_raw: bool = False) -> TrainResult | None:
     """Train a PixelCNN on ``data`` and write the best model to ``out_dir``.
 
     Args:
@@ -650,6 +744,11 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
             "auto" (mean and standard deviation of the training pixels), "preset" (the config's
             own values) or an explicit (shift, scale).  Densities are always reported in the
             data's units; this only conditions the optimisation.
+        weight_average: decay of the exponential moving average of the weights that becomes the model
+            (0: off; see :class:`PixelCNNModule`).
+        evaluate_raw: with ``weight_average``, also validate the raw weights every epoch, keep their best
+            checkpoint and write them as a second model in ``out_dir/raw/`` (recipe comparisons such as
+            ``benchmarks/convergence.py``; costs one more validation pass per epoch).
 
     Returns:
         TrainResult (None on non-zero ranks of a multi-process run).
@@ -668,6 +767,9 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
         raise MorphllrError(f"--max-steps: must be at least 1, got {max_steps}")
     if max_epochs is not None and max_epochs < 1:
         raise MorphllrError(f"--epochs: must be at least 1, got {max_epochs}")
+    if not (0.0 <= weight_average < 1.0):
+        raise MorphllrError(f"--weight-average: must be in [0, 1) (an EMA decay per step, e.g. 0.999), "
+                            f"got {weight_average}")
     augment = parse_augment(augment)
     precision = _resolve_precision(precision)
     train_idx, _ = split_indices(len(source), val_fraction, seed)  # validates the fraction before any work
@@ -687,17 +789,20 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
     run = {"config": cfg.to_dict(), "data_fingerprint": source.fingerprint(), "data": source.name,
            "augment": list(augment), "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
            "seed": seed, "precision": precision}
+    if weight_average > 0:  # absent for the raw-weight recipe, so runs of earlier versions still resume
+        run["weight_average"] = weight_average
     if resume:
         _check_resume_matches(out_dir, run)
 
     L.seed_everything(seed, workers=True, verbose=False)
-    module = PixelCNNModule(cfg.to_dict(), lr=lr, warmup_steps=warmup_steps, augment=augment)
+    module = PixelCNNModule(cfg.to_dict(), lr=lr, warmup_steps=warmup_steps, augment=augment,
+                            weight_average=weight_average, evaluate_raw=evaluate_raw)
     datamodule = ImageDataModule(source, batch_size, val_fraction, seed)
     has_val = len(datamodule.val_idx) > 0
     trainer, ckpt_cb = _make_trainer(out_dir, resume=resume, has_val=has_val, max_steps=max_steps, max_epochs=max_epochs,
                                      precision=precision, devices=devices, num_nodes=num_nodes, strategy=strategy,
                                      accelerator=accelerator, patience=early_stopping_patience,
-                                     progress=progress, callbacks=callbacks,
+                                     progress=progress, callbacks=callbacks, keep_raw=module.evaluate_raw,
                                      steps_per_epoch=math.ceil(len(datamodule.train_idx) / batch_size))
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -987,13 +1092,16 @@ def _processes_per_node(devices: int | str, accelerator: str) -> int:
 
 
 def _make_trainer(out_dir: Path, *, resume: bool, has_val: bool, max_steps, max_epochs, precision, devices, num_nodes,
-                  strategy, accelerator, patience, progress, callbacks, steps_per_epoch: int):
+                  strategy, accelerator, patience, progress, callbacks, steps_per_epoch: int, keep_raw: bool = False):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     monitor = "val_bpd" if has_val else "train_bpd_epoch"
     ckpt_cb = ModelCheckpoint(dirpath=str(out_dir / CHECKPOINT_DIR), filename="best", monitor=monitor, mode="min",
                               save_top_k=1, save_last=True, enable_version_counter=False)
     cbs: list = [ckpt_cb, Throughput(), *callbacks]
+    if keep_raw and has_val:
+        cbs.append(ModelCheckpoint(dirpath=str(out_dir / CHECKPOINT_DIR), filename="best_raw", monitor="val_bpd_raw",
+                                   mode="min", save_top_k=1, enable_version_counter=False))
     if progress:
         cbs.append(_TrainingBar(refresh_rate=max(1, min(20, steps_per_epoch // 5 or 1))))
     if patience is not None:
@@ -1012,12 +1120,25 @@ def _make_trainer(out_dir: Path, *, resume: bool, has_val: bool, max_steps, max_
 
 def _finish(module, trainer, ckpt_cb, source, datamodule, out_dir: Path, run: dict, elapsed: float) -> TrainResult:
     """Load the best checkpoint, measure final bits/dim and write the model files."""
+    best_path = ckpt_cb.best_model_path or str(out_dir / CHECKPOINT_DIR / "last.ckpt")
+    history = list(module.val_history)
+    result = _write_model(best_path, module.model_prefix, module.net.config, source, datamodule, out_dir, run,
+                          trainer, elapsed, history)
+    raw_best = out_dir / CHECKPOINT_DIR / "best_raw.ckpt"
+    if module.evaluate_raw and raw_best.is_file():
+        raw_run = {k: v for k, v in run.items() if k != "weight_average"}
+        _write_model(str(raw_best), "net.", module.net.config, source, datamodule, out_dir / RAW_DIR, raw_run, trainer,
+                     elapsed, list(module.raw_history))
+    return result
+
+
+def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, datamodule, out_dir: Path, run: dict,
+                 trainer, elapsed: float, history: list | None) -> TrainResult:
     from .score import bits_per_dim, log_likelihood
 
-    best_path = ckpt_cb.best_model_path or str(out_dir / CHECKPOINT_DIR / "last.ckpt")
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    net = PixelCNN(module.net.config)
+    net_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    net = PixelCNN(config)
     net.load_state_dict(net_state)
     net.eval()
     cfg = net.config
@@ -1042,6 +1163,11 @@ def _finish(module, trainer, ckpt_cb, source, datamodule, out_dir: Path, run: di
         "best_step": best_step,
         "train_seconds_this_run": round(elapsed, 2),
     }
+    from .domain import training_record  # issue 13: what the model saw, for compare's domain guards
+
+    metrics["domain"] = training_record(net, source, datamodule.val_idx, train_idx)
+    if history is not None:
+        metrics["convergence"] = convergence(history, final_step=int(trainer.global_step))
     extra = {"training": {k: v for k, v in run.items() if k not in ("config", "data_fingerprint")},
              "best_checkpoint": str(Path(best_path).relative_to(out_dir)) if Path(best_path).is_relative_to(out_dir)
              else best_path}

@@ -36,7 +36,8 @@ app = typer.Typer(
 
 # Each stage's commands.  Imported for their side effect of registering on `app`.
 from . import engine as _engine  # noqa: E402,F401  train, score
-from . import data as _data  # noqa: E402,F401  prepare
+from . import data as _data  # noqa: E402,F401  prepare, subset, check
+from . import degrade as _degrade  # noqa: E402,F401  degrade
 from . import galaxies as _galaxies  # noqa: E402,F401  fit-sersic, archetypes, sky-patches, mock
 from . import universe as _universe  # noqa: E402,F401  synth, demo
 from . import report as _report  # noqa: E402,F401  compare

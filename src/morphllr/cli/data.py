@@ -14,11 +14,17 @@ from . import app
 
 PREPARE_HELP = """Turn images (FITS, FITS cubes, HDF5, .npy/.npz, JPEG/PNG, IllustrisTNG SKIRT mocks) into an image set: model-ready cutouts + flux cutouts + segmentation maps + catalogue, in one HDF5 file.
 
-Each image is converted to linear flux (SDSS r counts; mag/arcsec^2 and nanomaggies via the preset's zero point), sky-subtracted if asked, resampled to the preset's pixel scale, cut out around the central galaxy, segmented (sky sigma, central source, companions: catalogue columns sky_sigma, central_found) and stretched exactly as the models expect.  NaN/inf pixels become 0 flux and are counted (catalogue column n_nonfinite; a recipe with nonfinite = "fail" refuses them instead).
+Each image is converted to linear flux (SDSS r counts; mag/arcsec^2 and nanomaggies via the preset's zero point), sky-subtracted if asked, resampled to the preset's pixel scale, cut out around the central galaxy, segmented (sky sigma, central source, companions: catalogue columns sky_sigma, central_found) and stretched exactly as the models expect.  NaN/inf pixels (e.g. beyond a survey cutout's footprint) are filled with sky noise like masked pixels, stored in /mask and counted (catalogue columns n_nonfinite, nonfinite_fraction; a recipe with nonfinite = "fail" refuses them instead, except under the user's mask).
 
-Presets: [bold]zanisi21[/bold] (default, Zanisi et al. 2021): 128x128 cutout at 0.396"/px, central 64x64, 2x2 mean -> 32x32, arcsinh(flux/1000) clipped to [-1, 1].  [bold]none[/bold]: the arrays already are model inputs.  [bold]jpeg8bit[/bold]: 8-bit survey JPEGs, central 256x256 -> 32x32, value/255 (JPEGs are already arcsinh-stretched by the survey: not linear flux, compare only with images made the same way).  Or a .toml/.yaml recipe file.
+Cutouts are never moved: a galaxy whose window runs past its image's edge keeps its centre at the cutout centre, and the missing pixels are drawn from the image's own sky (its measured level and noise; catalogue columns edge_padded = share of the cutout padded, cutout_x0/cutout_y0 = where the window lies in the frame); the same holds for images smaller than the cutout; more than half the cutout beyond the image is refused; --edge refuse drops such galaxies instead and prints their count.  With --pad (noise-free simulations) the pixels around are 0 flux instead (column zero_padded), never dropped.
 
-SDSS frames (frame-{band}-{run}-{camcol}-{field}.fits[.bz2], calibrated nanomaggies with a WCS): give the frames and --catalog positions.csv with `id` and `ra`, `dec` (degrees, through each frame's WCS) or `x`, `y` (0-based frame pixels, plus a `frame` column naming the file when there are several frames).  Each galaxy is cut as a window of 2 x the cutout (the cutout itself when the preset does not centre; pixels beyond the frame edge are NaN, i.e. 0 flux counted in n_nonfinite) and then goes the normal way.  Nanomaggies become the working unit through the preset's zero point, not the frame's NMGY, which varies by frame and only sets the shot noise: column gain = --gain x DN per working unit (electrons per working unit).  Added columns: frame, band, x, y, ra, dec, nmgy, gain, window_x0, window_y0 (frame column of the cutout centre = window_x0 + center_x), frame_edge_px (distance to the frame edge; below half the cutout, part of the cutout is 0 flux beyond the edge).  Every frame is read once and the cutouts are streamed, frame by frame.  Positions outside every frame are an error listing them, unless --skip-outside drops them (count and ids printed).
+Masks: NAME_mask.fits beside NAME.fits (also NAME_mask_cutout.fits for NAME_cutout.fits) is paired with it automatically, or give --mask FILE_OR_DIR; nonzero = excluded pixel.  Masked pixels take no part in segmentation, are filled with sky noise in the model images, and are stored as /mask (flux grid) and /mask_model (model grid); catalogue column masked_fraction.
+
+The set records what its pixels are (input_kind: calibrated flux from FITS/HDF5/npy, 8-bit JPEG/PNG levels, linearised JPEG levels when the recipe says so, model-space arrays with --preset none), and models refuse sets of another kind.
+
+Presets: [bold]zanisi21[/bold] (default, Zanisi et al. 2021): 128x128 cutout at 0.396"/px, central 64x64, 2x2 mean -> 32x32, arcsinh(flux/1000) clipped to [-1, 1].  [bold]none[/bold]: the arrays already are model inputs.  [bold]jpeg8bit[/bold]: 8-bit survey JPEGs, central 256x256 -> 32x32, value/255 (JPEGs are already arcsinh-stretched by the survey: not linear flux, compare only with images made the same way).  [bold]gz2_linear[/bold]: Galaxy Zoo 2 / SDSS gri JPEGs un-stretched to approximately linear flux, the recipe of the shipped validation models (validation/models): green channel, flux = (255/8) sinh(8 v/255), 4x4 bin (424 -> 106 px), central 64x64, 2x2 mean -> 32x32, arcsinh(flux/31.875) clipped to [-1, 8].  Or a .toml/.yaml recipe file; its keys unstretch = "asinh", unstretch_q (Q) and bin (k x k block mean) undo a survey's JPEG stretch first.
+
+SDSS frames (frame-{band}-{run}-{camcol}-{field}.fits[.bz2], calibrated nanomaggies with a WCS): give the frames and --catalog positions.csv with `id` and `ra`, `dec` (degrees, through each frame's WCS) or `x`, `y` (0-based frame pixels, plus a `frame` column naming the file when there are several frames).  Each galaxy is cut as a window of 2 x the cutout (the cutout itself when the preset does not centre; pixels beyond the frame edge are not data: a cutout reaching them is padded with the frame's sky noise, see below) and then goes the normal way.  Nanomaggies become the working unit through the preset's zero point, not the frame's NMGY, which varies by frame and only sets the shot noise: column gain = --gain x DN per working unit (electrons per working unit).  Added columns: frame, band, x, y, ra, dec, nmgy, gain, window_x0, window_y0 (frame column of the cutout centre = window_x0 + center_x), frame_edge_px (distance to the frame edge; below half the cutout, part of the cutout lies beyond the edge: edge_padded).  Every frame is read once and the cutouts are streamed, frame by frame.  Positions outside every frame are an error listing them, unless --skip-outside drops them (count and ids printed).
 
 Examples:
 
@@ -27,6 +33,8 @@ Examples:
   morphllr prepare ../shared/data/sdss_frame/frame-r-002583-2-0136.fits.bz2 --catalog positions.csv --out sdss_r.h5
 
   morphllr prepare 'tng/*.fits' --hdu SUBARU_HSC.R --out tng.h5 --like models/obs
+
+  morphllr prepare my_jpegs/ --like validation/models/obs --out mine.h5
 """
 
 
@@ -36,7 +44,7 @@ def prepare(
     inputs: List[str] = typer.Argument(..., help="Files, folders (searched recursively) or quoted globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
     preset: str = typer.Option(
-        "zanisi21", "--preset", help="Preprocessing: zanisi21, none, jpeg8bit, or a .toml/.yaml recipe file."
+        "zanisi21", "--preset", help="Preprocessing: zanisi21, none, jpeg8bit, gz2_linear, or a .toml/.yaml recipe file."
     ),
     like: Optional[Path] = typer.Option(
         None, "--like", help="Prepare exactly like this model folder (model.json) or image set (.h5); overrides --preset."
@@ -52,7 +60,15 @@ def prepare(
     ),
     pixel_scale: Optional[float] = typer.Option(
         None, "--pixel-scale", min=PIXEL_SCALE_MIN, max=PIXEL_SCALE_MAX, help="Input pixel scale in arcsec/px (overrides FITS headers); images are resampled "
-        "to the preset's scale."
+        "to the preset's scale, or, with a preset that does not resample (none), it is recorded as the set's scale."
+    ),
+    mask: Optional[Path] = typer.Option(
+        None, "--mask", help="Mask file (one image, or every image; nonzero = excluded pixel) or folder of masks named "
+        "after the images (NAME_mask.fits or NAME.fits).  Default: NAME_mask.fits beside NAME.fits."
+    ),
+    edge: str = typer.Option(
+        "pad", "--edge", help="A cutout running past its image's edge: pad (sky noise from the image, flagged in the "
+        "catalogue column edge_padded) or refuse (drop the galaxy; the count is printed)."
     ),
     units: Optional[str] = typer.Option(
         None, "--units", help="Input units when files do not say: counts, nanomaggies or mag_arcsec2."
@@ -74,8 +90,8 @@ def prepare(
         "(FlatLambdaCDM(H0=70, Om0=0.3)); recorded."
     ),
     pad: bool = typer.Option(
-        False, "--pad", help="Pad images smaller than the cutout with zero flux (noise-free simulations) instead of "
-        "refusing them."
+        False, "--pad", help="Noise-free simulations: pad images smaller than the cutout (and windows past the edge, "
+        "masked and NaN pixels) with zero flux instead of sky noise (catalogue column zero_padded)."
     ),
     gain: Optional[float] = typer.Option(
         None, "--gain", min=GAIN_MIN, max=GAIN_MAX, help="SDSS frames: CCD gain in electrons per DN (default 4.8, a typical SDSS r-band gain; the "
@@ -103,12 +119,20 @@ def prepare(
     from ..imageset import prepare_imageset
     from ..preprocess import Preprocessing
 
+    from ..errors import MorphllrError
+    from ..preprocess import EDGE_MODES
+
     console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
+    if edge not in EDGE_MODES:
+        raise MorphllrError(f"--edge {edge}: use pad (sky noise, flagged) or refuse (drop such galaxies); "
+                            "see `morphllr prepare --help`")
     # claimed before any input is read; files named one by one are inputs (folders and globs skip --out)
     named = [p for p in inputs if Path(p).is_file()]
-    ctx.with_resource(claim_output(out, inputs=[*named, catalog, like], overwrite=overwrite))
+    ctx.with_resource(claim_output(out, inputs=[*named, catalog, like, mask if mask and mask.is_file() else None],
+                                   overwrite=overwrite))
     prep = preprocessing_like(like) if like is not None else Preprocessing.preset(preset)
     prep = _override(prep, units=units, sky=sky)
+    prep = prep.replace(edge=edge)
     if pad:
         prep = prep.replace(pad=True)
     if zero_point is not None:
@@ -116,14 +140,27 @@ def prepare(
     if cosmology is not None:
         prep = prep.replace(cosmology=cosmology)
     bands = [b.strip() for b in band.split(",") if b.strip()] if band else None
-    files = readers.expand_inputs(inputs, exclude=[out] + ([catalog] if catalog else []))
+    files, pairs = readers.expand_inputs_with_masks(inputs, exclude=[out] + ([catalog] if catalog else []))
+    masks = readers.mask_plan(files, pairs, mask)
+    # the reader options that choose pixels are recorded with the recipe (informative; not compared)
+    read = {"channel": channel, "hdu": hdu, "bands": bands, "input_pixel_scale": pixel_scale,
+            "mask": str(mask) if mask is not None else ("paired NAME_mask files" if pairs else None),
+            "segmentation": segmentation}  # the engine finds the centre, so it places the window
+    prep = prep.replace(read={k: v for k, v in read.items() if v is not None} or None)
     table = readers.read_catalog(catalog) if catalog is not None else None
     attrs = None
     if any(frames.is_frame_file(f) for f in files):  # SDSS frames: the catalogue says where the galaxies are
+        if len(masks):
+            raise MorphllrError(f"--mask {mask or next(iter(pairs.values()))}: masks of SDSS frames are not supported; "
+                                "prepare the frames without masks")
         records, n, attrs, table = _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside)
     else:
         n = readers.count_images(files, hdu, bands)
-        records = readers.iter_images(files, hdu=hdu, channel=channel, bands=bands, cosmology=prep.cosmology)
+        records = readers.iter_images(files, hdu=hdu, channel=channel, bands=bands, cosmology=prep.cosmology,
+                                      masks=masks)
+    if len(masks):
+        console.print(f"masks: {len(masks.by_file)} image file(s) paired with a mask"
+                      + (f"; {masks.common} applies to every image" if masks.common is not None else ""))
     console.print(f"preparing {n} image(s) from {len(files)} file(s) with preset [bold]{prep.name}[/bold]")
     columns = [TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as bar:
@@ -157,7 +194,7 @@ def preprocessing_like(reference: Path):
     """
     from ..errors import MorphllrError
     from ..imageset import ImageSet
-    from ..preprocess import Preprocessing
+    from ..preprocess import Preprocessing, recorded_recipe
 
     if reference.is_dir():
         meta_path = reference / "ensemble.json"  # an ensemble records its members' shared preprocessing
@@ -177,7 +214,8 @@ def preprocessing_like(reference: Path):
         raise MorphllrError(f"--like {reference}: not found; give a model folder or an image set .h5")
     if not recipe:
         raise MorphllrError(f"--like {reference}: records no preprocessing; use --preset instead")
-    return Preprocessing.from_dict(recipe, source=f"--like {reference}")
+    # a record written before some keys existed: fill them where its name makes them certain (gz2_linear)
+    return Preprocessing.from_dict(recorded_recipe(recipe), source=f"--like {reference}")
 
 
 def _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside):
@@ -262,8 +300,29 @@ def _print_report(console, out: Path, report: dict) -> None:
     if report["n_nonfinite_pixels"]:
         console.print(
             f"[yellow]{report['n_nonfinite_pixels']} NaN/inf pixel(s) in {report['n_images_with_nonfinite']} image(s) "
-            "were set to 0 flux (catalogue column n_nonfinite)[/yellow]"
+            "were filled with sky noise and masked (dataset mask; catalogue columns n_nonfinite, "
+            "nonfinite_fraction)[/yellow]"
         )
+    if report.get("n_edge_padded"):
+        console.print(
+            f"[yellow]{report['n_edge_padded']} cutout(s) run past their image's edge; the missing pixels hold sky "
+            "noise drawn from the image (catalogue column edge_padded; --edge refuse drops them)[/yellow]"
+        )
+    if report.get("n_zero_padded"):
+        console.print(
+            f"{report['n_zero_padded']} cutout(s) of noise-free simulations padded with 0 flux (--pad; catalogue "
+            "column zero_padded)"
+        )
+    if report.get("n_edge_dropped"):
+        ids = report["edge_dropped_ids"]
+        console.print(
+            f"[yellow]--edge refuse: dropped {report['n_edge_dropped']} galaxy(ies) whose cutout runs past the image's "
+            f"edge: {', '.join(ids[:20])}{', ...' if len(ids) > 20 else ''} (all listed in the set's attribute "
+            "edge_dropped_ids)[/yellow]"
+        )
+    if report.get("n_masked"):
+        console.print(f"{report['n_masked']} image(s) with masked pixels, filled with sky noise (datasets mask, "
+                      "mask_model; catalogue column masked_fraction)")
     if report["n_central_missing"]:
         console.print(
             f"[yellow]{report['n_central_missing']} image(s) with no central source (catalogue column "
@@ -277,3 +336,85 @@ def _print_report(console, out: Path, report: dict) -> None:
             f"{len(missing)} image(s) without a row{' (e.g. ' + ', '.join(missing[:5]) + ')' if missing else ''}; "
             f"{join['rows_without_image']} row(s) without an image"
         )
+
+
+SUBSET_HELP = """Copy the images of an image set whose catalogue rows satisfy every --where condition (e.g. one class of galaxies), as they are: images, flux cutouts, segmentation, catalogue, preprocessing record and attributes (plus the attribute `subset`: source, its images_sha256, conditions, counts).
+
+A condition is COLUMN OP VALUE with OP one of == != < <= > >=: number columns compare as numbers (missing values never match), text columns as text (== and != only).  Several --where must all hold.
+
+Example:  morphllr subset val_real.h5 --where 'label == spiral' --out val_spirals.h5
+"""
+
+
+@app.command("subset", help=SUBSET_HELP)
+def subset_command(
+    ctx: typer.Context,
+    imageset: Path = typer.Argument(..., help="Image set (.h5)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
+    where: List[str] = typer.Option(..., "--where", help="Condition COLUMN OP VALUE, e.g. 'label == spiral' "
+                                    "(repeatable: all must hold)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    from rich.console import Console
+
+    from ..atomic import claim_output
+    from ..imageset import write_subset
+
+    ctx.with_resource(claim_output(out, inputs=[imageset], overwrite=overwrite))
+    record = write_subset(imageset, out, where, overwrite=overwrite)
+    Console(stderr=True, soft_wrap=True).print(
+        f"wrote [bold]{out}[/bold]: {record['n_images']} of the {record['n_source']} images of {imageset.name} "
+        f"({' and '.join(record['where'])})")
+
+
+CHECK_HELP = """Check that an image set was prepared like a model's training data, before scoring it: the recipe keys that change model-input pixels (pixel scale, crop, zoom, stretch, clip, un-stretch, bin, input kind, ...), and the image size and channels the network takes.
+
+Prints one line and exits 0 when the set fits the model, or prints `error: ...` naming the difference and the fix and exits 2.  MODEL is a model folder or an ensemble folder (all members are checked by loading them).  --trained-on also requires the set to be the very set the model was trained on (its images' sha256 = the model's data_fingerprint), e.g. before reusing shipped models on a rebuilt training set.
+
+Examples:
+
+  morphllr check validation/models/obs mine.h5
+
+  morphllr check validation/models/obs runs/gz2/train_real.h5 --trained-on
+"""
+
+
+@app.command("check", help=CHECK_HELP)
+def check_command(
+    model: Path = typer.Argument(..., help="Model folder or ensemble folder."),
+    imageset: Path = typer.Argument(..., help="Image set (.h5) or images (.npy/.npz/HDF5 dataset)."),
+    trained_on: bool = typer.Option(False, "--trained-on", help="Also require the set to be the model's training "
+                                    "set (images sha256 = data_fingerprint)."),
+) -> None:
+    from ..errors import MorphllrError
+    from ..modelio import load_ensemble
+    from ..preprocess import check_compatible, input_kind_of
+    from ..sources import open_images
+
+    if not model.exists():
+        raise MorphllrError(f"MODEL {model}: not found; give a model folder or an ensemble folder")
+    ensemble = load_ensemble(model)
+    source = open_images(str(imageset))
+    model_prep, set_prep = ensemble.preprocessing or {}, source.preprocessing or {}
+    check_compatible(model_prep, set_prep, f"model {model} vs set {imageset}")
+    cfg = ensemble.config
+    want, have = (cfg.in_channels, cfg.height, cfg.width), tuple(int(v) for v in source.shape[1:])
+    if have != want:
+        raise MorphllrError(f"{imageset}: images are {have[0]} x {have[1]} x {have[2]} (C x H x W), but {model} takes "
+                            f"{want[0]} x {want[1]} x {want[2]}; prepare the images with `morphllr prepare ... "
+                            f"--like {model}`")
+    fingerprint = source.fingerprint()
+    same = fingerprint == ensemble.data_fingerprint
+    if trained_on and not same:
+        recorded = ensemble.data_fingerprint
+        raise MorphllrError(f"{imageset}: images sha256 {fingerprint[:12]} is not the set {model} was trained on "
+                            f"({recorded[:12] if recorded else 'not recorded'}); train the model on this set, or "
+                            "rebuild the set exactly as the model's was")
+    members = f"{len(ensemble)}-member ensemble" if len(ensemble) > 1 else "model"
+    if not set_prep:
+        text = "records no preprocessing (bare array): taken as already in the model's input space"
+    else:
+        text = (f"prepared like the {members}'s training data (recipe {set_prep.get('name', '?')}, "
+                f"input kind {input_kind_of(set_prep) or 'unrecorded'})")
+    typer.echo(f"compatible: {imageset} ({len(source)} images {have[0]}x{have[1]}x{have[2]}) {text}"
+               + ("; it is the model's training set" if same else ""))

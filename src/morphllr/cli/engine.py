@@ -39,6 +39,8 @@ The CSV has one row per image: [bold]id[/bold] (from the image set's catalogue, 
 
 With an ensemble folder (`morphllr train --seeds`) as --model every image is scored by every member (images read once): logp and bits_per_dim are the member means (mean of log p), [bold]logp_std[/bold] the spread of log p across members (sample standard deviation), then logp_seed0, bits_per_dim_seed0, ... per member; --maps holds `logp` (member mean) and one dataset per member, `logp_seed0`, ...
 
+[bold]Masked pixels[/bold]: an image set with masked pixels (`/mask_model`: user-masked or beyond the image edge, filled with sky noise by `morphllr prepare`) is scored as it is, so the later pixels' conditionals still see the masked pixels as context, but their own terms are dropped: logp sums the unmasked pixels only, bits_per_dim is per unmasked dimension, a column [bold]n_masked_pixels[/bold] is added and --maps holds NaN at masked pixels.
+
 [bold]Any hardware, at scale[/bold]: --accelerator cpu | cuda (= gpu) | auto (CUDA when a GPU is visible); on a GPU the models run with bf16 autocast where it has bf16 and channels-last.  --devices N: on the CPU morphllr starts N processes itself (gloo; the idle cores are split between them, or --threads each); on GPUs one process per GPU (NCCL; a count, 'auto' = all, or indices such as 0,2).  Each process scores a contiguous shard of the images and process 0 alone writes the CSV (and maps, received batch by batch, so memory stays flat), in input order: the same file as one process (float32 rounding; bit for bit when the shards are whole batches).  Launched by torchrun, srun (SLURM) or Lightning's launcher (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, SLURM_PROCID / SLURM_NTASKS), the processes join each other instead of starting more; --num-nodes M without a launcher: run the command on every node with NODE_RANK, MASTER_ADDR and MASTER_PORT set, as for `morphllr train --num-nodes`.
 
 Example:
@@ -94,6 +96,10 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size", min=1, max=65536, help="Images per step and device."),
     lr: float = typer.Option(1e-3, "--lr", min=1e-9, max=10.0, help="Peak Adam learning rate (linear warm-up, then cosine decay to 5%)."),
     warmup_steps: int = typer.Option(200, "--warmup-steps", min=0, max=1_000_000_000, help="Learning-rate warm-up steps."),
+    weight_average: float = typer.Option(0.0, "--weight-average", min=0.0, max=0.999999,
+                                         help="Keep an exponential moving average of the weights with this decay "
+                                         "per step (Polyak averaging, as PixelCNN++; e.g. 0.999) and save it as "
+                                         "the model; 0 = off.  benchmarks/convergence.py measures when it helps."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation "
                                        "(seeded split; 0 = none)."),
     augment: str = typer.Option("rot,flip", "--augment", help="Comma list: rot (random 0-180 deg rotation; "
@@ -144,7 +150,7 @@ def train(
                    val_fraction=val_fraction, augment=augment, precision=precision, devices=devices_arg,
                    num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, resume=resume, overwrite=overwrite,
                    early_stopping_patience=patience, warmup_steps=warmup_steps, progress=not quiet, threads=threads,
-                   key=key, input_norm=norm)
+                   key=key, input_norm=norm, weight_average=weight_average)
     if seed_list is not None:
         ensemble = train_ensemble(data, out, seed_list, **options)
         if ensemble is None:  # non-zero rank of a multi-process run
@@ -159,6 +165,31 @@ def train(
     if result is None:  # non-zero rank of a multi-process run
         return
     typer.echo(f"model written to {result.model_dir}: {_metrics_text(result.metrics)}")
+
+
+ENSEMBLE_HELP = """Join separately trained models into one ensemble folder (as `train --seeds` writes).
+
+For models trained one seed per job (`morphllr train DATA --out m_seed3 --seed 3` on a cluster array), or to add
+members to an existing single model: each MODEL folder is copied into OUT/seedK/ (K = its recorded training seed) and
+OUT/ensemble.json indexes them with their checksums.  The models must have distinct seeds and the same network,
+preprocessing and training images (data fingerprint); the first difference is named otherwise.  The ensemble is then
+accepted wherever a model is (`score`, `compare --obs/--arch`)."""
+
+
+@app.command("ensemble", help=ENSEMBLE_HELP)
+def ensemble(
+    ctx: typer.Context,
+    models: list[Path] = typer.Argument(..., help="Model folders (model.json + weights.safetensors), two or more."),
+    out: Path = typer.Option(..., "--out", help="Ensemble folder to create (ensemble.json + seedK/ per model)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    from ..atomic import claim_output
+    from ..modelio import assemble_ensemble
+
+    ctx.with_resource(claim_output(out, inputs=list(models), kind="dir", overwrite=overwrite))
+    index = assemble_ensemble(models, out, overwrite=overwrite)
+    typer.echo(f"ensemble of {len(index['members'])} models written to {out} "
+               f"({', '.join(m['name'] for m in index['members'])})")
 
 
 def _metrics_text(m: dict) -> str:
@@ -221,6 +252,12 @@ def score(
     procs = f" in {describe_plan(plan)}" if plan.world > 1 else ""
     typer.echo(f"scored {summary['n']} images{procs}: mean logp {summary['mean_logp']:.3f} nats "
                f"({summary['mean_bits_per_dim']:.4f} bits/dim){spread} -> {out}" + (f", maps -> {maps}" if maps else ""))
+    if summary.get("masked_share"):
+        typer.secho(f"note: {100 * summary['masked_share']:.3g} % of the model pixels are masked; their own terms "
+                    "are not in logp (column n_masked_pixels; bits_per_dim is per unmasked dimension)",
+                    fg=typer.colors.YELLOW, err=True)
+    for note in summary.get("notes") or []:  # (the domain guards' warnings were printed as `warning: ...`)
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 def parse_devices(text: str) -> int | str:

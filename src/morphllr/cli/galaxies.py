@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_FWHM_MAX,
-                      PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX, ZERO_POINT_MIN)
+from ..limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_BETA_MAX, PSF_BETA_MIN,
+                      PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX, ZERO_POINT_MIN)
 from . import app
 
 FIT_HELP = """Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
 
 Each flux cutout (central --fit-size pixels; default = the part the model sees) is fitted with an elliptical Sérsic convolved with the PSF and integrated over the pixels (3x3 sub-pixels with a sub-pixel PSF convolution in the central 11x11 pixels, finer still at the cusp; 2x2 sub-pixels further out), with companions (segmentation label > 1) masked and the sky noise from the catalogue's sky_sigma as weights (plus Poisson noise when a `gain` column exists).  Astropy Levenberg-Marquardt; initial guesses from image moments; one process per core.
 
-Columns written: sersic_n, sersic_re_pix (half-light radius along the MAJOR axis, pixels of the flux cutout), sersic_q (b/a), sersic_pa_deg (major axis, degrees counter-clockwise from the +x/column axis; GalSim's beta), sersic_flux (total flux, flux units of the set), sersic_x0_pix, sersic_y0_pix (centre, 0-based pixels of the flux cutout), sersic_chi2nu, sersic_flag (bit mask, 0 = good: 1 n at the search bound 0.2 or 8; 2 R_e or q at a bound, e.g. unresolved; 4 not converged; 8 no fit, parameters NaN).
+Columns written: sersic_n, sersic_re_pix (half-light radius along the MAJOR axis, pixels of the flux cutout), sersic_q (b/a), sersic_pa_deg (major axis, degrees counter-clockwise from the +x/column axis; GalSim's beta), sersic_flux (total flux, flux units of the set), sersic_x0_pix, sersic_y0_pix (centre, 0-based pixels of the flux cutout), sersic_chi2nu, sersic_flag (bit mask, 0 = good: 1 n at the search bound 0.2 or 8; 2 R_e or q at a bound, e.g. unresolved; 4 not converged; 8 no fit, parameters NaN; 16 R_e beyond the fitted window, i.e. the major-axis R_e exceeds half the --fit-size side, so R_e, n and the flux extrapolate the wings; 32 n at or beyond GalSim's 0.3-6.2, which the archetype clips), and the PSF and window used: sersic_psf_fwhm_arcsec, sersic_psf_beta (NaN for a PSF image, a Gaussian or --no-psf), sersic_fit_size; the set's catalogue metadata `sersic_fit` records the PSF (kind, FWHM, beta and where they came from; a PSF image's file, sha256 and pixels), the window (x0, y0, side) and the flag bits.  `morphllr archetypes` renders with that PSF by default, and `archetypes --drop-flagged` skips every galaxy whose flag is not 0.
 
-Example:  morphllr fit-sersic obs.h5 --psf-fwhm 1.4
+PSF per galaxy, each part in order option > catalogue column > default: FWHM (--psf-fwhm, else psf_fwhm_arcsec) and, for a Moffat, beta (--psf-beta, else psf_beta, else 4.765); or --psf-image for every galaxy.  A wrong beta biases n: when the true beta is 3.5 and the fit assumes the default 4.765, the median |dn| on GalSim mocks rises from 0.04 with the right beta to 0.23 (benchmarks/psf_beta.py, 200 mocks n 0.5-5, R_e 2.5-9 px, FWHM 1.4": 0.08 -> 0.28 with SDSS-like noise, 0.01 -> 0.22 noise-free); n comes out too low, since the assumed PSF lacks the true one's wings and the galaxy profile is made to supply them.  Give the survey's beta, or its PSF image, when it is known.
+
+Example:  morphllr fit-sersic obs.h5 --psf-fwhm 1.4 --psf-beta 3.5
 """
 
 
+@contextlib.contextmanager
 def _progress_bar(label: str):
+    """A rich progress bar kept on screen when the command finishes, erased when it fails (so no stale
+    "0/N" line stands above the `error:` line)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        try:
+            yield bar
+        except BaseException:
+            bar.live.transient = True
+            raise
 
 
 @app.command("fit-sersic", help=FIT_HELP)
@@ -35,7 +47,13 @@ def fit_sersic_command(
     psf_fwhm: Optional[float] = typer.Option(
         None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX, help="PSF FWHM in arcsec for every galaxy (SDSS r median ~1.4). Default: the "
         "catalogue's psf_fwhm_arcsec column (and psf_beta)."),
-    psf: str = typer.Option("moffat", "--psf", help="PSF shape: moffat (beta 4.765 unless psf_beta is given) or gaussian."),
+    psf: str = typer.Option("moffat", "--psf", help="PSF shape: moffat (beta: --psf-beta, else the psf_beta column, else 4.765) or gaussian."),
+    psf_beta: Optional[float] = typer.Option(
+        None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX, help="Moffat index for every galaxy. Default: the catalogue's "
+        "psf_beta column, else 4.765. A wrong beta biases n low (true 3.5, assumed 4.765: median |dn| 0.04-0.08 -> 0.22-0.28)."),
+    psf_image: Optional[Path] = typer.Option(
+        None, "--psf-image", help="PSF image (FITS or .npy, 2-D, finite): the image of a point source at the set's pixel "
+        "scale, pixel response included, for every galaxy; instead of --psf-fwhm/--psf-beta. Recorded with its sha256 and pixels."),
     no_psf: bool = typer.Option(False, "--no-psf", help="Fit without PSF convolution (only for PSF-free images)."),
     channel: int = typer.Option(0, "--channel", min=0, max=1023, help="Band to fit (0-based) for multi-band sets."),
     fit_size: Optional[int] = typer.Option(
@@ -53,25 +71,33 @@ def fit_sersic_command(
 
     console = Console(stderr=True)
     # the one in-place command: it locks the set whose catalogue it rewrites, before fitting
-    ctx.with_resource(claim_output(imageset, option="IMAGESET", existing="update"))
+    ctx.with_resource(claim_output(imageset, option="IMAGESET", existing="update", inputs=[psf_image]))
     n = len(ImageSet.open(imageset))
     with _progress_bar("fit-sersic") as bar:
         task = bar.add_task("fit", total=n)
-        _, summary = fit_imageset(imageset, psf_fwhm=psf_fwhm, psf_kind=psf, no_psf=no_psf, channel=channel,
-                                  fit_size=fit_size, workers=workers, overwrite=overwrite,
-                                  progress=lambda k: bar.update(task, completed=k))
-    console.print(f"fitted {summary['n']} galaxies, {summary['n_good']} with flag 0; flags {summary['flag_counts']}; "
-                  f"median n = {summary['median_n']:.2f}, median R_e = {summary['median_re_pix']:.2f} px")
+        _, summary = fit_imageset(imageset, psf_fwhm=psf_fwhm, psf_kind=psf, no_psf=no_psf, psf_beta=psf_beta,
+                                  psf_image_path=psf_image, channel=channel, fit_size=fit_size, workers=workers,
+                                  overwrite=overwrite, progress=lambda k: bar.update(task, completed=k))
+    from ..sersic_fit import FLAG_BITS
+
+    bits = "; ".join(f"{count} with bit {bit} ({FLAG_BITS[bit]})" for bit, count in summary["flag_bits"].items()
+                     if count)
+    console.print(f"fitted {summary['n']} galaxies ({summary['psf']}, central {summary['window']} px), "
+                  f"{summary['n_good']} with flag 0; flags {summary['flag_counts']}; "
+                  f"median n = {summary['median_n']:.2f}, median R_e = {summary['median_re_pix']:.2f} px"
+                  + (f"\nflagged: {bits}" if bits else ""))
     typer.echo(json.dumps(summary))
 
 
 ARCH_HELP = """Render the smooth Sérsic archetype of every galaxy of an image set (Zanisi et al. 2021, sec. 2.2).
 
-Each archetype is a GalSim Sérsic with the galaxy's n (clipped to GalSim's 0.3-6.2, column sersic_n_clipped), half-light radius, axis ratio, position angle, total flux and centre, convolved with the PSF, drawn at the set's pixel scale on the flux-cutout grid, and given the same background: Gaussian sky noise of the catalogue's sky_sigma plus Poisson noise when a `gain` column (electrons per flux unit) exists, or, with --sky-patches, a random real empty-sky cutout (as RealSim does).  The result goes through the set's own preprocessing, so both density models see pixels made the same way.  Same ids as the input.
+Each archetype is a GalSim Sérsic with the galaxy's n (clipped to GalSim's 0.3-6.2, column sersic_n_clipped), half-light radius, axis ratio, position angle, total flux and centre, convolved with the PSF its fit used (recorded by `morphllr fit-sersic`; a --psf-fwhm, --psf-beta, --psf or --psf-image that differs from it is refused: archetypes and observations share everything but morphology; sets without that record take the options, else the psf_fwhm_arcsec and psf_beta columns), drawn at the set's pixel scale on the flux-cutout grid, and given the same background: Gaussian sky noise of the catalogue's sky_sigma plus Poisson noise when a `gain` column (electrons per flux unit) exists, or, with --sky-patches, a random real empty-sky cutout (as RealSim does).  The result goes through the set's own preprocessing, so both density models see pixels made the same way.  Same ids as the input.
 
-Parameters come from `morphllr fit-sersic` (sersic_* columns) or your own columns (--n-col etc.; R_e in pixels along the major axis, PA in degrees counter-clockwise from +x).
+Parameters come from `morphllr fit-sersic` (sersic_* columns) or your own columns (--n-col etc.; R_e in pixels along the major axis, PA in degrees counter-clockwise from +x).  Galaxies whose fit is flagged (sersic_flag not 0, e.g. 16 R_e beyond the fitted window, 32 n at GalSim's bounds) are rendered, counted and warned about; --drop-flagged skips them.  --drop-bad skips galaxies whose values are unusable (NaN, R_e or flux <= 0) instead of stopping.
 
-Example:  morphllr archetypes obs.h5 --out arch.h5 --psf-fwhm 1.4
+Everything that changes the pixels is recorded in the output set (file attribute and catalogue metadata `archetypes`): the observed set and its images' sha256, the seed, the PSF and where it came from, the noise (sky library file + sha256, or the sky_sigma / gain columns), the parameter columns and --drop-bad with its counts; the preprocessing is the observed set's.
+
+Example:  morphllr archetypes obs.h5 --out arch.h5
 """
 
 
@@ -82,10 +108,15 @@ def archetypes_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output archetype image set (.h5)."),
     psf_fwhm: Optional[float] = typer.Option(
         None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX,
-        help="PSF FWHM in arcsec for every galaxy. Default: the catalogue's psf_fwhm_arcsec."),
-    psf: str = typer.Option("moffat", "--psf", help="PSF shape: moffat or gaussian."),
+        help="PSF FWHM in arcsec for every galaxy. Default: the PSF the Sérsic fits used (refused if different), else "
+        "the catalogue's psf_fwhm_arcsec."),
+    psf: Optional[str] = typer.Option(None, "--psf", help="PSF shape: moffat or gaussian. Default: the fits', else moffat."),
+    psf_beta: Optional[float] = typer.Option(
+        None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX, help="Moffat index for every galaxy. Default: the fits', "
+        "else the psf_beta column, else 4.765."),
     psf_image: Optional[Path] = typer.Option(
-        None, "--psf-image", help="PSF image (FITS or .npy) sampled at the set's pixel scale; overrides --psf-fwhm."),
+        None, "--psf-image", help="PSF image (FITS or .npy; the image of a point source at the set's pixel scale). "
+        "Default: the fits' PSF image, if they used one."),
     sky_patches: Optional[Path] = typer.Option(
         None, "--sky-patches", help="Empty-sky cutouts (image set with flux, .npy/.npz or FITS cube; same flux units "
         "and pixel scale, at least as large as the cutouts) used as background instead of Gaussian noise."),
@@ -94,7 +125,11 @@ def archetypes_command(
     q_col: str = typer.Option("sersic_q", "--q-col", help="Column with the axis ratio b/a."),
     pa_col: str = typer.Option("sersic_pa_deg", "--pa-col", help="Column with the PA (deg, counter-clockwise from +x)."),
     flux_col: str = typer.Option("sersic_flux", "--flux-col", help="Column with the total flux (set's flux units)."),
-    drop_bad: bool = typer.Option(False, "--drop-bad", help="Skip galaxies with unusable parameters instead of stopping."),
+    drop_bad: bool = typer.Option(False, "--drop-bad", help="Skip galaxies with unusable parameters (NaN, R_e or flux "
+                                  "<= 0) instead of stopping."),
+    drop_flagged: bool = typer.Option(False, "--drop-flagged", help="Also skip galaxies whose fit is flagged "
+                                      "(sersic_flag not 0, or n outside GalSim's 0.3-6.2) instead of rendering them "
+                                      "(they are counted and warned about)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX,
                              help="Random seed of the noise (results do not depend on --workers)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, max=WORKERS_MAX,
@@ -115,11 +150,16 @@ def archetypes_command(
     with _progress_bar("archetypes") as bar:
         task = bar.add_task("render", total=n)
         summary = make_archetype_set(
-            imageset, out, psf_fwhm=psf_fwhm, psf_kind=psf, psf_image_path=psf_image, sky_patches_path=sky_patches,
-            columns=columns, seed=seed, drop_bad=drop_bad, overwrite=overwrite,
+            imageset, out, psf_fwhm=psf_fwhm, psf_kind=psf, psf_beta=psf_beta, psf_image_path=psf_image,
+            sky_patches_path=sky_patches, columns=columns, seed=seed, drop_bad=drop_bad, drop_flagged=drop_flagged,
+            overwrite=overwrite,
             workers=workers or default_workers(), progress=lambda k: bar.update(task, completed=k))
-    console.print(f"wrote {summary['n']} archetypes to {out} (noise: {summary['noise']}; "
-                  f"{summary['n_clipped']} n clipped to GalSim's range; {summary['n_dropped']} dropped)")
+    console.print(f"wrote {summary['n']} archetypes to {out} (PSF: {summary['psf']}; noise: {summary['noise']}; "
+                  f"{summary['n_clipped']} n clipped to GalSim's range; {summary['n_dropped']} dropped, "
+                  f"{summary['n_dropped_flagged']} of them for a flagged fit)")
+    if summary["n_flagged"]:
+        console.print(f"[yellow]warning: {summary['n_flagged']} archetype(s) rendered from flagged Sérsic fits "
+                      "(sersic_flag not 0 or n outside 0.3-6.2); --drop-flagged skips them[/yellow]")
     typer.echo(json.dumps(summary))
 
 
@@ -202,7 +242,7 @@ Inputs: TNG / Illustris SKIRT broadband cubes (BUNIT counts/s/pixel, FILTER0.. b
 
 Per galaxy, in order: the redshift (default: the image's own USE_Z/REDSHIFT, so no extra dimming; another redshift uses the physical pixel CDELT1 through --cosmology and (1+z)^4 surface-brightness dimming, without K-correction: warned beyond |dz| = 0.05); flux in the preset's working unit (zanisi21: SDSS r counts, AB zero point 28.2); PSF convolution and flux-conserving resampling onto a cutout-sized canvas (an image smaller than the cutout is padded with zero flux first); shot noise of the galaxy's own light (gain, electrons per working unit); then the sky: a real empty-sky patch from --sky-patches (the same library `archetypes --sky-patches` uses, added as its own pixels) or Gaussian noise of --sky-sigma; then the preset's model preprocessing.
 
-PSF, sky and gain per galaxy: options (all galaxies) > --catalog columns (psf_fwhm_arcsec, psf_beta, sky_sigma, gain, redshift) > drawn from an observed set with --match (its psf_fwhm_arcsec, sky_sigma, gain and, with --match-redshift, redshift; the galaxy drawn is recorded as match_id) > the preset (zanisi21: 0.396"/px, Moffat 1.4", sky sigma 5.7 counts, gain 4.8 e-/count).  --catalog also joins simulation properties by id (file name without suffix): log_mstar, SFR, subhalo id, ...
+PSF, sky and gain per galaxy: options (all galaxies) > --catalog columns (psf_fwhm_arcsec, psf_beta, sky_sigma, gain, redshift) > drawn from an observed set with --match (the PSF its Sérsic fits used when it records one - FWHM, beta, shape or PSF image, the PSF its archetypes get - else its psf_fwhm_arcsec and psf_beta; its sky_sigma, gain and, with --match-redshift, redshift; the galaxy drawn is recorded as match_id) > the preset (zanisi21: 0.396"/px, Moffat 1.4", sky sigma 5.7 counts, gain 4.8 e-/count).  --catalog also joins simulation properties by id (file name without suffix): log_mstar, SFR, subhalo id, ...
 
 Everything that changes pixels is recorded in the set's preprocessing (zero points, cosmology, PSF, sky library sha256, gain, seed), so a model trained in other units or another cosmology refuses the set.  Catalogue: redshift, sim_redshift, sim_pixel_kpc, sim_pixel_arcsec, dimming_mag, psf_fwhm_arcsec, gain, sky_patch, match_id, n_nonfinite, + joined columns.
 
@@ -244,7 +284,8 @@ def mock_command(
     psf_fwhm: Optional[float] = typer.Option(None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX,
                                              help="Seeing FWHM in arcsec for every galaxy (1.4)."),
     psf: Optional[str] = typer.Option(None, "--psf", help="PSF shape: moffat or gaussian."),
-    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", min=1.0, max=50.0, help="Moffat index (default 4.765)."),
+    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX,
+                                             help="Moffat index (default: catalogue/match psf_beta, else 4.765)."),
     psf_image: Optional[Path] = typer.Option(
         None, "--psf-image", help="PSF image (FITS or .npy) sampled at the survey pixel scale, for every galaxy."),
     sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", min=0.0, max=1e12,
@@ -282,7 +323,7 @@ def mock_command(
             zero_point=zero_point, working_zero_point=working_zero_point, sky_sigma=sky_sigma, gain=gain,
             sky_patches=sky_patches, catalog=catalog, match=match, match_redshift=match_redshift, bands=bands,
             cosmology=cosmology, repeat=repeat, seed=seed, overwrite=overwrite,
-            progress=lambda k: bar.update(task, completed=k))
+            progress=lambda k: bar.update(task, completed=k), recipe_source=None if like is None else f"--like {like}")
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning: {warning}[/yellow]")
     sky = summary["sky"]

@@ -47,6 +47,21 @@ _HELP = (
     "the rest) against the reference. The sky cancels in the ratio only when a set shares sky, PSF and noise "
     "with the training data: then the sky LLR per pixel is near 0 and its AUROC near 0.5; otherwise part of the "
     "set's LLR measures its background, not its galaxies.\n\n"
+    "Masked pixels (an image set's /mask_model: user-masked or beyond the image edge, filled with sky noise by "
+    "`morphllr prepare`): the later pixels' conditionals still see them as context, but their own terms are "
+    "dropped, so each LLR (and llr_segmap, the sky split, the rotation-averaged LLR) sums the unmasked pixels "
+    "only; scores.csv gains n_masked_pixels, masked_share and llr_per_pixel (LLR / unmasked pixels), summary.json "
+    "per set masked_share and mean_llr_per_pixel, and masked pixels are NaN in maps.h5 and blank in the pixel "
+    "maps. Sets with different masked shares should be compared per pixel: a set whose mean masked share "
+    "differs from the reference's by more than 0.05 gets a warning.\n\n"
+    "Warnings (printed after the ranking as `warning: ...`, in a box at the top of the report, beside each set's "
+    "row and in summary.json `warnings`, top level and per set, always present): a set outside the models' "
+    "training domain (its empty-sky bits/dim under either model, its whole-image bits/dim far beyond anything "
+    "the validation images reached, or its galaxy sizes outside the training range; the rules are in "
+    "summary.json `domain_rules` and morphllr.domain), a set of fewer than 30 images (intervals unreliable), a "
+    "reference with mean LLR <= 0, p_obs and p_arch trained on data of different input kinds or recipes, and a "
+    "model whose training had not converged. Models trained before these checks existed get a note; add their "
+    "domain statistics with scripts/record_domain.py MODEL TRAINING_SET.\n\n"
     "Stability under retraining: --obs and --arch each take a model folder or an ensemble folder (`morphllr train "
     "--seeds`), and may be repeated to pool folders into one ensemble. With K_obs x K_arch model pairs every set is "
     "scored under all pairs from K_obs + K_arch forward passes; the LLR column and every statistic use the mean "
@@ -144,14 +159,27 @@ def compare_command(
         # the report folder is claimed before any model is loaded; it may not hold a model or a set
         ctx.with_resource(claim_output(out, inputs=[*obs, *arch, ref_path, *others.values()], overwrite=overwrite,
                                        kind="dir"))
-    result = compare(obs[0] if len(obs) == 1 else list(obs), arch[0] if len(arch) == 1 else list(arch),
-                     reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
-                     maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
-                     overwrite=overwrite, progress=True, group_col=group_col, devices=devices_arg,
-                     accelerator=accelerator, num_nodes=num_nodes, threads=threads)
+    import warnings
+
+    from ..errors import MorphllrWarning
+
+    # the comparison's own warnings are printed after the ranking, where they are read; others pass through
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compare(obs[0] if len(obs) == 1 else list(obs), arch[0] if len(arch) == 1 else list(arch),
+                         reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
+                         maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
+                         overwrite=overwrite, progress=True, group_col=group_col, devices=devices_arg,
+                         accelerator=accelerator, num_nodes=num_nodes, threads=threads)
+    own = set(result.summary.get("warnings") or []) if result is not None else set()
+    for w in caught:
+        if not (issubclass(w.category, MorphllrWarning) and str(w.message) in own):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if result is None:  # a rank other than 0 of a launched run: rank 0 reports
         return
     print_ranking(result.summary)
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    for text in result.summary.get("warnings") or []:
+        typer.secho(f"warning: {text}", fg=typer.colors.RED, err=True)
     typer.echo(f"report: {out / 'index.html'}")
