@@ -7,30 +7,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from morphllr.cli import main
+from clitools import cli, one_error
 from morphllr.errors import MorphllrError
 from morphllr.imageset import ImageSet, prepare_imageset
 from morphllr.preprocess import Preprocessing, cutout_window
 from morphllr.readers import RawImage
 
 SIGMA = 5.0
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return (code if isinstance(code, int) else 1), out + err
-
-
-def one_error(text: str, *fragments: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def frame(x0: float, y0: float, side: int = 160, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from morphllr.cli import main
+from clitools import cli, one_error
 from morphllr.degrade import degrade_flux, degrade_set, lower_resolution
 from morphllr.errors import MorphllrError
 from morphllr.imageset import ImageSet, write_flux_set
@@ -19,22 +19,6 @@ from morphllr.segmentation import background_stats
 REPO = Path(__file__).resolve().parents[1]
 GZ2 = REPO / "runs" / "gz2"
 SIGMA = 3.0
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), out + err
-
-
-def one_error(text: str, *fragments: str) -> None:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -352,3 +352,30 @@ def test_no_domain_warning_on_the_gz2_validation_sets_and_their_degraded_copies(
         assert _domain_warnings(entry) == [], (name, entry["warnings"])
         assert entry["domain"]["obs"]["sky_bpd"] and entry["domain"]["size_area"]
     assert s["warnings"] == [], s["warnings"]
+
+
+@pytest.mark.slow
+def test_real_sdss_galaxies_under_the_demo_models_are_not_given_a_confident_answer(shared_data, tmp_path):
+    """Issue 13's measured case: 3 real SDSS r galaxies + 3 mocks of a merger, scored with the synthetic-universe
+    models, used to rank the mocks above the real galaxies with no warning.  Now: the reference's LLR <= 0, the
+    small samples and the real galaxies' bits/dim far outside the demo models' training are all warned about."""
+    from morphllr.cli import main
+    from morphllr.compare import compare
+    from morphllr.demo import shipped_models
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        assert exc.value.code == 0, argv
+
+    run("prepare", shared_data / "sdss_r_fits", "--preset", "zanisi21", "--out", tmp_path / "sdss.h5")
+    run("mock", *sorted((shared_data / "realsim_idealized").glob("photo_r_*.fits")), "--band", "r", "--sky-sigma",
+        "5.6", "--out", tmp_path / "merger.h5")
+    obs, arch = shipped_models()
+    result = compare(obs, arch, reference=("SDSS", tmp_path / "sdss.h5"), sets={"merger": tmp_path / "merger.h5"},
+                     out=None, n_boot=50, matched_draws=5, report=False)
+    warnings = result.summary["warnings"]
+    assert result.summary["sets"]["SDSS"]["mean_llr"] <= 0
+    assert any("SDSS (the reference): mean LLR" in w for w in warnings), warnings
+    assert any(w.startswith("SDSS: only 3 images") for w in warnings) and any(w.startswith("merger: only 3") for w in warnings)
+    assert any(w.startswith("SDSS: outside the models' domain") for w in warnings), warnings

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morphllr.cli import main
+from clitools import cli, one_error
 from morphllr.errors import MorphllrError
 from morphllr.imageset import ImageSet, prepare_imageset
 from morphllr.preprocess import Preprocessing, check_compatible, recorded_recipe
@@ -33,22 +33,6 @@ def old_linear_flux(path: Path, q: float = 8.0, k: int = 4) -> np.ndarray:
     h, w = (s // k * k for s in flux.shape)
     binned = flux[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
     return binned[None].astype(np.float32)
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), out + err
-
-
-def one_error(text: str, *fragments: str) -> None:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def jpeg_galaxy(path: Path, seed: int, side: int = 424) -> Path:

@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from morphllr import readers
-from morphllr.cli import main
+from clitools import cli, one_error
 from morphllr.errors import MorphllrError
 from morphllr.imageset import ImageSet
 from morphllr.preprocess import Preprocessing
@@ -16,23 +16,6 @@ from morphllr.segmentation import model_mask
 
 SIGMA = 5.0
 STAR = (100.0, 80.0)  # x, y of a bright star 20 px right of the galaxy
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return (code if isinstance(code, int) else 1), out + err
-
-
-def one_error(text: str, *fragments: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def scene(seed: int = 0, side: int = 160) -> np.ndarray:

@@ -15,6 +15,7 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
+from clitools import cli, one_error
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
 from morphllr.imageset import ImageSet, prepare_imageset
@@ -36,23 +37,6 @@ stretch_scale = 50.0
 clip_lo = -1.0
 clip_hi = 8.0
 """
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return (code if isinstance(code, int) else 1), out + err
-
-
-def one_error(text: str, *fragments: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def galaxy(side: int = 40, seed: int = 0, level: float = 10.0) -> np.ndarray:

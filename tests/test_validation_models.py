@@ -74,3 +74,19 @@ def test_models_score_held_out_gz2_jpegs(models, gz2_val_set):
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), logp_obs[:2], rtol=1e-4, atol=1e-2)
     # the real-galaxy model prefers held-out real galaxies over the archetype model (the method's premise)
     assert np.mean(logp_obs - logp_arch) > 0
+
+
+def test_shipped_seed_ensembles_load_and_their_seed0_is_the_shipped_pair():
+    """validation/models/ensemble/{obs,arch}: 3 members of one recipe and data; seed0 = validation/models/{obs,arch}."""
+    from morphllr.modelio import file_sha256, load_ensemble, read_meta
+
+    root = Path(__file__).resolve().parents[1] / "validation" / "models"
+    for side in ("obs", "arch"):
+        ensemble = load_ensemble(root / "ensemble" / side)
+        assert ensemble.names == ["seed0", "seed1", "seed2"]
+        assert file_sha256(root / "ensemble" / side / "seed0" / "weights.safetensors") == file_sha256(
+            root / side / "weights.safetensors")
+        metas = [read_meta(root / "ensemble" / side / name) for name in ensemble.names]
+        assert len({m["data_fingerprint"] for m in metas}) == 1 and metas[0]["data_fingerprint"] == read_meta(
+            root / side)["data_fingerprint"]
+        assert [m["extra"]["training"]["seed"] for m in metas] == [0, 1, 2]
