@@ -78,13 +78,19 @@ def test_fit_recovers_galsim_truth(kernel, psf):
     assert np.median(np.hypot(got[:, 5] - t[:, 5], got[:, 6] - t[:, 6])) <= 0.2
 
 
-def test_companion_is_masked(kernel, psf):
-    """A bright neighbour labelled > 1 in the segmentation does not pull the fit."""
+def galaxy_with_companion(psf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Sérsic galaxy at the centre and a bright neighbour at (53.5, 47.5), with noise: (image, yy, xx)."""
     rng = np.random.default_rng(3)
     main = galsim_image(2.0, 5.0, 0.6, 70.0, 2e4, psf)
     comp = galsim_image(1.0, 3.0, 1.0, 0.0, 4e4, psf, offset=(22.0, 16.0))
     image = main + comp + rng.normal(0, SKY_SIGMA, main.shape)
     yy, xx = np.indices(image.shape)
+    return image, yy, xx
+
+
+def test_companion_is_masked(kernel, psf):
+    """A bright neighbour labelled > 1 in the segmentation does not pull the fit."""
+    image, yy, xx = galaxy_with_companion(psf)
     segmap = np.where(np.hypot(xx - 31.5, yy - 31.5) < 14, 1, 0)
     segmap[np.hypot(xx - 53.5, yy - 47.5) < 13] = 2  # what a 1-sigma segmentation covers
     masked = fit_sersic(image, kernel, segmap, SKY_SIGMA)
@@ -170,11 +176,7 @@ def test_the_window_is_what_re_is_judged_against(psf, kernel):
 
 
 def test_mask_excludes_pixels_like_a_companion_label(kernel, psf):
-    rng = np.random.default_rng(3)
-    main = galsim_image(2.0, 5.0, 0.6, 70.0, 2e4, psf)
-    comp = galsim_image(1.0, 3.0, 1.0, 0.0, 4e4, psf, offset=(22.0, 16.0))
-    image = main + comp + rng.normal(0, SKY_SIGMA, main.shape)
-    yy, xx = np.indices(image.shape)
+    image, yy, xx = galaxy_with_companion(psf)
     segmap = np.where(np.hypot(xx - 31.5, yy - 31.5) < 14, 1, 0)
     mask = np.hypot(xx - 53.5, yy - 47.5) < 13
     masked = fit_sersic(image, kernel, segmap, SKY_SIGMA, mask=mask)
