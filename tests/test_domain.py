@@ -379,3 +379,14 @@ def test_real_sdss_galaxies_under_the_demo_models_are_not_given_a_confident_answ
     assert any("SDSS (the reference): mean LLR" in w for w in warnings), warnings
     assert any(w.startswith("SDSS: only 3 images") for w in warnings) and any(w.startswith("merger: only 3") for w in warnings)
     assert any(w.startswith("SDSS: outside the models' domain") for w in warnings), warnings
+
+
+def test_a_record_of_a_handful_of_images_is_not_judged():
+    """With 1 or 5 validation images the quantiles have no usable spread: such a record judges nothing."""
+    rng = np.random.default_rng(0)
+    for n in (1, 5):
+        rec = domain.describe(rng.normal(-2.0, 0.3, n))
+        assert domain.judge(rng.normal(-2.0, 0.3, 300), rec, "sky_bpd") is None
+    rec = domain.describe(rng.normal(-2.0, 0.3, 200))
+    assert domain.judge(rng.normal(-2.0, 0.3, 300), rec, "sky_bpd")["fired"] is False
+    assert domain.judge(rng.normal(+1.0, 0.3, 300), rec, "sky_bpd")["fired"] is True

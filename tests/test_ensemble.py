@@ -336,7 +336,7 @@ def test_ensemble_command_joins_separately_trained_models_and_refuses_misfits(tr
     refused(["ensemble", trained / "ens" / "seed0", trained / "ens" / "seed0", "--out", tmp_path / "same"], capsys,
             "same seed", "seed0")
     np.save(tmp_path / "other.npy", galaxies(12, seed=3))
-    code, _, err = run(["train", tmp_path / "other.npy", "--out", tmp_path / "other", "--seed", "2", "--max-steps", "1",
+    code, _, err = run(["train", tmp_path / "other.npy", "--out", tmp_path / "other", "--seed", "2", "--max-steps", "3",
                         *TINY], capsys)
     assert code == 0, err
     refused(["ensemble", trained / "ens" / "seed0", tmp_path / "other", "--out", tmp_path / "mixed"], capsys,
@@ -344,3 +344,20 @@ def test_ensemble_command_joins_separately_trained_models_and_refuses_misfits(tr
     assert not (tmp_path / "same").exists() and not (tmp_path / "mixed").exists()
     refused(["ensemble", trained / "ens" / "seed0", trained / "ens" / "seed1", "--out", tmp_path / "j"], capsys,
             "--overwrite")
+
+
+def test_ensemble_joins_auto_input_norm_members_but_refuses_other_recipes(tmp_path, capsys):
+    """Separate `--seed K` jobs with --input-norm auto differ only in the network's input mapping (densities stay in
+    the data's units), so they join; a member trained with other steps does not (seed noise would be recipe noise)."""
+    np.save(tmp_path / "g.npy", galaxies(12))
+    for seed, steps in ((0, 2), (1, 2), (2, 3)):
+        code, _, err = run(["train", tmp_path / "g.npy", "--out", tmp_path / f"m{seed}", "--seed", seed, "--max-steps",
+                            steps, "--input-norm", "auto", *TINY], capsys)
+        assert code == 0, err
+    scales = {json.loads((tmp_path / f"m{k}" / META_FILE).read_text())["config"]["input_scale"] for k in (0, 1)}
+    assert len(scales) == 2  # the auto mapping does depend on the seed's split
+    code, _, err = run(["ensemble", tmp_path / "m0", tmp_path / "m1", "--out", tmp_path / "ens"], capsys)
+    assert code == 0, err
+    assert load_ensemble(tmp_path / "ens").names == ["seed0", "seed1"]
+    refused(["ensemble", tmp_path / "m0", tmp_path / "m2", "--out", tmp_path / "bad"], capsys, "different recipes",
+            "steps")

@@ -276,3 +276,14 @@ def test_trained_model_records_its_validation_history_and_verdict(tmp_path):
     steps = [row[0] for row in conv["history"]]
     assert steps == sorted(steps) and len(steps) == 5 and steps[-1] == 15
     assert conv["converged"] in (True, False) and "rule" in conv
+
+
+def test_weight_average_must_match_on_resume_and_needs_full_precision_weights(tmp_path):
+    x = galaxies(16)
+    out = tmp_path / "m"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(x, out, max_steps=8, val_fraction=0.25, callbacks=[InterruptAfter(5)], **FAST)
+    with pytest.raises(MorphllrError, match="--weight-average 0.99 but the interrupted run used 0"):
+        train_model(x, out, max_steps=8, val_fraction=0.25, resume=True, weight_average=0.99, **FAST)
+    with pytest.raises(MorphllrError, match="half-precision weights"):
+        train_model(x, tmp_path / "h", max_steps=1, weight_average=0.99, **{**FAST, "precision": "bf16-true"})

@@ -1728,7 +1728,7 @@ def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: 
         own: list[str] = []
         if name == reference:
             own += domain.reference_warning(name, entry["mean_llr"])
-        own += domain.small_sample_warning(name, int(entry["n"]))
+        own += domain.small_sample_warning(name, int(min(entry["n"], entry.get("n_groups") or entry["n"])))
         values = res.domain_values or {}
         sky = values.get("sky_logp") or {}
         n_sky = res.scores.get("n_sky_pixels")

@@ -75,6 +75,9 @@ from typing import Any, Sequence
 import numpy as np
 
 VERSION = 1
+#: records of fewer validation images are not judged (their quantiles have no usable spread: with 5 images a set of
+#: the same distribution fired the sky rule 14.5 % of the time, with 20 never, in 200 draws)
+MIN_RECORD_N = 20
 #: percentiles recorded for every statistic
 QUANTILES = (0.0, 0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9, 100.0)
 STATISTICS = ("whole_bpd", "sky_bpd", "size_area", "size_re")
@@ -299,8 +302,8 @@ def judge(values: np.ndarray, rec: dict, statistic: str) -> dict | None:
     """One statistic of a set against one training record: median, share outside, ranges, fired."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
-    if v.size == 0 or rec is None:
-        return None
+    if v.size == 0 or rec is None or int(rec.get("n") or 0) < MIN_RECORD_N:
+        return None  # a record of a handful of images has no usable spread: not judged
     (mlo, mhi), (ilo, ihi) = bounds(rec, statistic)
     median = float(np.median(v))
     outside = float(np.mean((v < ilo) | (v > ihi)))
@@ -458,7 +461,8 @@ def convergence_findings(label: str, names: Sequence[str], members: Sequence[Any
         if float(gain) >= tol:
             tail = conv.get("tail")
             share = f"last {float(tail):.0%} of steps" if isinstance(tail, (int, float)) else "last steps"
-            warnings.append(f"{label} model {name} may not have converged: its validation bits/dim still improved "
+            who = f"the {label}" if name == label else f"{label} model {name}"
+            warnings.append(f"{who} may not have converged: its validation bits/dim still improved "
                             f"by {float(gain):.3g} in the {share}, >= {tol:.3g} bits/dim ({source}); train it "
                             "longer (--max-steps) before quoting its scores")
     if missing:

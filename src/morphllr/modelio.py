@@ -349,6 +349,15 @@ def _normal_config(config: Any) -> Any:
         return config
 
 
+def _without_input_mapping(config: Any) -> Any:
+    """A config without ``input_shift`` / ``input_scale``: densities are reported in the data's units whatever the
+    network's input mapping (the Jacobian is added), and ``--input-norm auto`` picks it from each seed's own split,
+    so members trained one job per seed may differ there and still model the same thing."""
+    if isinstance(config, dict):
+        return {k: v for k, v in config.items() if k not in ("input_shift", "input_scale")}
+    return config
+
+
 def _first_difference(a: dict, b: dict) -> str:
     for key in sorted(set(a) | set(b), key=str):
         if a.get(key) != b.get(key):
@@ -380,7 +389,7 @@ def _check_consistent(described: list[tuple[str, Any, dict, str | None]], where:
             raise MorphllrError(f"{where}: {pair} were trained on differently preprocessed images "
                                 f"({_first_difference(prep0, prep)}); {fix}")
         config = _normal_config(config)
-        if config != config0:
+        if _without_input_mapping(config) != _without_input_mapping(config0):
             what = "likelihood heads" if config.get("head") != config0.get("head") else "network configs"
             raise MorphllrError(f"{where}: {pair} have different {what} ({_first_difference(config0, config)}); {fix}")
 
@@ -688,6 +697,22 @@ def assemble_ensemble(models: list[str | Path], out: str | Path, overwrite: bool
             raise MorphllrError(f"{model / META_FILE}: records no training seed (extra.training.seed); only models "
                                 "trained by `morphllr train` can join an ensemble")
         members.append((member_name(seed), seed, model))
+    recipe_keys = ("augment", "batch_size", "lr", "val_fraction", "precision", "weight_average")
+
+    def recipe(model: Path) -> dict:
+        meta = read_meta(model)
+        training = (meta.get("extra") or {}).get("training") or {}
+        return {**{k: training.get(k) for k in recipe_keys}, "steps": (meta.get("metrics") or {}).get("steps")}
+
+    first = recipe(members[0][2])
+    for name, _, model in members[1:]:
+        other = recipe(model)
+        differs = [k for k in first if first[k] != other[k]]
+        if differs:
+            k = differs[0]
+            raise MorphllrError(f"ensemble: {members[0][2]} and {model} were trained with different recipes ({k}: "
+                                f"{first[k]!r} vs {other[k]!r}); an ensemble measures seed noise only when its members "
+                                "differ in nothing but the seed - retrain with the same options")
     names = [name for name, _, _ in members]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

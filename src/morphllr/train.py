@@ -651,6 +651,10 @@ def _check_resume_matches(out_dir: Path, run: dict) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
+    if float(old.get("weight_average", 0.0)) != float(run.get("weight_average", 0.0)):
+        raise MorphllrError(
+            f"{out_dir}: --resume with --weight-average {run.get('weight_average', 0.0)} but the interrupted run used "
+            f"{old.get('weight_average', 0.0)}; resume with the same value, or start a new run with --overwrite")
     for key, label in (("data_fingerprint", "training images"), ("config", "network settings")):
         if old.get(key) != run.get(key):
             raise MorphllrError(
@@ -772,6 +776,9 @@ def train_model(data: Any, out_dir: str | Path, *, config: PixelCNNConfig | dict
                             f"got {weight_average}")
     augment = parse_augment(augment)
     precision = _resolve_precision(precision)
+    if weight_average > 0 and precision.endswith("-true") and not precision.startswith("32"):
+        raise MorphllrError(f"--weight-average with --precision {precision}: the average's small per-step updates "
+                            "round away in half-precision weights; use --precision bf16-mixed or 32")
     train_idx, _ = split_indices(len(source), val_fraction, seed)  # validates the fraction before any work
     validate_source(source, cfg.head)
     cfg = with_input_norm(cfg, input_norm, source, train_idx, seed)
