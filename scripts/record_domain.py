@@ -10,6 +10,12 @@ sizes) into its ``model.json``, atomically.  The weights are not touched.  For a
 index ``ensemble.json`` gets the members' new ``model_json_sha256`` (everything else kept),
 also atomically, so ``load_ensemble`` still accepts it.
 
+With ``--logs RUN_DIR`` (the folder ``morphllr train`` wrote the model into, with its ``logs/``; for an
+ensemble the folder holding ``seedK/logs/``) it also records the convergence verdict
+(``metrics["convergence"]``, :func:`morphllr.train.convergence`) from the run's own per-epoch validation
+bits/dim, for models trained before training recorded it; refused when the logs' best validation value is
+not the model's recorded one (within 0.02 bits/dim: bf16 during training, fp32 at the end).
+
 Refused (one line, nothing written): a training set whose fingerprint differs from the
 model's ``data_fingerprint``, a model without ``extra.training`` (no way to know its split),
 or a folder that is not a morphllr model or ensemble.
@@ -58,8 +64,35 @@ def record_model(member_dir: Path, source, fingerprint: str, *, threads: int | N
     return record(model, source, indices, images=which, threads=threads)
 
 
+def convergence_from_logs(run_dir: Path, meta: dict) -> dict:
+    """The convergence record of a finished model from its run's Lightning CSV logs (``run_dir/logs/**``)."""
+    import csv
+
+    from morphllr.errors import MorphllrError
+    from morphllr.train import convergence
+
+    history = []
+    for path in sorted(run_dir.glob("logs/**/metrics.csv")):
+        with open(path, newline="", encoding="utf-8") as handle:
+            # the CSV's step is the 0-based step the value was logged at: after step + 1 optimizer steps
+            history += [[int(row["step"]) + 1, float(row["val_bpd"])] for row in csv.DictReader(handle)
+                        if row.get("val_bpd")]
+    if not history:
+        raise MorphllrError(f"{run_dir}: no logs/**/metrics.csv with val_bpd; give the folder the model was trained in")
+    history.sort()
+    metrics = meta.get("metrics") or {}
+    recorded = metrics.get("val_bits_per_dim")
+    best = min(v for _, v in history)
+    if recorded is None or abs(best - float(recorded)) > 0.02:
+        raise MorphllrError(f"{run_dir}: the logs' best validation bits/dim {best:.4f} is not the model's recorded "
+                            f"{recorded}; these are another run's logs")
+    verdict = convergence(history, final_step=int(metrics.get("steps") or history[-1][0]))
+    verdict["from"] = "training logs (scripts/record_domain.py --logs)"
+    return verdict
+
+
 def record_domain(folder: str | Path, training_set: str | Path, *, threads: int | None = None,
-                  dry_run: bool = False, say=print) -> dict:
+                  dry_run: bool = False, say=print, logs: str | Path | None = None) -> dict:
     """Compute and (unless ``dry_run``) store the domain records of a model or ensemble folder.
 
     Returns:
@@ -73,9 +106,14 @@ def record_domain(folder: str | Path, training_set: str | Path, *, threads: int 
     members, index = _members(folder)
     source = open_images(training_set)
     fingerprint = source.fingerprint()
-    records = {}
+    records, verdicts = {}, {}
     for name, member_dir in members:  # everything is computed (and checked) before anything is written
         records[name] = record_model(member_dir, source, fingerprint, threads=threads)
+        if logs is not None:
+            run_dir = Path(logs) / name if index is not None else Path(logs)
+            verdicts[name] = convergence_from_logs(run_dir, read_meta(member_dir))
+            say(f"{member_dir}: converged {verdicts[name]['converged']} (tail improvement "
+                f"{verdicts[name]['tail_improvement_bpd']}, {len(verdicts[name]['history'])} validations)")
         whole = records[name]["stats"]["whole_bpd"]
         sky = records[name]["stats"]["sky_bpd"]
         say(f"{member_dir}: {records[name]['n_images']} {records[name]['images']} images, whole-image bits/dim "
@@ -88,6 +126,8 @@ def record_domain(folder: str | Path, training_set: str | Path, *, threads: int 
         meta_path = member_dir / META_FILE
         meta = read_meta(member_dir)
         meta.setdefault("metrics", {})["domain"] = records[name]
+        if name in verdicts:
+            meta["metrics"]["convergence"] = verdicts[name]
         with atomic_file(meta_path, overwrite=True, mode=meta_path.stat().st_mode & 0o777) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         new_sha[name] = file_sha256(meta_path)
@@ -108,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("training_set", help="the image set the model was trained on")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
+    parser.add_argument("--logs", default=None, help="the run folder the model was trained in (its logs/; for an "
+                        "ensemble the folder of seedK/logs/): also record the convergence verdict from them")
     args = parser.parse_args(argv)
     try:
-        record_domain(args.model, args.training_set, threads=args.threads, dry_run=args.dry_run)
+        record_domain(args.model, args.training_set, threads=args.threads, dry_run=args.dry_run, logs=args.logs)
     except MorphllrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

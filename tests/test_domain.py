@@ -223,6 +223,38 @@ def test_training_writes_the_domain_record(tmp_path):
     assert rec["stats"]["sky_bpd"]["n"] == 3
 
 
+def test_record_domain_logs_give_the_convergence_verdict_training_records(tmp_path):
+    """--logs rebuilds metrics["convergence"] from the run's own CSV logs: the same verdict training wrote."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from record_domain import record_domain
+
+    from morphllr.imageset import write_imageset
+    from morphllr.modelio import load_model
+    from morphllr.train import train_model
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:8, :8] - 3.5
+    x = (np.exp(-(yy**2 + xx**2) / 4.0)[None] * rng.uniform(0.5, 1, (16, 1, 1))
+         + 0.02 * rng.standard_normal((16, 8, 8)))[:, None]
+    seg = np.broadcast_to((np.hypot(yy, xx) < 2.5).astype(np.uint8), (16, 8, 8))
+    data = write_imageset(tmp_path / "d.h5", x.astype(np.float32), {"id": [f"g{i}" for i in range(16)]}, {},
+                          segmap_model=seg)
+    train_model(data, tmp_path / "m", max_steps=16, val_fraction=0.25, config="tiny", batch_size=4, augment="none",
+                precision="32", progress=False, threads=1, warmup_steps=1)
+    written = load_model(tmp_path / "m").meta["metrics"]["convergence"]
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["metrics"]["convergence"]  # a model from before convergence was recorded
+    meta_path.write_text(json.dumps(meta))
+    record_domain(tmp_path / "m", data, threads=1, say=lambda s: None, logs=tmp_path / "m")
+    rebuilt = load_model(tmp_path / "m").meta["metrics"]["convergence"]
+    assert [row[0] for row in rebuilt["history"]] == [row[0] for row in written["history"]]
+    np.testing.assert_allclose([r[1] for r in rebuilt["history"]], [r[1] for r in written["history"]], rtol=1e-6)
+    assert rebuilt["converged"] == written["converged"]
+    with pytest.raises(MorphllrError, match="no logs"):
+        record_domain(tmp_path / "m", data, threads=1, say=lambda s: None, logs=tmp_path)
+
+
 # --------------------------------------------------------------------------- the shipped models
 def test_shipped_models_carry_domain_records_and_still_load():
     from morphllr import demo
