@@ -240,7 +240,8 @@ def test_every_pixel_changing_archetypes_option_is_recorded(tmp_path):
 
     from morphllr.cli import app, main
     from morphllr.imageset import ImageSet
-    from morphllr.psf import file_sha256, psf_image
+    from morphllr.psf import psf_image
+    from morphllr.sources import file_sha256
     from morphllr.skypatches import patches_sha256
 
     table = catalog()

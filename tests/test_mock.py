@@ -556,7 +556,8 @@ def test_every_pixel_changing_mock_option_is_recorded(tmp_path):
     from morphllr.cli import app
     from morphllr.imageset import ImageSet, write_imageset
     from morphllr.preprocess import Preprocessing
-    from morphllr.psf import file_sha256, make_psf, psf_image
+    from morphllr.psf import make_psf, psf_image
+    from morphllr.sources import file_sha256
     from morphllr.skypatches import patches_sha256
 
     cube = write_skirt_cube(tmp_path / "c.fits")

@@ -293,7 +293,8 @@ def test_beta_per_galaxy_from_the_catalogue(tmp_path):
 def test_fit_with_a_psf_image_records_it_and_archetypes_use_it(tmp_path):
     from morphllr.archetypes import make_archetype_set
     from morphllr.imageset import ImageSet
-    from morphllr.psf import file_sha256, psf_from_image, psf_image
+    from morphllr.psf import psf_from_image, psf_image
+    from morphllr.sources import file_sha256
 
     true = make_psf(1.4, "moffat", beta=3.0)
     pixels = psf_image(true, SCALE, size=31, pixel_integrated=True)

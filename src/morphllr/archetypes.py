@@ -752,7 +752,7 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
         summary dict (n, n_dropped, n_dropped_flagged, n_flagged, n_clipped, noise mode, psf, out path).
     """
     from .imageset import ImageSet, write_flux_set
-    from .psf import file_sha256
+    from .sources import file_sha256
 
     s = ImageSet.open(set_path)
     where = str(set_path)

@@ -723,7 +723,7 @@ def _file_record(path) -> dict | None:
     """File name, resolved path and sha256 of an input that chose pixels (None when not given)."""
     if path is None:
         return None
-    from .psf import file_sha256
+    from .sources import file_sha256
 
     return {"file": Path(path).name, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
 

@@ -23,7 +23,6 @@ every member's files against the index and the members against each other.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 
 from .atomic import atomic_dir, atomic_file
 from .errors import MorphllrError
+from .sources import file_sha256  # noqa: F401 - also modelio.file_sha256 for callers
 
 FORMAT = "morphllr.model"
 FORMAT_VERSION = 1
@@ -80,23 +80,6 @@ class LoadedModel:
     @property
     def data_fingerprint(self) -> str | None:
         return self.meta.get("data_fingerprint")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, read in chunks.
-
-    Args:
-        path: the file.
-        chunk: bytes read at a time.
-
-    Returns:
-        hex digest.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict:

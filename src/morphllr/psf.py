@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import MorphllrError
 from .limits import PSF_BETA_MAX, PSF_BETA_MIN, PSF_FWHM_MAX, PSF_IMAGE_MAX_SIDE
+from .sources import file_sha256
 
 PSF_KINDS = ("moffat", "gaussian")
 #: Moffat index of the atmospheric PSF (Trujillo et al. 2001 find beta ~ 4.765 for
@@ -139,17 +140,6 @@ def load_psf_image(path, option: str = "--psf-image") -> np.ndarray:
         raise MorphllrError(f"{option} {path}: the PSF image sums to {data.sum():g}; a PSF needs positive total "
                             "flux (sky-subtract it, not below zero)")
     return data
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes (to record which PSF image / library / catalogue was used)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def psf_image_record(path, pixels: np.ndarray, store_pixels: bool = True) -> dict:

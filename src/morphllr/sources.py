@@ -70,6 +70,23 @@ def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (model weights, PSF images, sky libraries, catalogues).
+
+    Args:
+        path: the file.
+        chunk: bytes read at a time.
+
+    Returns:
+        hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_shape(shape: Sequence[int], name: str) -> tuple[int, int, int, int]:
     """Validate an image-array shape and return it as (N, C, H, W).
 
