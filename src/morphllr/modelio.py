@@ -605,14 +605,12 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     return Ensemble(models, [name for name, _, _ in checked], path=path, index=index)
 
 
-def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None, str]], *, where: str | None = None,
-                         fix: str = "retrain the ensemble with --overwrite") -> dict:
+def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None, str]]) -> dict:
     """Write ``folder/ensemble.json`` for finished member folders, atomically (the last step of training).
 
     Args:
         folder: the ensemble folder.
         members: ``(name, seed, path relative to folder)`` per member, in order.
-        where, fix: how a refusal names the ensemble and ends (default: ``folder``, retrain).
 
     Returns:
         the index written.
@@ -631,7 +629,7 @@ def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None
                         "weights_sha256": weights_sha})
         described.append((name, meta["config"], meta.get("preprocessing") or {}, meta.get("data_fingerprint")))
         first = first or meta
-    _check_consistent(described, where or str(folder), fix)
+    _check_consistent(described, str(folder), "retrain the ensemble with --overwrite")
     index = {
         "format": ENSEMBLE_FORMAT,
         "format_version": ENSEMBLE_FORMAT_VERSION,
@@ -670,7 +668,7 @@ def assemble_ensemble(models: list[str | Path], out: str | Path, overwrite: bool
 
     if len(models) < 2:
         raise MorphllrError(f"ensemble: give at least two model folders, got {len(models)}")
-    members: list[tuple[str, int, Path]] = []
+    members: list[tuple[str, int, Path, dict]] = []
     for model in models:
         model = Path(model)
         meta = read_meta(model)
@@ -679,41 +677,36 @@ def assemble_ensemble(models: list[str | Path], out: str | Path, overwrite: bool
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise MorphllrError(f"{model / META_FILE}: records no training seed (extra.training.seed); only models "
                                 "trained by `morphllr train` can join an ensemble")
-        members.append((member_name(seed), seed, model))
+        members.append((member_name(seed), seed, model, meta))
     recipe_keys = ("augment", "batch_size", "lr", "val_fraction", "precision", "weight_average")
 
-    def recipe(model: Path) -> dict:
-        meta = read_meta(model)
+    def recipe(meta: dict) -> dict:
         training = (meta.get("extra") or {}).get("training") or {}
         return {**{k: training.get(k) for k in recipe_keys}, "steps": (meta.get("metrics") or {}).get("steps")}
 
-    first = recipe(members[0][2])
-    for name, _, model in members[1:]:
-        other = recipe(model)
+    first = recipe(members[0][3])
+    for _, _, model, meta in members[1:]:
+        other = recipe(meta)
         differs = [k for k in first if first[k] != other[k]]
         if differs:
             k = differs[0]
             raise MorphllrError(f"ensemble: {members[0][2]} and {model} were trained with different recipes ({k}: "
                                 f"{first[k]!r} vs {other[k]!r}); an ensemble measures seed noise only when its members "
                                 "differ in nothing but the seed - retrain with the same options")
-    names = [name for name, _, _ in members]
+    names = [name for name, *_ in members]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise MorphllrError(f"ensemble: several models were trained with the same seed ({', '.join(repeated)}); "
                             "members must differ in their training seed")
     if len(members) > MAX_ENSEMBLE_MEMBERS:
         raise MorphllrError(f"ensemble: {len(members)} models, more than {MAX_ENSEMBLE_MEMBERS}")
+    # the check write_ensemble_index makes, here naming the user's folders, before anything is copied
+    _check_consistent([(f"{name} ({model})", meta["config"], meta.get("preprocessing") or {},
+                        meta.get("data_fingerprint")) for name, _, model, meta in members], "ensemble",
+                      "only models of the same training set, network and recipe form an ensemble")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for name, _, model in members:
+        for name, _, model, _ in members:
             (tmp / name).mkdir()
             for file in (WEIGHTS_FILE, META_FILE):
                 shutil.copy2(model / file, tmp / name / file)
-        by_name = {name: str(model) for name, _, model in members}
-        try:
-            return write_ensemble_index(tmp, [(name, seed, name) for name, seed, _ in members], where="ensemble",
-                                        fix="only models of the same training set, network and recipe form an ensemble")
-        except MorphllrError as exc:  # name the user's folders, not the temporary copies
-            text = str(exc)
-            for name, model in by_name.items():
-                text = text.replace(f" {name} ", f" {name} ({model}) ", 1)
-            raise MorphllrError(text) from None
+        return write_ensemble_index(tmp, [(name, seed, name) for name, seed, _, _ in members])
