@@ -1143,7 +1143,8 @@ def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, da
                  trainer, elapsed: float, history: list | None) -> TrainResult:
     from .score import bits_per_dim, log_likelihood
 
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
     net_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     net = PixelCNN(config)
     net.load_state_dict(net_state)
@@ -1158,7 +1159,8 @@ def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, da
     val_bpd = None
     if len(datamodule.val_idx):
         val_bpd = float(bits_per_dim(log_likelihood(net, _read_in_chunks(source, datamodule.val_idx), bf16=False), n_dims).mean())
-    best_step = _checkpoint_step(best_path)
+    step = checkpoint.get("global_step")
+    best_step = int(step) if isinstance(step, (int, float)) else None
     metrics = {
         "train_bits_per_dim": train_bpd,
         "val_bits_per_dim": val_bpd,
@@ -1205,10 +1207,3 @@ def load_checkpoint(path: str | Path) -> dict:
         raise MorphllrError(f"{path}: is not a morphllr training checkpoint (no state_dict); delete it or start "
                             "without --resume")
     return checkpoint
-
-
-def _checkpoint_step(path: str) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step"))
-    except (OSError, RuntimeError, TypeError, ValueError):
-        return None
