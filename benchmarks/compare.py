@@ -26,7 +26,7 @@ import numpy as np
 
 def make_set(path: Path, n: int, rng: np.random.Generator, structure: float, prep: dict) -> Path:
     """``n`` arcsinh-stretched Sérsic-like blobs with optional clumps, written as an ImageSet."""
-    from morphllr.imageset import ImageSetWriter
+    from morphllr.data.imageset import ImageSetWriter
 
     yy, xx = np.mgrid[0:32, 0:32] - 15.5
     with ImageSetWriter(path, n=n, image_shape=(1, 32, 32), preprocessing=prep) as writer:
@@ -48,8 +48,8 @@ def make_set(path: Path, n: int, rng: np.random.Generator, structure: float, pre
 def make_model(folder: Path, seed: int, prep: dict) -> Path:
     import torch
 
-    from morphllr.model import PRESETS, PixelCNN
-    from morphllr.modelio import save_model
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.io import save_model
 
     torch.manual_seed(seed)
     return save_model(PixelCNN(PRESETS["zanisi21"]), folder, preprocessing=prep, data_fingerprint=None, metrics={})
@@ -64,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from morphllr import runtime
-    from morphllr.compare import compare
-    from morphllr.preprocess import Preprocessing
+    from morphllr.comparison.run import compare
+    from morphllr.data.preprocess import Preprocessing
 
     threads = runtime.configure_cpu(args.threads)
     prep = Preprocessing.preset("zanisi21").to_dict()

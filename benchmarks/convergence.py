@@ -25,7 +25,7 @@ made with the demo's seed; GZ2: ``val_real.h5`` / ``val_arch.h5``, galaxies neve
 that is the comparison the verdict rests on.
 
 Prints, per run, val bits/dim at the end and at fixed shares of the wall-clock for both recipes,
-the paired difference averaged − raw, and the verdict of :func:`morphllr.train.convergence`.
+the paired difference averaged − raw, and the verdict of :func:`morphllr.train.run.convergence`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ GZ2 = dict(config="zanisi21", nr_resnet=2, nr_filters=32, dropout=0.5, warmup_st
 def recipe(study: str) -> dict:
     """train_model options of a study (network overrides folded into the config)."""
     from morphllr.demo import TRAIN_RECIPE as r
-    from morphllr.train import build_config
+    from morphllr.train.run import build_config
 
     if study == "demo":
         cfg = build_config(r.preset, nr_resnet=r.nr_resnet, nr_filters=r.nr_filters, dropout=r.dropout)
@@ -71,7 +71,7 @@ def default_data(study: str) -> Path:
     universe = ROOT / "build" / "make_models" / "universe"
     if not (universe / "observed-train.h5").is_file():
         from morphllr.demo import TRAIN_RECIPE
-        from morphllr.synth import write_universe
+        from morphllr.synth.universe import write_universe
 
         write_universe(universe, ["observed-train", "archetypes-train"], n_train=TRAIN_RECIPE.n_train,
                        seed=TRAIN_RECIPE.seed, workers=2)
@@ -82,7 +82,7 @@ def run_one(study: str, data: Path, seed: int, out: Path) -> None:
     """Train one run (called in its own process) and write ``out/curve.json``."""
     import lightning.pytorch as L
 
-    from morphllr.train import train_model
+    from morphllr.train.run import train_model
 
     class Clock(L.Callback):
         """Wall-clock at every validation, with the comparison's own extra seconds."""
@@ -132,7 +132,7 @@ def default_test(study: str, data: Path) -> Path | None:
     universe = ROOT / "build" / "convergence" / "demo-test"
     if not (universe / "observed-test.h5").is_file():
         from morphllr.demo import DEMO_N
-        from morphllr.synth import write_universe
+        from morphllr.synth.universe import write_universe
 
         write_universe(universe, ["observed-test"], n_test=DEMO_N, seed=0, workers=2)
     return universe / "observed-test.h5"
@@ -140,9 +140,9 @@ def default_test(study: str, data: Path) -> Path | None:
 
 def test_bits_per_dim(model_dir: Path, test: Path) -> float:
     """Mean bits/dim of ``model_dir`` on the independent set (fp32)."""
-    from morphllr.modelio import load_model
+    from morphllr.model.io import load_model
     from morphllr.score import bits_per_dim, log_likelihood
-    from morphllr.sources import open_images
+    from morphllr.data.inputs import open_images
 
     model = load_model(model_dir)
     source = open_images(test)
@@ -152,7 +152,7 @@ def test_bits_per_dim(model_dir: Path, test: Path) -> float:
 
 def show(folder: Path, test: Path | None = None) -> None:
     from morphllr.runtime import cpu_description
-    from morphllr.train import convergence
+    from morphllr.train.run import convergence
 
     curves = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/curve.json"))]
     if not curves:

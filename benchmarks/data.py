@@ -40,7 +40,7 @@ def _galaxies(n: int, size: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------- prepare + segmentation
 def bench_segmentation(n: int = 600, size: int = 64) -> dict:
     """Segmentation speed (sep) on n size x size cutouts; target >= 300 images/s."""
-    from morphllr.segmentation import segment_batch
+    from morphllr.data.segmentation import segment_batch
 
     images = _galaxies(n, size)
     segment_batch(images[:10])  # imports and first-call set-up are not what we measure
@@ -58,9 +58,9 @@ def bench_prepare(n: int = 800, size: int = 140, workers: int = 1) -> dict:
     """
     from astropy.io import fits
 
-    from morphllr import readers
-    from morphllr.imageset import prepare_imageset
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data import files as readers
+    from morphllr.data.imageset import prepare_imageset
+    from morphllr.data.preprocess import Preprocessing
 
     images = _galaxies(n, size, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,8 +101,8 @@ def bench_fit_sersic(n: int = 64, workers: int = 2, seed: int = 0) -> dict:
     """
     import galsim
 
-    from morphllr.psf import make_psf
-    from morphllr.sersic_fit import fit_sersic_many, psf_kernel_for
+    from morphllr.galaxies.psf import make_psf
+    from morphllr.galaxies.sersic_fit import fit_sersic_many, psf_kernel_for
 
     rng = np.random.default_rng(seed)
     p = _sdss_like_sersics(n, rng)
@@ -136,8 +136,8 @@ def bench_archetypes(n: int = 512, workers: int = 2, size: int = 128, seed: int 
     ``cold`` includes building GalSim's Sérsic tables for every index on the n grid (once per
     process); ``warm`` is the steady state of a large set.
     """
-    from morphllr.archetypes import ArchetypeParams, NoiseModel, render_archetypes
-    from morphllr.psf import make_psf
+    from morphllr.galaxies.archetypes import ArchetypeParams, NoiseModel, render_archetypes
+    from morphllr.galaxies.psf import make_psf
 
     rng = np.random.default_rng(seed)
     p = _sdss_like_sersics(n, rng)

@@ -18,9 +18,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from morphllr.compare import compare
+from morphllr.comparison.run import compare
 from morphllr.demo import DEMO_N, TRAIN_RECIPE, check_ranking, install_models, paired_differences, train_models
-from morphllr.synth import DEMO_SETS, write_universe
+from morphllr.synth.universe import DEMO_SETS, write_universe
 
 BUILD = Path(__file__).resolve().parents[1] / "build"
 

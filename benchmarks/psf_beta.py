@@ -5,7 +5,7 @@
 
 GalSim mocks (Sérsic n 0.5-5, major-axis R_e 2.5-9 px, q 0.3-1, r ~ 16.5-19 mag, SDSS r
 noise: sky sigma 5.7 counts, gain 4.8 e-/count, 0.396"/px) convolved with a Moffat PSF of
-FWHM 1.4" and the *true* beta; each is fitted by ``morphllr.sersic_fit.fit_sersic`` twice,
+FWHM 1.4" and the *true* beta; each is fitted by ``morphllr.galaxies.sersic_fit.fit_sersic`` twice,
 with the right beta and with the default 4.765 (``--psf-beta`` not given), and the
 median |Δn|, median Δn and median |ΔR_e / R_e| are printed (JSON on the last line).
 ``--noiseless`` fits the noise-free images (the pure PSF-model bias).
@@ -33,7 +33,7 @@ def mocks(n: int, true_beta: float, seed: int, noiseless: bool = False, size: in
     """(images (n, size, size), truths (n, 2) of n and R_e) of PSF-convolved GalSim Sérsics."""
     import galsim
 
-    from morphllr.psf import make_psf
+    from morphllr.galaxies.psf import make_psf
 
     psf = make_psf(FWHM, "moffat", beta=true_beta)
     rng = np.random.default_rng(seed)
@@ -53,8 +53,8 @@ def mocks(n: int, true_beta: float, seed: int, noiseless: bool = False, size: in
 
 
 def fit_all(images, beta: float, workers: int, noiseless: bool):
-    from morphllr.psf import make_psf
-    from morphllr.sersic_fit import fit_sersic_many, psf_kernel_for
+    from morphllr.galaxies.psf import make_psf
+    from morphllr.galaxies.sersic_fit import fit_sersic_many, psf_kernel_for
 
     kernel = psf_kernel_for(make_psf(FWHM, "moffat", beta=beta), SCALE)
     fits = fit_sersic_many(images, kernel, sky_sigma=1.0 if noiseless else SKY_SIGMA,
@@ -63,7 +63,7 @@ def fit_all(images, beta: float, workers: int, noiseless: bool):
 
 
 def main(argv=None) -> dict:
-    from morphllr.psf import DEFAULT_MOFFAT_BETA
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40, help="mock galaxies")

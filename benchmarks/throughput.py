@@ -7,8 +7,8 @@ per second:
 * train: forward + backward of the mean negative log-likelihood + an Adam step, dropout on
   (what ``morphllr train`` does per batch),
 
-for (a) ``morphllr.reference.ReferencePixelCNN``: NCHW, float32, eager, no fusion, and
-(b) ``morphllr.model.PixelCNN`` as score/train run it: channels-last, bf16 autocast where the
+for (a) ``morphllr.model.plain.ReferencePixelCNN``: NCHW, float32, eager, no fusion, and
+(b) ``morphllr.model.pixelcnn.PixelCNN`` as score/train run it: channels-last, bf16 autocast where the
 CPU has native bf16 (``morphllr.runtime.bf16_supported``), head in float32.
 
 The yardstick (issue 17) is the network's own convolutions: every ``aten.convolution`` (and, for
@@ -42,8 +42,8 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from morphllr import runtime
-from morphllr.model import PRESETS, PixelCNN
-from morphllr.reference import ReferencePixelCNN
+from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.plain import ReferencePixelCNN
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

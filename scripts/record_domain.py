@@ -12,7 +12,7 @@ also atomically, so ``load_ensemble`` still accepts it.
 
 With ``--logs RUN_DIR`` (the folder ``morphllr train`` wrote the model into, with its ``logs/``; for an
 ensemble the folder holding ``seedK/logs/``) it also records the convergence verdict
-(``metrics["convergence"]``, :func:`morphllr.train.convergence`) from the run's own per-epoch validation
+(``metrics["convergence"]``, :func:`morphllr.train.run.convergence`) from the run's own per-epoch validation
 bits/dim, for models trained before training recorded it; refused when the logs' best validation value is
 not the model's recorded one (within 0.02 bits/dim: bf16 during training, fp32 at the end).
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 def _members(folder: Path) -> tuple[list[tuple[str, Path]], dict | None]:
-    from morphllr.modelio import is_ensemble, read_ensemble_index
+    from morphllr.model.io import is_ensemble, read_ensemble_index
 
     if is_ensemble(folder):
         index = read_ensemble_index(folder)
@@ -43,7 +43,7 @@ def record_model(member_dir: Path, source, fingerprint: str, *, threads: int | N
     from morphllr import load_model
     from morphllr.domain import record
     from morphllr.errors import MorphllrError
-    from morphllr.train import split_indices
+    from morphllr.train.run import split_indices
 
     model = load_model(member_dir)
     meta = model.meta
@@ -69,7 +69,7 @@ def convergence_from_logs(run_dir: Path, meta: dict) -> dict:
     import csv
 
     from morphllr.errors import MorphllrError
-    from morphllr.train import convergence
+    from morphllr.train.run import convergence
 
     history = []
     for path in sorted(run_dir.glob("logs/**/metrics.csv")):
@@ -99,8 +99,8 @@ def record_domain(folder: str | Path, training_set: str | Path, *, threads: int 
         member name -> record.
     """
     from morphllr.atomic import atomic_file
-    from morphllr.modelio import ENSEMBLE_FILE, META_FILE, file_sha256, read_meta
-    from morphllr.sources import open_images
+    from morphllr.model.io import ENSEMBLE_FILE, META_FILE, file_sha256, read_meta
+    from morphllr.data.inputs import open_images
 
     folder = Path(folder)
     members, index = _members(folder)

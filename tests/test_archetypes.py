@@ -7,7 +7,7 @@ import pytest
 
 galsim = pytest.importorskip("galsim")
 
-from morphllr.archetypes import (  # noqa: E402
+from morphllr.galaxies.archetypes import (  # noqa: E402
     ArchetypeParams,
     NoiseModel,
     make_archetype_set,
@@ -15,8 +15,8 @@ from morphllr.archetypes import (  # noqa: E402
     render_archetypes,
 )
 from morphllr.errors import MorphllrError  # noqa: E402
-from morphllr.psf import make_psf  # noqa: E402
-from morphllr.sersic_fit import ConvolvedSersicRenderer, fit_sersic, psf_kernel_for  # noqa: E402
+from morphllr.galaxies.psf import make_psf  # noqa: E402
+from morphllr.galaxies.sersic_fit import ConvolvedSersicRenderer, fit_sersic, psf_kernel_for  # noqa: E402
 
 SCALE = 0.396
 
@@ -114,8 +114,8 @@ def test_missing_column_is_explained():
 
 
 def _observed_set(path, table, size=64):
-    from morphllr.imageset import write_flux_set
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.preprocess import Preprocessing
 
     prep = Preprocessing.preset("zanisi21").replace(cutout=size, crop=32)
     flux = np.random.default_rng(0).normal(0, 5.7, (len(table), 1, size, size)).astype(np.float32)
@@ -124,7 +124,7 @@ def _observed_set(path, table, size=64):
 
 
 def test_archetype_set_is_an_imageset_with_same_ids(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     prep = _observed_set(tmp_path / "obs.h5", catalog())
     summary = make_archetype_set(tmp_path / "obs.h5", tmp_path / "arch.h5", seed=1)
@@ -138,7 +138,7 @@ def test_archetype_set_is_an_imageset_with_same_ids(tmp_path):
 
 
 def test_sky_patches_give_the_background(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     _observed_set(tmp_path / "obs.h5", catalog(sersic_flux=[10.0, 10.0, 10.0]))
     patches = np.random.default_rng(2).normal(0, 3.0, (5, 80, 70)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_huge_high_n_profile_is_drawn_without_giant_fft(psf):
     """R_e of hundreds of pixels at n = 6.2 would need a ~10^4-pixel FFT; the truncated redraw is exact here."""
     import warnings
 
-    from morphllr.archetypes import SersicProfileCache, draw_archetype_safely
+    from morphllr.galaxies.archetypes import SersicProfileCache, draw_archetype_safely
 
     cache = SersicProfileCache()
     with warnings.catch_warnings():
@@ -181,8 +181,8 @@ def test_huge_high_n_profile_is_drawn_without_giant_fft(psf):
 
 def test_multiband_archetype_follows_each_bands_flux(tmp_path):
     """Two bands: the archetype in band 1 is the fitted profile scaled to band 1's flux."""
-    from morphllr.imageset import ImageSet, write_flux_set
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.preprocess import Preprocessing
 
     prep = Preprocessing.preset("zanisi21").replace(cutout=64, crop=32)
     p = params([1.0] * 3, [4.0] * 3, [0.7] * 3, [20.0] * 3, [2e5] * 3)
@@ -200,8 +200,8 @@ def test_psf_image_equals_the_profile_it_samples(tmp_path):
     """A PSF image is the image of a point source (pixel response included), as in mock and fit-sersic."""
     from astropy.io import fits
 
-    from morphllr.imageset import ImageSet
-    from morphllr.psf import psf_image
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.psf import psf_image
 
     _observed_set(tmp_path / "obs.h5", catalog())
     fits.PrimaryHDU(psf_image(make_psf(1.4, "gaussian"), SCALE, size=31, pixel_integrated=True)).writeto(
@@ -214,8 +214,8 @@ def test_psf_image_equals_the_profile_it_samples(tmp_path):
 
 # --------------------------------------------------------------------------- flags and provenance (issue 13)
 def test_drop_flagged_skips_flagged_fits_and_without_it_they_are_counted(tmp_path):
-    from morphllr.imageset import ImageSet
-    from morphllr.sersic_fit import FLAG_N_OUTSIDE_GALSIM, FLAG_RE_BEYOND_WINDOW
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.sersic_fit import FLAG_N_OUTSIDE_GALSIM, FLAG_RE_BEYOND_WINDOW
 
     table = catalog(sersic_flag=[0, FLAG_RE_BEYOND_WINDOW, 0], sersic_n=[1.0, 2.5, 6.5])
     _observed_set(tmp_path / "obs.h5", table)
@@ -239,10 +239,10 @@ def test_every_pixel_changing_archetypes_option_is_recorded(tmp_path):
     import typer
 
     from morphllr.cli import app, main
-    from morphllr.imageset import ImageSet
-    from morphllr.psf import psf_image
-    from morphllr.sources import file_sha256
-    from morphllr.skypatches import patches_sha256
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.psf import psf_image
+    from morphllr.data.inputs import file_sha256
+    from morphllr.galaxies.sky_patches import patches_sha256
 
     table = catalog()
     for key in ("n", "re_pix", "q", "pa_deg", "flux"):
@@ -307,7 +307,7 @@ def test_a_set_fitted_by_an_older_fit_sersic_renders_as_before(tmp_path, capsys)
     """The old record stored `psf` as a plain string; archetypes rebuild its PSF (FWHM 1.4, its default beta 4.765,
     even beside a psf_beta column, as the old fitter used make_psf(FWHM)) and give the pixels the old code gave."""
     from morphllr.cli import main
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     old = _old_fit_set(tmp_path / "old.h5", {"psf": "moffat", "psf_fwhm": 1.4}, psf_beta=[3.0, 3.0, 3.0])
     plain = _old_fit_set(tmp_path / "plain.h5", None)  # no record, no psf_beta: options as the old code read them
@@ -337,7 +337,7 @@ def test_a_set_fitted_by_an_older_fit_sersic_renders_as_before(tmp_path, capsys)
 
 
 def test_an_older_record_without_a_fwhm_used_the_columns_and_none_means_no_psf(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     old = _old_fit_set(tmp_path / "old.h5", {"psf": "moffat", "psf_fwhm": None}, psf_beta=[3.0, np.nan, 2.5])
     make_archetype_set(old, tmp_path / "a.h5", seed=0)
@@ -356,7 +356,7 @@ def test_an_older_record_without_a_fwhm_used_the_columns_and_none_means_no_psf(t
 
 
 def test_drop_bad_that_drops_everything_says_why(tmp_path):
-    from morphllr.sersic_fit import FLAG_N_AT_BOUND, FLAG_NOT_CONVERGED
+    from morphllr.galaxies.sersic_fit import FLAG_N_AT_BOUND, FLAG_NOT_CONVERGED
 
     table = catalog(sersic_flag=[FLAG_N_AT_BOUND, FLAG_NOT_CONVERGED | FLAG_N_AT_BOUND, 0], sersic_n=[1.0, 2.0, 7.0],
                     sersic_q=[0.5, 0.8, 1.5])  # g2: q > 1 is unusable
@@ -373,8 +373,8 @@ def test_drop_bad_that_drops_everything_says_why(tmp_path):
 
 def test_real_space_drawing_samples_a_psf_image_instead_of_integrating_twice():
     """A PSF image holds the pixel response: _draw_real_space equals the truth (GalSim with the profile PSF)."""
-    from morphllr.archetypes import _draw_real_space, draw_archetype
-    from morphllr.psf import psf_from_image, psf_image
+    from morphllr.galaxies.archetypes import _draw_real_space, draw_archetype
+    from morphllr.galaxies.psf import psf_from_image, psf_image
 
     true_psf = make_psf(1.4, "moffat", beta=3.0)
     star = psf_from_image(psf_image(true_psf, SCALE, size=41, pixel_integrated=True), SCALE)

@@ -11,8 +11,8 @@ from astropy.table import Table
 from typer.testing import CliRunner
 
 from morphllr.cli import app, main
-from morphllr.imageset import ImageSet
-from morphllr.preprocess import Preprocessing
+from morphllr.data.imageset import ImageSet
+from morphllr.data.preprocess import Preprocessing
 
 
 def galaxy(size, seed, amp=900.0, dx=0):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr.compare import compare
+from morphllr.comparison.run import compare
 from morphllr.errors import MorphllrError
 
 H = W = 16
@@ -91,7 +91,7 @@ def _catalog(n: int, rng: np.random.Generator, with_props: bool = True) -> dict:
 
 
 def _write_set(path: Path, images: np.ndarray, catalog: dict, prep: dict = PREP, segmap: bool = True) -> Path:
-    from morphllr.imageset import write_imageset
+    from morphllr.data.imageset import write_imageset
 
     yy, xx = np.mgrid[0:H, 0:W] - (H - 1) / 2
     mask = (np.hypot(yy, xx) < 5).astype(np.uint8)
@@ -207,7 +207,7 @@ def test_missing_columns_maps_all_and_rotations(tmp_path):
     rng = np.random.default_rng(1)
     ref = _write_set(tmp_path / "ref.h5", _images(40, 1.0, rng), _catalog(40, rng, with_props=False), segmap=False)
     other = _write_set(tmp_path / "o.h5", _images(30, 0.5, rng), _catalog(30, rng, with_props=False))
-    from morphllr.imageset import write_imageset
+    from morphllr.data.imageset import write_imageset
 
     # a /segmap too small for the recorded crop: the sky falls back to /segmap_model, with the reason
     disc = (np.hypot(*(np.mgrid[0:H, 0:W] - (H - 1) / 2)) < 5).astype(np.uint8)
@@ -272,8 +272,8 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def _tiny_pixelcnn_dir(folder: Path, seed: int, prep: dict = PREP) -> Path:
-    from morphllr.model import PixelCNN, PixelCNNConfig
-    from morphllr.modelio import save_model
+    from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
+    from morphllr.model.io import save_model
 
     torch.manual_seed(seed)
     net = PixelCNN(PixelCNNConfig(height=H, width=W, nr_resnet=1, nr_filters=8, dropout=0.0, head="gaussian"))
@@ -304,7 +304,7 @@ def test_cli_end_to_end_with_saved_pixelcnns(tmp_path, capsys):
 
     with open(out / "scores.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["set"] == "TNG"]
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     images = ImageSet.open(sim).read(np.arange(16))
     expected = (log_likelihood(load_model(obs_dir), images, bf16=False)
@@ -380,8 +380,8 @@ def _grown(seg: np.ndarray, margin: int) -> np.ndarray:
 
 @pytest.mark.parametrize("crop, k", [(36, 4), (None, 2), (30, 1), (33, 3)])
 def test_model_sky_mask_matches_a_brute_force_loop(crop, k):
-    from morphllr.preprocess import Preprocessing
-    from morphllr.segmentation import model_mask, model_sky_mask
+    from morphllr.data.preprocess import Preprocessing
+    from morphllr.data.segmentation import model_mask, model_sky_mask
 
     rng = np.random.default_rng(5)
     seg = np.where(rng.random((4, 40, 40)) < 0.04, rng.integers(1, 4, (4, 40, 40)), 0).astype(np.int32)
@@ -434,13 +434,13 @@ def sky_split(tmp_path_factory):
     n = 200
     seg = {name: _flux_segmaps(n, rng) for name in ("real", "same_sky")}
     seg["noisy_sky"] = seg["real"]
-    from morphllr.segmentation import SKY_MARGIN
+    from morphllr.data.segmentation import SKY_MARGIN
 
     sky = {name: _brute_sky_mask(_grown(s, SKY_MARGIN), 32, 2) for name, s in seg.items()}
     images = {name: _images(n, 1.0, rng) for name in ("real", "same_sky")}
     extra = rng.normal(0, SIGMA * np.sqrt(1.5**2 - 1), (n, H, W)).astype(np.float32)
     images["noisy_sky"] = images["real"] + np.where(sky["real"], extra, 0)[:, None]  # galaxies untouched
-    from morphllr.imageset import write_imageset
+    from morphllr.data.imageset import write_imageset
 
     # /segmap only (no /segmap_model): the sky mask must come from the flux-grid segmentation
     paths = {name: write_imageset(folder / f"{name}.h5", images[name], _catalog(n, rng, with_props=False), PREP,
@@ -528,7 +528,7 @@ def test_sky_columns_in_scores_and_summary_tables(sky_split):
 def test_sky_table_in_the_terminal(sky_split):
     from rich.console import Console
 
-    from morphllr.report import print_ranking
+    from morphllr.report.html import print_ranking
 
     result, _, _, _ = sky_split
     console = Console(record=True, width=80)
@@ -540,7 +540,7 @@ def test_sky_table_in_the_terminal(sky_split):
 
 
 def test_pooled_sky_ratio_interval_and_the_share_rule(monkeypatch):
-    from morphllr import stats
+    from morphllr.comparison import stats
 
     rng = np.random.default_rng(3)
     n_pix = rng.integers(50, 200, 400).astype(float)

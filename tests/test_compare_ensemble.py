@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr import stats
-from morphllr.compare import compare
+from morphllr.comparison import stats
+from morphllr.comparison.run import compare
 from morphllr.errors import MorphllrError
 from test_compare import (H, PREP, SIGMA, W, _blob, _catalog, _Config, _GaussianNet, _images, _Model, _texture,
                           _tiny_pixelcnn_dir, _write_set)
@@ -350,7 +350,7 @@ def test_group_col_with_an_ensemble_pairs_and_resamples_galaxies(tmp_path):
 def test_single_pair_keeps_todays_output_with_nulls_and_a_note(tmp_path):
     from rich.console import Console
 
-    from morphllr.report import print_ranking
+    from morphllr.report.html import print_ranking
 
     rng = np.random.default_rng(8)
     ref, sim = _images(30, 1.0, rng), _images(30, 0.4, rng)
@@ -426,15 +426,15 @@ def test_cli_pools_repeated_model_folders_into_ensembles(tmp_path, capsys):
 
 
 def test_cli_reads_ensemble_folders(tmp_path, capsys):
-    """An ensemble folder from the model side (``morphllr.modelio.load_ensemble``) and a plain model folder."""
-    from morphllr import modelio
+    """An ensemble folder from the model side (``morphllr.model.io.load_ensemble``) and a plain model folder."""
+    from morphllr.model import io as modelio
 
     if not hasattr(modelio, "load_ensemble") or not hasattr(modelio, "Ensemble"):
-        pytest.skip("morphllr.modelio.load_ensemble is not there yet")
+        pytest.skip("morphllr.model.io.load_ensemble is not there yet")
     from morphllr.cli import main
 
     if not hasattr(modelio, "write_ensemble_index"):
-        pytest.skip("no morphllr.modelio.write_ensemble_index to write an ensemble folder with")
+        pytest.skip("no morphllr.model.io.write_ensemble_index to write an ensemble folder with")
     ref, sim = _tiny_sets(tmp_path)
     ens = tmp_path / "obs_ens"  # the layout of `morphllr train --seeds 0,1,2`: seedK/ folders + ensemble.json
     for k in range(3):

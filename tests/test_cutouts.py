@@ -9,9 +9,9 @@ from astropy.io import fits
 
 from clitools import cli, one_error
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, prepare_imageset
-from morphllr.preprocess import Preprocessing, cutout_window
-from morphllr.readers import RawImage
+from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.preprocess import Preprocessing, cutout_window
+from morphllr.data.files import RawImage
 
 SIGMA = 5.0
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from clitools import cli, one_error
-from morphllr.degrade import degrade_flux, degrade_set, lower_resolution
+from morphllr.galaxies.degrade import degrade_flux, degrade_set, lower_resolution
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, write_flux_set
-from morphllr.preprocess import Preprocessing
-from morphllr.segmentation import background_stats
+from morphllr.data.imageset import ImageSet, write_flux_set
+from morphllr.data.preprocess import Preprocessing
+from morphllr.data.segmentation import background_stats
 
 REPO = Path(__file__).resolve().parents[1]
 GZ2 = REPO / "runs" / "gz2"
@@ -92,7 +92,7 @@ def test_degradations_chain_and_are_all_recorded(real, tmp_path):
 
 
 def test_resolution_is_block_means_and_back(monkeypatch):
-    from morphllr import degrade
+    from morphllr.galaxies import degrade
 
     monkeypatch.setattr(degrade, "restore_noise", lambda changed, original, rng: (changed, 0.0))
     img = np.arange(36, dtype=np.float32).reshape(6, 6)
@@ -152,8 +152,8 @@ def test_subset_copies_rows_exactly(real, tmp_path, capsys):
 def test_check_a_model_against_sets(real, tmp_path, capsys):
     import torch
 
-    from morphllr.model import PixelCNN, PixelCNNConfig
-    from morphllr.modelio import save_model
+    from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
+    from morphllr.model.io import save_model
 
     with ImageSet.open(real) as s:
         prep, fingerprint = s.preprocessing, s.fingerprint()

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from morphllr import demo, synth
+from morphllr import demo
+from morphllr.synth import universe as synth
 from morphllr.errors import MorphllrError
 
 
@@ -135,8 +136,8 @@ def _tiny_ensemble(folder, seeds=(0, 1, 2)):
     """An ensemble folder as `morphllr train --seeds` leaves it: members with checkpoints and logs, and the index."""
     import torch
 
-    from morphllr.model import PRESETS, PixelCNN
-    from morphllr.modelio import save_model, write_ensemble_index
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.io import save_model, write_ensemble_index
 
     for k in seeds:
         torch.manual_seed(k)
@@ -150,7 +151,7 @@ def _tiny_ensemble(folder, seeds=(0, 1, 2)):
 
 
 def test_install_models_copies_the_ensembles_index_and_member_models_only(tmp_path):
-    from morphllr.modelio import ENSEMBLE_FILE, load_ensemble
+    from morphllr.model.io import ENSEMBLE_FILE, load_ensemble
 
     runs = {name: _tiny_ensemble(tmp_path / "runs" / name) for name in ("obs", "arch")}
     dest = demo.install_models(runs["obs"], runs["arch"], tmp_path / "pretrained")
@@ -191,7 +192,7 @@ def test_shipped_ensembles_load_and_their_members_are_the_recipes_models():
     import torch
 
     from morphllr import load_model
-    from morphllr.modelio import ENSEMBLE_FILE, load_ensemble
+    from morphllr.model.io import ENSEMBLE_FILE, load_ensemble
 
     try:
         obs_dir, arch_dir = demo.shipped_models()

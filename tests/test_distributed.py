@@ -45,9 +45,9 @@ def _images(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """Two tiny PixelCNNs (m0, m1), the ensemble ens = {seed0: m0, seed1: m1}, image files and image sets."""
-    from morphllr.imageset import write_imageset
-    from morphllr.model import PRESETS, PixelCNN
-    from morphllr.modelio import save_model, write_ensemble_index
+    from morphllr.data.imageset import write_imageset
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.io import save_model, write_ensemble_index
 
     folder = tmp_path_factory.mktemp("dist")
     for seed in (0, 1):
@@ -111,7 +111,7 @@ def test_shards_cover_every_image_once_in_order(world, batch):
 
 
 def test_rotation_draws_depend_only_on_seed_set_and_image():
-    from morphllr.compare import ROTATION_BLOCK, _rotation_draws
+    from morphllr.comparison.run import ROTATION_BLOCK, _rotation_draws
 
     n = 2 * ROTATION_BLOCK + 77
     whole = _rotation_draws(3, 1, 0, n, 2, False)
@@ -183,7 +183,7 @@ def test_score_two_processes_write_the_files_of_one(work, tmp_path):
 
 def test_empty_shards_errors_and_bf16_across_processes(work, tmp_path):
     """Library: one image for two processes; a NaN in rank 1's shard; bf16 autocast within its tolerance."""
-    from morphllr.modelio import load_ensemble, load_model
+    from morphllr.model.io import load_ensemble, load_model
     from morphllr.score import log_likelihood, score_to_files
 
     model = load_model(work / "m0")
@@ -228,7 +228,7 @@ def test_torchrun_processes_join_instead_of_spawning(work, tmp_path):
 
 # --------------------------------------------------------------------------- compare
 def test_compare_two_processes_give_the_numbers_of_one(work, tmp_path):
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
 
     kw = dict(reference=("ref", work / "ref.h5"), sets={"sim": work / "sim.h5"}, maps="all", batch_size=4,
               n_boot=60, matched_draws=20, gallery_size=3, report=False, accelerator="cpu", threads=1)
@@ -333,7 +333,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @cuda
 def test_cuda_scores_match_the_cpu_within_the_bf16_tolerance(work, tmp_path):
-    from morphllr.modelio import load_model
+    from morphllr.model.io import load_model
     from morphllr.score import log_likelihood, score_to_files
 
     plan = resolve(1, "cuda")

@@ -102,7 +102,7 @@ def toy():
 
 def test_models_without_records_get_notes_and_summary_always_has_warning_lists(toy, tmp_path):
     _catalog, _images, _models, _write_set = toy
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
 
     rng = np.random.default_rng(0)
     ref = _write_set(tmp_path / "ref.h5", _images(60, 1.0, rng), _catalog(60, rng))
@@ -120,7 +120,7 @@ def test_models_without_records_get_notes_and_summary_always_has_warning_lists(t
 
 def test_reference_below_zero_tiny_sets_and_unconverged_models_warn(toy, tmp_path):
     _catalog, _images, _models, _write_set = toy
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
     from morphllr.errors import MorphllrWarning
 
     rng = np.random.default_rng(1)
@@ -142,9 +142,9 @@ def test_reference_below_zero_tiny_sets_and_unconverged_models_warn(toy, tmp_pat
 
 # --------------------------------------------------------------------------- recording
 def _tiny_ensemble(folder: Path, data, seeds=(0, 1)):
-    from morphllr.model import PixelCNN, PixelCNNConfig
-    from morphllr.modelio import member_name, save_model, write_ensemble_index
-    from morphllr.sources import open_images
+    from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
+    from morphllr.model.io import member_name, save_model, write_ensemble_index
+    from morphllr.data.inputs import open_images
 
     src = open_images(data)
     cfg = PixelCNNConfig(in_channels=1, height=16, width=16, nr_resnet=1, nr_filters=8, nr_logistic_mix=2,
@@ -166,8 +166,8 @@ def test_record_domain_updates_an_ensemble_atomically_and_keeps_its_weights(toy,
     _catalog, _images, _models, _write_set = toy
     from record_domain import record_domain
 
-    from morphllr.modelio import file_sha256, load_ensemble
-    from morphllr.train import split_indices
+    from morphllr.model.io import file_sha256, load_ensemble
+    from morphllr.train.run import split_indices
 
     rng = np.random.default_rng(2)
     data = _write_set(tmp_path / "train.h5", _images(20, 1.0, rng), _catalog(20, rng))
@@ -188,7 +188,7 @@ def test_record_domain_updates_an_ensemble_atomically_and_keeps_its_weights(toy,
     from morphllr.score import log_likelihood
 
     val_rows = split_indices(20, 0.25, 0)[1]
-    from morphllr.sources import open_images
+    from morphllr.data.inputs import open_images
 
     logp = log_likelihood(ens.members[0], open_images(data).read(val_rows), bf16=False, threads=1)
     assert ens.members[0].meta["metrics"]["domain"]["stats"]["whole_bpd"]["mean"] == pytest.approx(
@@ -202,9 +202,9 @@ def test_record_domain_updates_an_ensemble_atomically_and_keeps_its_weights(toy,
 
 
 def test_training_writes_the_domain_record(tmp_path):
-    from morphllr.imageset import write_imageset
-    from morphllr.modelio import load_model
-    from morphllr.train import train_model
+    from morphllr.data.imageset import write_imageset
+    from morphllr.model.io import load_model
+    from morphllr.train.run import train_model
 
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:8, :8] - 3.5
@@ -228,9 +228,9 @@ def test_record_domain_logs_give_the_convergence_verdict_training_records(tmp_pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from record_domain import record_domain
 
-    from morphllr.imageset import write_imageset
-    from morphllr.modelio import load_model
-    from morphllr.train import train_model
+    from morphllr.data.imageset import write_imageset
+    from morphllr.model.io import load_model
+    from morphllr.train.run import train_model
 
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:8, :8] - 3.5
@@ -258,7 +258,7 @@ def test_record_domain_logs_give_the_convergence_verdict_training_records(tmp_pa
 # --------------------------------------------------------------------------- the shipped models
 def test_shipped_models_carry_domain_records_and_still_load():
     from morphllr import demo
-    from morphllr.modelio import load_ensemble
+    from morphllr.model.io import load_ensemble
 
     try:
         folders = demo.shipped_models()
@@ -283,9 +283,10 @@ N_DEMO = 40  # the issue's noisy copies: the first 40 /flux cutouts of observed-
 
 @pytest.fixture(scope="module")
 def demo_compare(tmp_path_factory):
-    from morphllr import demo, synth
-    from morphllr.compare import compare
-    from morphllr.imageset import ImageSet, write_flux_set
+    from morphllr import demo
+    from morphllr.synth import universe as synth
+    from morphllr.comparison.run import compare
+    from morphllr.data.imageset import ImageSet, write_flux_set
 
     try:
         obs_dir, arch_dir = demo.shipped_models()
@@ -303,7 +304,7 @@ def demo_compare(tmp_path_factory):
     sets = {name: paths[name] for name in synth.DEMO_SETS if name != "observed-test"}
     sets["noisy"] = folder / "noisy.h5"
     with ImageSet.open(paths["observed-test"]) as s:
-        from morphllr.imageset import write_imageset
+        from morphllr.data.imageset import write_imageset
 
         write_imageset(folder / "three.h5", np.asarray(s.images[:3]), s.catalog[:3], s.preprocessing,
                        segmap_model=np.asarray(s.segmap_model[:3]))
@@ -338,7 +339,7 @@ def test_noisy_copies_small_sets_warn_and_demo_sets_do_not(demo_compare):
 @pytest.mark.slow
 def test_score_warns_on_the_noisy_copies(demo_compare, tmp_path):
     from morphllr.errors import MorphllrWarning
-    from morphllr.modelio import load_ensemble
+    from morphllr.model.io import load_ensemble
     from morphllr.score import score_to_files
 
     _, _, (obs_dir, _), folder = demo_compare
@@ -371,7 +372,7 @@ GZ2_SETS = ("val_arch", "val_spirals", "val_non_spirals", "val_psf2x", "val_smoo
 
 @pytest.mark.slow
 def test_no_domain_warning_on_the_gz2_validation_sets_and_their_degraded_copies():
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
 
     models = REPO / "validation" / "models"
     needed = [GZ2 / f"{n}.h5" for n in ("val_real", *GZ2_SETS)]
@@ -392,7 +393,7 @@ def test_real_sdss_galaxies_under_the_demo_models_are_not_given_a_confident_answ
     models, used to rank the mocks above the real galaxies with no warning.  Now: the reference's LLR <= 0, the
     small samples and the real galaxies' bits/dim far outside the demo models' training are all warned about."""
     from morphllr.cli import main
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
     from morphllr.demo import shipped_models
 
     def run(*argv):

@@ -13,7 +13,7 @@ import torch
 
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
-from morphllr.modelio import (ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, Ensemble, file_sha256, is_ensemble,
+from morphllr.model.io import (ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, Ensemble, file_sha256, is_ensemble,
                               load_ensemble, load_model)
 from morphllr.score import log_likelihood
 
@@ -139,7 +139,7 @@ def test_load_model_on_an_ensemble_points_to_load_ensemble(trained):
 
 
 def test_from_models_builds_and_checks_an_ensemble_in_memory(trained):
-    from morphllr.model import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
 
     models = [load_model(trained / "ens" / f"seed{k}") for k in (0, 1)]
     ens = Ensemble.from_models(models)
@@ -270,7 +270,7 @@ def test_an_existing_ensemble_needs_overwrite_and_is_not_a_single_model(trained,
 
 def test_prepare_like_reads_an_ensembles_preprocessing(trained, tmp_path):
     from morphllr.cli.data import preprocessing_like
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.preprocess import Preprocessing
 
     ens = copy_ensemble(trained, tmp_path)
     recipe = Preprocessing.preset("zanisi21")
@@ -293,7 +293,7 @@ class _InterruptMember:
 
 
 def test_an_interrupted_ensemble_leaves_no_index_and_resumes_its_unfinished_member(tmp_path, capsys):
-    from morphllr.train import train_ensemble
+    from morphllr.train.run import train_ensemble
 
     x = galaxies(12)
     out = tmp_path / "ens"

@@ -68,7 +68,7 @@ def fitted(tmp_path_factory) -> Path:
     """An ImageSet of 3 galaxies with flux cutouts, segmentation and good Sérsic columns."""
     from astropy.table import Table
 
-    from morphllr.imageset import write_flux_set
+    from morphllr.data.imageset import write_flux_set
 
     folder = tmp_path_factory.mktemp("fitted")
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -88,7 +88,7 @@ def with_column(src: Path, dst: Path, name: str, values) -> Path:
 
     from astropy.table import Column
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     shutil.copy(src, dst)
     with ImageSet.open(dst) as s:
@@ -103,8 +103,8 @@ def models(tmp_path_factory):
     """A tiny 8x8 Gaussian-head model, the same with NaN weights, and matching images."""
     import torch
 
-    from morphllr.model import PRESETS, PixelCNN
-    from morphllr.modelio import save_model
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.io import save_model
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("size,fragment", [("-5", "--fit-size -5"), ("0", "--fit-size 0"),
                                            ("1000", "--fit-size 1000: must be a whole number of pixels from 8 to 128")])
 def test_fit_size_out_of_range_is_refused_and_keeps_the_fit(tmp_path, fitted, capsys, size, fragment):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     target = with_column(fitted, tmp_path / "obs.h5", "sersic_n", [1.0, 2.0, 4.0])
     refused(["fit-sersic", target, "--psf-fwhm", "1.4", "--workers", "1", "--overwrite", "--fit-size", size],
@@ -150,7 +150,7 @@ def test_archetype_parameters_that_would_crash_or_exhaust_memory_are_refused(tmp
 
 def test_huge_but_allowed_radius_renders_in_bounded_memory(tmp_path, fitted, capsys):
     """R_e of 10^4 px on a 128 px cutout: GalSim alone asked for a 96 GB FFT; now drawn in real space."""
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     observed = with_column(fitted, tmp_path / "obs.h5", "sersic_re_pix", [1e4, 12000.0, 3.0])
     code, _, err = cli(["archetypes", observed, "--out", tmp_path / "arch.h5", "--psf-fwhm", "1.4",
@@ -161,8 +161,8 @@ def test_huge_but_allowed_radius_renders_in_bounded_memory(tmp_path, fitted, cap
 
 
 def test_real_space_drawing_agrees_with_galsim_fft():
-    from morphllr.archetypes import SersicProfileCache, _draw_real_space, draw_archetype, sersic_profile
-    from morphllr.psf import make_psf
+    from morphllr.galaxies.archetypes import SersicProfileCache, _draw_real_space, draw_archetype, sersic_profile
+    from morphllr.galaxies.psf import make_psf
 
     psf = make_psf(1.4)
     profile = sersic_profile(SersicProfileCache(), 1.0, 300.0, 0.7, 20.0, 1e4, 0.396)
@@ -184,7 +184,7 @@ def test_model_with_nan_weights_is_refused_on_load(tmp_path, models, capsys):
 def test_catalogue_text_in_a_number_column_is_refused_and_blanks_stay_missing(tmp_path, capsys):
     from astropy.io import fits
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     yy, xx = np.mgrid[:150, :150]
     for i in range(3):
@@ -211,7 +211,7 @@ def test_numeric_column_reads_masked_and_blank_cells_as_nan():
     from astropy.table import MaskedColumn, Table
 
     from morphllr.errors import MorphllrError
-    from morphllr.readers import numeric_column, typed_catalog
+    from morphllr.data.files import numeric_column, typed_catalog
 
     table = typed_catalog(Table({"id": ["a", "b", "c"], "z": ["0.1", " ", "0.3"],
                                  "gain": MaskedColumn([4.7, 0.0, 4.8], mask=[False, True, False])}))
@@ -251,7 +251,7 @@ def test_one_image_set_gets_no_interval(tmp_path, models, capsys):
 # --------------------------------------------------------------------------- 8. values beyond float32 / the network
 def test_values_beyond_float32_or_the_networks_range_are_named(tmp_path, models, capsys):
     from morphllr.errors import MorphllrError
-    from morphllr.modelio import load_model
+    from morphllr.model.io import load_model
     from morphllr.score import log_likelihood
 
     model = load_model(models / "good")
@@ -326,21 +326,21 @@ def _raise(exc):
     (MemoryError(), ("out of memory",)),
 ])
 def test_os_errors_name_the_file_in_one_line(tmp_path, capsys, monkeypatch, exc, fragments):
-    import morphllr.readers
+    import morphllr.data.files
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.readers, "read_catalog", _raise(exc))
+    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(exc))
     refused(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
             capsys, *fragments)
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monkeypatch):
-    import morphllr.readers
+    import morphllr.data.files
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.readers, "read_catalog", _raise(RuntimeError("boom")))
+    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(RuntimeError("boom")))
     code, _, err = cli(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
                        capsys)
     assert code == 1 and "Traceback" in err
@@ -348,11 +348,11 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monke
 
 
 def test_ctrl_c_in_process_is_exit_130_in_one_line(tmp_path, capsys, monkeypatch):
-    import morphllr.readers
+    import morphllr.data.files
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.readers, "read_catalog", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(KeyboardInterrupt()))
     code, _, err = cli(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
                        capsys)
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err
@@ -499,7 +499,8 @@ def test_bad_numbers_stop_at_parsing_in_one_line(tmp_path, capsys, monkeypatch, 
 
 
 def test_the_cli_bounds_are_the_librarys():
-    from morphllr import limits, sersic_fit
+    from morphllr import limits
+    from morphllr.galaxies import sersic_fit
 
     assert sersic_fit.MIN_FIT_SIZE == limits.MIN_FIT_SIZE
     assert math.isfinite(limits.MAX_FLUX) and limits.MAX_RE_CUTOUTS > 2  # fits flag R_e beyond 2 cutouts only

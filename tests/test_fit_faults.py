@@ -41,7 +41,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory) -> Path:
     """3 galaxies, 64^2 flux cutouts, a psf_fwhm_arcsec column; no Sérsic columns yet."""
-    from morphllr.imageset import write_flux_set
+    from morphllr.data.imageset import write_flux_set
 
     folder = tmp_path_factory.mktemp("observed")
     yy, xx = np.mgrid[:64, :64]
@@ -65,7 +65,7 @@ def fitted(observed, tmp_path_factory) -> Path:
 def copy_with(src: Path, dst: Path, **columns) -> Path:
     from astropy.table import Column
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     shutil.copy(src, dst)
     with ImageSet.open(dst) as s:
@@ -77,7 +77,7 @@ def copy_with(src: Path, dst: Path, **columns) -> Path:
 
 
 def no_fit_written(path: Path) -> bool:
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     with ImageSet.open(path) as s:
         return "sersic_n" not in s.catalog.colnames and "sersic_fit" not in s.catalog.meta
@@ -177,7 +177,7 @@ def test_mock_match_and_archetypes_share_the_fits_psf(tmp_path, fitted, capsys):
     """Fitted with --psf-beta 3.5: archetypes and `mock --match` both use beta 3.5 (not the default 4.765)."""
     from astropy.io import fits
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     hdu = fits.PrimaryHDU(np.full((40, 40), 20.0))
     hdu.header.update(BUNIT="AB mag/arcsec2", CDELT1=200.0, CTYPE1="pc", REDSHIFT=0.04)

@@ -13,11 +13,11 @@ from astropy.wcs import WCS
 
 pytest.importorskip("sep")
 
-from morphllr import frames  # noqa: E402
+from morphllr.data import sdss_frames as frames  # noqa: E402
 from morphllr.cli import main  # noqa: E402
 from morphllr.errors import MorphllrError  # noqa: E402
-from morphllr.imageset import ImageSet  # noqa: E402
-from morphllr.preprocess import Preprocessing  # noqa: E402
+from morphllr.data.imageset import ImageSet  # noqa: E402
+from morphllr.data.preprocess import Preprocessing  # noqa: E402
 
 ZP = 28.2  # zanisi21: AB magnitude of one working unit ("SDSS r counts")
 SCALE = 0.396 / 3600  # deg per pixel
@@ -240,7 +240,7 @@ def test_one_frame_is_enough_and_the_two_parts_share_no_pixel(sky_frame, tmp_pat
 
 
 def test_sky_patch_pixels_are_exact_copies_of_frame_pixels(sky_frame):
-    from morphllr.skypatches import sky_mask, sky_patch_library
+    from morphllr.galaxies.sky_patches import sky_mask, sky_patch_library
 
     lib = sky_patch_library(sky_frame, 64, n=6, part="2/2", region=32)
     image = frames.read_frame(sky_frame).to_working(ZP)
@@ -287,7 +287,7 @@ def test_nan_pixels_are_kept_out_of_the_sky(tmp_path, capsys):
     cover = block_cover(json.loads(out.with_suffix(".json").read_text()), (64, 64), 16).any(axis=0)
     assert not cover[10:30, 20:40].any()
     # as archetype sky, NaN is refused plainly
-    from morphllr.archetypes import load_sky_patches
+    from morphllr.galaxies.archetypes import load_sky_patches
 
     with pytest.raises(MorphllrError, match=r"NaN/inf pixel\(s\)"):
         load_sky_patches(tmp_path / "frames.npy")

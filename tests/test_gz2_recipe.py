@@ -17,9 +17,9 @@ from PIL import Image
 
 from clitools import cli, one_error
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, prepare_imageset
-from morphllr.preprocess import Preprocessing, check_compatible, recorded_recipe
-from morphllr.readers import RawImage, iter_images
+from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.preprocess import Preprocessing, check_compatible, recorded_recipe
+from morphllr.data.files import RawImage, iter_images
 
 REPO = Path(__file__).resolve().parents[1]
 OBS = REPO / "validation" / "models" / "obs"
@@ -170,7 +170,7 @@ def test_a_recipe_file_named_like_a_known_recipe_is_taken_as_written(tmp_path):
     prep = Preprocessing.preset(str(path))
     assert prep.name == "gz2_linear" and (prep.unstretch, prep.bin) == ("none", 1)
     # the same dict as a record (a model's) is filled from its name
-    from morphllr.preprocess import as_preprocessing
+    from morphllr.data.preprocess import as_preprocessing
 
     filled = as_preprocessing(recorded)
     assert (filled.unstretch, filled.bin, filled.input_kind) == ("asinh", 4, "jpeg_linear")

@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.special import logsumexp, softplus
 
 from morphllr.errors import MorphllrError
-from morphllr.heads import HEAD_NAMES, MIN_SCALE, bits_per_dim, get_head
+from morphllr.model.heads import HEAD_NAMES, MIN_SCALE, bits_per_dim, get_head
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

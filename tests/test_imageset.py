@@ -11,8 +11,8 @@ import pytest
 from astropy.table import Table
 
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, ImageSetWriter, write_flux_set, write_imageset
-from morphllr.preprocess import Preprocessing
+from morphllr.data.imageset import ImageSet, ImageSetWriter, write_flux_set, write_imageset
+from morphllr.data.preprocess import Preprocessing
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_fingerprint_is_sha256_of_float32_pixels(small_set, images):
 
 
 def test_fingerprint_matches_sources(small_set, images):
-    sources = pytest.importorskip("morphllr.sources")
+    sources = pytest.importorskip("morphllr.data.inputs")
     assert sources.open_images(images).fingerprint() == ImageSet.open(small_set).fingerprint()
 
 

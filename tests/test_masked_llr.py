@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr.compare import (MASKED_SHARE_TOLERANCE, _rotate, _rotate_mask, _rotation_draws, compare,
+from morphllr.comparison.run import (MASKED_SHARE_TOLERANCE, _rotate, _rotate_mask, _rotation_draws, compare,
                               masked_share_warning)
-from morphllr.model import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import PRESETS, PixelCNN
 from morphllr.score import log_likelihood, score_to_files
 
 H = W = 8
@@ -77,7 +77,7 @@ def data():
 
 
 def _write(path: Path, images, central, mask=None) -> Path:
-    from morphllr.imageset import ImageSetWriter
+    from morphllr.data.imageset import ImageSetWriter
 
     with ImageSetWriter(path, n=len(images), image_shape=images.shape[1:], preprocessing=PREP) as writer:
         writer.append(images, {"id": np.array([f"g{i:03d}" for i in range(len(images))])}, segmap_model=central,
@@ -195,7 +195,7 @@ def test_masking_drops_only_the_pixels_own_terms_not_their_context(result, model
     rows = g["indices"]
     assert np.isnan(g["map_obs"][excluded[rows]]).all() and np.isfinite(g["map_obs"][~excluded[rows]]).all()
     # the report's pixel-map figure copes with them
-    from morphllr.report import _Figures, plot_pixel_maps
+    from morphllr.report.html import _Figures, plot_pixel_maps
 
     figs = _Figures(tmp_path)
     plot_pixel_maps(res, figs)
@@ -212,7 +212,7 @@ def test_masked_share_warning_and_note(result):
         assert found[0] in summary["warnings"]
     assert not [w for w in summary["sets"]["masked"]["warnings"] if "model pixels are masked" in w]
     assert any("summed over the unmasked pixels only" in n and "llr_per_pixel" in n for n in summary["notes"])
-    from morphllr.report import _ranking_table
+    from morphllr.report.html import _ranking_table
 
     assert "masked share" in _ranking_table(summary)  # the report's ranking table shows the shares
     # the rule itself: more than MASKED_SHARE_TOLERANCE apart, either way
@@ -299,7 +299,7 @@ def test_domain_record_and_statistics_leave_masked_pixels_out(models, sets, data
     want_whole = -(maps * keep).sum(axis=(1, 2)) / (keep.sum(axis=(1, 2)) * np.log(2))
     assert rec["stats"]["sky_bpd"]["mean"] == pytest.approx(want_sky.mean(), rel=1e-9)
     assert rec["stats"]["whole_bpd"]["mean"] == pytest.approx(want_whole.mean(), rel=1e-9)
-    from morphllr.sources import open_images
+    from morphllr.data.inputs import open_images
 
     assert domain.SkyReader(open_images(images)).excluded(np.arange(3)) is None  # a bare array has no mask
     np.testing.assert_array_equal(domain.SkyReader(open_images(sets["masked"])).excluded(np.array([0, 2, 5])),

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from morphllr import readers
+from morphllr.data import files as readers
 from clitools import cli, one_error
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet
-from morphllr.preprocess import Preprocessing
-from morphllr.segmentation import model_mask
+from morphllr.data.imageset import ImageSet
+from morphllr.data.preprocess import Preprocessing
+from morphllr.data.segmentation import model_mask
 
 SIGMA = 5.0
 STAR = (100.0, 80.0)  # x, y of a bright star 20 px right of the galaxy
@@ -140,7 +140,7 @@ def test_mask_faults_are_one_line_and_write_nothing(folder, tmp_path, capsys):
 
 
 def test_segmentation_ignores_masked_pixels():
-    from morphllr.segmentation import segment
+    from morphllr.data.segmentation import segment
 
     image = scene(5)
     mask = star_mask().astype(bool)
@@ -202,8 +202,8 @@ def test_nan_under_the_users_mask_is_not_refused_by_nonfinite_fail(tmp_path):
 def test_thin_masks_survive_on_the_model_grid(tmp_path):
     """/mask_model uses the "any" rule: one masked flux column of an 8x8 mean (jpeg8bit) masks its model
     column; /segmap_model keeps the half rule."""
-    from morphllr.imageset import prepare_imageset
-    from morphllr.readers import RawImage
+    from morphllr.data.imageset import prepare_imageset
+    from morphllr.data.files import RawImage
 
     prep = Preprocessing.preset("jpeg8bit")
     rng = np.random.default_rng(0)

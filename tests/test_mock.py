@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("galsim")
 
 from morphllr.errors import MorphllrError  # noqa: E402
-from morphllr.mock import (  # noqa: E402
+from morphllr.galaxies.mock import (  # noqa: E402
     SimImage,
     SurveySettings,
     arcsec_per_kpc,
@@ -81,7 +81,7 @@ def test_noise_level_matches_request():
 
 def test_shot_noise_variance():
     bright = np.full((200, 200), 500.0)
-    from morphllr.archetypes import add_matched_noise
+    from morphllr.galaxies.archetypes import add_matched_noise
 
     noisy = add_matched_noise(bright, 2.0, 5.0, np.random.default_rng(1))
     assert abs(noisy.var() / (2.0**2 + 500.0 / 5.0) - 1) < 0.03
@@ -128,7 +128,7 @@ def test_read_fits_and_bad_files(tmp_path):
 
 
 def test_mock_set_is_a_valid_imageset(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     files = [write_sim_fits(tmp_path / f"sim{i}.fits", blob_sb(size=120, sigma_pix=6 + 3 * i)) for i in range(2)]
     summary = make_mock_set(files, tmp_path / "mock.h5", seed=3)
@@ -145,7 +145,7 @@ def test_mock_set_is_a_valid_imageset(tmp_path):
 def test_cli_mock_fit_archetypes(tmp_path):
     """The three commands chain: mock -> fit-sersic -> archetypes; bad input exits 2 with one line."""
     from morphllr.cli import main
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     # Gaussian discs of 2-3 kpc sigma: resolved (several pixels) at z = 0.05
     files = [str(write_sim_fits(tmp_path / f"s{i}.fits", blob_sb(size=240, sigma_pix=20 + 5 * i, cut=119)))
@@ -216,7 +216,7 @@ def test_skirt_cube_counts_to_working_unit_conserve_flux(tmp_path):
     assert abs(clean.sum() / expected - 1) < 0.01
     assert meta["dimming_mag"] == 0.0 and meta["sim_pixel_arcsec"] == 0.396  # seen at its own USE_Z
     # the prepare path (Preprocessing.to_flux) converts the same way
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.preprocess import Preprocessing
 
     prep = Preprocessing.preset("zanisi21").replace(input_zero_point=zp_1cps)
     assert abs(prep.to_flux(sim.data, "counts_per_s").sum() / expected - 1) < 1e-5
@@ -225,7 +225,7 @@ def test_skirt_cube_counts_to_working_unit_conserve_flux(tmp_path):
 
 
 def test_band_selection_by_name(tmp_path):
-    from morphllr.readers import select_bands
+    from morphllr.data.files import select_bands
 
     assert select_bands(list(SKIRT_BANDS), ["r"], "x") == [1]
     assert select_bands(list(SKIRT_BANDS), ["sdss_i", "g"], "x") == [2, 0]
@@ -242,7 +242,7 @@ def test_band_selection_by_name(tmp_path):
 def test_prepare_reads_a_band_cube_as_one_galaxy(tmp_path):
     """Before: one 'galaxy' per band plane, counts/s taken as counts.  Now: one galaxy, converted."""
     from morphllr.cli import main
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     write_skirt_cube(tmp_path / "broadband_1.fits", size=90)
     out = tmp_path / "p.h5"
@@ -268,7 +268,7 @@ def test_small_images_are_padded_with_zero_flux_before_the_psf(tmp_path):
 def test_angular_pixel_against_astropy_for_both_cosmologies(tmp_path, cosmology):
     from astropy.cosmology import FlatLambdaCDM, Planck18
 
-    from morphllr.mock import observed_pixel
+    from morphllr.galaxies.mock import observed_pixel
 
     sim = read_sim_fits(write_skirt_cube(tmp_path / "c.fits"), bands=["r"], cosmology=cosmology)
     astro = Planck18 if cosmology == "Planck18" else FlatLambdaCDM(H0=70, Om0=0.3)
@@ -317,7 +317,7 @@ def neighbour_corr(pixels_mask, images):
 
 
 def test_empty_pixels_of_a_mock_keep_the_sky_patches(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     library = correlated_sky(40, 160)
     np.save(tmp_path / "sky.npy", library)
@@ -342,8 +342,8 @@ def test_match_draws_psfs_from_the_observed_population(tmp_path):
     """Every recorded FWHM is an observed one; 500 draws follow the observed distribution (DKW bound)."""
     from astropy.io import fits
 
-    from morphllr.imageset import ImageSet, write_imageset
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.imageset import ImageSet, write_imageset
+    from morphllr.data.preprocess import Preprocessing
 
     rng = np.random.default_rng(5)
     observed_fwhm = np.round(rng.gamma(20.0, 0.07, 150), 3)
@@ -370,8 +370,8 @@ def test_match_draws_psfs_from_the_observed_population(tmp_path):
 
 
 def test_models_refuse_mocks_of_another_zero_point_or_cosmology(tmp_path):
-    from morphllr.imageset import ImageSet
-    from morphllr.preprocess import Preprocessing, check_compatible
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.preprocess import Preprocessing, check_compatible
 
     real = Preprocessing.preset("zanisi21").to_dict()  # a model of observed galaxies: no cosmology
     legacy = {k: v for k, v in real.items() if k not in ("cosmology", "input_zero_point", "mock")}
@@ -394,7 +394,7 @@ def test_models_refuse_mocks_of_another_zero_point_or_cosmology(tmp_path):
 def test_catalogue_joins_properties_and_gives_per_galaxy_psfs(tmp_path):
     from astropy.table import Table
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     files = [write_skirt_cube(tmp_path / f"broadband_{i}.fits") for i in range(3)]
     Table({"id": ["broadband_0", "broadband_1", "broadband_2"], "log_mstar": [10.1, 10.5, 11.0],
@@ -425,7 +425,7 @@ def test_cli_mock_bad_inputs_give_one_line(tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_real_tng50_skirt_cubes(shared_data, tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     folder = shared_data / "tng50_skirt"
     if not folder.is_dir():
@@ -439,7 +439,7 @@ def test_real_tng50_skirt_cubes(shared_data, tmp_path):
 
 def test_cli_mock_like_a_set_takes_its_recipe(tmp_path):
     from morphllr.cli import main
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     cube = str(write_skirt_cube(tmp_path / "c.fits"))
     first, second = str(tmp_path / "first.h5"), str(tmp_path / "second.h5")
@@ -464,9 +464,9 @@ def test_inserted_sky_is_the_frames_own_pixels_watermark(shared_data, tmp_path):
     """
     from astropy.io import fits
 
-    from morphllr.frames import working_per_nanomaggy
-    from morphllr.imageset import ImageSet
-    from morphllr.skypatches import sky_patch_library
+    from morphllr.data.sdss_frames import working_per_nanomaggy
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.sky_patches import sky_patch_library
 
     frame = shared_data / "sdss_frame" / "frame-r-002583-2-0136.fits.bz2"
     if not frame.is_file():
@@ -492,7 +492,7 @@ def test_inserted_sky_is_the_frames_own_pixels_watermark(shared_data, tmp_path):
 
 def test_one_file_per_band_is_stacked_per_galaxy(tmp_path):
     """photo_g_X / photo_r_X (RealSim naming) become one 2-band galaxy X, channels in the asked order."""
-    from morphllr.readers import expand_inputs, group_band_files
+    from morphllr.data.files import expand_inputs, group_band_files
 
     for name in ("a", "b"):
         write_sim_fits(tmp_path / f"photo_g_{name}_i0.fits", blob_sb(size=64, mu0=20.0))
@@ -501,7 +501,7 @@ def test_one_file_per_band_is_stacked_per_galaxy(tmp_path):
     groups = group_band_files(files, ["r", "g"])
     assert [g[0] for g in groups] == ["photo_a_i0", "photo_b_i0"]
     assert [p.name for p in groups[0][1]] == ["photo_r_a_i0.fits", "photo_g_a_i0.fits"]
-    sims = list(__import__("morphllr.mock", fromlist=["read_sims"]).read_sims([tmp_path], bands=["r", "g"]))
+    sims = list(__import__("morphllr.galaxies.mock", fromlist=["read_sims"]).read_sims([tmp_path], bands=["r", "g"]))
     assert len(sims) == 2 and sims[0].data.shape == (2, 64, 64) and sims[0].bands == "r,g"
     clean, _ = observe(sims[0], survey(), noise=False)
     assert abs(clean[0].sum() / clean[1].sum() - 10 ** 0.4) < 1e-3  # r is 1 mag brighter than g
@@ -511,8 +511,8 @@ def test_one_file_per_band_is_stacked_per_galaxy(tmp_path):
 
 
 def test_psf_image_is_used_for_every_galaxy(tmp_path):
-    from morphllr.imageset import ImageSet
-    from morphllr.psf import make_psf, psf_image
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.psf import make_psf, psf_image
 
     kernel = psf_image(make_psf(2.5, "gaussian"), 0.396, size=41, pixel_integrated=True)
     np.save(tmp_path / "psf.npy", kernel)
@@ -529,7 +529,7 @@ def test_psf_image_is_used_for_every_galaxy(tmp_path):
 
 @pytest.mark.shared_data
 def test_realsim_one_file_per_band_from_shared_data(shared_data):
-    from morphllr.mock import read_sims
+    from morphllr.galaxies.mock import read_sims
 
     folder = shared_data / "realsim_idealized"
     if not folder.is_dir():
@@ -554,11 +554,11 @@ def test_every_pixel_changing_mock_option_is_recorded(tmp_path):
     from astropy.table import Table
 
     from morphllr.cli import app
-    from morphllr.imageset import ImageSet, write_imageset
-    from morphllr.preprocess import Preprocessing
-    from morphllr.psf import make_psf, psf_image
-    from morphllr.sources import file_sha256
-    from morphllr.skypatches import patches_sha256
+    from morphllr.data.imageset import ImageSet, write_imageset
+    from morphllr.data.preprocess import Preprocessing
+    from morphllr.galaxies.psf import make_psf, psf_image
+    from morphllr.data.inputs import file_sha256
+    from morphllr.galaxies.sky_patches import patches_sha256
 
     cube = write_skirt_cube(tmp_path / "c.fits")
     Table({"id": ["c"], "log_mstar": [10.2]}).write(tmp_path / "cat.csv")
@@ -618,7 +618,7 @@ def test_option_beta_beats_the_catalogue_column(tmp_path):
     """Documented order option > catalogue column: --psf-beta wins over psf_beta in --catalog."""
     from astropy.table import Table
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     cube = write_skirt_cube(tmp_path / "c.fits")
     Table({"id": ["c"], "psf_beta": [2.5]}).write(tmp_path / "cat.csv")
@@ -636,8 +636,8 @@ def _fitted_match_set(path, psf_record, columns=None, **record):
     """An observed set whose Sérsic fits recorded ``psf_record`` (catalog.meta["sersic_fit"]["psf"])."""
     from astropy.table import Table
 
-    from morphllr.imageset import write_imageset
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.imageset import write_imageset
+    from morphllr.data.preprocess import Preprocessing
 
     table = Table({"id": ["o0", "o1", "o2"], "sky_sigma": [5.0, 5.0, 5.0], **(columns or {})})
     table.meta["sersic_fit"] = {"psf": psf_record, "fit_size": 8, "channel": 0, "pixel_scale": 0.396, **record}
@@ -647,7 +647,7 @@ def _fitted_match_set(path, psf_record, columns=None, **record):
 
 def test_match_uses_the_psf_the_fits_recorded(tmp_path):
     """Matched mocks get the PSF the archetypes get: the fits' FWHM and beta (not psf_fwhm_arcsec / the default)."""
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     sim = write_sim_fits(tmp_path / "sim.fits", blob_sb(size=40, sigma_pix=4.0, cut=18.0))
     beta35 = _fitted_match_set(tmp_path / "beta.h5", {"kind": "moffat", "fwhm_arcsec": 1.4, "fwhm_from": "--psf-fwhm",
@@ -675,8 +675,8 @@ def test_match_uses_the_psf_the_fits_recorded(tmp_path):
 
 
 def test_match_uses_the_fits_psf_image(tmp_path):
-    from morphllr.imageset import ImageSet
-    from morphllr.psf import make_psf, psf_image
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.psf import make_psf, psf_image
 
     pixels = psf_image(make_psf(1.4, "moffat", beta=3.0), 0.396, size=15, pixel_integrated=True)
     record = {"kind": "image", "pixel_scale": 0.396,
@@ -700,8 +700,8 @@ def test_match_uses_the_fits_psf_image(tmp_path):
 
 def test_mocks_are_flux_and_refuse_a_jpeg_recipe(tmp_path, capsys):
     from morphllr.cli import main
-    from morphllr.imageset import ImageSet, write_imageset
-    from morphllr.preprocess import Preprocessing
+    from morphllr.data.imageset import ImageSet, write_imageset
+    from morphllr.data.preprocess import Preprocessing
 
     sim = write_sim_fits(tmp_path / "sim.fits", blob_sb(size=40, sigma_pix=4.0, cut=18.0))
     make_mock_set([sim], tmp_path / "m.h5", seed=0)

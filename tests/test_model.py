@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded, gate
-from morphllr.reference import ReferencePixelCNN
+from morphllr.model.pixelcnn import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded, gate
+from morphllr.model.plain import ReferencePixelCNN
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr import modelio
+from morphllr.model import io as modelio
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN
-from morphllr.modelio import META_FILE, WEIGHTS_FILE, load_model, save_model
+from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.io import META_FILE, WEIGHTS_FILE, load_model, save_model
 from morphllr.score import log_likelihood
 
 

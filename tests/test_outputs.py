@@ -94,10 +94,10 @@ def world(tmp_path_factory):
     """Tiny inputs of every command (read-only: tests that change an input copy it first)."""
     import torch
 
-    from morphllr.mock import make_mock_set
-    from morphllr.model import PixelCNN, PixelCNNConfig
-    from morphllr.modelio import save_model
-    from morphllr.sersic_fit import fit_imageset
+    from morphllr.galaxies.mock import make_mock_set
+    from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
+    from morphllr.model.io import save_model
+    from morphllr.galaxies.sersic_fit import fit_imageset
 
     root = tmp_path_factory.mktemp("world")
     w = {"root": root}
@@ -139,26 +139,26 @@ def _score_argv(w, out, inp):
 COMMANDS = [
     Command("prepare", "file", ".h5",
             lambda w, out, inp: ["prepare", inp or w["raw"], "--preset", "none", "--workers", "1", "--out", out],
-            ("morphllr.readers", "expand_inputs"), "raw"),
+            ("morphllr.data.files", "expand_inputs"), "raw"),
     Command("archetypes", "file", ".h5",
             lambda w, out, inp: ["archetypes", inp or w["set"], "--out", out, "--psf-fwhm", "1.4", "--workers", "1"],
-            ("morphllr.archetypes", "make_archetype_set"), "set"),
+            ("morphllr.galaxies.archetypes", "make_archetype_set"), "set"),
     Command("sky-patches", "file", ".npy",
             lambda w, out, inp: ["sky-patches", inp or w["frames"], "--size", "32", "--n", "3", "--out", out],
-            ("morphllr.skypatches", "make_sky_patches"), "frames"),
+            ("morphllr.galaxies.sky_patches", "make_sky_patches"), "frames"),
     Command("mock", "file", ".h5", lambda w, out, inp: ["mock", inp or w["fits"], "--out", out],
-            ("morphllr.mock", "make_mock_set"), "fits"),
-    Command("score", "file", ".csv", _score_argv, ("morphllr.modelio", "load_model"), "x"),
+            ("morphllr.galaxies.mock", "make_mock_set"), "fits"),
+    Command("score", "file", ".csv", _score_argv, ("morphllr.model.io", "load_model"), "x"),
     Command("train", "dir", "", lambda w, out, inp: ["train", inp or w["x"], "--out", out, *TINY_TRAIN],
-            ("morphllr.train", "train_model"), "x"),
+            ("morphllr.train.run", "train_model"), "x"),
     Command("compare", "dir", "",
             lambda w, out, inp: ["compare", "--obs", w["obs"], "--arch", w["arch"], "--reference", f"R={w['ref']}",
                                  f"S={inp or w['sim']}", "--out", out, "--bootstrap", "20", "--gallery", "2"],
-            ("morphllr.compare", "compare"), "sim"),
+            ("morphllr.comparison.run", "compare"), "sim"),
     Command("synth", "dir", "",
             lambda w, out, inp: ["synth", "--out", out, "--n-train", "2", "--n-test", "2", "--n-sim", "2", "--sets",
                                  "observed-test", "--workers", "1", *(["--sky-patches", inp] if inp else [])],
-            ("morphllr.synth", "write_universe"), "frames"),
+            ("morphllr.synth.universe", "write_universe"), "frames"),
     Command("demo", "dir", "", lambda w, out, inp: ["demo", "--out", out, "--n", "4", "--workers", "1"],
             ("morphllr.demo", "run_demo"), ""),
 ]
@@ -321,7 +321,7 @@ def test_a_second_run_to_a_locked_output_fails_at_once(command, world, tmp_path,
 
 
 def test_fit_sersic_locks_the_set_it_updates(world, tmp_path, capsys, monkeypatch):
-    no_work(monkeypatch, Command("fit-sersic", "file", "", None, ("morphllr.sersic_fit", "fit_imageset"), ""))
+    no_work(monkeypatch, Command("fit-sersic", "file", "", None, ("morphllr.galaxies.sersic_fit", "fit_imageset"), ""))
     path = tmp_path / "obs.h5"
     shutil.copy(world["set"], path)
     before = digest(path)
@@ -335,7 +335,7 @@ def test_fit_sersic_locks_the_set_it_updates(world, tmp_path, capsys, monkeypatc
 
 
 def test_fit_sersic_replaces_sersic_columns_only_with_overwrite(world, tmp_path, capsys):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     path = tmp_path / "obs.h5"
     shutil.copy(world["set"], path)
@@ -403,7 +403,7 @@ def _claim_error(out: Path) -> str:
 
 def test_the_python_api_is_claimed_too(world, tmp_path):
     from morphllr.score import score_to_files
-    from morphllr.synth import write_universe
+    from morphllr.synth.universe import write_universe
 
     with pytest.raises(MorphllrError, match="input"):
         score_to_files(world["obs"], world["x"], world["x"], overwrite=True)
@@ -508,7 +508,7 @@ def test_a_sigkilled_run_leaves_a_temporary_that_the_next_run_removes(tmp_path, 
     code, _, err = run(capsys, BY_NAME["prepare"].argv({"raw": None}, out, _small_raw(tmp_path)))
     assert code == 0, err
     assert not any(t.exists() for t in temps) and not (tmp_path / ".set.h5.lock").exists()
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     assert len(ImageSet.open(out)) == 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from morphllr.errors import MorphllrError
-from morphllr.preprocess import (
+from morphllr.data.preprocess import (
     Preprocessing,
     as_preprocessing,
     check_compatible,

@@ -18,9 +18,9 @@ from PIL import Image
 from clitools import cli, one_error
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, prepare_imageset
-from morphllr.preprocess import Preprocessing, as_preprocessing, check_compatible, input_kind_of
-from morphllr.readers import RawImage
+from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.preprocess import Preprocessing, as_preprocessing, check_compatible, input_kind_of
+from morphllr.data.files import RawImage
 
 REPO = Path(__file__).resolve().parents[1]
 OBS = REPO / "validation" / "models" / "obs"
@@ -99,7 +99,7 @@ def test_provenance_matrix_at_scoring(inputs, sets, set_name, model_kind, accept
     from types import SimpleNamespace
 
     from morphllr.score import check_images_fit
-    from morphllr.sources import open_images
+    from morphllr.data.inputs import open_images
 
     config = SimpleNamespace(in_channels=1, height=8, width=8)
     record = model_record(inputs, model_kind)
@@ -119,7 +119,7 @@ def test_bare_arrays_are_model_space_and_accepted_by_any_model(inputs):
     from types import SimpleNamespace
 
     from morphllr.score import check_images_fit
-    from morphllr.sources import open_images
+    from morphllr.data.inputs import open_images
 
     array = np.zeros((2, 1, 8, 8), np.float32)
     config = SimpleNamespace(in_channels=1, height=8, width=8)
@@ -139,8 +139,8 @@ def test_bare_arrays_are_model_space_and_accepted_by_any_model(inputs):
 def test_score_refuses_jpeg_levels_under_a_flux_model_in_one_line(inputs, sets, tmp_path, capsys):
     import torch
 
-    from morphllr.model import PRESETS, PixelCNN
-    from morphllr.modelio import save_model
+    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.io import save_model
 
     torch.manual_seed(0)
     model = save_model(PixelCNN(PRESETS["tiny"]).eval(), tmp_path / "flux_model",

@@ -7,10 +7,10 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from morphllr import readers
+from morphllr.data import files as readers
 from morphllr.errors import MorphllrError
-from morphllr.imageset import ImageSet, prepare_imageset
-from morphllr.preprocess import Preprocessing
+from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.preprocess import Preprocessing
 
 
 def galaxy(size=128, amp=900.0, noise=5.0, seed=0):

@@ -51,7 +51,7 @@ def _browser_check(page: Path, tmp_path: Path) -> dict:
 def test_report_opens_and_every_figure_decodes(tmp_path):
     from test_compare import _catalog, _images, _models, _write_set
 
-    from morphllr.compare import compare
+    from morphllr.comparison.run import compare
 
     rng = np.random.default_rng(0)
     ref = _write_set(tmp_path / "ref.h5", _images(60, 1.0, rng), _catalog(60, rng))

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN
-from morphllr.modelio import load_model, save_model
+from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.io import load_model, save_model
 from morphllr.score import (default_batch_size, iter_log_prob_maps, log_likelihood, score_to_files)
-from morphllr.sources import ArraySource
+from morphllr.data.inputs import ArraySource
 
 
 @pytest.fixture(scope="module")

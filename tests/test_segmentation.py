@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from morphllr.errors import MorphllrError
-from morphllr.preprocess import Preprocessing
-from morphllr.segmentation import (
+from morphllr.data.preprocess import Preprocessing
+from morphllr.data.segmentation import (
     background_stats,
     find_central_source,
     model_mask,

@@ -7,8 +7,8 @@ import pytest
 
 galsim = pytest.importorskip("galsim")
 
-from morphllr.psf import make_psf  # noqa: E402
-from morphllr.sersic_fit import (  # noqa: E402
+from morphllr.galaxies.psf import make_psf  # noqa: E402
+from morphllr.galaxies.sersic_fit import (  # noqa: E402
     FLAG_NO_SOURCE,
     ConvolvedSersicRenderer,
     fit_imageset,
@@ -115,7 +115,7 @@ def test_parallel_equals_serial(kernel, psf):
 
 
 def test_fit_imageset_writes_catalogue(tmp_path, psf):
-    from morphllr.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet, write_flux_set
 
     rng = np.random.default_rng(7)
     truth_n = [1.0, 3.0, 2.0]
@@ -136,7 +136,7 @@ def test_surface_brightness_matches_astropy_sersic2d():
     from astropy.modeling.models import Sersic2D
     from scipy.special import gammaln
 
-    from morphllr.sersic_fit import sersic_b, sersic_surface_brightness
+    from morphllr.galaxies.sersic_fit import sersic_b, sersic_surface_brightness
 
     n, re, q, theta, flux = 2.5, 6.0, 0.6, np.radians(35.0), 1e4
     b = sersic_b(n)
@@ -155,7 +155,7 @@ def test_surface_brightness_matches_astropy_sersic2d():
     (0.3, 6.0, 0.7, 2e6, 64, 32),  # GalSim's smallest index
 ])
 def test_re_beyond_the_window_and_n_at_galsims_bounds_are_flagged(psf, kernel, n, re, q, flux, size, bit):
-    from morphllr.sersic_fit import FLAG_BITS
+    from morphllr.galaxies.sersic_fit import FLAG_BITS
 
     rng = np.random.default_rng(0)
     image = galsim_image(n, re, q, 30.0, flux, psf, size=size) + rng.normal(0, SKY_SIGMA, (size, size))
@@ -167,7 +167,7 @@ def test_re_beyond_the_window_and_n_at_galsims_bounds_are_flagged(psf, kernel, n
 
 def test_the_window_is_what_re_is_judged_against(psf, kernel):
     """R_e = 20 px: good in a 64 px window, beyond a 32 px one (the same galaxy, fitted on less of it)."""
-    from morphllr.sersic_fit import FLAG_RE_BEYOND_WINDOW
+    from morphllr.galaxies.sersic_fit import FLAG_RE_BEYOND_WINDOW
 
     rng = np.random.default_rng(1)
     image = galsim_image(1.0, 20.0, 0.8, 10.0, 2e6, psf, size=64) + rng.normal(0, SKY_SIGMA, (64, 64))
@@ -186,7 +186,7 @@ def test_mask_excludes_pixels_like_a_companion_label(kernel, psf):
 # --------------------------------------------------------------------------- PSF: beta, image, record
 def test_a_wrong_beta_lowers_n():
     """The direction of benchmarks/psf_beta.py on a handful of noise-free mocks: true beta 3.5, fit 4.765."""
-    from morphllr.psf import DEFAULT_MOFFAT_BETA
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA
 
     true = make_psf(1.4, "moffat", beta=3.5)
     right, wrong = psf_kernel_for(true, SCALE), psf_kernel_for(make_psf(1.4, "moffat", DEFAULT_MOFFAT_BETA), SCALE)
@@ -201,7 +201,7 @@ def test_a_wrong_beta_lowers_n():
 
 def test_psf_image_is_sampled_not_integrated_again(tmp_path):
     """A PSF image holds the pixel response: the fitter's model equals GalSim drawn with it and no extra pixel."""
-    from morphllr.psf import psf_from_image, psf_image
+    from morphllr.galaxies.psf import psf_from_image, psf_image
 
     truth_psf = make_psf(1.4, "moffat", beta=3.0)
     pixels = psf_image(truth_psf, SCALE, size=41, pixel_integrated=True)  # what a star looks like
@@ -219,8 +219,8 @@ def test_psf_image_is_sampled_not_integrated_again(tmp_path):
 def test_psf_image_outside_the_central_box_is_sampled_too():
     """Beyond the 11 x 11 sub-pixel box the model is convolved at the native scale: with a PSF image the profile is
     sampled at pixel centres there too (not pixel-integrated, then convolved with a PSF that holds the pixel)."""
-    from morphllr.psf import psf_from_image, psf_image
-    from morphllr.sersic_fit import BOX_HALF
+    from morphllr.galaxies.psf import psf_from_image, psf_image
+    from morphllr.galaxies.sersic_fit import BOX_HALF
 
     truth_psf = make_psf(1.4, "moffat", beta=3.0)
     star = psf_from_image(psf_image(truth_psf, SCALE, size=41, pixel_integrated=True), SCALE)
@@ -238,7 +238,7 @@ def test_psf_image_outside_the_central_box_is_sampled_too():
 
 
 def _fitted_set(tmp_path, psf, columns=None, n_gal=2):
-    from morphllr.imageset import write_flux_set
+    from morphllr.data.imageset import write_flux_set
 
     rng = np.random.default_rng(11)
     flux = np.stack([galsim_image(1.5 + i, 4.0, 0.7, 40.0, 5e4, psf, size=96) + rng.normal(0, SKY_SIGMA, (96, 96))
@@ -248,9 +248,9 @@ def _fitted_set(tmp_path, psf, columns=None, n_gal=2):
 
 
 def test_fit_records_its_psf_and_window_and_archetypes_reuse_them(tmp_path):
-    from morphllr.archetypes import make_archetype_set
+    from morphllr.galaxies.archetypes import make_archetype_set
     from morphllr.errors import MorphllrError
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     true = make_psf(1.3, "moffat", beta=3.5)
     path = _fitted_set(tmp_path, true, {"psf_fwhm_arcsec": [1.3, 1.3], "sky_sigma": [SKY_SIGMA] * 2})
@@ -280,7 +280,7 @@ def test_fit_records_its_psf_and_window_and_archetypes_reuse_them(tmp_path):
 
 
 def test_beta_per_galaxy_from_the_catalogue(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     path = _fitted_set(tmp_path, make_psf(1.4), {"psf_fwhm_arcsec": [1.4, 1.2], "psf_beta": [3.0, np.nan]})
     fit_imageset(path, workers=1)
@@ -291,10 +291,10 @@ def test_beta_per_galaxy_from_the_catalogue(tmp_path):
 
 
 def test_fit_with_a_psf_image_records_it_and_archetypes_use_it(tmp_path):
-    from morphllr.archetypes import make_archetype_set
-    from morphllr.imageset import ImageSet
-    from morphllr.psf import psf_from_image, psf_image
-    from morphllr.sources import file_sha256
+    from morphllr.galaxies.archetypes import make_archetype_set
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.psf import psf_from_image, psf_image
+    from morphllr.data.inputs import file_sha256
 
     true = make_psf(1.4, "moffat", beta=3.0)
     pixels = psf_image(true, SCALE, size=31, pixel_integrated=True)
@@ -316,7 +316,7 @@ def test_fit_imageset_excludes_the_sets_masked_pixels(tmp_path, psf):
     """ImageSet.mask (flux grid, 1 = excluded) keeps a companion out of the fit, like a segmentation label."""
     import h5py
 
-    from morphllr.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet, write_flux_set
 
     rng = np.random.default_rng(3)
     main = galsim_image(2.0, 5.0, 0.6, 70.0, 2e4, psf)

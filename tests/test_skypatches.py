@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("sep")
 
 from morphllr.errors import MorphllrError  # noqa: E402
-from morphllr.skypatches import SkyBlocks, empty_blocks, sky_mask, sky_statistics, tile_sky_patches  # noqa: E402
+from morphllr.galaxies.sky_patches import SkyBlocks, empty_blocks, sky_mask, sky_statistics, tile_sky_patches  # noqa: E402
 
 
 def frame_with_galaxy(rng, size=64, centre=(32, 32), sigma=1.0, amp=200.0, width=3.0):
@@ -139,7 +139,7 @@ def test_sky_statistics_measure_correlation_floor_and_mask():
 def test_sky_patches_command_tiles_real_sky_that_keeps_its_statistics(tmp_path):
     from typer.testing import CliRunner
 
-    from morphllr.archetypes import load_sky_patches
+    from morphllr.galaxies.archetypes import load_sky_patches
     from morphllr.cli import app
 
     rng = np.random.default_rng(7)

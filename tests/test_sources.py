@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from morphllr.errors import MorphllrError
-from morphllr.sources import ArraySource, ImageSource, open_images, validate_source
+from morphllr.data.inputs import ArraySource, ImageSource, open_images, validate_source
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_missing_and_unsupported_files(tmp_path):
 
 
 def test_imageset_files_open_as_imagesets(tmp_path, images):
-    imageset = pytest.importorskip("morphllr.imageset")
+    imageset = pytest.importorskip("morphllr.data.imageset")
     path = tmp_path / "set.h5"
     imageset.write_imageset(path, images, None, {"crop": 64})
     src = open_images(path)

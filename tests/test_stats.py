@@ -1,11 +1,11 @@
-"""Known-answer tests of morphllr.stats (no models needed)."""
+"""Known-answer tests of morphllr.comparison.stats (no models needed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from morphllr import stats
+from morphllr.comparison import stats
 from morphllr.errors import MorphllrError
 
 

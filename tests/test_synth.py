@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from morphllr import synth
+from morphllr.synth import universe as synth
 from morphllr.errors import MorphllrError
 
 
@@ -188,7 +188,7 @@ def test_nothing_half_written_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_written_universe_is_a_set_of_imagesets(tmp_path):
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     out = tmp_path / "u"
     written = synth.write_universe(out, ["sim-smooth", "archetypes"], n_test=4, seed=2)
@@ -282,7 +282,7 @@ _FAR = np.hypot(*(np.mgrid[: synth.STAMP, : synth.STAMP] - (synth.STAMP - 1) / 2
 
 
 def _sky_stats(flux: np.ndarray, segmap: np.ndarray) -> dict:
-    from morphllr.skypatches import sky_statistics
+    from morphllr.galaxies.sky_patches import sky_statistics
 
     return sky_statistics(flux, mask=(segmap == 0) & _FAR)  # empty pixels far from the galaxy
 
@@ -393,7 +393,7 @@ def test_archetypes_in_real_sky_keep_neighbours_and_get_another_patch():
 def test_universe_in_real_sky_records_its_library(tmp_path):
     import hashlib
 
-    from morphllr.imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     lib = _checkerboard_sky(m=3, size=128)
     path = tmp_path / "sky.npy"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model import PRESETS, PixelCNN
-from morphllr.modelio import load_model
+from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.io import load_model
 from morphllr.score import log_likelihood
-from morphllr.train import (InterruptAfter, augment_batch, rotate_continuous, rotate_lossless, split_indices,
+from morphllr.train.run import (InterruptAfter, augment_batch, rotate_continuous, rotate_lossless, split_indices,
                             train_model)
 
 FAST = dict(config="tiny", batch_size=4, augment="none", precision="32", progress=False, threads=1,
@@ -49,7 +49,7 @@ def test_overfitting_a_handful_of_images_drives_bits_per_dim_down(tmp_path):
     assert result.metrics["train_bits_per_dim"] == pytest.approx(end, abs=1e-3)
     assert result.metrics["val_bits_per_dim"] is None and result.metrics["steps"] == 60
     meta = model.meta
-    assert meta["data_fingerprint"] == __import__("morphllr.sources").sources.open_images(x).fingerprint()
+    assert meta["data_fingerprint"] == __import__("morphllr.data.inputs").data.inputs.open_images(x).fingerprint()
     assert (tmp_path / "m" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "m" / "logs" / "metrics.csv").is_file()
 
@@ -181,8 +181,8 @@ def test_two_process_ddp_on_cpu_trains(tmp_path):
 
 def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_path):
     """'auto' maps the training pixels to zero mean, unit spread; an explicit pair is kept as given."""
-    from morphllr.train import build_config, split_indices, with_input_norm
-    from morphllr.sources import open_images
+    from morphllr.train.run import build_config, split_indices, with_input_norm
+    from morphllr.data.inputs import open_images
 
     rng = np.random.default_rng(3)
     images = (0.02 + 0.005 * rng.standard_normal((40, 1, 8, 8))).astype(np.float32)
@@ -203,7 +203,7 @@ def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_pa
 
 def test_weight_average_is_the_ramped_ema_of_the_raw_weights_and_becomes_the_model(tmp_path):
     """The averaged weights follow the stated recursion exactly, and the model file holds them."""
-    from morphllr.train import PixelCNNModule
+    from morphllr.train.run import PixelCNNModule
 
     module = PixelCNNModule(PRESETS["tiny"].to_dict(), weight_average=0.9)
     module.net.train()
@@ -252,7 +252,7 @@ def _val_rows(n: int, fraction: float, seed: int = 0) -> np.ndarray:
 
 
 def test_convergence_rule_on_constructed_histories():
-    from morphllr.train import convergence
+    from morphllr.train.run import convergence
 
     flat = [[s, -2.0 - 0.5 * (1 - np.exp(-s / 20))] for s in range(10, 501, 10)]
     still = [[s, -2.0 - 0.001 * s] for s in range(10, 501, 10)]

@@ -58,8 +58,8 @@ def test_models_share_the_gz2_recipe(models):
 
 def test_models_score_held_out_gz2_jpegs(models, gz2_val_set):
     from morphllr import log_likelihood
-    from morphllr.imageset import ImageSet
-    from morphllr.preprocess import check_compatible
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.preprocess import check_compatible
 
     obs, arch = models
     with ImageSet.open(gz2_val_set) as s:
@@ -78,7 +78,7 @@ def test_models_score_held_out_gz2_jpegs(models, gz2_val_set):
 
 def test_shipped_seed_ensembles_load_and_their_seed0_is_the_shipped_pair():
     """validation/models/ensemble/{obs,arch}: 3 members of one recipe and data; seed0 = validation/models/{obs,arch}."""
-    from morphllr.modelio import file_sha256, load_ensemble, read_meta
+    from morphllr.model.io import file_sha256, load_ensemble, read_meta
 
     root = Path(__file__).resolve().parents[1] / "validation" / "models"
     for side in ("obs", "arch"):

@@ -15,16 +15,16 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "morphllr.modelio",
-    "load_ensemble": "morphllr.modelio",
-    "Ensemble": "morphllr.modelio",
-    "save_model": "morphllr.modelio",
+    "load_model": "morphllr.model.io",
+    "load_ensemble": "morphllr.model.io",
+    "Ensemble": "morphllr.model.io",
+    "save_model": "morphllr.model.io",
     "log_likelihood": "morphllr.score",
-    "PixelCNN": "morphllr.model",
-    "PixelCNNConfig": "morphllr.model",
-    "ImageSet": "morphllr.imageset",
-    "open_images": "morphllr.sources",
-    "compare": "morphllr.compare",
+    "PixelCNN": "morphllr.model.pixelcnn",
+    "PixelCNNConfig": "morphllr.model.pixelcnn",
+    "ImageSet": "morphllr.data.imageset",
+    "open_images": "morphllr.data.inputs",
+    "compare": "morphllr.comparison.run",
     "MorphllrError": "morphllr.errors",
 }
 

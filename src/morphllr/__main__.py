@@ -1,3 +1,3 @@
-from .cli import main
+from morphllr.cli import main
 
 main()

@@ -43,7 +43,7 @@ try:
 except ImportError:  # not POSIX: no advisory locks; every other check still applies
     fcntl = None  # type: ignore[assignment]
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 KINDS = ("file", "dir")
 EXISTING = ("refuse", "update", "keep")

@@ -1,11 +1,11 @@
 """``morphllr demo``: the whole method on the generated universe, with its known answer.
 
-The demo generates the test sets of :mod:`morphllr.synth` (observed-test, sim-good,
+The demo generates the test sets of :mod:`morphllr.synth.universe` (observed-test, sim-good,
 sim-softened, sim-smooth, archetypes), scores them with the two shipped PixelCNN++
 ensembles (``morphllr/pretrained/obs``: 3 models trained with seeds 0, 1, 2 on
 observed-train, ``.../arch``: 3 on the archetypes of observed-train) through
-:func:`morphllr.compare.compare`, i.e. under all 3 x 3 model pairs, writes the report and
-checks the ranking against :data:`morphllr.synth.EXPECTED_ORDER`, galaxy by galaxy, since
+:func:`morphllr.comparison.run.compare`, i.e. under all 3 x 3 model pairs, writes the report and
+checks the ranking against :data:`morphllr.synth.universe.EXPECTED_ORDER`, galaxy by galaxy, since
 every set holds the same galaxies (:func:`paired_differences`): the check uses the ensemble
 mean; every model pair's own differences say how far the order survives retraining.
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
-from .synth import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.synth.universe import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
 
 MODEL_FILES = ("weights.safetensors", "model.json")
 
@@ -51,7 +51,7 @@ class TrainRecipe:
         seeds: training seeds, one ensemble member each (initial weights, validation split,
             augmentation, dropout); member ``seed0`` is the model ``--seed 0`` trains.
         n_train: observed-train galaxies (p_arch is trained on their archetypes).
-        preset: network preset of :data:`morphllr.model.PRESETS`.
+        preset: network preset of :data:`morphllr.model.pixelcnn.PRESETS`.
         nr_resnet, nr_filters, dropout: network overrides of the preset.
         input_shift, input_scale: network input mapping (see above).
         max_steps: optimizer steps per model.
@@ -109,7 +109,7 @@ def _model_files(folder: Path) -> list[Path]:
     """The files a shipped model or ensemble folder needs: ``ensemble.json`` + every member's model files."""
     import json
 
-    from .modelio import ENSEMBLE_FILE
+    from morphllr.model.io import ENSEMBLE_FILE
 
     index = folder / ENSEMBLE_FILE
     if not index.is_file():
@@ -126,7 +126,7 @@ def shipped_models(folder: Path | None = None) -> tuple[Path, Path]:
 
     Each holds ``ensemble.json`` and one plain model folder per seed (``seed0/``, ``seed1/``,
     ``seed2/``: ``weights.safetensors`` + ``model.json``); load them with
-    :func:`morphllr.modelio.load_ensemble`, one member with :func:`morphllr.load_model`
+    :func:`morphllr.model.io.load_ensemble`, one member with :func:`morphllr.load_model`
     (e.g. ``pretrained/obs/seed0``).
 
     Args:
@@ -166,7 +166,7 @@ def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2
     import subprocess
     import time
 
-    from .synth import write_universe
+    from morphllr.synth.universe import write_universe
 
     out = Path(out)
     universe = out / "universe"
@@ -229,8 +229,8 @@ def install_models(obs_dir: Path, arch_dir: Path, dest: Path | None = None) -> P
     Returns:
         the destination folder.
     """
-    from .atomic import atomic_dir
-    from .modelio import ENSEMBLE_FILE
+    from morphllr.atomic import atomic_dir
+    from morphllr.model.io import ENSEMBLE_FILE
 
     dest = Path(dest) if dest is not None else pretrained_dir()
     for name, src in (("obs", obs_dir), ("arch", arch_dir)):
@@ -271,7 +271,7 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
     """Galaxy-by-galaxy LLR differences between consecutive sets of :data:`EXPECTED_ORDER`.
 
     The demo's sets are the same galaxies: the sim-* sets are the observed-test galaxies
-    re-rendered (:data:`morphllr.synth.GALAXIES_FROM`) and the archetypes are their
+    re-rendered (:data:`morphllr.synth.universe.GALAXIES_FROM`) and the archetypes are their
     single-Sérsic fits, row by row.  The per-image LLR varies between galaxies by ~100 nats
     (bright spirals score far above small smooth ones), which makes each set's own interval
     wide; differences of the same galaxy in two sets cancel that spread and measure only
@@ -280,10 +280,10 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
     With ensembles (several p_obs and/or p_arch members: ``SetResult.member_logp``) ``mean``
     and ``ci95`` are those of the ensemble LLR (the mean over all model pairs, what
     :func:`check_ranking` judges), and each entry also says how far the difference survives
-    retraining, by the rule of :data:`morphllr.compare.STABILITY_RULE`.
+    retraining, by the rule of :data:`morphllr.comparison.run.STABILITY_RULE`.
 
     Args:
-        result: a :class:`morphllr.compare.CompareResult` of the demo sets.
+        result: a :class:`morphllr.comparison.run.CompareResult` of the demo sets.
         n_boot: bootstrap replicates of the mean difference.
         seed: bootstrap seed (the same galaxy draws for the ensemble and every model pair).
 
@@ -299,14 +299,14 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
         compare's ``model_std``), ``sign_agreement`` (share of pairs with the sign of
         ``mean``), ``stable`` (``|mean| >= 2 sqrt(err^2 + model_std^2)`` and
         ``sign_agreement >= 0.95``, compare's rule) and ``ci95_total`` (galaxies and members,
-        :func:`morphllr.stats.hierarchical_intervals`, as compare's ``delta_llr_ci95_total``;
+        :func:`morphllr.comparison.stats.hierarchical_intervals`, as compare's ``delta_llr_ci95_total``;
         hull with ``ci95``; None below ``compare.MIN_MEMBERS_TOTAL`` members per side), else
         those four None.
     """
     import math
 
-    from . import stats
-    from .compare import MIN_MEMBERS_TOTAL, STABLE_SIGN_SHARE
+    from morphllr.comparison import stats
+    from morphllr.comparison.run import MIN_MEMBERS_TOTAL, STABLE_SIGN_SHARE
 
     out = {}
     for better, worse in zip(EXPECTED_ORDER, EXPECTED_ORDER[1:]):
@@ -394,7 +394,7 @@ def check_ranking(summary) -> list[str]:
     two sets' mean LLRs.
 
     Args:
-        summary: a :class:`morphllr.compare.CompareResult` (its paired differences are
+        summary: a :class:`morphllr.comparison.run.CompareResult` (its paired differences are
             computed here), or ``summary.json`` content, whose ``paired`` entry (written
             by :func:`run_demo`) is used when present.
 
@@ -473,16 +473,16 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
         say: callable(str) for status lines.
 
     Returns:
-        the :class:`morphllr.compare.CompareResult`; its ``summary`` (and summary.json) also holds
+        the :class:`morphllr.comparison.run.CompareResult`; its ``summary`` (and summary.json) also holds
         ``paired`` (:func:`paired_differences`) and ``known_order`` (order, ``problems`` of the
         ensemble, ``by_pair``: :func:`check_ranking_by_pair`, ``model_pairs_recovering``).
     """
     import json
     import time
 
-    from .atomic import atomic_dir
-    from .compare import compare
-    from .synth import write_universe
+    from morphllr.atomic import atomic_dir
+    from morphllr.comparison.run import compare
+    from morphllr.synth.universe import write_universe
 
     out = Path(out)
     if not train:
@@ -491,7 +491,7 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
     timing = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if train:
-            from .train import parse_seeds
+            from morphllr.train.run import parse_seeds
 
             recipe = TrainRecipe(seed=seed, seeds=tuple(parse_seeds(seeds)) if seeds is not None else TRAIN_RECIPE.seeds)
             obs_dir, arch_dir = train_models(tmp / "models", recipe, workers, say)

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import MorphllrError, MorphllrWarning
+from morphllr.errors import MorphllrError, MorphllrWarning
 
 #: largest ``--devices`` count (processes or GPUs per node)
 MAX_DEVICES = 4096
@@ -388,7 +388,7 @@ def shard_slices(n: int, world: int, batch_size: int = 1) -> list[slice]:
 
 def read_range(source: Any, start: int, stop: int) -> np.ndarray:
     """Images ``start:stop`` of an ImageSource as float32 ``(B, C, H, W)`` (one contiguous read)."""
-    from .imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     if isinstance(source, ImageSet):  # a slice of /images, read directly (indices go through h5py's fancy path)
         return source.read(slice(start, stop))
@@ -674,7 +674,7 @@ def _url_host(address: str) -> str:
 def cpu_threads_per_process(local_world: int, threads: int | None = None) -> int:
     """Threads of each of ``local_world`` processes on this node: ``threads``, else ``MORPHLLR_THREADS``, else
     the idle usable cores split between the processes (:func:`morphllr.runtime.idle_cores`)."""
-    from . import runtime
+    from morphllr import runtime
 
     if threads:
         return max(1, int(threads))
@@ -777,7 +777,7 @@ class _Child:
 
 
 def _death(child: _Child) -> str:
-    from .parallel import how_it_ended
+    from morphllr.parallel import how_it_ended
 
     how = how_it_ended(child.process.poll())
     how = f"was {how}" if how.startswith("killed") else how
@@ -801,7 +801,7 @@ def _spawn(plan: Plan, fn: Callable, args: Sequence, kwargs: dict, threads: int 
     else:
         address, port, node = "127.0.0.1", _free_port(), 0
     if plan.accelerator == "cpu":
-        from .runtime import usable_cores
+        from morphllr.runtime import usable_cores
 
         cores = usable_cores()
         if local > cores:
@@ -834,7 +834,7 @@ def _spawn(plan: Plan, fn: Callable, args: Sequence, kwargs: dict, threads: int 
                 process.wait(timeout=30)
                 raise MorphllrError(_death(child)) from None
         _wait_ready(children)
-        from . import runtime
+        from morphllr import runtime
 
         env0 = Environment(node * local, world, 0, local, node, address, port, "morphllr --devices")
         with runtime.torch_threads(share):
@@ -932,7 +932,7 @@ def _child_main() -> None:
                 sys.path.insert(0, entry)
         fn, args, kwargs, plan, threads = pickle.load(stream)
         if threads:
-            from . import runtime
+            from morphllr import runtime
 
             runtime.configure_cpu(threads)
         environment = detect_environment(plan.local_devices)

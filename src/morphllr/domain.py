@@ -13,7 +13,7 @@ per image,
 * ``whole_bpd``: bits/dim of the whole image, ``-log p(x) / (C H W ln 2)``;
 * ``sky_bpd``: bits/dim over the image's empty-sky pixels only,
   ``-sum_sky log p / (n_sky C ln 2)``; empty sky is what ``compare`` calls sky
-  (:class:`morphllr.compare._SkyMasks`, one implementation: ``/segmap`` through the set's crop
+  (:class:`morphllr.comparison.run._SkyMasks`, one implementation: ``/segmap`` through the set's crop
   and zoom with every source grown by ``segmentation.SKY_MARGIN`` flux pixels,
   ``segmentation.model_sky_mask``; without ``/segmap``, ``/segmap_model == 0``);
   images without a sky pixel are left out;
@@ -134,12 +134,12 @@ def sky_bpd(sky_logp: np.ndarray, n_sky: np.ndarray, channels: int) -> np.ndarra
 class SkyReader:
     """Empty-sky masks and central-source masks of an image source, by rows.
 
-    The sky is :class:`morphllr.compare._SkyMasks`'s (the one definition); this only opens it for
+    The sky is :class:`morphllr.comparison.run._SkyMasks`'s (the one definition); this only opens it for
     any ImageSource (an ImageSet has ``segmap`` / ``segmap_model``; a bare array has neither).
     """
 
     def __init__(self, source: Any, name: str | None = None):
-        from .compare import OpenedSet, _SkyMasks, model_grid_mask
+        from morphllr.comparison.run import OpenedSet, _SkyMasks, model_grid_mask
 
         _, _, h, w = source.shape
         self.opened = OpenedSet(name=name or str(getattr(source, "name", "set")), label=str(getattr(source, "name", "")),
@@ -155,7 +155,7 @@ class SkyReader:
 
     def excluded(self, rows: np.ndarray) -> np.ndarray | None:
         """bool (B, H, W) masked pixels (``/mask_model``) of the (sorted) ``rows``, or None without a mask."""
-        from .compare import excluded_pixels
+        from morphllr.comparison.run import excluded_pixels
 
         return excluded_pixels(self.opened.mask, rows=rows)
 
@@ -176,7 +176,7 @@ def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
 
 def re_model_pixels(source: Any) -> np.ndarray | None:
     """Catalogue half-light radii in model pixels (``sersic_re_pix`` x zoom), or None."""
-    from .compare import RE_PIX_COLUMNS, catalog_values, find_column
+    from morphllr.comparison.run import RE_PIX_COLUMNS, catalog_values, find_column
 
     catalog = getattr(source, "catalog", None)
     col = find_column(catalog, RE_PIX_COLUMNS)
@@ -202,8 +202,8 @@ def record(model: Any, source: Any, indices: Sequence[int] | None = None, *, ima
     Returns:
         the dict stored under ``metrics["domain"]``.
     """
-    from .score import default_batch_size, iter_log_prob_maps
-    from .sources import open_images
+    from morphllr.score import default_batch_size, iter_log_prob_maps
+    from morphllr.data.inputs import open_images
 
     source = open_images(source)
     n, c, h, w = source.shape

@@ -25,7 +25,7 @@ import contextlib
 import signal
 from typing import Any, Callable, Iterable, Iterator, Sized
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 _STOP = None  # message asking a worker to exit
 
@@ -83,7 +83,7 @@ class _Worker:
             self.conn.send((index, job))
         except (BrokenPipeError, ConnectionResetError, EOFError):
             # a worker that died while idle (killed, out of memory): one clear line, not a pipe error
-            from .errors import MorphllrError
+            from morphllr.errors import MorphllrError
 
             raise MorphllrError(_death_message(self)) from None
 

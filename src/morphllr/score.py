@@ -2,7 +2,7 @@
 
 ``log_likelihood(model, images)`` returns log p(x) in nats for every image (float64),
 or the per-pixel map log p(x_ij | x_<ij) with ``per_pixel=True``.  Images are read
-batch by batch from any :class:`~morphllr.sources.ImageSource`, so memory stays flat
+batch by batch from any :class:`~morphllr.data.inputs.ImageSource`, so memory stays flat
 for any number of images; only the per-image sums are kept unless maps are asked for.
 
 Speed on CPUs: inference mode, channels-last tensors (oneDNN's preferred layout),
@@ -25,11 +25,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import runtime
-from .atomic import claims
-from .errors import MorphllrError
-from .preprocess import check_compatible
-from .sources import ImageSource, check_batch, open_images
+from morphllr import runtime
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.data.preprocess import check_compatible
+from morphllr.data.inputs import ImageSource, check_batch, open_images
 
 
 def _unpack(model: Any):
@@ -87,7 +87,7 @@ def check_input_range(batch: np.ndarray, config, name: str, model_name: str = "m
     """Refuse pixels beyond the network's input limit (they would be clamped, giving wrong numbers).
 
     A continuous head sees ``(x - input_shift) / input_scale``, clamped to
-    :data:`morphllr.model.NET_INPUT_LIMIT` network units; a pixel that far out is not in the
+    :data:`morphllr.model.pixelcnn.NET_INPUT_LIMIT` network units; a pixel that far out is not in the
     units the model was trained on (e.g. linear flux given to a model of stretched images).
 
     Args:
@@ -100,7 +100,7 @@ def check_input_range(batch: np.ndarray, config, name: str, model_name: str = "m
     Returns:
         None; raises MorphllrError naming the images and the model's valid range.
     """
-    from .model import NET_INPUT_LIMIT
+    from morphllr.model.pixelcnn import NET_INPUT_LIMIT
 
     if str(getattr(config, "head", "")).startswith("discretized"):
         return  # integer values 0..255, checked by check_batch
@@ -149,7 +149,7 @@ def _eval_mode(net) -> Iterator[None]:
 
 
 def _is_ensemble(model: Any) -> bool:
-    from .modelio import Ensemble
+    from morphllr.model.io import Ensemble
 
     return isinstance(model, Ensemble)
 
@@ -186,7 +186,7 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
     """Yield per-pixel log-probability maps, one float32 array per batch, in order.
 
     Shape rule (as in :func:`log_likelihood`): a single model (LoadedModel or PixelCNN) gives (B, H, W);
-    an :class:`~morphllr.modelio.Ensemble` gives (K, B, H, W), one map per member in ``ensemble.names``
+    an :class:`~morphllr.model.io.Ensemble` gives (K, B, H, W), one map per member in ``ensemble.names``
     order, even when K = 1.  Each batch is read once and run through every member.
 
     Args:
@@ -224,7 +224,7 @@ def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size:
     """log p(x) of every image under ``model``, in nats.
 
     Shape rule: a single model (LoadedModel, PixelCNN) gives (N,) (or (N, H, W) maps); an
-    :class:`~morphllr.modelio.Ensemble` (``morphllr.load_ensemble``) gives a leading member axis,
+    :class:`~morphllr.model.io.Ensemble` (``morphllr.load_ensemble``) gives a leading member axis,
     (K, N) (or (K, N, H, W)), rows in ``ensemble.names`` order, always, also for K = 1 (a plain model
     folder loaded with ``load_ensemble``).  Row k equals ``log_likelihood(ensemble.members[k], images)``
     bit for bit (same batches); the member mean over axis 0 is the mean of log p, not the log of a
@@ -343,7 +343,7 @@ def _per_member(model: Any) -> bool:
 
 def _score_outputs(arguments: dict) -> list:
     """The files :func:`score_to_files` writes; claimed only by the process that writes them (rank 0)."""
-    from .distributed import launched_rank
+    from morphllr.distributed import launched_rank
 
     if launched_rank() != 0:
         return []
@@ -399,7 +399,7 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         + masked_share, the mean share of masked model pixels, for a set with a mask);
         None on the ranks other than 0 of a run joined from a launcher.
     """
-    from . import distributed
+    from morphllr import distributed
 
     plan = distributed.resolve(devices, accelerator, num_nodes)
     if _is_ensemble(model) and not _per_member(model):
@@ -420,8 +420,8 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
     """One rank of :func:`score_to_files`: score its shard; rank 0 gathers and writes the files."""
     import csv
 
-    from .atomic import atomic_file
-    from .distributed import models_on
+    from morphllr.atomic import atomic_file
+    from morphllr.distributed import models_on
 
     names = list(model.names) if _is_ensemble(model) else []
     members = list(model.members) if names else [model]
@@ -522,7 +522,7 @@ class _DomainNumbers:
     """What :mod:`morphllr.domain` judges a scored set by, collected batch by batch in :func:`score_to_files`."""
 
     def __init__(self, source: ImageSource, k: int, m: int):
-        from .domain import SkyReader
+        from morphllr.domain import SkyReader
 
         self.reader = SkyReader(source)
         self.k = k
@@ -556,8 +556,8 @@ class _DomainNumbers:
         """``warnings`` and ``notes`` for the score summary; each warning is also a MorphllrWarning."""
         import warnings as _warnings
 
-        from . import domain
-        from .errors import MorphllrWarning
+        from morphllr import domain
+        from morphllr.errors import MorphllrWarning
 
         sky, n_sky, area, n_masked = rows[:self.k], rows[self.k], rows[self.k + 1], rows[self.k + 2]
         has_sky = self.reader.kind is not None
@@ -584,7 +584,7 @@ def _open_maps_file(stack: contextlib.ExitStack, maps_path, overwrite: bool, mod
     """The ``--maps`` HDF5 file's datasets (``logp`` and, for an ensemble, ``logp_NAME``), opened for writing."""
     import h5py
 
-    from .atomic import atomic_file
+    from morphllr.atomic import atomic_file
 
     tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
     fh = stack.enter_context(h5py.File(tmp_maps, "w"))

@@ -35,12 +35,12 @@ app = typer.Typer(
 )
 
 # Each stage's commands.  Imported for their side effect of registering on `app`.
-from . import engine as _engine  # noqa: E402,F401  train, score
-from . import data as _data  # noqa: E402,F401  prepare, subset, check
-from . import degrade as _degrade  # noqa: E402,F401  degrade
-from . import galaxies as _galaxies  # noqa: E402,F401  fit-sersic, archetypes, sky-patches, mock
-from . import universe as _universe  # noqa: E402,F401  synth, demo
-from . import report as _report  # noqa: E402,F401  compare
+from morphllr.cli import engine as _engine  # noqa: E402,F401  train, score
+from morphllr.cli import data as _data  # noqa: E402,F401  prepare, subset, check
+from morphllr.cli import degrade as _degrade  # noqa: E402,F401  degrade
+from morphllr.cli import galaxies as _galaxies  # noqa: E402,F401  fit-sersic, archetypes, sky-patches, mock
+from morphllr.cli import universe as _universe  # noqa: E402,F401  synth, demo
+from morphllr.cli import report as _report  # noqa: E402,F401  compare
 
 
 #: Exit statuses of the command line.
@@ -92,7 +92,7 @@ def run(argv: list[str] | None = None) -> int:
     """
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from ..errors import MorphllrError
+    from morphllr.errors import MorphllrError
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -180,7 +180,7 @@ def _warnings_as_lines() -> Iterator[None]:
     """
     import warnings
 
-    from ..errors import MorphllrWarning
+    from morphllr.errors import MorphllrWarning
 
     previous = warnings.showwarning
 
@@ -314,7 +314,7 @@ def _internal_error(exc: BaseException) -> int:
     """A bug: the full traceback, then one line asking for a report."""
     import traceback
 
-    from .. import __version__
+    from morphllr import __version__
 
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     typer.secho(f"internal error, please report: {type(exc).__name__}: {exc} (morphllr {__version__}; include the "

@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from ..limits import (GAIN_MAX, GAIN_MIN, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, WORKERS_MAX, ZERO_POINT_MAX,
+from morphllr.limits import (GAIN_MAX, GAIN_MIN, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, WORKERS_MAX, ZERO_POINT_MAX,
                       ZERO_POINT_MIN)
-from . import app
+from morphllr.cli import app
 
 PREPARE_HELP = """Turn images (FITS, FITS cubes, HDF5, .npy/.npz, JPEG/PNG, IllustrisTNG SKIRT mocks) into an image set: model-ready cutouts + flux cutouts + segmentation maps + catalogue, in one HDF5 file.
 
@@ -114,13 +114,14 @@ def prepare(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .. import frames, readers
-    from ..atomic import claim_output
-    from ..imageset import prepare_imageset
-    from ..preprocess import Preprocessing
+    from morphllr.data import sdss_frames as frames
+    from morphllr.data import files as readers
+    from morphllr.atomic import claim_output
+    from morphllr.data.imageset import prepare_imageset
+    from morphllr.data.preprocess import Preprocessing
 
-    from ..errors import MorphllrError
-    from ..preprocess import EDGE_MODES
+    from morphllr.errors import MorphllrError
+    from morphllr.data.preprocess import EDGE_MODES
 
     console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
     if edge not in EDGE_MODES:
@@ -192,9 +193,9 @@ def preprocessing_like(reference: Path):
     Returns:
         Preprocessing.
     """
-    from ..errors import MorphllrError
-    from ..imageset import ImageSet
-    from ..preprocess import Preprocessing, recorded_recipe
+    from morphllr.errors import MorphllrError
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.preprocess import Preprocessing, recorded_recipe
 
     if reference.is_dir():
         meta_path = reference / "ensemble.json"  # an ensemble records its members' shared preprocessing
@@ -226,8 +227,8 @@ def _frame_cutouts(console, files, table, catalog, prep, gain, skip_outside):
     """
     import math
 
-    from .. import frames
-    from ..errors import MorphllrError
+    from morphllr.data import sdss_frames as frames
+    from morphllr.errors import MorphllrError
 
     others = [str(f) for f in files if not frames.is_frame_file(f)]
     if others:
@@ -260,7 +261,7 @@ def _workers(requested: int, n_images: int) -> int:
     """Worker processes: as asked, or min(4, cores) for sets big enough to pay the start-up."""
     import os
 
-    from ..errors import MorphllrError
+    from morphllr.errors import MorphllrError
 
     if requested < 0:
         raise MorphllrError(f"--workers {requested}: must be 0 (auto) or a positive number")
@@ -272,7 +273,7 @@ def _workers(requested: int, n_images: int) -> int:
 def _override(prep, units: str | None, sky: str | None):
     import math
 
-    from ..errors import MorphllrError
+    from morphllr.errors import MorphllrError
 
     changes = {}
     if units is not None:
@@ -357,8 +358,8 @@ def subset_command(
 ) -> None:
     from rich.console import Console
 
-    from ..atomic import claim_output
-    from ..imageset import write_subset
+    from morphllr.atomic import claim_output
+    from morphllr.data.imageset import write_subset
 
     ctx.with_resource(claim_output(out, inputs=[imageset], overwrite=overwrite))
     record = write_subset(imageset, out, where, overwrite=overwrite)
@@ -386,10 +387,10 @@ def check_command(
     trained_on: bool = typer.Option(False, "--trained-on", help="Also require the set to be the model's training "
                                     "set (images sha256 = data_fingerprint)."),
 ) -> None:
-    from ..errors import MorphllrError
-    from ..modelio import load_ensemble
-    from ..preprocess import check_compatible, input_kind_of
-    from ..sources import open_images
+    from morphllr.errors import MorphllrError
+    from morphllr.model.io import load_ensemble
+    from morphllr.data.preprocess import check_compatible, input_kind_of
+    from morphllr.data.inputs import open_images
 
     if not model.exists():
         raise MorphllrError(f"MODEL {model}: not found; give a model folder or an ensemble folder")

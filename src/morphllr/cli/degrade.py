@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..limits import PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX
-from . import app
+from morphllr.limits import PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX
+from morphllr.cli import app
 
 DEGRADE_HELP = """Make a copy of an image set with one thing made worse, through the set's own preprocessing: the same galaxies, so their LLR tells what the models respond to (the synthetic twin of comparing TNG50-1/-2/-3, one simulation at three resolutions).
 
@@ -52,8 +52,8 @@ def degrade_command(
 ) -> None:
     from rich.console import Console
 
-    from ..atomic import claim_output
-    from ..degrade import degrade_set
+    from morphllr.atomic import claim_output
+    from morphllr.galaxies.degrade import degrade_set
 
     console = Console(stderr=True, soft_wrap=True)
     ctx.with_resource(claim_output(out, inputs=[imageset], overwrite=overwrite))

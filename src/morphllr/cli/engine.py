@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..limits import SEED_MAX, THREADS_MAX
-from . import app
+from morphllr.limits import SEED_MAX, THREADS_MAX
+from morphllr.cli import app
 
 TRAIN_HELP = """Train a PixelCNN++ density model p(x) on an image set and save it as a model folder.
 
@@ -126,9 +126,9 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model / run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from ..atomic import claim_output
-    from ..errors import MorphllrError
-    from ..train import (_launched_rank, build_config, check_ensemble_dir, check_out_dir, parse_seeds, train_ensemble,
+    from morphllr.atomic import claim_output
+    from morphllr.errors import MorphllrError
+    from morphllr.train.run import (_launched_rank, build_config, check_ensemble_dir, check_out_dir, parse_seeds, train_ensemble,
                          train_model)
 
     if seed is not None and seeds is not None:
@@ -183,8 +183,8 @@ def ensemble(
     out: Path = typer.Option(..., "--out", help="Ensemble folder to create (ensemble.json + seedK/ per model)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    from ..atomic import claim_output
-    from ..modelio import assemble_ensemble
+    from morphllr.atomic import claim_output
+    from morphllr.model.io import assemble_ensemble
 
     ctx.with_resource(claim_output(out, inputs=list(models), kind="dir", overwrite=overwrite))
     index = assemble_ensemble(models, out, overwrite=overwrite)
@@ -221,12 +221,12 @@ def score(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out / --maps if they exist (never an "
                                    "input: DATA or the model)."),
 ) -> None:
-    from ..atomic import claim_outputs
-    from ..distributed import describe_plan, launched_rank, resolve
-    from ..errors import MorphllrError
-    from ..modelio import load_ensemble
-    from ..score import score_to_files
-    from ..sources import open_images
+    from morphllr.atomic import claim_outputs
+    from morphllr.distributed import describe_plan, launched_rank, resolve
+    from morphllr.errors import MorphllrError
+    from morphllr.model.io import load_ensemble
+    from morphllr.score import score_to_files
+    from morphllr.data.inputs import open_images
 
     if precision not in (None, "bf16-mixed", "32"):
         raise MorphllrError(f"--precision: {precision!r} must be bf16-mixed or 32")
@@ -269,6 +269,6 @@ def parse_devices(text: str) -> int | str:
     Returns:
         an int count, or the text Lightning understands.
     """
-    from ..distributed import parse_devices as parse  # one rule for train, score and compare
+    from morphllr.distributed import parse_devices as parse  # one rule for train, score and compare
 
     return parse(text)

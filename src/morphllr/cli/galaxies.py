@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from ..limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_BETA_MAX, PSF_BETA_MIN,
+from morphllr.limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_BETA_MAX, PSF_BETA_MIN,
                       PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX, ZERO_POINT_MIN)
-from . import app
+from morphllr.cli import app
 
 FIT_HELP = """Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
 
@@ -65,9 +65,9 @@ def fit_sersic_command(
 ) -> None:
     from rich.console import Console
 
-    from ..atomic import claim_output
-    from ..imageset import ImageSet
-    from ..sersic_fit import fit_imageset
+    from morphllr.atomic import claim_output
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.sersic_fit import fit_imageset
 
     console = Console(stderr=True)
     # the one in-place command: it locks the set whose catalogue it rewrites, before fitting
@@ -78,7 +78,7 @@ def fit_sersic_command(
         _, summary = fit_imageset(imageset, psf_fwhm=psf_fwhm, psf_kind=psf, no_psf=no_psf, psf_beta=psf_beta,
                                   psf_image_path=psf_image, channel=channel, fit_size=fit_size, workers=workers,
                                   overwrite=overwrite, progress=lambda k: bar.update(task, completed=k))
-    from ..sersic_fit import FLAG_BITS
+    from morphllr.galaxies.sersic_fit import FLAG_BITS
 
     bits = "; ".join(f"{count} with bit {bit} ({FLAG_BITS[bit]})" for bit, count in summary["flag_bits"].items()
                      if count)
@@ -138,10 +138,10 @@ def archetypes_command(
 ) -> None:
     from rich.console import Console
 
-    from ..archetypes import make_archetype_set
-    from ..atomic import claim_output
-    from ..imageset import ImageSet
-    from ..sersic_fit import default_workers
+    from morphllr.galaxies.archetypes import make_archetype_set
+    from morphllr.atomic import claim_output
+    from morphllr.data.imageset import ImageSet
+    from morphllr.galaxies.sersic_fit import default_workers
 
     console = Console(stderr=True)
     ctx.with_resource(claim_output(out, inputs=[imageset, psf_image, sky_patches], overwrite=overwrite))
@@ -208,10 +208,10 @@ def sky_patches_command(
 ) -> None:
     from rich.console import Console
 
-    from ..atomic import claim_outputs
-    from ..preprocess import Preprocessing
-    from ..skypatches import make_sky_patches
-    from .data import preprocessing_like
+    from morphllr.atomic import claim_outputs
+    from morphllr.data.preprocess import Preprocessing
+    from morphllr.galaxies.sky_patches import make_sky_patches
+    from morphllr.cli.data import preprocessing_like
 
     # OUT.npy and its record OUT.json, claimed together before any frame is read (a bad suffix is refused below)
     record = out.with_suffix(".json") if out.suffix.lower() == ".npy" else None
@@ -303,10 +303,10 @@ def mock_command(
 ) -> None:
     from rich.console import Console
 
-    from ..atomic import claim_output
-    from ..errors import MorphllrError
-    from ..mock import make_mock_set
-    from .data import preprocessing_like
+    from morphllr.atomic import claim_output
+    from morphllr.errors import MorphllrError
+    from morphllr.galaxies.mock import make_mock_set
+    from morphllr.cli.data import preprocessing_like
 
     console = Console(stderr=True)
     ctx.with_resource(claim_output(out, inputs=[*inputs, catalog, like, preset, sky_patches, match, psf_image],

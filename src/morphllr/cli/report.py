@@ -7,9 +7,9 @@ from typing import List
 
 import typer
 
-from ..limits import SEED_MAX, THREADS_MAX
-from . import app
-from .engine import accelerator_option, devices_option, num_nodes_option
+from morphllr.limits import SEED_MAX, THREADS_MAX
+from morphllr.cli import app
+from morphllr.cli.engine import accelerator_option, devices_option, num_nodes_option
 
 
 def parse_named_set(text: str, what: str) -> tuple[str, str]:
@@ -22,7 +22,7 @@ def parse_named_set(text: str, what: str) -> tuple[str, str]:
     Returns:
         ``(name, path)``.
     """
-    from ..errors import MorphllrError
+    from morphllr.errors import MorphllrError
 
     name, sep, path = text.partition("=")
     if not sep or not name.strip() or not path.strip():
@@ -138,20 +138,20 @@ def compare_command(
                                 "(default: usable idle cores / processes on this node)."),
 ) -> None:
     """Rank image sets by mean LLR and write the comparison report (see ``_HELP``)."""
-    from ..compare import compare
-    from ..distributed import launched_rank, parse_devices, resolve
-    from ..report import print_ranking
+    from morphllr.comparison.run import compare
+    from morphllr.distributed import launched_rank, parse_devices, resolve
+    from morphllr.report.html import print_ranking
 
     ref_name, ref_path = parse_named_set(reference, "--reference")
     others: dict[str, str] = {}
     for text in sets or []:
         name, path = parse_named_set(text, "set")
         if name in others or name == ref_name:
-            from ..errors import MorphllrError
+            from morphllr.errors import MorphllrError
 
             raise MorphllrError(f"set name {name!r} is used twice; give every set its own NAME=")
         others[name] = path
-    from ..atomic import claim_output
+    from morphllr.atomic import claim_output
 
     devices_arg = parse_devices(devices)
     resolve(devices_arg, accelerator, num_nodes)  # impossible requests refused in one line, before any work
@@ -161,7 +161,7 @@ def compare_command(
                                        kind="dir"))
     import warnings
 
-    from ..errors import MorphllrWarning
+    from morphllr.errors import MorphllrWarning
 
     # the comparison's own warnings are printed after the ranking, where they are read; others pass through
     with warnings.catch_warnings(record=True) as caught:

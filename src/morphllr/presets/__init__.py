@@ -1,1 +1,1 @@
-"""Shipped preprocessing presets (TOML files read by morphllr.preprocess.Preprocessing.preset)."""
+"""Shipped preprocessing presets (TOML files read by morphllr.data.preprocess.Preprocessing.preset)."""

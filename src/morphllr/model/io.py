@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_dir, atomic_file
-from .errors import MorphllrError
-from .sources import file_sha256  # noqa: F401 - also modelio.file_sha256 for callers
+from morphllr.atomic import atomic_dir, atomic_file
+from morphllr.errors import MorphllrError
+from morphllr.data.inputs import file_sha256  # noqa: F401 - also modelio.file_sha256 for callers
 
 FORMAT = "morphllr.model"
 FORMAT_VERSION = 1
@@ -86,7 +86,7 @@ def _versions() -> dict:
     import numpy
     import torch
 
-    from . import __version__
+    from morphllr import __version__
 
     return {"morphllr": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
@@ -220,7 +220,7 @@ def read_meta(model_dir: str | Path) -> dict:
         raise MorphllrError(
             f"{meta_path}: written by a newer morphllr (model format {version}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade with `pip install -U morphllr`")
-    from .heads import HEAD_NAMES
+    from morphllr.model.heads import HEAD_NAMES
 
     head = meta.get("head") or (meta.get("config") or {}).get("head")
     if head not in HEAD_NAMES:
@@ -270,7 +270,7 @@ def _load_model(model_dir: Path, device: str, meta: dict | None = None, weights_
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import PixelCNN, PixelCNNConfig
+    from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
 
     if meta is None:
         meta = read_meta(model_dir)
@@ -322,7 +322,7 @@ def is_ensemble(path: str | Path) -> bool:
 
 def _normal_config(config: Any) -> Any:
     """A config (dataclass or dict) as a comparable dict with every field (older files omit defaults)."""
-    from .model import PixelCNNConfig
+    from morphllr.model.pixelcnn import PixelCNNConfig
 
     if hasattr(config, "to_dict"):
         return config.to_dict()
@@ -615,7 +615,7 @@ def write_ensemble_index(folder: str | Path, members: list[tuple[str, int | None
     Returns:
         the index written.
     """
-    from . import __version__
+    from morphllr import __version__
 
     folder = Path(folder)
     entries, described, first = [], [], None

@@ -41,15 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
 
 
 def sky_mask(frame: np.ndarray, dilate: int = 4, nsigma: float = 1.5, minarea: int = 5) -> np.ndarray:
     """Pixels of a frame that are at least ``dilate`` pixels away from every detected source.
 
     Detection is sep's (SExtractor's) thresholding of the 3x3-filtered frame at ``nsigma``
-    global sky rms, like :func:`morphllr.segmentation.segment`, but without deblending:
+    global sky rms, like :func:`morphllr.data.segmentation.segment`, but without deblending:
     deblending only splits sources, the mask needs their union, and deblending a crowded
     2048 x 1489 SDSS frame takes ~20 s against ~1 s.
 
@@ -82,7 +82,7 @@ def _source_pixels(image: np.ndarray, bad: np.ndarray, nsigma: float, minarea: i
     """bool (H, W): pixels of sources detected above ``nsigma`` sky rms (sep, no deblending)."""
     import sep
 
-    from .segmentation import sky_sigma
+    from morphllr.data.segmentation import sky_sigma
 
     data = np.ascontiguousarray(image, dtype=np.float32)  # sep needs native byte order
     mask = np.ascontiguousarray(bad, dtype=bool) if bad.any() else None
@@ -524,7 +524,7 @@ def load_frames(paths, preprocessing="zanisi21", where: str = "FRAMES") -> tuple
 
     Args:
         paths: one path or a list: SDSS frames ``frame-*.fits[.bz2]`` (nanomaggies, put into the
-            working unit through the preset's zero point; see :mod:`morphllr.frames`), or files
+            working unit through the preset's zero point; see :mod:`morphllr.data.sdss_frames`), or files
             already in the working unit with the sky subtracted: an ImageSet (its ``/flux``),
             ``.npy``/``.npz`` or FITS cube of (N, H, W) or (N, C, H, W).
         preprocessing: the set's recipe (Preprocessing, dict, preset name or file): its
@@ -539,8 +539,8 @@ def load_frames(paths, preprocessing="zanisi21", where: str = "FRAMES") -> tuple
     """
     from pathlib import Path
 
-    from . import frames as sdss
-    from .archetypes import load_sky_patches
+    from morphllr.data import sdss_frames as sdss
+    from morphllr.galaxies.archetypes import load_sky_patches
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
@@ -550,7 +550,7 @@ def load_frames(paths, preprocessing="zanisi21", where: str = "FRAMES") -> tuple
     for path in map(Path, paths):
         if sdss.is_frame_file(path):
             if prep is None:
-                from .preprocess import as_preprocessing
+                from morphllr.data.preprocess import as_preprocessing
 
                 prep = as_preprocessing(preprocessing)
                 if prep.zero_point is None:
@@ -662,7 +662,7 @@ def sky_patch_library(frames_path, size: int, *, n: int | None = None, part: str
     real, tiled = _frames_sky_statistics(frames, sky), sky_statistics(patches)
     unit = None
     if any("nmgy" in f for f in frames_info):
-        from .preprocess import as_preprocessing
+        from morphllr.data.preprocess import as_preprocessing
 
         prep = as_preprocessing(preprocessing)
         unit = {"preset": prep.name, "zero_point": prep.zero_point}
@@ -713,7 +713,7 @@ def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block
     import json
     from pathlib import Path
 
-    from .atomic import atomic_file
+    from morphllr.atomic import atomic_file
 
     out = Path(out)
     if out.suffix.lower() != ".npy":
@@ -781,7 +781,7 @@ def load_sky_library(source, where: str = "--sky-patches", *, size: int | None =
     """Read a sky-patch library and check it fits the images it will be added to.
 
     Args:
-        source: a file readable by :func:`morphllr.archetypes.load_sky_patches` (the ``.npy``
+        source: a file readable by :func:`morphllr.galaxies.archetypes.load_sky_patches` (the ``.npy``
             of ``morphllr sky-patches``, with its ``.json`` record beside it), an array
             (M, C, S, S) / (M, S, S), or a :class:`SkyLibrary`.
         where: option name for messages.
@@ -802,7 +802,7 @@ def load_sky_library(source, where: str = "--sky-patches", *, size: int | None =
     if isinstance(source, SkyLibrary):
         lib = source
     elif isinstance(source, (str, Path)):
-        from .archetypes import load_sky_patches
+        from morphllr.galaxies.archetypes import load_sky_patches
 
         path = Path(source)
         patches = np.ascontiguousarray(load_sky_patches(path, where=where, what="empty-sky patches"), dtype="<f4")

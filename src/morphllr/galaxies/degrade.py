@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
-from .imageset import ImageSet, carried_attrs, write_flux_set
-from .readers import numeric_column
-from .segmentation import background_stats
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.data.imageset import ImageSet, carried_attrs, write_flux_set
+from morphllr.data.files import numeric_column
+from morphllr.data.segmentation import background_stats
 
 OPERATIONS = ("psf_broaden", "smooth_centre", "resolution")
 #: FWHM / sigma of a Gaussian as the GZ2 validation used it (2 sqrt(2 ln 2) = 2.35482 rounded).

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .compare import MASS_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column, merge_notes
+from morphllr.comparison.run import MASS_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column, merge_notes
 
 _CMAP_LLR = "RdBu"  # blue = more likely under p_obs (realistic), red = more likely under p_arch
 
@@ -193,7 +193,7 @@ def plot_mean_maps(result, figs: _Figures) -> None:
 
 def plot_radial_profiles(result, figs: _Figures, notes: list[str]) -> None:
     """Mean pixel LLR against radius, in R_e when every set has sizes, else in model pixels."""
-    from .compare import PROFILE_RE_EDGES
+    from morphllr.comparison.run import PROFILE_RE_EDGES
 
     plt = _plt()
     colours = _colours(list(result.sets))
@@ -736,7 +736,7 @@ def write_report(result, folder: str | Path) -> Path:
     """Draw every figure and write ``index.html`` into ``folder`` (already a temporary folder).
 
     Args:
-        result: a :class:`morphllr.compare.CompareResult`.
+        result: a :class:`morphllr.comparison.run.CompareResult`.
         folder: output folder; ``figures/`` is created inside.
 
     Returns:

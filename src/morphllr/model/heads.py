@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 HEAD_NAMES = ("gaussian", "logistic_mixture", "discretized_logistic_mixture")
 

@@ -12,7 +12,7 @@ convolutions with a 0.1-scaled residual output train stably here.
 Speed (see BENCHMARKS.md): concat-ELU, dropout and the causal zero padding are one fused op
 with its own backward (:func:`concat_elu_padded`), each stream tensor's concat-ELU is computed
 once and shared by the blocks that read it, and the stride-2 transposed convolutions run as a
-1x1 convolution plus a sub-pixel shuffle.  :mod:`morphllr.reference` is the plain version the
+1x1 convolution plus a sub-pixel shuffle.  :mod:`morphllr.model.plain` is the plain version the
 tests hold this one to.  Use channels-last inputs and bf16 autocast on CPUs with native bf16.
 
 Units: continuous heads take images in the user's units, feed ``(x - input_shift) /
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import MorphllrError
-from .heads import HEAD_NAMES, get_head
+from morphllr.errors import MorphllrError
+from morphllr.model.heads import HEAD_NAMES, get_head
 
 # Continuous heads: network-unit inputs are clamped to +-this, so that a stray 1e30 (or inf)
 # gives a very low but finite log-likelihood instead of inf/NaN.

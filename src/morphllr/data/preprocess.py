@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from . import cosmology as cosmologies
-from .errors import MorphllrError
-from .limits import MAX_IMAGE_SIDE
+from morphllr.galaxies import cosmology as cosmologies
+from morphllr.errors import MorphllrError
+from morphllr.limits import MAX_IMAGE_SIDE
 
 UNITS = ("counts", "nanomaggies", "mag_arcsec2", "counts_per_s")
 SKY_MODES = ("none", "given", "estimate")
@@ -134,7 +134,7 @@ class Preprocessing:
         clip_hi: upper clip after the stretch (None: none).
         quantise_8bit: map [clip_lo, clip_hi] onto integers 0..255 (discretized head).
         cosmology: the cosmology physical sizes were turned into angles with
-            (:mod:`morphllr.cosmology`), or None where none was (observed data).  A model
+            (:mod:`morphllr.galaxies.cosmology`), or None where none was (observed data).  A model
             key compared only when both sides record one: a model trained on mocks refuses
             mocks observed under another cosmology, a model of real galaxies takes any.
         mock: how simulated images were observed (``morphllr mock``: PSF, sky, noise,
@@ -620,7 +620,7 @@ class Preprocessing:
         frame, info = self.flux_frame(image, source=source, **frame_kwargs)
         cy, cx = (frame.shape[1] - 1) / 2, (frame.shape[2] - 1) / 2
         if self.center:
-            from .segmentation import find_central_source
+            from morphllr.data.segmentation import find_central_source
 
             found = find_central_source(frame.sum(axis=0), mask=excluded_pixels(info, padded=True))
             if found is not None:
@@ -640,7 +640,7 @@ class Preprocessing:
             value = self.sky_value if sky_value is None else sky_value
             value = float(self.to_flux(np.full((1, 1, 1), value), units, self.pixel_scale)[0, 0, 0])
             return np.full(n_channels, value, np.float32)
-        from .segmentation import background_stats
+        from morphllr.data.segmentation import background_stats
 
         levels = [background_stats(channel, mask)[0] for channel, mask in zip(flux, bad)]
         return np.asarray(levels, np.float32)
@@ -735,7 +735,7 @@ def fill_with_sky(cut: np.ndarray, fill: np.ndarray, frame: np.ndarray, excluded
     """Replace ``cut``'s pixels where ``fill`` by noise drawn from the frame's own sky, in place.
 
     Per channel the sky level and rms are measured on ``frame`` (SExtractor background,
-    :func:`morphllr.segmentation.background_stats`, ``excluded`` pixels left out) and the
+    :func:`morphllr.data.segmentation.background_stats`, ``excluded`` pixels left out) and the
     filled pixels drawn from N(level, rms).  A noise-free image (``noise_free``: recipes with
     ``pad``, made for noise-free simulations; or a constant image) gets 0 flux: its light ends
     where the image ends.
@@ -750,7 +750,7 @@ def fill_with_sky(cut: np.ndarray, fill: np.ndarray, frame: np.ndarray, excluded
     """
     if not fill.any():
         return
-    from .segmentation import background_stats
+    from morphllr.data.segmentation import background_stats
 
     rng = fill_rng(seed)
     n = int(fill.sum())
@@ -893,7 +893,7 @@ def cutout_window(shape: tuple[int, ...], cx: float, cy: float, size: int, sourc
     if top < 0 or left < 0 or top + size > h or left + size > w:
         raise MorphllrError(
             f"{source}: the {size}x{size} window centred on ({cx:.1f}, {cy:.1f}) runs past the {h}x{w} image's edge; "
-            "cut it with padding (morphllr.preprocess.cut_with_sky) or centre it further inside")
+            "cut it with padding (morphllr.data.preprocess.cut_with_sky) or centre it further inside")
     return slice(top, top + size), slice(left, left + size)
 
 

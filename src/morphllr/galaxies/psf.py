@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import MorphllrError
-from .limits import PSF_BETA_MAX, PSF_BETA_MIN, PSF_FWHM_MAX, PSF_IMAGE_MAX_SIDE
-from .sources import file_sha256
+from morphllr.errors import MorphllrError
+from morphllr.limits import PSF_BETA_MAX, PSF_BETA_MIN, PSF_FWHM_MAX, PSF_IMAGE_MAX_SIDE
+from morphllr.data.inputs import file_sha256
 
 PSF_KINDS = ("moffat", "gaussian")
 #: Moffat index of the atmospheric PSF (Trujillo et al. 2001 find beta ~ 4.765 for
@@ -199,12 +199,12 @@ def first_column(catalog, names, where: str = "catalogue") -> np.ndarray | None:
     Args:
         catalog: astropy Table.
         names: candidate column names, in order of preference.
-        where: file named when a column holds text (see :func:`morphllr.readers.numeric_column`).
+        where: file named when a column holds text (see :func:`morphllr.data.files.numeric_column`).
 
     Returns:
         float64 values (masked or blank cells NaN), or None.
     """
-    from .readers import numeric_column
+    from morphllr.data.files import numeric_column
 
     for name in names:
         if name in catalog.colnames:
@@ -348,7 +348,7 @@ def fit_psf_rows(catalog, fit_record: dict | None, where: str = "catalogue") -> 
     Returns:
         :class:`FitPSFRows`, or None when the set records no fit PSF.
     """
-    from .readers import numeric_column
+    from morphllr.data.files import numeric_column
 
     recorded = (fit_record or {}).get("psf")
     if recorded is None:

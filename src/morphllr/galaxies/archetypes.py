@@ -12,7 +12,7 @@ onto the flux-cutout grid, and given the same kind of background as the real ima
 The result goes through the observed set's own preprocessing (``flux_to_model``), so the
 two density models see pixels made the same way.
 
-Parameter conventions are those of :mod:`morphllr.sersic_fit` (major-axis R_e in pixels
+Parameter conventions are those of :mod:`morphllr.galaxies.sersic_fit` (major-axis R_e in pixels
 of the flux cutout, q = b/a, PA counter-clockwise from +x in degrees, total flux).
 GalSim's ``half_light_radius`` is the circularised radius, ``R_e * sqrt(q)``.
 
@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
-from .limits import MAX_FLUX, MAX_RE_CUTOUTS
-from .parallel import map_in_processes
-from .psf import first_column
-from .readers import numeric_column
-from .sersic_fit import GALSIM_N_RANGE
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.limits import MAX_FLUX, MAX_RE_CUTOUTS
+from morphllr.parallel import map_in_processes
+from morphllr.galaxies.psf import first_column
+from morphllr.data.files import numeric_column
+from morphllr.galaxies.sersic_fit import GALSIM_N_RANGE
 
-#: GalSim's valid Sérsic range (:data:`morphllr.sersic_fit.GALSIM_N_RANGE`); indices outside are
+#: GalSim's valid Sérsic range (:data:`morphllr.galaxies.sersic_fit.GALSIM_N_RANGE`); indices outside are
 #: clipped (and flagged: column ``sersic_n_clipped``, fit flag bit 32).
 GALSIM_N_RANGE = GALSIM_N_RANGE
 #: Indices accepted at all (beyond these a fit has failed: refuse with a message).
@@ -170,7 +170,7 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
 
 def _flag_summary(catalog, n: np.ndarray, rows: np.ndarray, where: str, flag_col: str = "sersic_flag") -> str:
     """Why the usable ``rows`` are flagged, for messages: counts per fit flag bit and of n beyond GalSim's range."""
-    from .sersic_fit import FLAG_BITS
+    from morphllr.galaxies.sersic_fit import FLAG_BITS
 
     rows = np.asarray(rows, bool)
     parts = []
@@ -189,7 +189,7 @@ def _flag_summary(catalog, n: np.ndarray, rows: np.ndarray, where: str, flag_col
 
 
 def flagged_rows(catalog, n: np.ndarray, where: str = "catalogue", flag_col: str = "sersic_flag") -> np.ndarray:
-    """Rows whose Sérsic fit is not trustworthy: flag not 0 (any bit of :data:`morphllr.sersic_fit.FLAG_BITS`,
+    """Rows whose Sérsic fit is not trustworthy: flag not 0 (any bit of :data:`morphllr.galaxies.sersic_fit.FLAG_BITS`,
     incl. 16 R_e beyond the fitted window and 32 n at GalSim's bounds), or an n outside GalSim's range.
 
     Args:
@@ -285,7 +285,7 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
     import galsim
     from galsim.errors import GalSimFFTSizeWarning
 
-    from .psf import has_pixel_response
+    from morphllr.galaxies.psf import has_pixel_response
 
     ny, nx = shape
     # GalSim centres on the true image centre, (n - 1) / 2 in 0-based coordinates
@@ -351,7 +351,7 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     a margin of the PSF's radius, convolved with the PSF sampled on the same grid, and
     summed back to pixels (pixel integration).  Exact to the sampling for profiles that are
     smooth on the sub-pixel scale, which is what reaches this path (R_e many cutouts wide).
-    A PSF image holds the pixel response already (:func:`morphllr.psf.has_pixel_response`):
+    A PSF image holds the pixel response already (:func:`morphllr.galaxies.psf.has_pixel_response`):
     then the convolved image is sampled at the pixel centres (an odd ``oversample``, so one
     sub-pixel sits on each centre) instead of integrated over the pixel a second time.
 
@@ -368,7 +368,7 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     """
     from scipy.signal import fftconvolve
 
-    from .psf import has_pixel_response, psf_image
+    from morphllr.galaxies.psf import has_pixel_response, psf_image
 
     ny, nx = shape
     sample = psf is not None and has_pixel_response(psf)
@@ -568,7 +568,7 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
     Returns:
         a single GalSim PSF or a list with one per row (profiles shared between equal FWHMs).
     """
-    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image, psfs_from_catalog
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image, psfs_from_catalog
 
     if psf_image is not None:
         return psf_from_image(psf_image, pixel_scale)
@@ -593,7 +593,7 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
     """
     from pathlib import Path
 
-    from .frames import is_frame_file
+    from morphllr.data.sdss_frames import is_frame_file
 
     path = Path(path)
     if not path.is_file():
@@ -604,7 +604,7 @@ def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky 
     name = path.name.lower()
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        from .imageset import ImageSet
+        from morphllr.data.imageset import ImageSet
 
         s = ImageSet.open(path)
         if s.flux is None:
@@ -662,8 +662,8 @@ def archetype_psfs(kept, fit_record: dict | None, pixel_scale: float, *, psf_fwh
         (PSF(s) for :func:`render_archetypes`, per-row FWHM (N,), per-row beta (N,),
         JSON-able record of the PSF used, without pixels).
     """
-    from .psf import fit_psf_rows, load_psf_image, psf_from_image, psf_image_record, psf_parameters
-    from .sersic_fit import describe_psf
+    from morphllr.galaxies.psf import fit_psf_rows, load_psf_image, psf_from_image, psf_image_record, psf_parameters
+    from morphllr.galaxies.sersic_fit import describe_psf
 
     n = len(kept)
     nan = np.full(n, np.nan)
@@ -751,8 +751,8 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     Returns:
         summary dict (n, n_dropped, n_dropped_flagged, n_flagged, n_clipped, noise mode, psf, out path).
     """
-    from .imageset import ImageSet, write_flux_set
-    from .sources import file_sha256
+    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.inputs import file_sha256
 
     s = ImageSet.open(set_path)
     where = str(set_path)
@@ -793,7 +793,7 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
                                 f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
         from pathlib import Path
 
-        from .skypatches import patches_sha256
+        from morphllr.galaxies.sky_patches import patches_sha256
 
         noise_record = {"mode": "sky patches", "sky_patches": {  # sha256 of the patches as mock and synth record it
             "file": Path(sky_patches_path).name, "path": str(Path(sky_patches_path).resolve()),
@@ -835,7 +835,7 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
 
 def describe_psf_used(record: dict) -> str:
     """One line for the PSF record of :func:`archetype_psfs`."""
-    from .sersic_fit import describe_psf
+    from morphllr.galaxies.sersic_fit import describe_psf
 
     text = describe_psf(record) if record.get("kind") != "image" else f"PSF image {record['image'].get('file')}"
     return f"{text} ({record.get('source')})"
@@ -921,7 +921,7 @@ def _archetype_table(kept, params: ArchetypeParams, fwhm: np.ndarray, beta: np.n
 
 
 def _load_psf_image(path) -> np.ndarray:
-    """The one PSF-image reader, :func:`morphllr.psf.load_psf_image` (kept for older callers)."""
-    from .psf import load_psf_image
+    """The one PSF-image reader, :func:`morphllr.galaxies.psf.load_psf_image` (kept for older callers)."""
+    from morphllr.galaxies.psf import load_psf_image
 
     return load_psf_image(path)

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 DISCRETE_HEADS = frozenset({"discretized_logistic_mixture"})
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -461,6 +461,6 @@ def _single_image_dataset(fh, path: Path) -> str:
 
 
 def _open_imageset(path: Path) -> ImageSource:
-    from .imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     return ImageSet.open(path)

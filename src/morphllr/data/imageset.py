@@ -27,8 +27,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .atomic import atomic_file, claims
-from .errors import MorphllrError
+from morphllr.atomic import atomic_file, claims
+from morphllr.errors import MorphllrError
 
 FORMAT = "morphllr.imageset"
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ def _h5py():
 
 
 def _version() -> str:
-    from . import __version__
+    from morphllr import __version__
 
     return f"morphllr {__version__}"
 
@@ -166,7 +166,7 @@ class ImageSet:
     @property
     def mask_model(self):
         """Lazy (N, H, W) uint8 ``mask`` on the model grid (1 = excluded where any flux pixel mapped into
-        the model pixel is; :func:`morphllr.segmentation.model_mask` with ``rule="any"``), or None."""
+        the model pixel is; :func:`morphllr.data.segmentation.model_mask` with ``rule="any"``), or None."""
         return self._dataset("mask_model")
 
     @property
@@ -584,8 +584,8 @@ def is_imageset(path: str | os.PathLike) -> bool:
 
 
 def open_images(source):
-    """Open any image source (ImageSet, .npy, .npz, bare HDF5, array): see morphllr.sources."""
-    from . import sources
+    """Open any image source (ImageSet, .npy, .npz, bare HDF5, array): see morphllr.data.inputs."""
+    from morphllr.data import inputs as sources
 
     return sources.open_images(source)
 
@@ -606,7 +606,7 @@ def flux_products(flux: np.ndarray, preprocessing, segmentation: str | None = "s
         dict with ``images`` (B, C, H, W) float32 and, when segmenting, ``segmap``,
         ``segmap_model``, ``sky_sigma``, ``central_found``.
     """
-    from .preprocess import as_preprocessing
+    from morphllr.data.preprocess import as_preprocessing
 
     prep = as_preprocessing(preprocessing)
     flux = np.asarray(flux, dtype=np.float32)
@@ -614,7 +614,7 @@ def flux_products(flux: np.ndarray, preprocessing, segmentation: str | None = "s
         flux = flux[:, None]
     out = {"images": prep.flux_to_model(flux)}
     if segmentation:
-        from .segmentation import model_mask, segment_batch
+        from morphllr.data.segmentation import model_mask, segment_batch
 
         segmaps, sigmas, found = segment_batch(flux, method=segmentation)
         out.update(segmap=segmaps, segmap_model=model_mask(segmaps, prep), sky_sigma=sigmas, central_found=found)
@@ -639,7 +639,7 @@ def write_flux_set(path, flux, catalog, preprocessing, *, segmentation: str | No
     Returns:
         the written path.
     """
-    from .preprocess import as_preprocessing
+    from morphllr.data.preprocess import as_preprocessing
 
     prep = as_preprocessing(preprocessing)
     table = _as_table(catalog)
@@ -673,7 +673,7 @@ def write_subset(src, out, where: Sequence[str], *, overwrite: bool = False, bat
     Args:
         src: image set (.h5).
         out: output ``.h5``.
-        where: conditions ``COLUMN OP VALUE`` (:func:`morphllr.readers.catalog_where`), all must hold.
+        where: conditions ``COLUMN OP VALUE`` (:func:`morphllr.data.files.catalog_where`), all must hold.
         overwrite: replace ``out``.
         batch_size: images copied together.
 
@@ -681,7 +681,7 @@ def write_subset(src, out, where: Sequence[str], *, overwrite: bool = False, bat
         the record stored in the attribute ``subset``: source, its images_sha256, conditions, ``n_source``,
         ``n_images``.
     """
-    from .readers import catalog_where
+    from morphllr.data.files import catalog_where
 
     where = [where] if isinstance(where, str) else list(where)
     if not where:
@@ -721,13 +721,13 @@ def process_record(record, preprocessing, pixel_scale: float | None = None, segm
     the segmentation both centres the cutout (when the recipe says so) and, cut to the same
     window, becomes the stored ``/segmap``.  The window is never moved: where it runs past
     the image, and at masked pixels, the cutout holds noise drawn from the image's own sky
-    (:func:`morphllr.preprocess.cut_with_sky`), and the row says how much
+    (:func:`morphllr.data.preprocess.cut_with_sky`), and the row says how much
     (``edge_padded``, ``masked_fraction``) and where the window lies (``cutout_x0``,
     ``cutout_y0``: frame pixel of its first column/row, negative past the edge; the
     detected centre ``center_x`` = ``cutout_x0 + cutout // 2`` to within half a pixel).
 
     Args:
-        record: :class:`morphllr.readers.RawImage`.
+        record: :class:`morphllr.data.files.RawImage`.
         preprocessing: Preprocessing.
         pixel_scale: arcsec/px overriding what the file says.
         segmentation: ``sep``, ``photutils`` or None.
@@ -737,8 +737,8 @@ def process_record(record, preprocessing, pixel_scale: float | None = None, segm
         (1 = user-masked or beyond the image) or None when no pixel is); the row also carries
         ``_kind`` (the image's input kind) for :func:`prepare_imageset`.
     """
-    from .preprocess import MAX_EDGE_PADDED, cut_with_sky, excluded_pixels
-    from .segmentation import renumber, segment
+    from morphllr.data.preprocess import MAX_EDGE_PADDED, cut_with_sky, excluded_pixels
+    from morphllr.data.segmentation import renumber, segment
 
     prep = preprocessing
     scale = pixel_scale or record.pixel_scale
@@ -771,7 +771,7 @@ def process_record(record, preprocessing, pixel_scale: float | None = None, segm
     segmap = None
     if segmentation:
         if prep.cutout is not None:
-            from .preprocess import take_window
+            from morphllr.data.preprocess import take_window
 
             segmap = renumber(take_window(seg.segmap, extra["cutout_y0"], extra["cutout_x0"], prep.cutout)[0])
         else:
@@ -801,7 +801,7 @@ def _processed(records, prep, pixel_scale, segmentation, workers: int, chunk: in
     """
     import itertools
 
-    from .parallel import map_in_processes
+    from morphllr.parallel import map_in_processes
 
     records = iter(records)
     if workers <= 1:
@@ -835,7 +835,7 @@ def prepare_imageset(
     """Cut, segment, stretch and write raw images as an ImageSet (``morphllr prepare``).
 
     Args:
-        records: iterable of :class:`morphllr.readers.RawImage`.
+        records: iterable of :class:`morphllr.data.files.RawImage`.
         path: output ``.h5``.
         preprocessing: recipe (Preprocessing, dict or preset name).
         n: number of records (capacity hint and progress total).
@@ -856,7 +856,7 @@ def prepare_imageset(
         with sky noise), ``n_zero_padded`` (cutouts of ``pad`` recipes with 0 flux around), ``n_edge_dropped`` and ``edge_dropped_ids`` (such galaxies dropped by
         ``edge = "refuse"``), ``n_masked`` (images with masked pixels), ``input_kind``,
         ``image_shape``, ``flux_shape`` and, with a catalogue, ``catalog`` (the join report of
-        :func:`morphllr.readers.join_catalog`).
+        :func:`morphllr.data.files.join_catalog`).
 
     The recipe recorded in the set is ``preprocessing`` with its ``input_kind`` resolved (the
     recipe's, else the readers'; one kind per set) and, when it does not resample
@@ -865,7 +865,7 @@ def prepare_imageset(
     """
     from astropy.table import Table, vstack
 
-    from .preprocess import as_preprocessing
+    from morphllr.data.preprocess import as_preprocessing
 
     prep = as_preprocessing(preprocessing)
     if prep.pixel_scale_given:  # a record's scale (--like a set of `--preset none --pixel-scale`): resample nothing
@@ -886,12 +886,12 @@ def prepare_imageset(
         images = prep.flux_to_model(flux)
         segmaps = segmap_model = masks = mask_model = None
         if segmentation:
-            from .segmentation import model_mask
+            from morphllr.data.segmentation import model_mask
 
             segmaps = np.stack([s for _, s, _, _ in pending])
             segmap_model = model_mask(segmaps, prep)
         if any(m is not None for _, _, _, m in pending):
-            from .segmentation import model_mask
+            from morphllr.data.segmentation import model_mask
 
             masks = np.stack([np.zeros(f.shape[1:], np.uint8) if m is None else m for f, _, _, m in pending])
             mask_model = model_mask(masks, prep, rule="any")  # one masked flux pixel masks its model pixel
@@ -916,7 +916,7 @@ def prepare_imageset(
                 state["kind"] = kind
                 report["input_kind"] = kind
             elif kind != state["kind"]:
-                from .preprocess import INPUT_KIND_TEXT
+                from morphllr.data.preprocess import INPUT_KIND_TEXT
 
                 raise MorphllrError(
                     f"{row['file']}: holds {INPUT_KIND_TEXT[kind]}, but the images before it hold "
@@ -957,7 +957,7 @@ def prepare_imageset(
         # the catalogue join needs all rows: replace the writer's buffered rows before closing
         all_rows = vstack(writer._rows, metadata_conflicts="silent")
         if catalog is not None:
-            from .readers import join_catalog
+            from morphllr.data.files import join_catalog
 
             all_rows, join_report = join_catalog(all_rows, catalog, catalog_name)
             report["catalog"] = join_report

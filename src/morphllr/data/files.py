@@ -2,7 +2,7 @@
 
 Every reader yields :class:`RawImage` records (raw pixels as (C, H, W), an id, the
 file they came from, and - when the file says so - their units and pixel scale).
-:meth:`morphllr.preprocess.Preprocessing.cut` then turns them into flux cutouts.
+:meth:`morphllr.data.preprocess.Preprocessing.cut` then turns them into flux cutouts.
 
 Supported inputs (a file, a folder, or a glob; folders are searched recursively):
 
@@ -49,8 +49,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import frames
-from .errors import MorphllrError
+from morphllr.data import sdss_frames as frames
+from morphllr.errors import MorphllrError
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -75,7 +75,7 @@ class RawImage:
             None: unknown (centring may search a quarter of the frame).
         kind: what the pixels are, as far as the reader knows (``flux`` for FITS and SDSS
             frames, ``jpeg`` for JPEG/PNG, None for arrays; see
-            :data:`morphllr.preprocess.INPUT_KINDS`).
+            :data:`morphllr.data.preprocess.INPUT_KINDS`).
         mask: bool (H, W), True = pixel excluded (a user's mask), or None.
         outside: bool (H, W), True = pixel beyond the real image (a window past a frame's
             edge), or None.
@@ -386,7 +386,7 @@ def _fits_hdu(hdul, path: Path, hdu: int | str | None):
 
 
 def fits_units(header) -> str | None:
-    """The unit a FITS header declares (``BUNIT``) in :data:`morphllr.preprocess.UNITS` terms, or None."""
+    """The unit a FITS header declares (``BUNIT``) in :data:`morphllr.data.preprocess.UNITS` terms, or None."""
     unit = str(header.get("BUNIT", "")).lower().replace(" ", "")
     if "mag" in unit and "arcsec" in unit:
         return "mag_arcsec2"
@@ -457,7 +457,7 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
     Args:
         header: astropy FITS header.
         path: file name for messages.
-        cosmology: name for :mod:`morphllr.cosmology` (physical CDELT only).
+        cosmology: name for :mod:`morphllr.galaxies.cosmology` (physical CDELT only).
 
     Returns:
         arcsec per pixel or None.
@@ -478,7 +478,7 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
         z = header_redshift(header)
         if z is None or z <= 0:
             return None
-        from .cosmology import arcsec_per_kpc
+        from morphllr.galaxies.cosmology import arcsec_per_kpc
 
         return kpc * arcsec_per_kpc(z, cosmology)
     return None
@@ -692,13 +692,13 @@ def read_array_file(path: Path, image_id: str, hdu=None, channel: int | None = N
 
 def imageset_kind(f, dataset) -> str | None:
     """The input kind of a dataset of a morphllr image set read as input (``--hdu flux``): the kind its
-    recipe records for ``/flux`` (:func:`morphllr.preprocess.input_kind_of`; None if unrecorded), and
+    recipe records for ``/flux`` (:func:`morphllr.data.preprocess.input_kind_of`; None if unrecorded), and
     ``model_space`` for ``/images`` or any other dataset; None for an HDF5 file that is not an image set."""
     if f.attrs.get("format") != "morphllr.imageset":
         return None
     if dataset.name.strip("/") != "flux":
         return "model_space"
-    from .preprocess import input_kind_of
+    from morphllr.data.preprocess import input_kind_of
 
     text = f.attrs.get("preprocessing")
     try:
@@ -867,7 +867,7 @@ def iter_images(files: list[Path], *, hdu=None, channel: int | None = None, band
         channel: channel of JPEG/PNG (default 1, green) or of (N, C, H, W) arrays (default: all).
         bands: band names for band cubes (TNG SKIRT: ``["r"]``), or, with several, the
             bands of single-band files to stack per galaxy (:func:`group_band_files`).
-        cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.cosmology`).
+        cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.galaxies.cosmology`).
         masks: which mask belongs to which image (:func:`mask_plan`), or None.
 
     Returns:
@@ -1061,7 +1061,7 @@ def typed_catalog(table, where: str = "catalogue"):
 
     from astropy.table import Column, MaskedColumn
 
-    from .errors import MorphllrWarning
+    from morphllr.errors import MorphllrWarning
 
     for name in table.colnames:
         column = table[name]

@@ -9,7 +9,7 @@ The output folder holds, during training, ``checkpoints/`` (Lightning's ``best``
 ``last``; ``--resume`` continues from ``last``), ``logs/`` (CSV metrics, TensorBoard
 when installed) and ``training.json`` (what the run was asked to do).  At the end the
 best weights are written as a model (``weights.safetensors`` + ``model.json``, see
-:mod:`morphllr.modelio`), ``model.json`` last, so a folder with a ``model.json`` is
+:mod:`morphllr.model.io`), ``model.json`` last, so a folder with a ``model.json`` is
 always a finished model.
 
 Augmentation (Zanisi et al. 2021 rotate the training galaxies by random angles in
@@ -44,13 +44,13 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 
-from . import runtime
-from .atomic import atomic_file, claims
-from .errors import MorphllrError
-from .modelio import (ENSEMBLE_FILE, MAX_ENSEMBLE_MEMBERS, MEMBER_DIR, META_FILE, WEIGHTS_FILE, file_sha256,
+from morphllr import runtime
+from morphllr.atomic import atomic_file, claims
+from morphllr.errors import MorphllrError
+from morphllr.model.io import (ENSEMBLE_FILE, MAX_ENSEMBLE_MEMBERS, MEMBER_DIR, META_FILE, WEIGHTS_FILE, file_sha256,
                       member_name, read_ensemble_index, read_meta, save_model, write_ensemble_index)
-from .model import PixelCNN, PixelCNNConfig
-from .sources import DISCRETE_HEADS, ImageSource, open_images, validate_source
+from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
+from morphllr.data.inputs import DISCRETE_HEADS, ImageSource, open_images, validate_source
 
 AUGMENTATIONS = ("rot", "flip")
 CHECKPOINT_DIR = "checkpoints"
@@ -479,14 +479,14 @@ def build_config(preset: str | PixelCNNConfig | dict = "zanisi21", *, shape: Seq
     """A network config from a preset, fitted to the data's (C, H, W), with overrides.
 
     Args:
-        preset: name in ``morphllr.model.PRESETS``, a config or a dict.
+        preset: name in ``morphllr.model.pixelcnn.PRESETS``, a config or a dict.
         shape: (N, C, H, W) of the training images (sets in_channels/height/width).
         overrides: config fields to change (None values are ignored).
 
     Returns:
         the PixelCNNConfig.
     """
-    from .model import PRESETS
+    from morphllr.model.pixelcnn import PRESETS
 
     if isinstance(preset, PixelCNNConfig):
         base = preset
@@ -848,7 +848,7 @@ def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
     Returns:
         the seeds, in the order given.
     """
-    from .limits import SEED_MAX
+    from morphllr.limits import SEED_MAX
 
     what = f"--seeds {seeds if isinstance(seeds, str) else ','.join(map(str, seeds))}"
     if isinstance(seeds, str):
@@ -973,7 +973,7 @@ def train_ensemble(data: Any, out_dir: str | Path, seeds: str | Sequence[int], *
     folders), with the same options except the seed (initial weights, validation split, augmentation).
     The input mapping of ``input_norm="auto"`` is fixed once, from the first seed's split, so every member
     has the same network config (and member ``seedK`` equals a single model trained with ``--seed K`` when
-    K is the first seed).  ``DIR/ensemble.json`` (:func:`morphllr.modelio.write_ensemble_index`) is
+    K is the first seed).  ``DIR/ensemble.json`` (:func:`morphllr.model.io.write_ensemble_index`) is
     written last, atomically: a failure or Ctrl-C leaves finished and unfinished member folders but no
     index, so nothing loads it as an ensemble.
 
@@ -1141,7 +1141,7 @@ def _finish(module, trainer, ckpt_cb, source, datamodule, out_dir: Path, run: di
 
 def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, datamodule, out_dir: Path, run: dict,
                  trainer, elapsed: float, history: list | None) -> TrainResult:
-    from .score import bits_per_dim, log_likelihood
+    from morphllr.score import bits_per_dim, log_likelihood
 
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
@@ -1172,7 +1172,7 @@ def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, da
         "best_step": best_step,
         "train_seconds_this_run": round(elapsed, 2),
     }
-    from .domain import training_record  # issue 13: what the model saw, for compare's domain guards
+    from morphllr.domain import training_record  # issue 13: what the model saw, for compare's domain guards
 
     metrics["domain"] = training_record(net, source, datamodule.val_idx, train_idx)
     if history is not None:

@@ -34,7 +34,7 @@ was trained on.
 Outputs in ``out`` (written atomically): ``scores.csv`` / ``scores.parquet`` (one row per
 image), ``summary.json`` (per set: n, mean, interval, ΔLLR vs the reference, AUROC, KS,
 sky split, mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
-``maps="all"``) and the report (``index.html`` + ``figures/``, see :mod:`morphllr.report`).
+``maps="all"``) and the report (``index.html`` + ``figures/``, see :mod:`morphllr.report.html`).
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import stats
-from .atomic import claims
-from .errors import MorphllrError
+from morphllr.comparison import stats
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
 
 #: Catalogue column names understood for each galaxy property (first match wins).
 #: fewest images a set may have: one image has no spread, so no interval, AUROC or verdict
@@ -126,7 +126,7 @@ def excluded_pixels(mask: Any, start: int | None = None, stop: int | None = None
     if mask is None:
         return None
     if rows is not None:
-        from .domain import _rows
+        from morphllr.domain import _rows
 
         return _rows(mask, np.asarray(rows)) != 0
     return np.asarray(mask[start:stop]) != 0
@@ -230,7 +230,7 @@ def _member_name(text: str) -> str:
 
 
 def _load_path(path: Path, what: str) -> tuple[list, list[str]]:
-    from . import modelio
+    from morphllr.model import io as modelio
 
     if not path.exists():
         raise MorphllrError(f"{what} {path}: no such model folder; give the folder written by `morphllr train`")
@@ -249,7 +249,7 @@ def load_side(spec: Any, what: str) -> Side:
     """The members of one side from a model or ensemble folder, a LoadedModel, an Ensemble or a list of those.
 
     Args:
-        spec: folder path, LoadedModel, ``morphllr.modelio.Ensemble`` (``.members``, ``.names``)
+        spec: folder path, LoadedModel, ``morphllr.model.io.Ensemble`` (``.members``, ``.names``)
             or a list/tuple mixing them (all members are pooled).
         what: ``"--obs"`` or ``"--arch"``, for messages.
 
@@ -352,14 +352,14 @@ def _check_models(obs: Side, arch: Side) -> None:
 
 
 def _check_prep(model_prep: dict, set_prep: dict, what: str) -> None:
-    from .preprocess import check_compatible
+    from morphllr.data.preprocess import check_compatible
 
     check_compatible(model_prep or {}, set_prep or {}, what)
 
 
 # --------------------------------------------------------------------------- sets
 def _open_set(name: str, spec: Any) -> OpenedSet:
-    from .sources import open_images
+    from morphllr.data.inputs import open_images
 
     label = str(spec) if isinstance(spec, (str, os.PathLike)) else type(spec).__name__
     if isinstance(spec, (str, os.PathLike)) and not Path(str(spec).split(":")[0]).exists() \
@@ -483,7 +483,7 @@ class _Scorer:
 
 def _log_prob_maps(model, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
     """``(B, H, W)`` float32 log p per pixel (nats) of one model-input batch."""
-    from .score import iter_log_prob_maps  # threads, bf16 autocast, channels-last: owned by score.py
+    from morphllr.score import iter_log_prob_maps  # threads, bf16 autocast, channels-last: owned by score.py
 
     # one batch in, one map array out; the generator is run to the end so its contexts close
     return np.concatenate(list(iter_log_prob_maps(model, batch, batch_size=len(batch), threads=threads)))
@@ -510,14 +510,14 @@ def _rotation_draws(seed: int, set_index: int, start: int, stop: int, rotations:
 
 
 def _rotate(batch: np.ndarray, draws: np.ndarray, discrete: bool) -> np.ndarray:
-    """Rotate each image the way training augments (``morphllr.train``), by its drawn angle.
+    """Rotate each image the way training augments (``morphllr.train.run``), by its drawn angle.
 
     Continuous heads: any angle in [0, 180) deg, bicubic with reflected edges; the
     discretized head only has mass on integers, so it gets exact quarter turns.
     """
     import torch
 
-    from .train import rotate_continuous, rotate_lossless  # same interpolation as the models saw
+    from morphllr.train.run import rotate_continuous, rotate_lossless  # same interpolation as the models saw
 
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     if discrete:
@@ -681,7 +681,7 @@ class _SkyMasks:
     The background cancels in the LLR only when a set shares sky, PSF and noise with the
     training data, so each image's LLR is split into its empty-sky pixels and the rest.
     Preferred source: ``/segmap`` (flux grid) through the set's crop and zoom
-    (:func:`morphllr.segmentation.model_sky_mask`); fallback ``/segmap_model == 0``, where
+    (:func:`morphllr.data.segmentation.model_sky_mask`); fallback ``/segmap_model == 0``, where
     companions and stars count as sky; with neither, ``kind`` is None.  Masked pixels
     (``/mask_model``) are never sky: their terms are in no sum.
 
@@ -712,7 +712,7 @@ class _SkyMasks:
 
     def _mismatch(self, hw: tuple[int, int]) -> str | None:
         """Why ``/segmap`` cannot be mapped onto the model grid, or None when it can."""
-        from .segmentation import model_sky_mask
+        from morphllr.data.segmentation import model_sky_mask
 
         hf, wf = self._set.flux_segmap.shape[1:]
         try:
@@ -727,7 +727,7 @@ class _SkyMasks:
 
     def read(self, start: int, stop: int) -> np.ndarray | None:
         """bool ``(B, H, W)`` empty-sky mask of images ``start:stop`` (None without a mask)."""
-        from .segmentation import model_sky_mask
+        from morphllr.data.segmentation import model_sky_mask
 
         sky = None
         if self.kind == "segmap":
@@ -738,8 +738,8 @@ class _SkyMasks:
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray | None:
         """The same mask for sorted, not necessarily contiguous ``rows`` (a training set's validation split)."""
-        from .domain import _rows
-        from .segmentation import model_sky_mask
+        from morphllr.domain import _rows
+        from morphllr.data.segmentation import model_sky_mask
 
         sky = None
         if self.kind == "segmap":
@@ -803,7 +803,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     (``gather_maps``: ``maps="all"``) every batch's maps for ``maps.h5``, and returns the SetResult
     (None on the other ranks).
     """
-    from .distributed import Context
+    from morphllr.distributed import Context
 
     ctx = ctx or Context()
     n, c, h, w = s.source.shape
@@ -825,7 +825,7 @@ def _score_set(s: OpenedSet, scorers: tuple[_Scorer, _Scorer], batch_size: int, 
     acc = _MapAccumulator(h, w, with_re=re_model is not None)
     if ctx.is_main:
         maps_writer.start(s.name, n, h, w)
-    from .sources import check_batch
+    from morphllr.data.inputs import check_batch
 
     head = _config_value(obs_scorer.model.config, "head")
     for step, (start, batch) in enumerate(ctx.batches(s.source, batch_size)):
@@ -1014,7 +1014,7 @@ def sky_summary(res: SetResult, ref: SetResult, is_reference: bool, n_boot: int,
         dict with ``mask`` (``"segmap"``, ``"segmap_model"`` or None), ``llr_per_sky_pixel``
         (pooled: sum of llr_sky / sum of n_sky_pixels, nats per pixel),
         ``llr_per_sky_pixel_ci95`` ([lo, hi], bootstrap over images), ``sky_share``
-        (mean llr_sky / mean llr, see :func:`morphllr.stats.share_of_mean` for when it is None),
+        (mean llr_sky / mean llr, see :func:`morphllr.comparison.stats.share_of_mean` for when it is None),
         ``sky_pixel_fraction`` (empty-sky share of all model pixels), ``mean_llr_sky``,
         ``mean_llr_rest`` (nats per image), ``auroc_sky_vs_reference`` (on llr_sky_per_pixel),
         ``auroc_rest_vs_reference`` (on llr_rest) and ``null_reasons`` (key -> why it is None).
@@ -1288,7 +1288,7 @@ def _inputs(arguments: dict) -> list:
 
 def _outputs(arguments: dict) -> list:
     """The report folder; claimed only by the process that writes it (rank 0 of a multi-process run)."""
-    from .distributed import launched_rank
+    from morphllr.distributed import launched_rank
 
     return [("--out", arguments["out"])] if launched_rank() == 0 else []
 
@@ -1345,7 +1345,7 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
     Returns:
         a :class:`CompareResult` (None on the ranks other than 0 of a run joined from a launcher).
     """
-    from . import distributed
+    from morphllr import distributed
 
     if maps not in ("gallery", "all"):
         raise MorphllrError(f"--maps {maps!r}: choose 'gallery' or 'all'")
@@ -1379,8 +1379,8 @@ def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], 
                  seed: int, overwrite: bool, progress: bool, report: bool,
                  group_col: str | None) -> CompareResult | None:
     """One rank of :func:`compare`: score its shards; rank 0 gathers, re-scores the gallery and writes."""
-    from .atomic import atomic_dir
-    from .distributed import models_on
+    from morphllr.atomic import atomic_dir
+    from morphllr.distributed import models_on
 
     obs_model = obs_side.members[0]
     t0 = time.perf_counter()
@@ -1711,8 +1711,8 @@ def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: 
     """
     import warnings as _warnings
 
-    from . import domain
-    from .errors import MorphllrWarning
+    from morphllr import domain
+    from morphllr.errors import MorphllrWarning
 
     sides = [("obs", "p_obs", obs.names, [domain.domain_record(m) for m in obs.members]),
              ("arch", "p_arch", arch.names, [domain.domain_record(m) for m in arch.members])]
@@ -1785,7 +1785,7 @@ def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:
     """Tables, figures, index.html and summary.json into the (temporary) report folder."""
     _write_scores(result.sets, folder, result.notes)
     if report:
-        from .report import write_report
+        from morphllr.report.html import write_report
 
         write_report(result, folder)
     with open(folder / "summary.json", "w") as fh:

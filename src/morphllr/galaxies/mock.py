@@ -4,7 +4,7 @@ The likelihood ratio cancels the background only when simulated images share the
 PSF, pixel scale, noise and units of the training data, so a mock is *inserted* into the
 survey the way RealSim (Bottrell et al. 2017, 2019) does it:
 
-Inputs (read by :mod:`morphllr.readers`): noise-free, PSF-free images, either
+Inputs (read by :mod:`morphllr.data.files`): noise-free, PSF-free images, either
 
 * TNG / Illustris SKIRT broadband cubes in ``counts/s/pixel`` (band chosen by name,
   ``PIXSCALE`` the angular pixel at ``USE_Z``, ``CDELT1`` the physical pixel): the count
@@ -17,7 +17,7 @@ The steps, per galaxy, in order:
 1. the redshift: the image's own (``USE_Z``/``REDSHIFT``: no extra dimming) unless another
    is asked for (option, catalogue column ``redshift``, or drawn with ``match``); at the
    image's own redshift the angular pixel is the header's (``PIXSCALE``), at another one
-   it is the physical pixel times :func:`morphllr.cosmology.arcsec_per_kpc` (Planck18 or
+   it is the physical pixel times :func:`morphllr.galaxies.cosmology.arcsec_per_kpc` (Planck18 or
    RealSim's FlatLambdaCDM(70, 0.3)), with ``10 log10((1 + z) / (1 + z_sim))`` mag of
    surface-brightness dimming and no K-correction (a warning beyond |dz| = 0.05);
 2. flux per pixel in the set's working unit (AB zero point ``zero_point``);
@@ -28,7 +28,7 @@ The steps, per galaxy, in order:
 5. the sky: a real empty-sky patch from the same library ``archetypes --sky-patches``
    uses (added as its own pixels: crop, quarter turn and flip, never resampled), or
    Gaussian noise of ``sky_sigma``;
-6. the preset's model-side preprocessing, through :func:`morphllr.imageset.write_flux_set`.
+6. the preset's model-side preprocessing, through :func:`morphllr.data.imageset.write_flux_set`.
 
 PSF, sky and gain are per galaxy: from options, catalogue columns (``psf_fwhm_arcsec``,
 ``psf_beta``, ``sky_sigma``, ``gain``), or drawn from an observed set (``match``); every
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cosmology as cosmologies
-from .atomic import claims
-from .errors import MorphllrError
-from .limits import MAX_IMAGE_SIDE
+from morphllr.galaxies import cosmology as cosmologies
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.limits import MAX_IMAGE_SIDE
 
 #: Survey settings per preset: pixel scale (arcsec), PSF, sky noise and gain in the
 #: preset's working flux unit.  zanisi21 = SDSS r: 0.396"/px, ~1.4" seeing, sky
@@ -72,7 +72,7 @@ class SurveySettings:
     gain: float | None = None  # electrons per flux unit (None: no shot noise)
     size: int = 128  # side of the output cutout, survey pixels
     cosmology: str = cosmologies.DEFAULT
-    psf_beta: float | None = None  # Moffat index (None: morphllr.psf.DEFAULT_MOFFAT_BETA)
+    psf_beta: float | None = None  # Moffat index (None: morphllr.galaxies.psf.DEFAULT_MOFFAT_BETA)
 
 
 @dataclass
@@ -118,10 +118,10 @@ class Placement:
 
 # --------------------------------------------------------------------------- reading
 def sim_from_raw(raw, pixel_kpc: float | None = None) -> SimImage:
-    """A :class:`morphllr.readers.RawImage` of a simulation product -> :class:`SimImage`.
+    """A :class:`morphllr.data.files.RawImage` of a simulation product -> :class:`SimImage`.
 
     Args:
-        raw: record from :func:`morphllr.readers.iter_images`.
+        raw: record from :func:`morphllr.data.files.iter_images`.
         pixel_kpc: physical pixel size in kpc, overriding the header.
 
     Returns:
@@ -165,7 +165,7 @@ def read_sims(inputs, bands: list[str] | None = None, cosmology: str | None = No
     Returns:
         iterator of :class:`SimImage`.
     """
-    from .readers import expand_inputs, iter_images
+    from morphllr.data.files import expand_inputs, iter_images
 
     files = expand_inputs([str(p) for p in inputs])
     for raw in iter_images(files, bands=bands, cosmology=cosmology):
@@ -183,7 +183,7 @@ def read_sim_fits(path, pixel_kpc: float | None = None, bands: list[str] | None 
 
 # --------------------------------------------------------------------------- physics
 def arcsec_per_kpc(redshift: float, cosmology: str | None = None) -> float:
-    """Angular size of one proper kpc at ``redshift`` (see :func:`morphllr.cosmology.arcsec_per_kpc`)."""
+    """Angular size of one proper kpc at ``redshift`` (see :func:`morphllr.galaxies.cosmology.arcsec_per_kpc`)."""
     return cosmologies.arcsec_per_kpc(redshift, cosmology)
 
 
@@ -228,7 +228,7 @@ def surface_brightness(sim: SimImage, zero_point: float, input_zero_point: float
             raise MorphllrError(f"{sim.source}: no angular pixel (PIXSCALE) and no physical one at a known redshift "
                                 "(CDELT1 in pc, USE_Z); pass --sim-pixel-kpc KPC and --redshift Z")
         pixel = sim.pixel_kpc * cosmologies.arcsec_per_kpc(sim.redshift, cosmology)
-    from .preprocess import zero_point_factor
+    from morphllr.data.preprocess import zero_point_factor
 
     return sim.data * zero_point_factor(input_zero_point, zero_point) / pixel**2
 
@@ -332,7 +332,7 @@ def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=
 
 
 def _survey_psf(survey: SurveySettings):
-    from .psf import DEFAULT_MOFFAT_BETA, make_psf
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf
 
     return make_psf(survey.psf_fwhm, survey.psf, survey.psf_beta or DEFAULT_MOFFAT_BETA)
 
@@ -355,8 +355,8 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
         (float32 (C, size, size) flux cutout, metadata dict for the catalogue, with a
         ``warnings`` list).
     """
-    from .archetypes import add_matched_noise
-    from .psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
+    from morphllr.galaxies.archetypes import add_matched_noise
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
 
     place = placement or Placement()
     if max(sim.data.shape[1:]) > MAX_IMAGE_SIDE:
@@ -395,7 +395,7 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
         channels.append(clean)
     flux = np.stack(channels)
     if noise and place.sky_patch is not None:
-        from .archetypes import add_sky_patch
+        from morphllr.galaxies.archetypes import add_sky_patch
 
         flux = add_sky_patch(flux, place.sky_patch[None], rng)
     if not np.any(sb > 0):
@@ -461,7 +461,7 @@ class MatchPool:
     gain: np.ndarray | None
     redshift: np.ndarray | None
     zero_point: float | None = None  # working unit of its sky_sigma and gain (AB mag of one flux unit)
-    #: the PSF its Sérsic fits used (``morphllr.psf.fit_psf_rows``), so matched mocks share the archetypes' PSF:
+    #: the PSF its Sérsic fits used (``morphllr.galaxies.psf.fit_psf_rows``), so matched mocks share the archetypes' PSF:
     psf_kind: str | None = None  # moffat / gaussian of the fits (None: the columns, the survey's shape)
     psf_image: np.ndarray | None = None  # the fits' PSF image, for every galaxy
     psf_image_scale: float | None = None  # arcsec per pixel of psf_image
@@ -474,7 +474,7 @@ class MatchPool:
 
         The PSF is the one its Sérsic fits used when the set records it (``catalog.meta["sersic_fit"]``
         and the columns ``sersic_psf_fwhm_arcsec`` / ``sersic_psf_beta``, a PSF image included; read
-        by :func:`morphllr.psf.fit_psf_rows`, as ``archetypes`` reads it), so that mocks and
+        by :func:`morphllr.galaxies.psf.fit_psf_rows`, as ``archetypes`` reads it), so that mocks and
         archetypes share it; else the columns ``psf_fwhm_arcsec`` / ``psf_beta``.
 
         Args:
@@ -485,9 +485,9 @@ class MatchPool:
         Returns:
             MatchPool.
         """
-        from .imageset import ImageSet
-        from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column, fit_psf_rows
-        from .sersic_fit import describe_psf
+        from morphllr.data.imageset import ImageSet
+        from morphllr.galaxies.psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column, fit_psf_rows
+        from morphllr.galaxies.sersic_fit import describe_psf
 
         where = f"--match {path}"
         with ImageSet.open(path) as s:
@@ -533,8 +533,8 @@ class MatchPool:
 
 def _catalog_lookup(catalog, ids: list[str], where: str = "--catalog"):
     """Per-galaxy float columns of a user catalogue (None where absent), matched by id."""
-    from .limits import PSF_BETA_MAX, PSF_BETA_MIN
-    from .psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
+    from morphllr.limits import PSF_BETA_MAX, PSF_BETA_MIN
+    from morphllr.galaxies.psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
 
     if catalog is None:
         return {}
@@ -606,9 +606,9 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
     """
     from astropy.table import Table
 
-    from .imageset import write_flux_set
-    from .preprocess import as_preprocessing
-    from .readers import join_catalog, read_catalog
+    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.preprocess import as_preprocessing
+    from morphllr.data.files import join_catalog, read_catalog
 
     if not inputs:
         raise MorphllrError("mock: give at least one FITS file of an idealised simulation image")
@@ -648,7 +648,7 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                             "mocks (same --preset/--like)")
     library = None
     if sky_patches is not None:
-        from .skypatches import load_sky_library
+        from morphllr.galaxies.sky_patches import load_sky_library
 
         library = load_sky_library(sky_patches, "--sky-patches", size=survey.size, channels=sims[0].data.shape[0],
                                    zero_point=survey.zero_point, pixel_scale=survey.pixel_scale,
@@ -656,7 +656,7 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                                        "MODEL_OR_SET --out SKY.npy`")
     psf_pixels = None
     if psf_image is not None:
-        from .psf import load_psf_image
+        from morphllr.galaxies.psf import load_psf_image
 
         psf_pixels = load_psf_image(psf_image)
     draw = np.random.default_rng([int(seed), 1])  # the choices: independent of the noise stream
@@ -723,14 +723,14 @@ def _file_record(path) -> dict | None:
     """File name, resolved path and sha256 of an input that chose pixels (None when not given)."""
     if path is None:
         return None
-    from .sources import file_sha256
+    from morphllr.data.inputs import file_sha256
 
     return {"file": Path(path).name, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
 
 
 def _check_flux_recipe(prep, source: str) -> None:
     """Refuse a recipe for JPEG levels: mocks are calibrated flux, and a model of JPEGs would never see flux."""
-    from .preprocess import INPUT_KIND_TEXT
+    from morphllr.data.preprocess import INPUT_KIND_TEXT
 
     kind = prep.input_kind
     if kind not in (None, "flux") or getattr(prep, "unstretch", "none") != "none":
@@ -744,7 +744,7 @@ def _check_flux_recipe(prep, source: str) -> None:
 def _psf_settings(survey: SurveySettings, psf_image, psf_pixels, psf_fwhm, psf_beta, given: dict, match,
                   pool: MatchPool | None = None) -> dict:
     """The PSF of the mocks, structured: kind, FWHM and beta with where they come from, or the image's record."""
-    from .psf import DEFAULT_MOFFAT_BETA, psf_image_record
+    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, psf_image_record
 
     if psf_image is not None:
         return {"kind": "image", "image": psf_image_record(psf_image, psf_pixels, store_pixels=False)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 DEFAULT = "Planck18"
 REALSIM = "FlatLambdaCDM(H0=70, Om0=0.3)"

@@ -91,7 +91,7 @@ The paper inserts each archetype into real sky, so that everything around the ga
 (neighbours, sky) is shared by the observed image and its archetype and cancels in the
 likelihood ratio; only the central galaxy's morphology is compared.  The synthetic
 equivalent: every archetype is the PSF-convolved single Sérsic fit of its galaxy
-(rendered by :func:`morphllr.archetypes.render_archetypes`) plus the *same* noiseless
+(rendered by :func:`morphllr.galaxies.archetypes.render_archetypes`) plus the *same* noiseless
 companion/star layer as its observed image, plus fresh sky and shot noise drawn from the
 same noise model (see :func:`make_archetypes`).  Without that, companions and stars that
 p_arch never saw dominate the LLR by 10^2-10^4 nats.
@@ -99,7 +99,7 @@ p_arch never saw dominate the LLR by 10^2-10^4 nats.
 Real sky (``sky_patches``, ``morphllr synth --sky-patches``): instead of the synthetic
 Gaussian sky and read noise, every observed, sim-* and archetype image gets the Poisson
 noise of its own sources plus one random patch of a real empty-sky library
-(:func:`morphllr.archetypes.add_sky_patch`, as ``morphllr archetypes --sky-patches`` does;
+(:func:`morphllr.galaxies.archetypes.add_sky_patch`, as ``morphllr archetypes --sky-patches`` does;
 :func:`sky_library`), each image from its own seeded stream, an archetype never from its
 galaxy's patch.  Without a library the pixels are exactly those the shipped models saw.
 
@@ -118,8 +118,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
 
 PIXEL_SCALE = 0.396
 """SDSS pixel scale in arcsec per pixel."""
@@ -330,7 +330,7 @@ def sample_galaxies(n: int, rng: np.random.Generator, recipe: Recipe = Recipe())
         dict of float/int/bool arrays of length n: the catalogue columns.  Radii are
         half-light radii along the major axis in arcsec (``r50_*``: of the whole galaxy),
         position angles in degrees counter-clockwise from the array's +x axis (the
-        :mod:`morphllr.sersic_fit` convention), fluxes in counts, ``x0``/``y0`` the centre
+        :mod:`morphllr.galaxies.sersic_fit` convention), fluxes in counts, ``x0``/``y0`` the centre
         in 0-based pixel coordinates of the 128^2 cutout.
     """
     # Flux-limited sample by rejection: draw from the volume-limited population.
@@ -433,7 +433,7 @@ def sky_library(source, where: str = "--sky-patches") -> SkyLibrary | None:
 
     Args:
         source: None (synthetic Gaussian sky), a :class:`SkyLibrary`, a file readable by
-            :func:`morphllr.archetypes.load_sky_patches` (e.g. the ``.npy`` of ``morphllr
+            :func:`morphllr.galaxies.archetypes.load_sky_patches` (e.g. the ``.npy`` of ``morphllr
             sky-patches``) or an array (M, 1, S, S) / (M, S, S) of empty sky in r counts at
             0.396"/px, S >= 128 (the flux cutout side).
         where: option name for messages.
@@ -441,7 +441,7 @@ def sky_library(source, where: str = "--sky-patches") -> SkyLibrary | None:
     Returns:
         :class:`SkyLibrary`, or None for ``source=None``.
     """
-    from .skypatches import SkyLibrary, load_sky_library
+    from morphllr.galaxies.sky_patches import SkyLibrary, load_sky_library
 
     if source is None:
         return None
@@ -457,7 +457,7 @@ def _place_in_sky(scene: np.ndarray, gain: np.ndarray, sky: SkyLibrary, key: lis
 
     Image ``first + b`` draws everything from its own stream ``(key, sky tag, index + 1)``,
     so the result depends neither on chunking nor on worker count.  The sky is
-    :func:`morphllr.archetypes.add_sky_patch` (random patch, quarter turn, flip, crop): the
+    :func:`morphllr.galaxies.archetypes.add_sky_patch` (random patch, quarter turn, flip, crop): the
     library's own pixels, never resampled.
 
     Args:
@@ -471,7 +471,7 @@ def _place_in_sky(scene: np.ndarray, gain: np.ndarray, sky: SkyLibrary, key: lis
     Returns:
         (float64 (B, H, W) images, int64 (B,) patch indices, float64 (B,) rms of the sky added).
     """
-    from .archetypes import add_matched_noise, add_sky_patch
+    from morphllr.galaxies.archetypes import add_matched_noise, add_sky_patch
 
     n_patches = len(sky.patches)
     out = np.empty(scene.shape, np.float64)
@@ -909,7 +909,7 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None, sky
     """
     if name not in RECIPES:
         raise MorphllrError(f"set {name!r}: not a generated set; choose from {', '.join(RECIPES)} "
-                            "(archetypes are made from an observed set by morphllr.archetypes)")
+                            "(archetypes are made from an observed set by morphllr.galaxies.archetypes)")
     _check_count(n, f"number of galaxies for {name}")
     recipe = recipe or RECIPES[name]
     recipe.check(f"recipe of {name}")
@@ -928,8 +928,8 @@ def make_set(name: str, n: int, seed: int = 0, recipe: Recipe | None = None, sky
 
 def _fit_one_chunk(args):
     """Single-Sérsic fits of a chunk of cutouts, each with its own PSF (process worker)."""
-    from .psf import make_psf
-    from .sersic_fit import fit_sersic, psf_kernel_for
+    from morphllr.galaxies.psf import make_psf
+    from morphllr.galaxies.sersic_fit import fit_sersic, psf_kernel_for
 
     flux, segmap, sigma, gain, fwhm, beta = args
     out = []
@@ -940,7 +940,7 @@ def _fit_one_chunk(args):
 
 
 def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, progress=None):
-    """Single-Sérsic fits (:func:`morphllr.sersic_fit.fit_sersic`) of every cutout.
+    """Single-Sérsic fits (:func:`morphllr.galaxies.sersic_fit.fit_sersic`) of every cutout.
 
     The fit uses the central ``fit_size``^2 pixels (what the zanisi21 model sees) with
     the galaxy's own PSF, sky noise and gain; companions are masked by the segmap.
@@ -955,8 +955,8 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
         astropy Table with ``id`` and the ``sersic_*`` columns (positions and radii in
         pixels of the full 128^2 cutout).
     """
-    from .parallel import concat_in_processes
-    from .sersic_fit import fits_to_table
+    from morphllr.parallel import concat_in_processes
+    from morphllr.galaxies.sersic_fit import fits_to_table
 
     cat = synth.catalog
     a = (STAMP - fit_size) // 2
@@ -973,7 +973,7 @@ def fit_single_sersic(synth: SynthSet, fit_size: int = 64, workers: int = 1, pro
 
 
 def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0, workers: int = 1) -> np.ndarray:
-    """Single-Sérsic archetypes of an observed set, rendered by :mod:`morphllr.archetypes`.
+    """Single-Sérsic archetypes of an observed set, rendered by :mod:`morphllr.galaxies.archetypes`.
 
     Each archetype has the fitted n, Re, q, PA, flux and centre of its galaxy, the
     galaxy's own Moffat PSF and (with ``noise``) its sky noise and gain; no companions,
@@ -989,7 +989,7 @@ def archetype_flux(observed: SynthSet, fits, noise: bool = True, seed: int = 0, 
     Returns:
         float32 (N, 128, 128) flux cutouts.
     """
-    from . import archetypes
+    from morphllr.galaxies import archetypes
 
     table = _join_fits(observed.catalog.copy(copy_data=False), fits)
     params, _ = archetypes.params_from_catalog(table, where=f"{observed.name} fits", drop_bad=True)
@@ -1014,7 +1014,7 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
     """The archetype set of an observed set, in the same sky as the observed images.
 
     Each archetype is the galaxy's PSF-convolved single-Sérsic fit (:func:`archetype_flux`,
-    i.e. :mod:`morphllr.archetypes`) plus the galaxy's own noiseless companion/star layer,
+    i.e. :mod:`morphllr.galaxies.archetypes`) plus the galaxy's own noiseless companion/star layer,
     plus fresh sky and shot noise from the same noise model: the synthetic equivalent of
     the paper's insertion of archetypes into real sky, so that neighbours and background
     cancel in the likelihood ratio and only the central galaxy's morphology is compared.
@@ -1082,7 +1082,7 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
 # --------------------------------------------------------------------------- writing
 def _segmap_model(segmap: np.ndarray, prep) -> np.ndarray:
     """Central-source masks resampled like the model images (crop, zoom, >= half covered)."""
-    from .preprocess import central_crop, zoom_images
+    from morphllr.data.preprocess import central_crop, zoom_images
 
     mask = (segmap == 1).astype(np.float32)[:, None]
     if prep.crop is not None:
@@ -1103,8 +1103,8 @@ def write_set(path, synth: SynthSet, preprocessing="zanisi21", overwrite: bool =
     Returns:
         the written path.
     """
-    from .imageset import write_imageset
-    from .preprocess import as_preprocessing
+    from morphllr.data.imageset import write_imageset
+    from morphllr.data.preprocess import as_preprocessing
 
     prep = as_preprocessing(preprocessing)
     flux = synth.flux[:, None]
@@ -1209,7 +1209,7 @@ def write_universe(out, sets=SET_NAMES, n_train: int = 2000, n_test: int = 500, 
     """
     from pathlib import Path
 
-    from .preprocess import as_preprocessing
+    from morphllr.data.preprocess import as_preprocessing
 
     sets = check_set_names(list(sets))
     prep = as_preprocessing(preprocessing)
@@ -1228,8 +1228,8 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say, workers=1):
     """Write the generated sets, their archetypes and universe.json atomically into ``out``."""
     import json
 
-    from . import __version__
-    from .atomic import atomic_dir
+    from morphllr import __version__
+    from morphllr.atomic import atomic_dir
 
     written = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -1238,7 +1238,7 @@ def _write_all(out, sets, generated, prep, seed, overwrite, say, workers=1):
         for name in sets:
             if name.startswith("archetypes"):
                 source = "observed-train" if name == "archetypes-train" else "observed-test"
-                say(f"rendering {name} (morphllr.archetypes Sérsic + the observed neighbours + fresh noise)")
+                say(f"rendering {name} (morphllr.galaxies.archetypes Sérsic + the observed neighbours + fresh noise)")
                 write_set(tmp / f"{name}.h5", make_archetypes(generated[source], name, _archetype_seed(seed, name), workers),
                           prep, seed=seed)
         for name in generated:

@@ -1,8 +1,8 @@
-"""A deliberately plain PixelCNN++: the yardstick for :mod:`morphllr.model`.
+"""A deliberately plain PixelCNN++: the yardstick for :mod:`morphllr.model.pixelcnn`.
 
 Written to be read next to Salimans et al. (2017) / the openai/pixel-cnn ``nn.py`` structure,
 one step per line, NCHW float32, explicit ``F.pad`` before every causal convolution, no fusion.
-It holds parameters under the same names and shapes as :class:`morphllr.model.PixelCNN`, so
+It holds parameters under the same names and shapes as :class:`morphllr.model.pixelcnn.PixelCNN`, so
 ``ReferencePixelCNN(cfg).load_state_dict(fast.state_dict())`` gives the same function; the
 tests use that to check the optimised model, and ``benchmarks/throughput.py`` uses it as the
 "plain fp32 eager" baseline.  Not used by train/score.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import get_head
-from .model import NET_INPUT_LIMIT, PixelCNNConfig
+from morphllr.model.heads import get_head
+from morphllr.model.pixelcnn import NET_INPUT_LIMIT, PixelCNNConfig
 
 
 def concat_elu(x):
@@ -93,10 +93,10 @@ def gated_resnet(block, x, shifted_conv, aux, dropout, training):
 
 
 class ReferencePixelCNN(nn.Module):
-    """Plain PixelCNN++ with the same parameters (names, shapes) as ``morphllr.model.PixelCNN``.
+    """Plain PixelCNN++ with the same parameters (names, shapes) as ``morphllr.model.pixelcnn.PixelCNN``.
 
     Args:
-        config: the :class:`~morphllr.model.PixelCNNConfig`.
+        config: the :class:`~morphllr.model.pixelcnn.PixelCNNConfig`.
     """
 
     def __init__(self, config: PixelCNNConfig):

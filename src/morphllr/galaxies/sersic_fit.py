@@ -12,7 +12,7 @@ unbounded parametrisation: log R_e, log n, conformal shear) weighted by the sky 
 with companion pixels (segmentation label > 1) given zero weight.  Initial guesses come
 from the image moments.
 
-Conventions (the same as ``galsim`` and ``morphllr.archetypes``; tested):
+Conventions (the same as ``galsim`` and ``morphllr.galaxies.archetypes``; tested):
 
 * ``sersic_re_pix`` -- half-light radius along the MAJOR axis, in pixels of the flux
   cutout.  GalSim's ``Sersic(half_light_radius=h).shear(q=q)`` has major-axis radius
@@ -53,11 +53,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .atomic import claims
-from .errors import MorphllrError
-from .limits import MIN_FIT_SIZE
-from .parallel import concat_in_processes
-from .psf import DEFAULT_MOFFAT_BETA, first_column
+from morphllr.atomic import claims
+from morphllr.errors import MorphllrError
+from morphllr.limits import MIN_FIT_SIZE
+from morphllr.parallel import concat_in_processes
+from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, first_column
 
 OVERSAMPLE = 3
 BOX_HALF = 5  # pixels each side of the centre convolved on the sub-pixel grid
@@ -520,14 +520,14 @@ def psf_kernel_for(psf, pixel_scale: float, oversample: int = OVERSAMPLE) -> np.
     """The PSF sampled at ``pixel_scale / oversample``: the fitter's convolution kernel.
 
     Args:
-        psf: GalSim PSF profile (``morphllr.psf.make_psf``) or None.
+        psf: GalSim PSF profile (``morphllr.galaxies.psf.make_psf``) or None.
         pixel_scale: arcsec per pixel of the images to fit.
         oversample: sub-pixels per pixel.
 
     Returns:
         float64 odd-sided square array summing to 1, or None when ``psf`` is None.
     """
-    from .psf import psf_image
+    from morphllr.galaxies.psf import psf_image
 
     if psf is None:
         return None
@@ -639,14 +639,14 @@ def psf_for_fit(catalog, pixel_scale: float, *, psf_fwhm: float | None = None, p
         psf_beta: Moffat index for every galaxy; None = column ``psf_beta``, else 4.765.
         psf_kind: ``moffat`` or ``gaussian``.
         psf_image_path: PSF image file (FITS/.npy) at ``pixel_scale`` for every galaxy
-            (:func:`morphllr.psf.load_psf_image`); excludes FWHM and beta.
+            (:func:`morphllr.galaxies.psf.load_psf_image`); excludes FWHM and beta.
         no_psf: fit without a PSF.
         where: file name for messages.
 
     Returns:
         :class:`FitPSF`.
     """
-    from .psf import (PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, PSF_KINDS, load_psf_image, make_psf, psf_from_image,
+    from morphllr.galaxies.psf import (PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, PSF_KINDS, load_psf_image, make_psf, psf_from_image,
                       psf_image_record, psf_parameters)
 
     n = len(catalog)
@@ -761,7 +761,7 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
         psf_kind: ``moffat`` or ``gaussian``.
         no_psf: fit without a PSF.
         psf_beta: Moffat index for all galaxies; None = the catalogue's ``psf_beta``, else 4.765.
-            A wrong beta biases n (see the module docstring of :mod:`morphllr.psf` and
+            A wrong beta biases n (see the module docstring of :mod:`morphllr.galaxies.psf` and
             benchmarks/psf_beta.py).
         psf_image_path: PSF image (FITS/.npy, the image of a point source at the set's pixel
             scale) for all galaxies, instead of a FWHM.
@@ -777,7 +777,7 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     Returns:
         (astropy Table of the set's catalogue with the :data:`COLUMNS`, summary dict).
     """
-    from .imageset import ImageSet
+    from morphllr.data.imageset import ImageSet
 
     s = ImageSet.open(path)
     where = str(path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 METHODS = ("sep", "photutils")
 
@@ -313,7 +313,7 @@ def model_mask(segmaps: np.ndarray, preprocessing, rule: str = "half") -> np.nda
     Returns:
         uint8 (B, H, W) 0/1 masks.
     """
-    from .preprocess import central_crop, zoom_images
+    from morphllr.data.preprocess import central_crop, zoom_images
 
     if rule not in ("half", "any"):
         raise ValueError(f"model_mask: rule {rule!r} is not 'half' or 'any'")
@@ -354,7 +354,7 @@ def model_sky_mask(segmaps: np.ndarray, preprocessing, margin: int = SKY_MARGIN)
     Returns:
         bool (B, H, W), True where the model pixel is empty sky.
     """
-    from .preprocess import central_crop, zoom_images
+    from morphllr.data.preprocess import central_crop, zoom_images
 
     get = preprocessing.get if isinstance(preprocessing, dict) else lambda key: getattr(preprocessing, key, None)
     crop, zoom = get("crop"), get("zoom")

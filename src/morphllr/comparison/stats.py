@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MorphllrError
+from morphllr.errors import MorphllrError
 
 #: Stellar-mass panels of the paper, log10(M*/Msun); the last one is open-ended.
 MASS_PANELS: tuple[tuple[float, float], ...] = ((9.5, 10.0), (10.0, 10.5), (10.5, np.inf))

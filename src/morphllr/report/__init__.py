@@ -1,0 +1,1 @@
+"""Stage 7, the report: figures, the HTML page, the terminal summary."""

@@ -1,0 +1,1 @@
+"""The embedded default: a synthetic galaxy universe with a known answer."""

@@ -1,0 +1,1 @@
+"""Stage 4, training a density model on an image set."""
