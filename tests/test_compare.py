@@ -381,7 +381,7 @@ def _grown(seg: np.ndarray, margin: int) -> np.ndarray:
 @pytest.mark.parametrize("crop, k", [(36, 4), (None, 2), (30, 1), (33, 3)])
 def test_model_sky_mask_matches_a_brute_force_loop(crop, k):
     from morphllr.data.preprocess import Preprocessing
-    from morphllr.data.segmentation import model_mask, model_sky_mask
+    from morphllr.data.geometry import model_mask, model_sky_mask
 
     rng = np.random.default_rng(5)
     seg = np.where(rng.random((4, 40, 40)) < 0.04, rng.integers(1, 4, (4, 40, 40)), 0).astype(np.int32)
@@ -434,7 +434,7 @@ def sky_split(tmp_path_factory):
     n = 200
     seg = {name: _flux_segmaps(n, rng) for name in ("real", "same_sky")}
     seg["noisy_sky"] = seg["real"]
-    from morphllr.data.segmentation import SKY_MARGIN
+    from morphllr.data.geometry import SKY_MARGIN
 
     sky = {name: _brute_sky_mask(_grown(s, SKY_MARGIN), 32, 2) for name, s in seg.items()}
     images = {name: _images(n, 1.0, rng) for name in ("real", "same_sky")}

@@ -12,7 +12,7 @@ from clitools import cli, one_error
 from morphllr.errors import MorphllrError
 from morphllr.data.imageset import ImageSet
 from morphllr.data.preprocess import Preprocessing
-from morphllr.data.segmentation import model_mask
+from morphllr.data.geometry import model_mask
 
 SIGMA = 5.0
 STAR = (100.0, 80.0)  # x, y of a bright star 20 px right of the galaxy

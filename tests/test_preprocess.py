@@ -11,8 +11,8 @@ from morphllr.data.preprocess import (
     as_preprocessing,
     check_compatible,
     preset_names,
-    resample_to_scale,
 )
+from morphllr.data.geometry import resample_to_scale
 
 
 @pytest.fixture

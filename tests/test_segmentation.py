@@ -7,10 +7,10 @@ import pytest
 
 from morphllr.errors import MorphllrError
 from morphllr.data.preprocess import Preprocessing
+from morphllr.data.geometry import model_mask
 from morphllr.data.segmentation import (
     background_stats,
     find_central_source,
-    model_mask,
     renumber,
     segment,
     segment_batch,

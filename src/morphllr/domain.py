@@ -14,8 +14,8 @@ per image,
 * ``sky_bpd``: bits/dim over the image's empty-sky pixels only,
   ``-sum_sky log p / (n_sky C ln 2)``; empty sky is what ``compare`` calls sky
   (:class:`morphllr.comparison.run._SkyMasks`, one implementation: ``/segmap`` through the set's crop
-  and zoom with every source grown by ``segmentation.SKY_MARGIN`` flux pixels,
-  ``segmentation.model_sky_mask``; without ``/segmap``, ``/segmap_model == 0``);
+  and zoom with every source grown by ``geometry.SKY_MARGIN`` flux pixels,
+  ``geometry.model_sky_mask``; without ``/segmap``, ``/segmap_model == 0``);
   images without a sky pixel are left out;
   (a set whose sky comes from the other mask than the record's is not judged on the sky, with a note);
 * ``size_area``: the central source's area in model pixels (``/segmap_model == 1``);
@@ -84,7 +84,7 @@ STATISTICS = ("whole_bpd", "sky_bpd", "size_area", "size_re")
 DEFINITION = {
     "whole_bpd": "-log p(x) / (C H W ln 2) per image",
     "sky_bpd": "-sum of log p over empty-sky pixels / (n_sky C ln 2) per image; empty sky as in compare "
-               "(/segmap through crop and zoom, sources grown by segmentation.SKY_MARGIN; else /segmap_model == 0); "
+               "(/segmap through crop and zoom, sources grown by geometry.SKY_MARGIN; else /segmap_model == 0); "
                "images without sky pixels left out",
     "size_area": "central-source area in model pixels (/segmap_model == 1)",
     "size_re": "catalogue sersic_re_pix x preprocessing zoom (model pixels)",
@@ -176,7 +176,7 @@ def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
 
 def re_model_pixels(source: Any) -> np.ndarray | None:
     """Catalogue half-light radii in model pixels (``sersic_re_pix`` x zoom), or None."""
-    from morphllr.comparison.run import RE_PIX_COLUMNS, catalog_values, find_column
+    from morphllr.data.catalog import RE_PIX_COLUMNS, catalog_values, find_column
 
     catalog = getattr(source, "catalog", None)
     col = find_column(catalog, RE_PIX_COLUMNS)

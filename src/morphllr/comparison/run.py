@@ -53,15 +53,13 @@ import numpy as np
 
 from morphllr.comparison import stats
 from morphllr.atomic import claims
+from morphllr.data.catalog import MASS_COLUMNS, RE_PIX_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column
+from morphllr.data.geometry import model_sky_mask
 from morphllr.errors import MorphllrError
 
 #: Catalogue column names understood for each galaxy property (first match wins).
 #: fewest images a set may have: one image has no spread, so no interval, AUROC or verdict
 MIN_SET_SIZE = 2
-MASS_COLUMNS = ("log_mstar", "logmstar", "log_stellar_mass", "log_mass", "lgm_tot_p50")
-SIZE_COLUMNS = ("sersic_re_kpc", "re_kpc", "r_e_kpc", "sersic_re_arcsec", "re_arcsec", "sersic_re_pix", "re_pix")
-SERSIC_N_COLUMNS = ("sersic_n", "n_sersic")
-RE_PIX_COLUMNS = ("sersic_re_pix", "re_pix")
 
 #: Radial-profile bins: in units of the half-light radius, or in model pixels as fallback.
 PROFILE_RE_EDGES = np.linspace(0.0, 4.0, 17)
@@ -400,34 +398,6 @@ def _check_names(names: Iterable[str]) -> None:
         seen.add(name)
 
 
-def find_column(catalog: Any, candidates: Iterable[str]) -> str | None:
-    """First catalogue column (case-insensitive) among ``candidates`` holding finite numbers.
-
-    Args:
-        catalog: astropy Table or None.
-        candidates: accepted names in order of preference.
-
-    Returns:
-        the column name as spelt in the catalogue, or None.
-    """
-    if catalog is None:
-        return None
-    lower = {c.lower(): c for c in catalog.colnames}
-    for cand in candidates:
-        col = lower.get(cand.lower())
-        if col is not None and catalog[col].ndim == 1 and np.issubdtype(catalog[col].dtype, np.number):
-            return col
-    return None
-
-
-def catalog_values(catalog: Any, column: str | None) -> np.ndarray | None:
-    """Float64 values of a catalogue column with masked entries as NaN (None if absent)."""
-    if catalog is None or column is None:
-        return None
-    col = catalog[column]
-    values = np.ma.filled(np.ma.asarray(col).astype(np.float64), np.nan)
-    return np.asarray(values, dtype=np.float64)
-
 
 # --------------------------------------------------------------------------- forward passes
 class _Scorer:
@@ -681,7 +651,7 @@ class _SkyMasks:
     The background cancels in the LLR only when a set shares sky, PSF and noise with the
     training data, so each image's LLR is split into its empty-sky pixels and the rest.
     Preferred source: ``/segmap`` (flux grid) through the set's crop and zoom
-    (:func:`morphllr.data.segmentation.model_sky_mask`); fallback ``/segmap_model == 0``, where
+    (:func:`morphllr.data.geometry.model_sky_mask`); fallback ``/segmap_model == 0``, where
     companions and stars count as sky; with neither, ``kind`` is None.  Masked pixels
     (``/mask_model``) are never sky: their terms are in no sum.
 
@@ -712,8 +682,6 @@ class _SkyMasks:
 
     def _mismatch(self, hw: tuple[int, int]) -> str | None:
         """Why ``/segmap`` cannot be mapped onto the model grid, or None when it can."""
-        from morphllr.data.segmentation import model_sky_mask
-
         hf, wf = self._set.flux_segmap.shape[1:]
         try:
             got = model_sky_mask(np.zeros((1, hf, wf), np.int32), self._prep).shape[1:]
@@ -727,8 +695,6 @@ class _SkyMasks:
 
     def read(self, start: int, stop: int) -> np.ndarray | None:
         """bool ``(B, H, W)`` empty-sky mask of images ``start:stop`` (None without a mask)."""
-        from morphllr.data.segmentation import model_sky_mask
-
         sky = None
         if self.kind == "segmap":
             sky = model_sky_mask(np.asarray(self._set.flux_segmap[start:stop]), self._prep)
@@ -739,8 +705,6 @@ class _SkyMasks:
     def read_rows(self, rows: np.ndarray) -> np.ndarray | None:
         """The same mask for sorted, not necessarily contiguous ``rows`` (a training set's validation split)."""
         from morphllr.domain import _rows
-        from morphllr.data.segmentation import model_sky_mask
-
         sky = None
         if self.kind == "segmap":
             sky = model_sky_mask(_rows(self._set.flux_segmap, rows), self._prep)

@@ -8,7 +8,7 @@ One HDF5 file (layout in ARCHITECTURE.md)::
     /segmap_model  uint8   (N, H, W)      central-source mask on the model grid (optional)
     /mask          uint8   (N, Hf, Wf)    1 = excluded pixel: user-masked or beyond the image edge,
                                           filled with sky noise in /flux and /images (optional)
-    /mask_model    uint8   (N, H, W)      /mask on the model grid (segmentation.model_mask, rule "any":
+    /mask_model    uint8   (N, H, W)      /mask on the model grid (geometry.model_mask, rule "any":
                                           masked where any flux pixel is) (optional)
     /catalog       astropy Table (HDF5 writer), one row per image, unique ``id``
     attrs: format, format_version, preprocessing (JSON), created_by, images_sha256
@@ -166,7 +166,7 @@ class ImageSet:
     @property
     def mask_model(self):
         """Lazy (N, H, W) uint8 ``mask`` on the model grid (1 = excluded where any flux pixel mapped into
-        the model pixel is; :func:`morphllr.data.segmentation.model_mask` with ``rule="any"``), or None."""
+        the model pixel is; :func:`morphllr.data.geometry.model_mask` with ``rule="any"``), or None."""
         return self._dataset("mask_model")
 
     @property
@@ -614,7 +614,8 @@ def flux_products(flux: np.ndarray, preprocessing, segmentation: str | None = "s
         flux = flux[:, None]
     out = {"images": prep.flux_to_model(flux)}
     if segmentation:
-        from morphllr.data.segmentation import model_mask, segment_batch
+        from morphllr.data.geometry import model_mask
+        from morphllr.data.segmentation import segment_batch
 
         segmaps, sigmas, found = segment_batch(flux, method=segmentation)
         out.update(segmap=segmaps, segmap_model=model_mask(segmaps, prep), sky_sigma=sigmas, central_found=found)
@@ -886,12 +887,12 @@ def prepare_imageset(
         images = prep.flux_to_model(flux)
         segmaps = segmap_model = masks = mask_model = None
         if segmentation:
-            from morphllr.data.segmentation import model_mask
+            from morphllr.data.geometry import model_mask
 
             segmaps = np.stack([s for _, s, _, _ in pending])
             segmap_model = model_mask(segmaps, prep)
         if any(m is not None for _, _, _, m in pending):
-            from morphllr.data.segmentation import model_mask
+            from morphllr.data.geometry import model_mask
 
             masks = np.stack([np.zeros(f.shape[1:], np.uint8) if m is None else m for f, _, _, m in pending])
             mask_model = model_mask(masks, prep, rule="any")  # one masked flux pixel masks its model pixel

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from morphllr.galaxies import cosmology as cosmologies
+from morphllr.data.geometry import central_crop, resample_to_scale, zoom_images, zoomed_size
 from morphllr.errors import MorphllrError
 from morphllr.limits import MAX_IMAGE_SIDE
 
@@ -397,7 +398,7 @@ class Preprocessing:
             if self.crop > min(h, w):
                 raise MorphllrError(f"preprocessing: crop={self.crop} is larger than the {h}x{w} flux cutouts")
             h = w = self.crop
-        return _zoomed(h, self.zoom), _zoomed(w, self.zoom)
+        return zoomed_size(h, self.zoom), zoomed_size(w, self.zoom)
 
     # ------------------------------------------------------------------ model side
     def flux_to_model(self, flux: np.ndarray) -> np.ndarray:
@@ -647,56 +648,7 @@ class Preprocessing:
 
 
 # ---------------------------------------------------------------------- array helpers
-def central_crop(x: np.ndarray, size: int) -> np.ndarray:
-    """Central ``size`` x ``size`` crop of (..., H, W) images (centre pixel H//2 stays central)."""
-    h, w = x.shape[-2:]
-    if size > h or size > w:
-        raise MorphllrError(f"cannot crop {size}x{size} from {h}x{w} images; lower crop or enlarge the cutout")
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
 
-
-def zoom_images(x: np.ndarray, zoom: float) -> np.ndarray:
-    """Resample (B, C, H, W) images by ``zoom``, preserving surface brightness.
-
-    An integer shrink (zoom = 1/k) is a k x k block mean, exactly as in the paper;
-    other factors use linear interpolation (scipy.ndimage.zoom).
-    """
-    if zoom == 1:
-        return x
-    inverse = 1.0 / zoom
-    k = round(inverse)
-    b, c, h, w = x.shape
-    if math.isclose(inverse, k, rel_tol=1e-9) and h % k == 0 and w % k == 0:
-        return x.reshape(b, c, h // k, k, w // k, k).mean(axis=(3, 5))
-    from scipy import ndimage
-
-    out_h, out_w = _zoomed(h, zoom), _zoomed(w, zoom)
-    out = np.empty((b, c, out_h, out_w), np.float32)
-    for i in range(b):
-        for j in range(c):
-            out[i, j] = ndimage.zoom(x[i, j], (out_h / h, out_w / w), order=1, grid_mode=True, mode="nearest")
-    return out
-
-
-def resample_to_scale(flux: np.ndarray, from_scale: float, to_scale: float) -> np.ndarray:
-    """Resample (C, H, W) per-pixel flux from ``from_scale`` to ``to_scale`` arcsec/px.
-
-    Flux per pixel scales with pixel area, so the total flux is preserved.
-    """
-    from scipy import ndimage
-
-    factor = from_scale / to_scale
-    c, h, w = flux.shape
-    out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
-    area = (to_scale / from_scale) ** 2
-    out = np.empty((c, out_h, out_w), np.float32)
-    for j in range(c):
-        smooth = flux[j]
-        if factor < 1:  # shrinking: average over the new pixel first so no flux is aliased away
-            smooth = ndimage.uniform_filter(flux[j], size=max(1, round(1 / factor)), mode="nearest")
-        out[j] = ndimage.zoom(smooth, (out_h / h, out_w / w), order=1, grid_mode=True, mode="nearest") * area
-    return out
 
 
 def window_origin(cx: float, cy: float, size: int) -> tuple[int, int]:
@@ -909,9 +861,6 @@ def cutout_at(flux: np.ndarray, cx: float, cy: float, size: int, source: str) ->
     rows, cols = cutout_window(flux.shape, cx, cy, size, source)
     return flux[:, rows, cols]
 
-
-def _zoomed(n: int, zoom: float) -> int:
-    return max(1, int(round(n * zoom)))
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -281,7 +281,16 @@ def _discretized_logistic_log_mass(centered: torch.Tensor, inv_scale: torch.Tens
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_mid))
 
 
-_HEADS = {name: Head(name, discrete=(name == "discretized_logistic_mixture")) for name in HEAD_NAMES}
+#: Heads whose log_prob is a probability mass over the integers 0..255 (the network sees 8-bit pixels).
+DISCRETE_HEADS = frozenset({"discretized_logistic_mixture"})
+
+
+def is_discrete_head(name) -> bool:
+    """Whether the head named ``name`` models 8-bit integer pixels (a probability mass, no Jacobian)."""
+    return str(name) in DISCRETE_HEADS
+
+
+_HEADS = {name: Head(name, discrete=is_discrete_head(name)) for name in HEAD_NAMES}
 
 
 def get_head(name: str) -> Head:

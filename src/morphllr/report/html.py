@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from morphllr.comparison.run import MASS_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column, merge_notes
+from morphllr.comparison.run import merge_notes
+from morphllr.data.catalog import MASS_COLUMNS, SERSIC_N_COLUMNS, SIZE_COLUMNS, catalog_values, find_column
 
 _CMAP_LLR = "RdBu"  # blue = more likely under p_obs (realistic), red = more likely under p_arch
 

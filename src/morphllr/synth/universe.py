@@ -1082,7 +1082,7 @@ def make_archetypes(observed: SynthSet, name: str = "archetypes", seed: int = 0,
 # --------------------------------------------------------------------------- writing
 def _segmap_model(segmap: np.ndarray, prep) -> np.ndarray:
     """Central-source masks resampled like the model images (crop, zoom, >= half covered)."""
-    from morphllr.data.preprocess import central_crop, zoom_images
+    from morphllr.data.geometry import central_crop, zoom_images
 
     mask = (segmap == 1).astype(np.float32)[:, None]
     if prep.crop is not None:
