@@ -25,7 +25,7 @@ made with the demo's seed; GZ2: ``val_real.h5`` / ``val_arch.h5``, galaxies neve
 that is the comparison the verdict rests on.
 
 Prints, per run, val bits/dim at the end and at fixed shares of the wall-clock for both recipes,
-the paired difference averaged − raw, and the verdict of :func:`morphllr.train.run.convergence`.
+the paired difference averaged − raw, and the verdict of :func:`morphllr.train.convergence.convergence`.
 """
 
 from __future__ import annotations
@@ -140,8 +140,9 @@ def default_test(study: str, data: Path) -> Path | None:
 
 def test_bits_per_dim(model_dir: Path, test: Path) -> float:
     """Mean bits/dim of ``model_dir`` on the independent set (fp32)."""
+    from morphllr.model.heads import bits_per_dim
     from morphllr.model.io import load_model
-    from morphllr.score import bits_per_dim, log_likelihood
+    from morphllr.score import log_likelihood
     from morphllr.data.inputs import open_images
 
     model = load_model(model_dir)
@@ -152,7 +153,7 @@ def test_bits_per_dim(model_dir: Path, test: Path) -> float:
 
 def show(folder: Path, test: Path | None = None) -> None:
     from morphllr.runtime import cpu_description
-    from morphllr.train.run import convergence
+    from morphllr.train.convergence import convergence
 
     curves = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/curve.json"))]
     if not curves:

@@ -59,7 +59,7 @@ def bench_prepare(n: int = 800, size: int = 140, workers: int = 1) -> dict:
     from astropy.io import fits
 
     from morphllr.data import files as readers
-    from morphllr.data.imageset import prepare_imageset
+    from morphllr.data.prepare import prepare_imageset
     from morphllr.data.preprocess import Preprocessing
 
     images = _galaxies(n, size, seed=1)

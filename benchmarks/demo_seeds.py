@@ -20,7 +20,8 @@ from pathlib import Path
 
 from morphllr.comparison.run import compare
 from morphllr.demo import DEMO_N, TRAIN_RECIPE, check_ranking, install_models, paired_differences, train_models
-from morphllr.synth.universe import DEMO_SETS, write_universe
+from morphllr.synth.sets import DEMO_SETS
+from morphllr.synth.universe import write_universe
 
 BUILD = Path(__file__).resolve().parents[1] / "build"
 

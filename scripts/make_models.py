@@ -28,7 +28,7 @@ def _with_overrides(recipe, items: list[str]):
 
     from morphllr.errors import MorphllrError
 
-    from morphllr.train.run import parse_seeds
+    from morphllr.train.ensemble import parse_seeds
 
     changes = {}
     fields = {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}

@@ -5,14 +5,14 @@
 For every model (each member of an ensemble) this re-derives the model's own validation split
 from its recorded ``extra.training`` ``val_fraction`` and ``seed`` (``train.split_indices``, as
 training did; the training images when the split is empty), scores those images and writes
-``metrics["domain"]`` (:func:`morphllr.domain.record`: whole-image and sky bits/dim, galaxy
+``metrics["domain"]`` (:func:`morphllr.score.record_domain`: whole-image and sky bits/dim, galaxy
 sizes) into its ``model.json``, atomically.  The weights are not touched.  For an ensemble the
 index ``ensemble.json`` gets the members' new ``model_json_sha256`` (everything else kept),
 also atomically, so ``load_ensemble`` still accepts it.
 
 With ``--logs RUN_DIR`` (the folder ``morphllr train`` wrote the model into, with its ``logs/``; for an
 ensemble the folder holding ``seedK/logs/``) it also records the convergence verdict
-(``metrics["convergence"]``, :func:`morphllr.train.run.convergence`) from the run's own per-epoch validation
+(``metrics["convergence"]``, :func:`morphllr.train.convergence.convergence`) from the run's own per-epoch validation
 bits/dim, for models trained before training recorded it; refused when the logs' best validation value is
 not the model's recorded one (within 0.02 bits/dim: bf16 during training, fp32 at the end).
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 def _members(folder: Path) -> tuple[list[tuple[str, Path]], dict | None]:
-    from morphllr.model.io import is_ensemble, read_ensemble_index
+    from morphllr.model.ensemble import is_ensemble, read_ensemble_index
 
     if is_ensemble(folder):
         index = read_ensemble_index(folder)
@@ -40,10 +40,9 @@ def _members(folder: Path) -> tuple[list[tuple[str, Path]], dict | None]:
 
 def record_model(member_dir: Path, source, fingerprint: str, *, threads: int | None = None) -> dict:
     """The domain record of one model folder (checked against the training set first)."""
-    from morphllr import load_model
-    from morphllr.domain import record
+    from morphllr import load_model, score
     from morphllr.errors import MorphllrError
-    from morphllr.train.run import split_indices
+    from morphllr.train.batches import split_indices
 
     model = load_model(member_dir)
     meta = model.meta
@@ -61,7 +60,7 @@ def record_model(member_dir: Path, source, fingerprint: str, *, threads: int | N
         raise MorphllrError(f"{member_dir}: records {expected} validation images but the split re-derived from "
                             f"val_fraction/seed has {len(val_idx)}; cannot reproduce its split")
     indices, which = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
-    return record(model, source, indices, images=which, threads=threads)
+    return score.record_domain(model, source, indices, images=which, threads=threads)
 
 
 def convergence_from_logs(run_dir: Path, meta: dict) -> dict:
@@ -69,7 +68,7 @@ def convergence_from_logs(run_dir: Path, meta: dict) -> dict:
     import csv
 
     from morphllr.errors import MorphllrError
-    from morphllr.train.run import convergence
+    from morphllr.train.convergence import convergence
 
     history = []
     for path in sorted(run_dir.glob("logs/**/metrics.csv")):
@@ -99,7 +98,8 @@ def record_domain(folder: str | Path, training_set: str | Path, *, threads: int 
         member name -> record.
     """
     from morphllr.atomic import atomic_file
-    from morphllr.model.io import ENSEMBLE_FILE, META_FILE, file_sha256, read_meta
+    from morphllr.data.inputs import file_sha256
+    from morphllr.model.io import ENSEMBLE_FILE, META_FILE, read_meta
     from morphllr.data.inputs import open_images
 
     folder = Path(folder)

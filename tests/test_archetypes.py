@@ -114,7 +114,7 @@ def test_missing_column_is_explained():
 
 
 def _observed_set(path, table, size=64):
-    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.prepare import write_flux_set
     from morphllr.data.preprocess import Preprocessing
 
     prep = Preprocessing.preset("zanisi21").replace(cutout=size, crop=32)
@@ -181,7 +181,8 @@ def test_huge_high_n_profile_is_drawn_without_giant_fft(psf):
 
 def test_multiband_archetype_follows_each_bands_flux(tmp_path):
     """Two bands: the archetype in band 1 is the fitted profile scaled to band 1's flux."""
-    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.prepare import write_flux_set
     from morphllr.data.preprocess import Preprocessing
 
     prep = Preprocessing.preset("zanisi21").replace(cutout=64, crop=32)

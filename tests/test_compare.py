@@ -169,6 +169,77 @@ def test_scores_table_and_segmap_llr(report):
     assert table.num_rows == len(rows) and "llr_segmap" in table.column_names
 
 
+def test_summary_table_holds_summary_csv_with_units(report):
+    """CompareResult.summary_table(): the rows of summary.csv (same order, same values), with astropy units."""
+    import csv
+
+    import astropy.units as u
+
+    result, out = report
+    table = result.summary_table()
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(table["set"]) == [r["set"] for r in rows] == result.ranking
+    assert table.colnames[:len(rows[0])] == list(rows[0])  # summary.csv's columns first, in its order
+    for key in list(rows[0])[1:]:
+        for row, value in zip(rows, table[key]):
+            if row[key] == "":
+                assert np.ma.is_masked(value), (key, row["set"])
+            elif key in ("delta_llr_pairing", "stable"):  # text and True/False
+                assert str(value) == row[key], (key, row["set"])
+            else:
+                assert float(value) == float(row[key]), (key, row["set"])
+    for key in ("mean_llr", "ci95_lo", "delta_llr", "delta_llr_err", "mean_logp_obs"):
+        assert table[key].unit.to_string() == "nat"
+    assert table["mean_llr_per_pixel"].unit.to_string() == "nat / pix"
+    assert table["mean_bpd_obs"].unit == u.bit and table["auroc_vs_reference"].unit is None
+    # 1 nat = 1 / ln 2 bits: a mean LLR converts to bits like any astropy quantity
+    mean = table["mean_llr"].quantity[0]
+    assert mean.to_value(u.bit) == pytest.approx(float(table["mean_llr"][0]) / np.log(2))
+    np.testing.assert_allclose(table["mean_bpd_obs"], [result.summary["sets"][n]["mean_bpd_obs"] for n in table["set"]])
+    assert table.meta["reference"] == "real"
+
+
+def test_scores_table_is_the_sets_rows_of_scores_csv(report):
+    """CompareResult.scores_table(name): exactly that set's rows of scores.csv, with units on the columns."""
+    import csv
+
+    import astropy.units as u
+
+    result, out = report
+    with open(out / "scores.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["set"] == "simA"]
+    table = result.scores_table("simA")
+    assert len(table) == len(rows) == 200 and table.colnames == list(rows[0])
+    assert list(table["id"]) == [r["id"] for r in rows] and set(table["set"]) == {"simA"}
+    for key in table.colnames:
+        if key in ("set", "id"):
+            continue
+        got = np.asarray(table[key], dtype=np.float64)
+        want = np.array([float(r[key]) for r in rows])
+        np.testing.assert_array_equal(got, want, err_msg=key)  # repr(float) in the CSV: bit for bit
+    assert table["llr"].unit.to_string() == "nat" and table["logp_obs"].unit.to_string() == "nat"
+    assert table["bpd_obs"].unit == u.bit and table["n_sky_pixels"].unit == u.pix
+    assert table["llr_per_pixel"].unit.to_string() == "nat / pix" and table["masked_share"].unit is None
+    assert table.meta == {"set": "simA", "reference": "real"}
+    with pytest.raises(MorphllrError, match="not in this comparison"):
+        result.scores_table("nope")
+
+
+def test_report_only_reads_the_result(report, tmp_path):
+    """Writing the report again changes nothing in the result: summary.json may be written before or after it."""
+    import copy
+
+    from morphllr.report.html import write_report
+
+    result, out = report
+    notes, summary = list(result.notes), copy.deepcopy(result.summary)
+    write_report(result, tmp_path)
+    assert result.notes == notes and result.summary == summary and result.summary["notes"] is result.notes
+    written = json.loads((out / "summary.json").read_text())
+    assert written["notes"] == result.notes  # the figures' notes too (written before the report was)
+
+
 def test_pixel_maps_locate_the_texture(report):
     """The mean LLR map of the smooth set is most negative where the texture is strongest."""
     result, _ = report
@@ -528,7 +599,7 @@ def test_sky_columns_in_scores_and_summary_tables(sky_split):
 def test_sky_table_in_the_terminal(sky_split):
     from rich.console import Console
 
-    from morphllr.report.html import print_ranking
+    from morphllr.report.terminal import print_ranking
 
     result, _, _, _ = sky_split
     console = Console(record=True, width=80)

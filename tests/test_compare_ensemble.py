@@ -350,7 +350,7 @@ def test_group_col_with_an_ensemble_pairs_and_resamples_galaxies(tmp_path):
 def test_single_pair_keeps_todays_output_with_nulls_and_a_note(tmp_path):
     from rich.console import Console
 
-    from morphllr.report.html import print_ranking
+    from morphllr.report.terminal import print_ranking
 
     rng = np.random.default_rng(8)
     ref, sim = _images(30, 1.0, rng), _images(30, 0.4, rng)
@@ -426,23 +426,23 @@ def test_cli_pools_repeated_model_folders_into_ensembles(tmp_path, capsys):
 
 
 def test_cli_reads_ensemble_folders(tmp_path, capsys):
-    """An ensemble folder from the model side (``morphllr.model.io.load_ensemble``) and a plain model folder."""
-    from morphllr.model import io as modelio
+    """An ensemble folder from the model side (``morphllr.model.ensemble.load_ensemble``) and a plain model folder."""
+    from morphllr.model import ensemble as modelensemble
 
-    if not hasattr(modelio, "load_ensemble") or not hasattr(modelio, "Ensemble"):
-        pytest.skip("morphllr.model.io.load_ensemble is not there yet")
+    if not hasattr(modelensemble, "load_ensemble") or not hasattr(modelensemble, "Ensemble"):
+        pytest.skip("morphllr.model.ensemble.load_ensemble is not there yet")
     from morphllr.cli import main
 
-    if not hasattr(modelio, "write_ensemble_index"):
-        pytest.skip("no morphllr.model.io.write_ensemble_index to write an ensemble folder with")
+    if not hasattr(modelensemble, "write_ensemble_index"):
+        pytest.skip("no morphllr.model.ensemble.write_ensemble_index to write an ensemble folder with")
     ref, sim = _tiny_sets(tmp_path)
     ens = tmp_path / "obs_ens"  # the layout of `morphllr train --seeds 0,1,2`: seedK/ folders + ensemble.json
     for k in range(3):
         _tiny_pixelcnn_dir(ens / f"seed{k}", k)
-    modelio.write_ensemble_index(ens, [(f"seed{k}", k, f"seed{k}") for k in range(3)])
+    modelensemble.write_ensemble_index(ens, [(f"seed{k}", k, f"seed{k}") for k in range(3)])
     arch = _tiny_pixelcnn_dir(tmp_path / "arch", 7)
-    loaded = modelio.load_ensemble(ens)
-    assert len(loaded) == 3 and len(modelio.load_ensemble(arch)) == 1
+    loaded = modelensemble.load_ensemble(ens)
+    assert len(loaded) == 3 and len(modelensemble.load_ensemble(arch)) == 1
     out = tmp_path / "report"
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--obs", str(ens), "--arch", str(arch), "--reference", f"SDSS={ref}", f"TNG={sim}",
@@ -454,7 +454,7 @@ def test_cli_reads_ensemble_folders(tmp_path, capsys):
     header = (out / "scores.csv").read_text().splitlines()[0].split(",")
     assert {"logp_obs_seed0", "logp_obs_seed2"} <= set(header) and not any(c.startswith("logp_arch_") for c in header)
     # the same folder through the library, and the in-memory Ensemble of the model side
-    res = compare(modelio.Ensemble.from_models(loaded.members, names=["a", "b", "c"]), arch,
+    res = compare(modelensemble.Ensemble.from_models(loaded.members, names=["a", "b", "c"]), arch,
                   reference=("SDSS", ref), report=False, n_boot=20, gallery_size=0)
     assert res.summary["model_names"]["obs"] == ["a", "b", "c"]
     np.testing.assert_allclose(res.summary["sets"]["SDSS"]["mean_llr"], s["sets"]["SDSS"]["mean_llr"], rtol=1e-6)

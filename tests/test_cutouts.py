@@ -9,9 +9,10 @@ from astropy.io import fits
 
 from clitools import cli, one_error
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.imageset import ImageSet
+from morphllr.data.prepare import prepare_imageset
 from morphllr.data.preprocess import Preprocessing, cutout_window
-from morphllr.data.files import RawImage
+from morphllr.data.raw_image import RawImage
 
 SIGMA = 5.0
 

@@ -12,7 +12,8 @@ import pytest
 from clitools import cli, one_error
 from morphllr.galaxies.degrade import degrade_flux, degrade_set, lower_resolution
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, write_flux_set
+from morphllr.data.imageset import ImageSet
+from morphllr.data.prepare import write_flux_set
 from morphllr.data.preprocess import Preprocessing
 from morphllr.data.segmentation import background_stats
 

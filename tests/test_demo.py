@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from morphllr import demo
-from morphllr.synth import universe as synth
+from morphllr.synth import sets as synth_sets
 from morphllr.errors import MorphllrError
 
 
@@ -88,7 +88,7 @@ def _ensemble_sets(shifts_by_pair_obs, shifts_by_pair_arch, n=200, seed=2):
     rng = np.random.default_rng(seed)
     spread = rng.normal(0, 100, n)
     sets = {}
-    for s, name in enumerate(synth.EXPECTED_ORDER):
+    for s, name in enumerate(synth_sets.EXPECTED_ORDER):
         obs = np.stack([spread + shift[s] + rng.normal(0, 1, n) for shift in shifts_by_pair_obs])
         arch = np.stack([0.5 * spread + shift[s] + rng.normal(0, 1, n) for shift in shifts_by_pair_arch])
         sets[name] = SimpleNamespace(ids=np.array([f"{name}-{i:06d}" for i in range(n)]),
@@ -137,7 +137,8 @@ def _tiny_ensemble(folder, seeds=(0, 1, 2)):
     import torch
 
     from morphllr.model.pixelcnn import PRESETS, PixelCNN
-    from morphllr.model.io import save_model, write_ensemble_index
+    from morphllr.model.ensemble import write_ensemble_index
+    from morphllr.model.io import save_model
 
     for k in seeds:
         torch.manual_seed(k)
@@ -151,7 +152,8 @@ def _tiny_ensemble(folder, seeds=(0, 1, 2)):
 
 
 def test_install_models_copies_the_ensembles_index_and_member_models_only(tmp_path):
-    from morphllr.model.io import ENSEMBLE_FILE, load_ensemble
+    from morphllr.model.ensemble import load_ensemble
+    from morphllr.model.io import ENSEMBLE_FILE
 
     runs = {name: _tiny_ensemble(tmp_path / "runs" / name) for name in ("obs", "arch")}
     dest = demo.install_models(runs["obs"], runs["arch"], tmp_path / "pretrained")
@@ -192,7 +194,8 @@ def test_shipped_ensembles_load_and_their_members_are_the_recipes_models():
     import torch
 
     from morphllr import load_model
-    from morphllr.model.io import ENSEMBLE_FILE, load_ensemble
+    from morphllr.model.ensemble import load_ensemble
+    from morphllr.model.io import ENSEMBLE_FILE
 
     try:
         obs_dir, arch_dir = demo.shipped_models()
@@ -256,7 +259,7 @@ def demo_result(tmp_path_factory):
 def test_shipped_models_recover_the_known_order(demo_result):
     summary = demo_result.summary
     # every consecutive pair holds the same galaxies, so every pair is judged galaxy by galaxy
-    assert len(summary["paired"]) == len(synth.EXPECTED_ORDER) - 1
+    assert len(summary["paired"]) == len(synth_sets.EXPECTED_ORDER) - 1
     assert demo.check_ranking(summary) == [], (summary["ranking"], summary["paired"])
     assert summary["ranking"][0] == "observed-test"
     assert (demo_result.out / "index.html").is_file()
@@ -292,5 +295,5 @@ def test_softened_llr_profile_departs_at_the_centre_not_the_outskirts(demo_resul
 
 
 def test_expected_order_is_part_of_the_universe():
-    assert synth.EXPECTED_ORDER[0] == "observed-test"
-    assert set(synth.EXPECTED_ORDER) == set(synth.DEMO_SETS)
+    assert synth_sets.EXPECTED_ORDER[0] == "observed-test"
+    assert set(synth_sets.EXPECTED_ORDER) == set(synth_sets.DEMO_SETS)

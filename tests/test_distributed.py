@@ -47,7 +47,8 @@ def work(tmp_path_factory) -> Path:
     """Two tiny PixelCNNs (m0, m1), the ensemble ens = {seed0: m0, seed1: m1}, image files and image sets."""
     from morphllr.data.imageset import write_imageset
     from morphllr.model.pixelcnn import PRESETS, PixelCNN
-    from morphllr.model.io import save_model, write_ensemble_index
+    from morphllr.model.ensemble import write_ensemble_index
+    from morphllr.model.io import save_model
 
     folder = tmp_path_factory.mktemp("dist")
     for seed in (0, 1):
@@ -111,7 +112,7 @@ def test_shards_cover_every_image_once_in_order(world, batch):
 
 
 def test_rotation_draws_depend_only_on_seed_set_and_image():
-    from morphllr.comparison.run import ROTATION_BLOCK, _rotation_draws
+    from morphllr.comparison.scoring import ROTATION_BLOCK, _rotation_draws
 
     n = 2 * ROTATION_BLOCK + 77
     whole = _rotation_draws(3, 1, 0, n, 2, False)
@@ -183,7 +184,8 @@ def test_score_two_processes_write_the_files_of_one(work, tmp_path):
 
 def test_empty_shards_errors_and_bf16_across_processes(work, tmp_path):
     """Library: one image for two processes; a NaN in rank 1's shard; bf16 autocast within its tolerance."""
-    from morphllr.model.io import load_ensemble, load_model
+    from morphllr.model.ensemble import load_ensemble
+    from morphllr.model.io import load_model
     from morphllr.score import log_likelihood, score_to_files
 
     model = load_model(work / "m0")

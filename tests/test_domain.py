@@ -143,7 +143,8 @@ def test_reference_below_zero_tiny_sets_and_unconverged_models_warn(toy, tmp_pat
 # --------------------------------------------------------------------------- recording
 def _tiny_ensemble(folder: Path, data, seeds=(0, 1)):
     from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
-    from morphllr.model.io import member_name, save_model, write_ensemble_index
+    from morphllr.model.ensemble import member_name, write_ensemble_index
+    from morphllr.model.io import save_model
     from morphllr.data.inputs import open_images
 
     src = open_images(data)
@@ -166,8 +167,9 @@ def test_record_domain_updates_an_ensemble_atomically_and_keeps_its_weights(toy,
     _catalog, _images, _models, _write_set = toy
     from record_domain import record_domain
 
-    from morphllr.model.io import file_sha256, load_ensemble
-    from morphllr.train.run import split_indices
+    from morphllr.data.inputs import file_sha256
+    from morphllr.model.ensemble import load_ensemble
+    from morphllr.train.batches import split_indices
 
     rng = np.random.default_rng(2)
     data = _write_set(tmp_path / "train.h5", _images(20, 1.0, rng), _catalog(20, rng))
@@ -258,7 +260,7 @@ def test_record_domain_logs_give_the_convergence_verdict_training_records(tmp_pa
 # --------------------------------------------------------------------------- the shipped models
 def test_shipped_models_carry_domain_records_and_still_load():
     from morphllr import demo
-    from morphllr.model.io import load_ensemble
+    from morphllr.model.ensemble import load_ensemble
 
     try:
         folders = demo.shipped_models()
@@ -284,16 +286,18 @@ N_DEMO = 40  # the issue's noisy copies: the first 40 /flux cutouts of observed-
 @pytest.fixture(scope="module")
 def demo_compare(tmp_path_factory):
     from morphllr import demo
-    from morphllr.synth import universe as synth
+    from morphllr.synth.sets import DEMO_SETS
+    from morphllr.synth.universe import write_universe
     from morphllr.comparison.run import compare
-    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.prepare import write_flux_set
 
     try:
         obs_dir, arch_dir = demo.shipped_models()
     except MorphllrError as exc:
         pytest.skip(str(exc))
     folder = tmp_path_factory.mktemp("demo_domain")
-    paths = synth.write_universe(folder / "uni", sets=synth.DEMO_SETS, n_train=10, n_test=N_DEMO, seed=0)
+    paths = write_universe(folder / "uni", sets=DEMO_SETS, n_train=10, n_test=N_DEMO, seed=0)
     with ImageSet.open(paths["observed-test"]) as s:
         flux = np.asarray(s.read_flux(np.arange(N_DEMO))) if hasattr(s, "read_flux") else np.asarray(
             s._file["flux"][:N_DEMO])
@@ -301,7 +305,7 @@ def demo_compare(tmp_path_factory):
     rng = np.random.default_rng(0)
     noisy = flux + rng.normal(0.0, 28.0, flux.shape).astype(np.float32)  # 5x the demo's sky noise
     write_flux_set(folder / "noisy.h5", noisy, {"id": [f"noisy-{i}" for i in ids]}, "zanisi21")
-    sets = {name: paths[name] for name in synth.DEMO_SETS if name != "observed-test"}
+    sets = {name: paths[name] for name in DEMO_SETS if name != "observed-test"}
     sets["noisy"] = folder / "noisy.h5"
     with ImageSet.open(paths["observed-test"]) as s:
         from morphllr.data.imageset import write_imageset
@@ -339,7 +343,7 @@ def test_noisy_copies_small_sets_warn_and_demo_sets_do_not(demo_compare):
 @pytest.mark.slow
 def test_score_warns_on_the_noisy_copies(demo_compare, tmp_path):
     from morphllr.errors import MorphllrWarning
-    from morphllr.model.io import load_ensemble
+    from morphllr.model.ensemble import load_ensemble
     from morphllr.score import score_to_files
 
     _, _, (obs_dir, _), folder = demo_compare

@@ -13,8 +13,9 @@ import torch
 
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
-from morphllr.model.io import (ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, Ensemble, file_sha256, is_ensemble,
-                              load_ensemble, load_model)
+from morphllr.data.inputs import file_sha256
+from morphllr.model.ensemble import Ensemble, is_ensemble, load_ensemble
+from morphllr.model.io import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE, load_model
 from morphllr.score import log_likelihood
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -293,7 +294,7 @@ class _InterruptMember:
 
 
 def test_an_interrupted_ensemble_leaves_no_index_and_resumes_its_unfinished_member(tmp_path, capsys):
-    from morphllr.train.run import train_ensemble
+    from morphllr.train.ensemble import train_ensemble
 
     x = galaxies(12)
     out = tmp_path / "ens"

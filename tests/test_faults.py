@@ -68,7 +68,7 @@ def fitted(tmp_path_factory) -> Path:
     """An ImageSet of 3 galaxies with flux cutouts, segmentation and good Sérsic columns."""
     from astropy.table import Table
 
-    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.prepare import write_flux_set
 
     folder = tmp_path_factory.mktemp("fitted")
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -211,7 +211,7 @@ def test_numeric_column_reads_masked_and_blank_cells_as_nan():
     from astropy.table import MaskedColumn, Table
 
     from morphllr.errors import MorphllrError
-    from morphllr.data.files import numeric_column, typed_catalog
+    from morphllr.data.catalog import numeric_column, typed_catalog
 
     table = typed_catalog(Table({"id": ["a", "b", "c"], "z": ["0.1", " ", "0.3"],
                                  "gain": MaskedColumn([4.7, 0.0, 4.8], mask=[False, True, False])}))
@@ -326,21 +326,21 @@ def _raise(exc):
     (MemoryError(), ("out of memory",)),
 ])
 def test_os_errors_name_the_file_in_one_line(tmp_path, capsys, monkeypatch, exc, fragments):
-    import morphllr.data.files
+    import morphllr.data.catalog
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(exc))
+    monkeypatch.setattr(morphllr.data.catalog, "read_catalog", _raise(exc))
     refused(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
             capsys, *fragments)
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monkeypatch):
-    import morphllr.data.files
+    import morphllr.data.catalog
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(RuntimeError("boom")))
+    monkeypatch.setattr(morphllr.data.catalog, "read_catalog", _raise(RuntimeError("boom")))
     code, _, err = cli(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
                        capsys)
     assert code == 1 and "Traceback" in err
@@ -348,11 +348,11 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monke
 
 
 def test_ctrl_c_in_process_is_exit_130_in_one_line(tmp_path, capsys, monkeypatch):
-    import morphllr.data.files
+    import morphllr.data.catalog
 
     (tmp_path / "c.csv").write_text("id\na\n")
     (tmp_path / "x.fits").write_bytes(b"")
-    monkeypatch.setattr(morphllr.data.files, "read_catalog", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr(morphllr.data.catalog, "read_catalog", _raise(KeyboardInterrupt()))
     code, _, err = cli(["prepare", tmp_path / "x.fits", "--out", tmp_path / "o.h5", "--catalog", tmp_path / "c.csv"],
                        capsys)
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err

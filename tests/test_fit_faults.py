@@ -41,7 +41,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory) -> Path:
     """3 galaxies, 64^2 flux cutouts, a psf_fwhm_arcsec column; no Sérsic columns yet."""
-    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.prepare import write_flux_set
 
     folder = tmp_path_factory.mktemp("observed")
     yy, xx = np.mgrid[:64, :64]

@@ -287,7 +287,7 @@ def test_nan_pixels_are_kept_out_of_the_sky(tmp_path, capsys):
     cover = block_cover(json.loads(out.with_suffix(".json").read_text()), (64, 64), 16).any(axis=0)
     assert not cover[10:30, 20:40].any()
     # as archetype sky, NaN is refused plainly
-    from morphllr.galaxies.archetypes import load_sky_patches
+    from morphllr.galaxies.sky_patches import load_sky_patches
 
     with pytest.raises(MorphllrError, match=r"NaN/inf pixel\(s\)"):
         load_sky_patches(tmp_path / "frames.npy")

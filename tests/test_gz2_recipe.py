@@ -17,9 +17,11 @@ from PIL import Image
 
 from clitools import cli, one_error
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.imageset import ImageSet
+from morphllr.data.prepare import prepare_imageset
 from morphllr.data.preprocess import Preprocessing, check_compatible, recorded_recipe
-from morphllr.data.files import RawImage, iter_images
+from morphllr.data.files import iter_images
+from morphllr.data.raw_image import RawImage
 
 REPO = Path(__file__).resolve().parents[1]
 OBS = REPO / "validation" / "models" / "obs"

@@ -11,7 +11,8 @@ import pytest
 from astropy.table import Table
 
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, ImageSetWriter, write_flux_set, write_imageset
+from morphllr.data.imageset import ImageSet, ImageSetWriter, write_imageset
+from morphllr.data.prepare import write_flux_set
 from morphllr.data.preprocess import Preprocessing
 
 

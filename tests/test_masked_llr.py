@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr.comparison.run import (MASKED_SHARE_TOLERANCE, _rotate, _rotate_mask, _rotation_draws, compare,
-                              masked_share_warning)
+from morphllr.comparison.guards import MASKED_SHARE_TOLERANCE, masked_share_warning
+from morphllr.data.imageset import ImageSet
+from morphllr.errors import MorphllrError
+from morphllr.comparison.run import compare
+from morphllr.comparison.scoring import _rotate, _rotate_mask, _rotation_draws
 from morphllr.model.pixelcnn import PRESETS, PixelCNN
-from morphllr.score import log_likelihood, score_to_files
+from morphllr.score import log_likelihood, record_domain, score_to_files
 
 H = W = 8
 N = 24
@@ -195,9 +198,9 @@ def test_masking_drops_only_the_pixels_own_terms_not_their_context(result, model
     rows = g["indices"]
     assert np.isnan(g["map_obs"][excluded[rows]]).all() and np.isfinite(g["map_obs"][~excluded[rows]]).all()
     # the report's pixel-map figure copes with them
-    from morphllr.report.html import _Figures, plot_pixel_maps
+    from morphllr.report.figures import Figures, plot_pixel_maps
 
-    figs = _Figures(tmp_path)
+    figs = Figures(tmp_path)
     plot_pixel_maps(res, figs)
 
 
@@ -294,7 +297,7 @@ def test_domain_record_and_statistics_leave_masked_pixels_out(models, sets, data
     keep = mask == 0
     sky = (central == 0) & keep
     maps = _maps(obs, images)
-    rec = domain.record(obs, sets["masked"], batch_size=N, threads=1)
+    rec = record_domain(obs, sets["masked"], batch_size=N, threads=1)
     want_sky = -(maps * sky).sum(axis=(1, 2)) / (sky.sum(axis=(1, 2)) * np.log(2))
     want_whole = -(maps * keep).sum(axis=(1, 2)) / (keep.sum(axis=(1, 2)) * np.log(2))
     assert rec["stats"]["sky_bpd"]["mean"] == pytest.approx(want_sky.mean(), rel=1e-9)
@@ -307,3 +310,74 @@ def test_domain_record_and_statistics_leave_masked_pixels_out(models, sets, data
     stat = domain.set_statistics((maps * keep).sum(axis=(1, 2))[None], None, None, None, None, (1, H, W),
                                  n_valid=keep.sum(axis=(1, 2)))
     np.testing.assert_allclose(stat["whole_bpd"][0], want_whole, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ morphllr.llr: the same numbers in one call
+def test_llr_api_equals_compare_and_the_brute_force_on_a_masked_set(result, models, sets, data):
+    import morphllr
+
+    res, _ = result
+    images, _, mask = data
+    obs, arch = models
+    got = morphllr.llr(obs, arch, ImageSet(sets["masked"]), per_pixel=True, batch_size=N, bf16=False, threads=1)
+    s = res.sets["masked"].scores
+    np.testing.assert_array_equal(got.logp_obs, s["logp_obs"])
+    np.testing.assert_array_equal(got.logp_arch, s["logp_arch"])
+    np.testing.assert_array_equal(got.llr, s["llr"])
+    np.testing.assert_array_equal(got.n_pixels, H * W - mask.sum(axis=(1, 2)))
+    np.testing.assert_allclose(got.llr_per_pixel, s["llr_per_pixel"], rtol=1e-12)
+    # the maps: NaN exactly at the masked pixels, elsewhere the difference of score's maps; they sum to llr
+    assert got.maps.shape == (N, H, W) and got.maps.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got.maps), mask == 1)
+    keep = mask == 0
+    want = (_maps(obs, images) - _maps(arch, images))
+    np.testing.assert_allclose(got.maps[keep], want[keep], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.nansum(got.maps.astype(np.float64), axis=(1, 2)), got.llr, rtol=1e-5, atol=1e-4)
+
+
+def test_llr_api_without_a_mask_is_the_difference_of_log_likelihoods(models, data):
+    from morphllr.score import llr
+
+    images, _, _ = data
+    obs, arch = models
+    got = llr(obs, arch, images, batch_size=7, bf16=False, threads=1)
+    want = (log_likelihood(obs, images, batch_size=7, bf16=False, threads=1)
+            - log_likelihood(arch, images, batch_size=7, bf16=False, threads=1))
+    np.testing.assert_array_equal(got.llr, want)
+    assert got.maps is None and (got.n_pixels == H * W).all() and len(got) == N
+
+
+def test_llr_api_runs_each_network_once_per_batch(models, data, monkeypatch):
+    from morphllr.score import llr
+
+    images, _, _ = data
+    calls = []
+    for name, model in zip(("obs", "arch"), models):
+        real = model.net.log_prob_pixels
+        monkeypatch.setattr(model.net, "log_prob_pixels", lambda x, real=real, name=name: calls.append(name) or real(x))
+    llr(*models, images, per_pixel=True, batch_size=10, bf16=False, threads=1)
+    n_batches = -(-N // 10)
+    assert sorted(calls) == sorted(["obs"] * n_batches + ["arch"] * n_batches)
+
+
+def test_llr_api_of_ensembles_uses_member_means(models, data):
+    from morphllr.model.ensemble import Ensemble
+    from morphllr.score import llr
+
+    images, _, _ = data
+    obs, arch = models
+    ens_obs = Ensemble.from_models([obs, arch], names=["a", "b"])
+    got = llr(ens_obs, arch, images, per_pixel=True, batch_size=N, bf16=False, threads=1)
+    members = log_likelihood(ens_obs, images, batch_size=N, bf16=False, threads=1)
+    assert members.shape == (2, N)
+    np.testing.assert_array_equal(got.logp_obs, members.mean(axis=0))
+    np.testing.assert_allclose(got.llr, members.mean(axis=0) - log_likelihood(arch, images, batch_size=N, bf16=False,
+                                                                                threads=1), rtol=1e-12, atol=1e-9)
+
+
+def test_llr_api_refuses_models_of_another_image_size(models):
+    from morphllr.score import llr
+
+    obs, arch = models
+    with pytest.raises(MorphllrError, match="8|size|shape"):
+        llr(obs, arch, np.zeros((3, 1, 16, 16), np.float32), bf16=False, threads=1)

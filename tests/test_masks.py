@@ -202,8 +202,8 @@ def test_nan_under_the_users_mask_is_not_refused_by_nonfinite_fail(tmp_path):
 def test_thin_masks_survive_on_the_model_grid(tmp_path):
     """/mask_model uses the "any" rule: one masked flux column of an 8x8 mean (jpeg8bit) masks its model
     column; /segmap_model keeps the half rule."""
-    from morphllr.data.imageset import prepare_imageset
-    from morphllr.data.files import RawImage
+    from morphllr.data.prepare import prepare_imageset
+    from morphllr.data.raw_image import RawImage
 
     prep = Preprocessing.preset("jpeg8bit")
     rng = np.random.default_rng(0)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from morphllr.model import io as modelio
+from morphllr.data.inputs import file_sha256
 from morphllr.errors import MorphllrError
+from morphllr.model import io as modelio
 from morphllr.model.pixelcnn import PRESETS, PixelCNN
 from morphllr.model.io import META_FILE, WEIGHTS_FILE, load_model, save_model
 from morphllr.score import log_likelihood
@@ -49,7 +50,7 @@ def test_model_json_records_what_a_reader_needs(saved):
     assert meta["data_fingerprint"] == "abc123"
     assert meta["metrics"]["train_bits_per_dim"] == pytest.approx(1.5)  # numpy scalar became a JSON number
     assert {"morphllr", "torch", "python"} <= set(meta["versions"])
-    assert meta["weights_sha256"] == modelio.file_sha256(saved / WEIGHTS_FILE)
+    assert meta["weights_sha256"] == file_sha256(saved / WEIGHTS_FILE)
     assert sorted(os.listdir(saved)) == [META_FILE, WEIGHTS_FILE]
     assert not [p for p in os.listdir(saved.parent) if p.startswith(".")]  # no temp leftovers
 
@@ -114,7 +115,7 @@ def test_pickles_are_never_loaded(saved, net):
     """A weights file that is really a pickle (torch.save) is rejected, not executed."""
     weights = saved / WEIGHTS_FILE
     torch.save(net.state_dict(), weights)
-    _edit_meta(saved, weights_sha256=modelio.file_sha256(weights))
+    _edit_meta(saved, weights_sha256=file_sha256(weights))
     with pytest.raises(MorphllrError, match="unreadable weights"):
         load_model(saved)
 

@@ -18,9 +18,10 @@ from PIL import Image
 from clitools import cli, one_error
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.imageset import ImageSet
+from morphllr.data.prepare import prepare_imageset
 from morphllr.data.preprocess import Preprocessing, as_preprocessing, check_compatible, input_kind_of
-from morphllr.data.files import RawImage
+from morphllr.data.raw_image import RawImage
 
 REPO = Path(__file__).resolve().parents[1]
 OBS = REPO / "validation" / "models" / "obs"

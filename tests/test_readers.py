@@ -7,9 +7,11 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from morphllr.data import catalog as catalogs
 from morphllr.data import files as readers
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, prepare_imageset
+from morphllr.data.imageset import ImageSet
+from morphllr.data.prepare import prepare_imageset
 from morphllr.data.preprocess import Preprocessing
 
 
@@ -192,26 +194,26 @@ def test_read_catalog_formats(tmp_path, fmt):
     table = Table({"ID": [1, 2, 3], "mass": [10.0, 10.5, 11.0]})
     path = tmp_path / f"cat.{fmt}"
     table.write(path, format={"csv": "ascii.csv", "fits": "fits", "parquet": "parquet"}[fmt])
-    cat = readers.read_catalog(path)
+    cat = catalogs.read_catalog(path)
     assert list(cat["id"]) == ["1", "2", "3"] and "mass" in cat.colnames
 
 
 def test_catalog_errors(tmp_path):
     Table({"name": ["a"]}).write(tmp_path / "noid.csv")
     with pytest.raises(MorphllrError, match="no `id` column"):
-        readers.read_catalog(tmp_path / "noid.csv")
+        catalogs.read_catalog(tmp_path / "noid.csv")
     Table({"id": ["a", "a"]}).write(tmp_path / "dup.csv")
     with pytest.raises(MorphllrError, match="duplicated"):
-        readers.read_catalog(tmp_path / "dup.csv")
+        catalogs.read_catalog(tmp_path / "dup.csv")
     (tmp_path / "bad.fits").write_bytes(b"nonsense")
     with pytest.raises(MorphllrError, match="bad.fits"):
-        readers.read_catalog(tmp_path / "bad.fits")
+        catalogs.read_catalog(tmp_path / "bad.fits")
 
 
 def test_join_catalog_reports_unmatched():
     images = Table({"id": ["a", "b", "c"]})
     catalog = Table({"id": ["c", "a", "z", "y"], "mass": [3.0, 1.0, 9.0, 8.0]})
-    joined, report = readers.join_catalog(images, catalog, "cat.csv")
+    joined, report = catalogs.join_catalog(images, catalog, "cat.csv")
     assert list(joined["id"]) == ["a", "b", "c"]
     assert joined["mass"][0] == 1.0 and joined["mass"][2] == 3.0 and joined["mass"].mask[1]
     assert report["n_matched"] == 2 and report["images_without_row"] == ["b"] and report["rows_without_image"] == 2

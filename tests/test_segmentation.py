@@ -10,7 +10,6 @@ from morphllr.data.preprocess import Preprocessing
 from morphllr.data.geometry import model_mask
 from morphllr.data.segmentation import (
     background_stats,
-    find_central_source,
     renumber,
     segment,
     segment_batch,
@@ -60,7 +59,7 @@ def test_far_off_centre_source_is_a_companion_not_the_central():
     image = blob(64, 6, 6, 500, 2.0) + np.random.default_rng(2).normal(0, NOISE, (64, 64))
     seg = segment(image)
     assert not seg.central_found and seg.segmap[6, 6] == 2
-    assert find_central_source(image) is None
+    assert not segment(image, max_offset=0.25 * 64).central_found  # nor within a quarter of the side (centring)
 
 
 def test_noise_free_image_is_segmented():

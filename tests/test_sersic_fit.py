@@ -115,7 +115,8 @@ def test_parallel_equals_serial(kernel, psf):
 
 
 def test_fit_imageset_writes_catalogue(tmp_path, psf):
-    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet
+    from morphllr.data.prepare import write_flux_set
 
     rng = np.random.default_rng(7)
     truth_n = [1.0, 3.0, 2.0]
@@ -136,7 +137,8 @@ def test_surface_brightness_matches_astropy_sersic2d():
     from astropy.modeling.models import Sersic2D
     from scipy.special import gammaln
 
-    from morphllr.galaxies.sersic_fit import sersic_b, sersic_surface_brightness
+    from morphllr.galaxies.sersic import sersic_b
+    from morphllr.galaxies.sersic_fit import sersic_surface_brightness
 
     n, re, q, theta, flux = 2.5, 6.0, 0.6, np.radians(35.0), 1e4
     b = sersic_b(n)
@@ -238,7 +240,7 @@ def test_psf_image_outside_the_central_box_is_sampled_too():
 
 
 def _fitted_set(tmp_path, psf, columns=None, n_gal=2):
-    from morphllr.data.imageset import write_flux_set
+    from morphllr.data.prepare import write_flux_set
 
     rng = np.random.default_rng(11)
     flux = np.stack([galsim_image(1.5 + i, 4.0, 0.7, 40.0, 5e4, psf, size=96) + rng.normal(0, SKY_SIGMA, (96, 96))
@@ -316,7 +318,9 @@ def test_fit_imageset_excludes_the_sets_masked_pixels(tmp_path, psf):
     """ImageSet.mask (flux grid, 1 = excluded) keeps a companion out of the fit, like a segmentation label."""
     import h5py
 
-    from morphllr.data.imageset import ImageSet, write_flux_set
+    from morphllr.data.imageset import ImageSet
+
+    from morphllr.data.prepare import write_flux_set
 
     rng = np.random.default_rng(3)
     main = galsim_image(2.0, 5.0, 0.6, 70.0, 2e4, psf)

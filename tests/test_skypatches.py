@@ -139,7 +139,7 @@ def test_sky_statistics_measure_correlation_floor_and_mask():
 def test_sky_patches_command_tiles_real_sky_that_keeps_its_statistics(tmp_path):
     from typer.testing import CliRunner
 
-    from morphllr.galaxies.archetypes import load_sky_patches
+    from morphllr.galaxies.sky_patches import load_sky_patches
     from morphllr.cli import app
 
     rng = np.random.default_rng(7)

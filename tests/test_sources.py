@@ -113,14 +113,14 @@ def test_nonfinite_pixels_are_counted_and_located(images):
 
 def test_discretized_head_needs_integers_0_to_255():
     ok = np.random.default_rng(0).integers(0, 256, (4, 8, 8)).astype(np.float32)
-    validate_source(open_images(ok), head="discretized_logistic_mixture")
-    validate_source(open_images(ok / 255.0), head="gaussian")  # continuous heads accept any finite value
+    validate_source(open_images(ok), discrete=True)
+    validate_source(open_images(ok / 255.0), discrete=False)  # continuous heads accept any finite value
     with pytest.raises(MorphllrError, match=r"integer pixel values 0..255.*image\(s\) 0"):
-        validate_source(open_images(ok / 255.0), head="discretized_logistic_mixture")
+        validate_source(open_images(ok / 255.0), discrete=True)
     over = ok.copy()
     over[2, 0, 0] = 256
     with pytest.raises(MorphllrError, match=r"image\(s\) 2"):
-        validate_source(open_images(over), head="discretized_logistic_mixture")
+        validate_source(open_images(over), discrete=True)
 
 
 def test_validation_streams_in_batches(images):

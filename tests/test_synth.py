@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from morphllr.synth import universe as synth
+from morphllr.synth import archetypes as synth_archetypes
+from morphllr.synth import population
+from morphllr.synth import render
+from morphllr.synth import sets as synth_sets
+from morphllr.synth import sky as synth_sky
+from morphllr.synth import universe
 from morphllr.errors import MorphllrError
 
 
@@ -32,23 +37,23 @@ def _small_scale_power(residual: np.ndarray, flux: np.ndarray) -> np.ndarray:
 
 
 def test_same_seed_same_universe_other_seed_other_universe():
-    a = synth.make_set("observed-test", 6, seed=7)
-    b = synth.make_set("observed-test", 6, seed=7)
-    c = synth.make_set("observed-test", 6, seed=8)
+    a = synth_sets.make_set("observed-test", 6, seed=7)
+    b = synth_sets.make_set("observed-test", 6, seed=7)
+    c = synth_sets.make_set("observed-test", 6, seed=8)
     np.testing.assert_array_equal(a.flux, b.flux)
     np.testing.assert_array_equal(a.segmap, b.segmap)
     assert list(a.catalog["id"]) == list(b.catalog["id"])
     np.testing.assert_array_equal(np.asarray(a.catalog["r50_kpc"]), np.asarray(b.catalog["r50_kpc"]))
     assert not np.allclose(a.flux, c.flux)
     # train and test sets of one universe are different galaxies
-    d = synth.make_set("observed-train", 6, seed=7)
+    d = synth_sets.make_set("observed-train", 6, seed=7)
     assert not np.allclose(a.catalog["log_mstar"], d.catalog["log_mstar"])
 
 
 def test_cutouts_look_like_sdss_r_counts():
-    s = synth.make_set("observed-test", 48, seed=1)
+    s = synth_sets.make_set("observed-test", 48, seed=1)
     cat = s.catalog
-    assert s.flux.shape == (48, synth.STAMP, synth.STAMP) and s.flux.dtype == np.float32
+    assert s.flux.shape == (48, population.STAMP, population.STAMP) and s.flux.dtype == np.float32
     # sky noise of SDSS r frames: ~5-6 counts per pixel; measured in the corners, away from galaxies
     corners = np.concatenate([s.flux[:, :12, :12], s.flux[:, -12:, -12:]], axis=1)
     sky_mask = np.concatenate([s.segmap[:, :12, :12], s.segmap[:, -12:, -12:]], axis=1) == 0
@@ -56,8 +61,8 @@ def test_cutouts_look_like_sdss_r_counts():
     assert 4.0 < measured < 7.5
     assert abs(measured / np.median(cat["sky_sigma"]) - 1) < 0.1
     # flux-limited sample inside the universe's redshift range
-    assert np.all(cat["mag_r"] < synth.MAG_LIMIT)
-    assert np.all((cat["z"] >= synth.Z_RANGE[0]) & (cat["z"] <= synth.Z_RANGE[1]))
+    assert np.all(cat["mag_r"] < population.MAG_LIMIT)
+    assert np.all((cat["z"] >= population.Z_RANGE[0]) & (cat["z"] <= population.Z_RANGE[1]))
     # the galaxy centre lands at the middle of the zanisi21 crop and is a few hundred counts or more
     centre = s.noiseless[:, 62:67, 62:67].max(axis=(1, 2))
     assert np.median(centre) > 100
@@ -65,7 +70,7 @@ def test_cutouts_look_like_sdss_r_counts():
 
 
 def test_noiseless_flux_matches_catalogue_for_compact_undusted_galaxies():
-    s = synth.make_set("sim-smooth", 40, seed=2)
+    s = synth_sets.make_set("sim-smooth", 40, seed=2)
     cat = s.catalog
     compact = (np.asarray(cat["r50_arcsec"]) < 3.0)
     assert compact.sum() >= 10
@@ -74,14 +79,14 @@ def test_noiseless_flux_matches_catalogue_for_compact_undusted_galaxies():
 
 
 def test_composite_half_light_radius_is_the_catalogued_one():
-    rng = synth._stream(4, "radius-check")
-    p = synth.sample_galaxies(6, rng, synth.Recipe(structure=False))
+    rng = population.set_stream(4, "radius-check")
+    p = population.sample_galaxies(6, rng, population.Recipe(structure=False))
     p["q_disk"][:] = 1.0
     p["q_bulge"][:] = 1.0
-    g = synth._chunk_params(p, slice(0, 6))
+    g = render._chunk_params(p, slice(0, 6))
     step = 0.06  # arcsec; fine enough for the n = 4 cusps
     ax = (np.arange(-500, 500) + 0.5) * step
-    light = synth._galaxy_light(ax[None, None, :], ax[None, :, None], g) * step**2
+    light = render._galaxy_light(ax[None, None, :], ax[None, :, None], g) * step**2
     r = np.hypot(ax[None, :], ax[:, None])
     order = np.argsort(r.ravel())
     for i in range(6):
@@ -91,16 +96,16 @@ def test_composite_half_light_radius_is_the_catalogued_one():
 
 
 def test_sizes_follow_shen03_and_early_types_rise_with_mass():
-    p = synth.sample_galaxies(20000, synth._stream(5, "distributions"))
+    p = population.sample_galaxies(20000, population.set_stream(5, "distributions"))
     logm, early = p["log_mstar"], p["early_type"]
     for kind, bins in ((False, (9.9, 10.3, 10.7)), (True, (10.3, 10.7, 11.0))):
         for lo in bins:
             sel = (early == kind) & (logm >= lo) & (logm < lo + 0.2)
             assert sel.sum() > 200
-            ratio = np.median(p["r50_kpc"][sel]) / np.median(synth.shen03_r50_kpc(logm[sel], early[sel]))
+            ratio = np.median(p["r50_kpc"][sel]) / np.median(population.shen03_r50_kpc(logm[sel], early[sel]))
             assert abs(ratio - 1) < 0.1, (kind, lo, ratio)
-            scatter = np.std(np.log(p["r50_kpc"][sel] / synth.shen03_r50_kpc(logm[sel], early[sel])))
-            assert scatter == pytest.approx(np.median(synth.shen03_sigma_lnr(logm[sel], early[sel])), rel=0.15)
+            scatter = np.std(np.log(p["r50_kpc"][sel] / population.shen03_r50_kpc(logm[sel], early[sel])))
+            assert scatter == pytest.approx(np.median(population.shen03_sigma_lnr(logm[sel], early[sel])), rel=0.15)
     frac = [early[(logm >= lo) & (logm < lo + 0.3)].mean() for lo in (9.9, 10.5, 11.1)]
     assert frac[0] < frac[1] < frac[2]
     # disks at random inclination: apparent axis ratios nearly uniform above the intrinsic thickness
@@ -113,16 +118,16 @@ def test_observed_galaxies_leave_structured_residuals_that_smooth_ones_do_not():
     """A single Sérsic cannot describe arms, bars and clumps: the same galaxies with structure
     leave much more small-scale residual power around their archetypes than without."""
     n = 16
-    recipe = synth.Recipe(arm_fraction=1.0, bar_fraction=0.0)
-    obs = synth.make_set("observed-test", n, seed=11, recipe=recipe)
-    smooth = synth.make_set("observed-test", n, seed=11, recipe=synth.Recipe(structure=False))
+    recipe = population.Recipe(arm_fraction=1.0, bar_fraction=0.0)
+    obs = synth_sets.make_set("observed-test", n, seed=11, recipe=recipe)
+    smooth = synth_sets.make_set("observed-test", n, seed=11, recipe=population.Recipe(structure=False))
     np.testing.assert_array_equal(obs.catalog["r50_kpc"], smooth.catalog["r50_kpc"])  # same galaxies
     disks = (np.asarray(obs.catalog["arm_strength"]) > 0) & (np.asarray(obs.catalog["r50_arcsec"]) > 2.0)
     assert disks.sum() >= 5
     power = {}
     for label, s in (("obs", obs), ("smooth", smooth)):
-        fits = synth.fit_single_sersic(s, workers=1)
-        arch = synth.archetype_flux(s, fits, noise=False)
+        fits = synth_archetypes.fit_single_sersic(s, workers=1)
+        arch = synth_archetypes.archetype_flux(s, fits, noise=False)
         power[label] = _small_scale_power(s.noiseless - arch, np.asarray(s.catalog["flux"]))
     ratio = power["obs"][disks] / power["smooth"][disks]
     print("small-scale residual power ratio, structured / smooth:", np.round(ratio, 2))
@@ -133,11 +138,11 @@ def test_softened_galaxies_differ_at_the_centre_not_in_the_outskirts():
     """Softening (sim-softened's only change) flattens the core, moves its light to ~1-3
     softening lengths and leaves the profile beyond ~4 softening lengths alone."""
     n = 32
-    obs = synth.make_set("observed-test", n, seed=3)
-    eps_kpc = synth.RECIPES["sim-softened"].softening_kpc
-    soft = synth.make_set("observed-test", n, seed=3, recipe=synth.Recipe(softening_kpc=eps_kpc))
+    obs = synth_sets.make_set("observed-test", n, seed=3)
+    eps_kpc = synth_sets.RECIPES["sim-softened"].softening_kpc
+    soft = synth_sets.make_set("observed-test", n, seed=3, recipe=population.Recipe(softening_kpc=eps_kpc))
     x0, y0 = np.asarray(obs.catalog["x0"]), np.asarray(obs.catalog["y0"])
-    eps_pix = eps_kpc / np.asarray(obs.catalog["kpc_per_arcsec"]) / synth.PIXEL_SCALE
+    eps_pix = eps_kpc / np.asarray(obs.catalog["kpc_per_arcsec"]) / population.PIXEL_SCALE
     edges = np.array([0, 0.25, 0.5, 1, 2, 3, 4, 6])  # in softening lengths
     p_obs = np.concatenate([_radial_profile(obs.noiseless[i:i + 1], x0[i:i + 1], y0[i:i + 1], edges * eps_pix[i])
                             for i in range(n)])
@@ -154,19 +159,19 @@ def test_softened_galaxies_differ_at_the_centre_not_in_the_outskirts():
 
 def test_bad_input_is_refused_with_a_clear_message(tmp_path):
     with pytest.raises(MorphllrError, match="unknown set sim-bad"):
-        synth.check_set_names(["observed-test", "sim-bad"])
+        synth_sets.check_set_names(["observed-test", "sim-bad"])
     with pytest.raises(MorphllrError, match="--n-test"):
-        synth.generate(["sim-good"], n_test=0)
+        universe.generate(["sim-good"], n_test=0)
     with pytest.raises(MorphllrError, match="size_scale"):
-        synth.Recipe(size_scale=-1.0).check()
+        population.Recipe(size_scale=-1.0).check()
     with pytest.raises(MorphllrError, match="bar_fraction"):
-        synth.make_set("sim-good", 3, recipe=synth.Recipe(bar_fraction=1.5))
+        synth_sets.make_set("sim-good", 3, recipe=population.Recipe(bar_fraction=1.5))
     with pytest.raises(MorphllrError, match="archetypes"):
-        synth.make_set("archetypes", 3)
+        synth_sets.make_set("archetypes", 3)
     existing = tmp_path / "u"
     existing.mkdir()
     with pytest.raises(MorphllrError, match="--overwrite"):
-        synth.write_universe(existing, ["sim-good"], n_test=2)
+        universe.write_universe(existing, ["sim-good"], n_test=2)
 
 
 def test_nothing_half_written_when_writing_fails(tmp_path, monkeypatch):
@@ -178,11 +183,11 @@ def test_nothing_half_written_when_writing_fails(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return original(path, s, *args, **kwargs)
 
-    original = synth.write_set
-    monkeypatch.setattr(synth, "write_set", fail_second)
+    original = universe.write_set
+    monkeypatch.setattr(universe, "write_set", fail_second)
     out = tmp_path / "u"
     with pytest.raises(MorphllrError, match="nothing was kept"):
-        synth.write_universe(out, ["sim-good", "sim-smooth"], n_test=2, seed=1)
+        universe.write_universe(out, ["sim-good", "sim-smooth"], n_test=2, seed=1)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -191,10 +196,10 @@ def test_written_universe_is_a_set_of_imagesets(tmp_path):
     from morphllr.data.imageset import ImageSet
 
     out = tmp_path / "u"
-    written = synth.write_universe(out, ["sim-smooth", "archetypes"], n_test=4, seed=2)
+    written = universe.write_universe(out, ["sim-smooth", "archetypes"], n_test=4, seed=2)
     assert sorted(p.name for p in out.iterdir()) == ["archetypes.h5", "sim-smooth.h5", "universe.json"]
     info = json.loads((out / "universe.json").read_text())
-    assert info["expected_order"] == list(synth.EXPECTED_ORDER)
+    assert info["expected_order"] == list(synth_sets.EXPECTED_ORDER)
     assert info["sets"] == {"sim-smooth": 4, "archetypes": 4}
     s = ImageSet.open(written["sim-smooth"])
     assert s.shape == (4, 1, 32, 32)
@@ -220,9 +225,9 @@ def test_archetypes_live_in_the_same_sky_as_their_galaxies():
     """An archetype keeps its galaxy's companion/star layer (so neighbours cancel in the LLR);
     only the central galaxy is replaced by its Sérsic fit and the noise is drawn afresh."""
     n = 6
-    obs = synth.make_set("observed-test", n, seed=5, recipe=synth.Recipe(companion_fraction=1.0, star_fraction=1.0))
-    synth._join_fits(obs.catalog, synth.fit_single_sersic(obs, workers=1))
-    arch = synth.make_archetypes(obs, seed=1)
+    obs = synth_sets.make_set("observed-test", n, seed=5, recipe=population.Recipe(companion_fraction=1.0, star_fraction=1.0))
+    synth_archetypes.join_fits(obs.catalog, synth_archetypes.fit_single_sersic(obs, workers=1))
+    arch = synth_archetypes.make_archetypes(obs, seed=1)
     assert list(arch.catalog["id"]) == list(obs.catalog["id"]) and np.all(arch.catalog["archetype"])
     np.testing.assert_array_equal(arch.neighbours, obs.neighbours)
     assert obs.neighbours.max() > 100  # every cutout really has a bright neighbour
@@ -244,18 +249,18 @@ def test_archetypes_live_in_the_same_sky_as_their_galaxies():
 def test_simulations_are_the_observed_test_galaxies_re_rendered():
     """Paired sets: same galaxies, so only the recipe's morphology changes differ."""
     n = 8
-    obs = synth.make_set("observed-test", n, seed=4)
+    obs = synth_sets.make_set("observed-test", n, seed=4)
     for name in ("sim-good", "sim-softened", "sim-smooth"):
-        sim = synth.make_set(name, n, seed=4)
+        sim = synth_sets.make_set(name, n, seed=4)
         for key in ("log_mstar", "z", "r50_kpc", "pa_deg", "q_disk", "bt"):
             np.testing.assert_array_equal(sim.catalog[key], obs.catalog[key])
         assert not np.array_equal(sim.flux, obs.flux)  # own noise and structure
-    good = synth.make_set("sim-good", n, seed=4)
+    good = synth_sets.make_set("sim-good", n, seed=4)
     assert np.asarray(obs.catalog["arm_strength"]).sum() > 0
     np.testing.assert_allclose(good.catalog["arm_strength"],
-                               synth.RECIPES["sim-good"].arm_strength_scale * np.asarray(obs.catalog["arm_strength"]))
+                               synth_sets.RECIPES["sim-good"].arm_strength_scale * np.asarray(obs.catalog["arm_strength"]))
     # sim-softened changes the centre only: its galaxies keep the observed arms, bars, clumps and dust
-    soft = synth.make_set("sim-softened", n, seed=4)
+    soft = synth_sets.make_set("sim-softened", n, seed=4)
     assert np.all(np.asarray(soft.catalog["softening_kpc"]) > 0)
     for key in ("arm_strength", "bar_frac", "clump_frac", "n_clumps", "dust_tau"):
         np.testing.assert_array_equal(soft.catalog[key], obs.catalog[key])
@@ -264,9 +269,9 @@ def test_simulations_are_the_observed_test_galaxies_re_rendered():
 def test_softened_simulations_form_no_structure_inside_the_core():
     eps = 4.0
     r = np.linspace(0, 8, 801)
-    keep = synth.softened_structure(r, eps)
+    keep = render.softened_structure(r, eps)
     assert np.all(keep[r <= eps / 4] == 0) and np.all(keep[r >= 1.25 * eps] == 1)
-    assert np.all(np.diff(keep) >= 0) and 0.4 < synth.softened_structure(0.75 * eps, eps) < 0.6
+    assert np.all(np.diff(keep) >= 0) and 0.4 < render.softened_structure(0.75 * eps, eps) < 0.6
 
 
 # --------------------------------------------------------------------------- real sky (--sky-patches)
@@ -278,7 +283,7 @@ def _checkerboard_sky(m: int = 5, size: int = 144, seed: int = 0) -> np.ndarray:
     return (board[None, None] + rng.normal(0, 2, (m, 1, size, size))).astype(np.float32)
 
 
-_FAR = np.hypot(*(np.mgrid[: synth.STAMP, : synth.STAMP] - (synth.STAMP - 1) / 2)) > 40
+_FAR = np.hypot(*(np.mgrid[: population.STAMP, : population.STAMP] - (population.STAMP - 1) / 2)) > 40
 
 
 def _sky_stats(flux: np.ndarray, segmap: np.ndarray) -> dict:
@@ -314,7 +319,7 @@ def _library_fraction(flux: np.ndarray, patch: np.ndarray, gain: float) -> float
 def test_default_sky_is_bit_identical_to_the_shipped_models_data():
     # These hashes were computed from the code BEFORE --sky-patches existed: they pin the
     # existing synthetic-sky rendering the shipped models were trained on (no library = no change).
-    s = synth.make_set("observed-test", n=8, seed=0)
+    s = synth_sets.make_set("observed-test", n=8, seed=0)
     import hashlib
 
     assert hashlib.sha256(np.ascontiguousarray(s.flux).tobytes()).hexdigest() == \
@@ -327,8 +332,8 @@ def test_default_sky_is_bit_identical_to_the_shipped_models_data():
 def test_real_sky_patches_replace_the_gaussian_sky_pixel_for_pixel():
     lib = _checkerboard_sky()
     n = 12
-    s = synth.make_set("observed-test", n, seed=0, sky_patches=lib)
-    gaussian = synth.make_set("observed-test", n, seed=0)
+    s = synth_sets.make_set("observed-test", n, seed=0, sky_patches=lib)
+    gaussian = synth_sets.make_set("observed-test", n, seed=0)
     cat = s.catalog
     # the same galaxies; only the sky differs
     np.testing.assert_array_equal(s.noiseless, gaussian.noiseless)
@@ -359,20 +364,20 @@ def test_real_sky_patches_replace_the_gaussian_sky_pixel_for_pixel():
     inside = s.noiseless > np.maximum(s.neighbours, sigma)
     assert np.all(s.segmap[inside] == 1)
     # reproducible per seed, different for another seed
-    again = synth.make_set("observed-test", n, seed=0, sky_patches=lib)
+    again = synth_sets.make_set("observed-test", n, seed=0, sky_patches=lib)
     np.testing.assert_array_equal(again.flux, s.flux)
     np.testing.assert_array_equal(again.segmap, s.segmap)
     np.testing.assert_array_equal(again.catalog["sky_patch"], patch)
-    assert not np.allclose(synth.make_set("observed-test", n, seed=1, sky_patches=lib).flux, s.flux)
+    assert not np.allclose(synth_sets.make_set("observed-test", n, seed=1, sky_patches=lib).flux, s.flux)
 
 
 def test_archetypes_in_real_sky_keep_neighbours_and_get_another_patch():
     lib = _checkerboard_sky(m=4)
     n = 6
-    obs = synth.make_set("observed-test", n, seed=5, sky_patches=lib,
-                         recipe=synth.Recipe(companion_fraction=1.0, star_fraction=1.0))
-    synth._join_fits(obs.catalog, synth.fit_single_sersic(obs, workers=1))
-    arch = synth.make_archetypes(obs, seed=1)  # the observed set's library by default
+    obs = synth_sets.make_set("observed-test", n, seed=5, sky_patches=lib,
+                         recipe=population.Recipe(companion_fraction=1.0, star_fraction=1.0))
+    synth_archetypes.join_fits(obs.catalog, synth_archetypes.fit_single_sersic(obs, workers=1))
+    arch = synth_archetypes.make_archetypes(obs, seed=1)  # the observed set's library by default
     assert arch.sky is obs.sky
     np.testing.assert_array_equal(arch.neighbours, obs.neighbours)
     a_patch, o_patch = np.asarray(arch.catalog["sky_patch"]), np.asarray(obs.catalog["sky_patch"])
@@ -387,7 +392,7 @@ def test_archetypes_in_real_sky_keep_neighbours_and_get_another_patch():
     assert abs(np.corrcoef(arch_sky[empty], obs_sky[empty])[0, 1]) < 0.1
     np.testing.assert_allclose(arch.catalog["sky_sigma"], [arch_sky[i][empty[i]].std() for i in range(n)], rtol=0.03)
     # results do not depend on the number of worker processes
-    np.testing.assert_array_equal(synth.make_archetypes(obs, seed=1, workers=2).flux, arch.flux)
+    np.testing.assert_array_equal(synth_archetypes.make_archetypes(obs, seed=1, workers=2).flux, arch.flux)
 
 
 def test_universe_in_real_sky_records_its_library(tmp_path):
@@ -399,7 +404,7 @@ def test_universe_in_real_sky_records_its_library(tmp_path):
     path = tmp_path / "sky.npy"
     np.save(path, lib)
     out = tmp_path / "u"
-    written = synth.write_universe(out, ["observed-test", "archetypes"], n_test=4, seed=2, sky_patches=path)
+    written = universe.write_universe(out, ["observed-test", "archetypes"], n_test=4, seed=2, sky_patches=path)
     expected = {"file": "sky.npy", "sha256": hashlib.sha256(lib.tobytes()).hexdigest(), "n_patches": 3, "size": 128}
     assert json.loads((out / "universe.json").read_text())["sky_patches"] == expected
     for name in ("observed-test", "archetypes"):
@@ -423,4 +428,4 @@ def test_cli_refuses_a_sky_library_synth_cannot_use(tmp_path, capsys, shape, wha
     assert "morphllr sky-patches" in err and "128x128" in err
     assert not (tmp_path / "u").exists()
     with pytest.raises(MorphllrError, match="constant"):
-        synth.sky_library(np.zeros((2, 1, 128, 128), np.float32))
+        synth_sky.sky_library(np.zeros((2, 1, 128, 128), np.float32))

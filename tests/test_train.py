@@ -15,8 +15,10 @@ from morphllr.errors import MorphllrError
 from morphllr.model.pixelcnn import PRESETS, PixelCNN
 from morphllr.model.io import load_model
 from morphllr.score import log_likelihood
-from morphllr.train.run import (InterruptAfter, augment_batch, rotate_continuous, rotate_lossless, split_indices,
-                            train_model)
+from morphllr.train.augment import augment_batch, rotate_continuous, rotate_lossless
+from morphllr.train.batches import split_indices
+from morphllr.train.run import train_model
+from morphllr.train.trainer import InterruptAfter
 
 FAST = dict(config="tiny", batch_size=4, augment="none", precision="32", progress=False, threads=1,
             warmup_steps=5)
@@ -181,7 +183,8 @@ def test_two_process_ddp_on_cpu_trains(tmp_path):
 
 def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_path):
     """'auto' maps the training pixels to zero mean, unit spread; an explicit pair is kept as given."""
-    from morphllr.train.run import build_config, split_indices, with_input_norm
+    from morphllr.train.batches import split_indices
+    from morphllr.train.run import build_config, with_input_norm
     from morphllr.data.inputs import open_images
 
     rng = np.random.default_rng(3)
@@ -203,7 +206,7 @@ def test_auto_input_norm_uses_the_training_pixels_and_explicit_values_win(tmp_pa
 
 def test_weight_average_is_the_ramped_ema_of_the_raw_weights_and_becomes_the_model(tmp_path):
     """The averaged weights follow the stated recursion exactly, and the model file holds them."""
-    from morphllr.train.run import PixelCNNModule
+    from morphllr.train.module import PixelCNNModule
 
     module = PixelCNNModule(PRESETS["tiny"].to_dict(), weight_average=0.9)
     module.net.train()
@@ -252,7 +255,7 @@ def _val_rows(n: int, fraction: float, seed: int = 0) -> np.ndarray:
 
 
 def test_convergence_rule_on_constructed_histories():
-    from morphllr.train.run import convergence
+    from morphllr.train.convergence import convergence
 
     flat = [[s, -2.0 - 0.5 * (1 - np.exp(-s / 20))] for s in range(10, 501, 10)]
     still = [[s, -2.0 - 0.001 * s] for s in range(10, 501, 10)]

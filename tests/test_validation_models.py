@@ -78,7 +78,9 @@ def test_models_score_held_out_gz2_jpegs(models, gz2_val_set):
 
 def test_shipped_seed_ensembles_load_and_their_seed0_is_the_shipped_pair():
     """validation/models/ensemble/{obs,arch}: 3 members of one recipe and data; seed0 = validation/models/{obs,arch}."""
-    from morphllr.model.io import file_sha256, load_ensemble, read_meta
+    from morphllr.data.inputs import file_sha256
+    from morphllr.model.ensemble import load_ensemble
+    from morphllr.model.io import read_meta
 
     root = Path(__file__).resolve().parents[1] / "validation" / "models"
     for side in ("obs", "arch"):

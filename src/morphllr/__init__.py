@@ -16,10 +16,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "morphllr.model.io",
-    "load_ensemble": "morphllr.model.io",
-    "Ensemble": "morphllr.model.io",
+    "load_ensemble": "morphllr.model.ensemble",
+    "Ensemble": "morphllr.model.ensemble",
     "save_model": "morphllr.model.io",
     "log_likelihood": "morphllr.score",
+    "llr": "morphllr.score",
+    "LLRResult": "morphllr.score",
     "PixelCNN": "morphllr.model.pixelcnn",
     "PixelCNNConfig": "morphllr.model.pixelcnn",
     "ImageSet": "morphllr.data.imageset",

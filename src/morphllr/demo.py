@@ -5,7 +5,7 @@ sim-softened, sim-smooth, archetypes), scores them with the two shipped PixelCNN
 ensembles (``morphllr/pretrained/obs``: 3 models trained with seeds 0, 1, 2 on
 observed-train, ``.../arch``: 3 on the archetypes of observed-train) through
 :func:`morphllr.comparison.run.compare`, i.e. under all 3 x 3 model pairs, writes the report and
-checks the ranking against :data:`morphllr.synth.universe.EXPECTED_ORDER`, galaxy by galaxy, since
+checks the ranking against :data:`morphllr.synth.sets.EXPECTED_ORDER`, galaxy by galaxy, since
 every set holds the same galaxies (:func:`paired_differences`): the check uses the ensemble
 mean; every model pair's own differences say how far the order survives retraining.
 
@@ -22,11 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from morphllr.atomic import claims
+from morphllr.atomic import atomic_dir, claims
+from morphllr.comparison import stats
+from morphllr.comparison.ensemble import MIN_MEMBERS_TOTAL, STABLE_SIGN_SHARE
+from morphllr.comparison.run import compare
 from morphllr.errors import MorphllrError
-from morphllr.synth.universe import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
+from morphllr.model.io import ENSEMBLE_FILE, META_FILE, WEIGHTS_FILE
+from morphllr.synth.sets import DEMO_SETS, EXPECTED_ORDER, EXPECTED_TIES
+from morphllr.synth.universe import write_universe
+from morphllr.train.ensemble import parse_seeds
 
-MODEL_FILES = ("weights.safetensors", "model.json")
+MODEL_FILES = (WEIGHTS_FILE, META_FILE)
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,6 @@ def _model_files(folder: Path) -> list[Path]:
     """The files a shipped model or ensemble folder needs: ``ensemble.json`` + every member's model files."""
     import json
 
-    from morphllr.model.io import ENSEMBLE_FILE
-
     index = folder / ENSEMBLE_FILE
     if not index.is_file():
         return [index]
@@ -126,7 +130,7 @@ def shipped_models(folder: Path | None = None) -> tuple[Path, Path]:
 
     Each holds ``ensemble.json`` and one plain model folder per seed (``seed0/``, ``seed1/``,
     ``seed2/``: ``weights.safetensors`` + ``model.json``); load them with
-    :func:`morphllr.model.io.load_ensemble`, one member with :func:`morphllr.load_model`
+    :func:`morphllr.model.ensemble.load_ensemble`, one member with :func:`morphllr.load_model`
     (e.g. ``pretrained/obs/seed0``).
 
     Args:
@@ -165,8 +169,6 @@ def train_models(out: Path, recipe: TrainRecipe = TRAIN_RECIPE, workers: int = 2
     import json
     import subprocess
     import time
-
-    from morphllr.synth.universe import write_universe
 
     out = Path(out)
     universe = out / "universe"
@@ -229,9 +231,6 @@ def install_models(obs_dir: Path, arch_dir: Path, dest: Path | None = None) -> P
     Returns:
         the destination folder.
     """
-    from morphllr.atomic import atomic_dir
-    from morphllr.model.io import ENSEMBLE_FILE
-
     dest = Path(dest) if dest is not None else pretrained_dir()
     for name, src in (("obs", obs_dir), ("arch", arch_dir)):
         src = Path(src)
@@ -271,7 +270,7 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
     """Galaxy-by-galaxy LLR differences between consecutive sets of :data:`EXPECTED_ORDER`.
 
     The demo's sets are the same galaxies: the sim-* sets are the observed-test galaxies
-    re-rendered (:data:`morphllr.synth.universe.GALAXIES_FROM`) and the archetypes are their
+    re-rendered (:data:`morphllr.synth.sets.GALAXIES_FROM`) and the archetypes are their
     single-Sérsic fits, row by row.  The per-image LLR varies between galaxies by ~100 nats
     (bright spirals score far above small smooth ones), which makes each set's own interval
     wide; differences of the same galaxy in two sets cancel that spread and measure only
@@ -280,10 +279,10 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
     With ensembles (several p_obs and/or p_arch members: ``SetResult.member_logp``) ``mean``
     and ``ci95`` are those of the ensemble LLR (the mean over all model pairs, what
     :func:`check_ranking` judges), and each entry also says how far the difference survives
-    retraining, by the rule of :data:`morphllr.comparison.run.STABILITY_RULE`.
+    retraining, by the rule of :data:`morphllr.comparison.ensemble.STABILITY_RULE`.
 
     Args:
-        result: a :class:`morphllr.comparison.run.CompareResult` of the demo sets.
+        result: a :class:`morphllr.comparison.result.CompareResult` of the demo sets.
         n_boot: bootstrap replicates of the mean difference.
         seed: bootstrap seed (the same galaxy draws for the ensemble and every model pair).
 
@@ -304,9 +303,6 @@ def paired_differences(result, n_boot: int = 1000, seed: int = 0) -> dict[str, d
         those four None.
     """
     import math
-
-    from morphllr.comparison import stats
-    from morphllr.comparison.run import MIN_MEMBERS_TOTAL, STABLE_SIGN_SHARE
 
     out = {}
     for better, worse in zip(EXPECTED_ORDER, EXPECTED_ORDER[1:]):
@@ -394,7 +390,7 @@ def check_ranking(summary) -> list[str]:
     two sets' mean LLRs.
 
     Args:
-        summary: a :class:`morphllr.comparison.run.CompareResult` (its paired differences are
+        summary: a :class:`morphllr.comparison.result.CompareResult` (its paired differences are
             computed here), or ``summary.json`` content, whose ``paired`` entry (written
             by :func:`run_demo`) is used when present.
 
@@ -473,16 +469,12 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
         say: callable(str) for status lines.
 
     Returns:
-        the :class:`morphllr.comparison.run.CompareResult`; its ``summary`` (and summary.json) also holds
+        the :class:`morphllr.comparison.result.CompareResult`; its ``summary`` (and summary.json) also holds
         ``paired`` (:func:`paired_differences`) and ``known_order`` (order, ``problems`` of the
         ensemble, ``by_pair``: :func:`check_ranking_by_pair`, ``model_pairs_recovering``).
     """
     import json
     import time
-
-    from morphllr.atomic import atomic_dir
-    from morphllr.comparison.run import compare
-    from morphllr.synth.universe import write_universe
 
     out = Path(out)
     if not train:
@@ -491,8 +483,6 @@ def run_demo(out: str | Path = "morphllr-demo", *, train: bool = False, overwrit
     timing = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if train:
-            from morphllr.train.run import parse_seeds
-
             recipe = TrainRecipe(seed=seed, seeds=tuple(parse_seeds(seeds)) if seeds is not None else TRAIN_RECIPE.seeds)
             obs_dir, arch_dir = train_models(tmp / "models", recipe, workers, say)
             timing["train_s"] = time.perf_counter() - t0

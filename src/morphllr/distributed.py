@@ -50,7 +50,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from morphllr import runtime
+from morphllr.data.imageset import ImageSet
 from morphllr.errors import MorphllrError, MorphllrWarning
+from morphllr.parallel import how_it_ended
 
 #: largest ``--devices`` count (processes or GPUs per node)
 MAX_DEVICES = 4096
@@ -388,8 +391,6 @@ def shard_slices(n: int, world: int, batch_size: int = 1) -> list[slice]:
 
 def read_range(source: Any, start: int, stop: int) -> np.ndarray:
     """Images ``start:stop`` of an ImageSource as float32 ``(B, C, H, W)`` (one contiguous read)."""
-    from morphllr.data.imageset import ImageSet
-
     if isinstance(source, ImageSet):  # a slice of /images, read directly (indices go through h5py's fancy path)
         return source.read(slice(start, stop))
     return source.read(np.arange(start, stop))  # ArraySource reads contiguous indices as one slice
@@ -674,8 +675,6 @@ def _url_host(address: str) -> str:
 def cpu_threads_per_process(local_world: int, threads: int | None = None) -> int:
     """Threads of each of ``local_world`` processes on this node: ``threads``, else ``MORPHLLR_THREADS``, else
     the idle usable cores split between the processes (:func:`morphllr.runtime.idle_cores`)."""
-    from morphllr import runtime
-
     if threads:
         return max(1, int(threads))
     env = os.environ.get("MORPHLLR_THREADS", "")
@@ -777,8 +776,6 @@ class _Child:
 
 
 def _death(child: _Child) -> str:
-    from morphllr.parallel import how_it_ended
-
     how = how_it_ended(child.process.poll())
     how = f"was {how}" if how.startswith("killed") else how
     return (f"scoring process {child.rank} {how}; use a smaller --batch-size or fewer --devices "
@@ -801,9 +798,7 @@ def _spawn(plan: Plan, fn: Callable, args: Sequence, kwargs: dict, threads: int 
     else:
         address, port, node = "127.0.0.1", _free_port(), 0
     if plan.accelerator == "cpu":
-        from morphllr.runtime import usable_cores
-
-        cores = usable_cores()
+        cores = runtime.usable_cores()
         if local > cores:
             warnings.warn(f"--devices {local} starts {local} processes on {cores} usable CPU core(s): they compete "
                           f"for the cores; --devices {cores} or fewer is faster", MorphllrWarning, stacklevel=3)
@@ -834,8 +829,6 @@ def _spawn(plan: Plan, fn: Callable, args: Sequence, kwargs: dict, threads: int 
                 process.wait(timeout=30)
                 raise MorphllrError(_death(child)) from None
         _wait_ready(children)
-        from morphllr import runtime
-
         env0 = Environment(node * local, world, 0, local, node, address, port, "morphllr --devices")
         with runtime.torch_threads(share):
             ctx = _connect(env0, plan, share)
@@ -932,8 +925,6 @@ def _child_main() -> None:
                 sys.path.insert(0, entry)
         fn, args, kwargs, plan, threads = pickle.load(stream)
         if threads:
-            from morphllr import runtime
-
             runtime.configure_cpu(threads)
         environment = detect_environment(plan.local_devices)
         if environment is None:

@@ -5,15 +5,16 @@ morphllr reports one number per set; when a set lies outside what the models des
 confident and wrong.  This module records, at training time, what the model saw, and
 judges every scored set against it.
 
-**What is recorded** (``model.json`` ``metrics["domain"]``, :func:`record`; written by
-``train`` at the end of training and by ``scripts/record_domain.py`` for older models):
+**What is recorded** (``model.json`` ``metrics["domain"]``, :func:`morphllr.score.record_domain`,
+which scores the images; written by ``train`` at the end of training and by
+``scripts/record_domain.py`` for older models):
 over the model's validation images (its training images when it has no validation split),
 per image,
 
 * ``whole_bpd``: bits/dim of the whole image, ``-log p(x) / (C H W ln 2)``;
 * ``sky_bpd``: bits/dim over the image's empty-sky pixels only,
   ``-sum_sky log p / (n_sky C ln 2)``; empty sky is what ``compare`` calls sky
-  (:class:`morphllr.comparison.run._SkyMasks`, one implementation: ``/segmap`` through the set's crop
+  (:class:`morphllr.comparison.pixels.SkyMasks`, one implementation: ``/segmap`` through the set's crop
   and zoom with every source grown by ``geometry.SKY_MARGIN`` flux pixels,
   ``geometry.model_sky_mask``; without ``/segmap``, ``/segmap_model == 0``);
   images without a sky pixel are left out;
@@ -74,6 +75,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from morphllr.comparison.pixels import OpenedSet, SkyMasks, excluded_pixels, take_rows
+from morphllr.data.catalog import RE_PIX_COLUMNS, catalog_values, find_column
+from morphllr.model.heads import bits_per_dim
+
 VERSION = 1
 #: records of fewer validation images are not judged (their quantiles have no usable spread: with 5 images a set of
 #: the same distribution fired the sky rule 14.5 % of the time, with 20 never, in 200 draws)
@@ -119,34 +124,30 @@ def describe(values: np.ndarray) -> dict | None:
             "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
 
 
-def whole_bpd(logp: np.ndarray, n_dims: int) -> np.ndarray:
-    """Per-image whole-image bits/dim of log p (nats), any leading shape."""
-    return -np.asarray(logp, dtype=np.float64) / (n_dims * math.log(2.0))
+def whole_bpd(logp: np.ndarray, n_dims: Any) -> np.ndarray:
+    """Per-image whole-image bits/dim of log p (nats), any leading shape (float64)."""
+    return bits_per_dim(np.asarray(logp, dtype=np.float64), n_dims)
 
 
 def sky_bpd(sky_logp: np.ndarray, n_sky: np.ndarray, channels: int) -> np.ndarray:
     """Per-image sky bits/dim from the summed sky log p (nats) and the sky-pixel counts (NaN without sky)."""
     n_sky = np.asarray(n_sky, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_sky > 0, -np.asarray(sky_logp, np.float64) / (n_sky * channels * math.log(2.0)), np.nan)
+        return np.where(n_sky > 0, bits_per_dim(np.asarray(sky_logp, np.float64), n_sky * channels), np.nan)
 
 
 class SkyReader:
     """Empty-sky masks and central-source masks of an image source, by rows.
 
-    The sky is :class:`morphllr.comparison.run._SkyMasks`'s (the one definition); this only opens it for
+    The sky is :class:`morphllr.comparison.pixels.SkyMasks`'s (the one definition); this only opens it for
     any ImageSource (an ImageSet has ``segmap`` / ``segmap_model``; a bare array has neither).
     """
 
     def __init__(self, source: Any, name: str | None = None):
-        from morphllr.comparison.run import OpenedSet, _SkyMasks, model_grid_mask
-
         _, _, h, w = source.shape
-        self.opened = OpenedSet(name=name or str(getattr(source, "name", "set")), label=str(getattr(source, "name", "")),
-                                source=source, catalog=getattr(source, "catalog", None),
-                                segmap=getattr(source, "segmap_model", None), flux_segmap=getattr(source, "segmap", None),
-                                mask=model_grid_mask(source))
-        self.masks = _SkyMasks(self.opened, (h, w))
+        self.opened = OpenedSet.from_source(name or str(getattr(source, "name", "set")),
+                                            str(getattr(source, "name", "")), source)
+        self.masks = SkyMasks(self.opened, (h, w))
         self.kind = self.masks.kind
 
     def sky(self, rows: np.ndarray) -> np.ndarray | None:
@@ -155,96 +156,29 @@ class SkyReader:
 
     def excluded(self, rows: np.ndarray) -> np.ndarray | None:
         """bool (B, H, W) masked pixels (``/mask_model``) of the (sorted) ``rows``, or None without a mask."""
-        from morphllr.comparison.run import excluded_pixels
-
         return excluded_pixels(self.opened.mask, rows=rows)
 
     def central(self, rows: np.ndarray) -> np.ndarray | None:
         """bool (B, H, W) central-source mask of the (sorted) ``rows``, or None."""
         if self.opened.segmap is None:
             return None
-        return _rows(self.opened.segmap, rows) == 1
+        return take_rows(self.opened.segmap, rows) == 1
 
 
-def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
-    """``dataset[rows]`` for sorted rows (a slice when contiguous: h5py reads it in one go)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-        return np.asarray(dataset[int(rows[0]):int(rows[-1]) + 1])
-    return np.asarray(dataset[rows.tolist()] if hasattr(dataset, "id") else np.asarray(dataset)[rows])
-
-
-def re_model_pixels(source: Any) -> np.ndarray | None:
-    """Catalogue half-light radii in model pixels (``sersic_re_pix`` x zoom), or None."""
-    from morphllr.data.catalog import RE_PIX_COLUMNS, catalog_values, find_column
-
-    catalog = getattr(source, "catalog", None)
-    col = find_column(catalog, RE_PIX_COLUMNS)
-    zoom = (getattr(source, "preprocessing", None) or {}).get("zoom")
-    if col is None or zoom is None:
-        return None
-    return catalog_values(catalog, col) * float(zoom)
-
-
-def record(model: Any, source: Any, indices: Sequence[int] | None = None, *, images: str = "validation",
-           batch_size: int | None = None, threads: int | None = None, bf16: bool | None = False) -> dict:
-    """The domain record of one model: its per-image statistics over ``indices`` of ``source``.
+def re_model_pixels(catalog: Any, preprocessing: dict | None) -> tuple[np.ndarray | None, str | None]:
+    """Catalogue half-light radii in model pixels (``sersic_re_pix`` x zoom), or None and why not.
 
     Args:
-        model: a LoadedModel or PixelCNN (one model; an ensemble member each on its own split).
-        source: the training ImageSource (ImageSet for the sky and size statistics).
-        indices: rows to use (default all), e.g. the validation split.
-        images: which images these are ("validation" or "training"), recorded.
-        batch_size: images per forward pass (None: automatic).
-        threads: CPU threads.
-        bf16: bf16 autocast (default exact fp32, as the recorded val bits/dim).
-
-    Returns:
-        the dict stored under ``metrics["domain"]``.
+        catalog: the set's catalogue (astropy Table) or None.
+        preprocessing: the preprocessing record whose zoom maps catalogue pixels onto the model grid.
     """
-    from morphllr.score import default_batch_size, iter_log_prob_maps
-    from morphllr.data.inputs import open_images
-
-    source = open_images(source)
-    n, c, h, w = source.shape
-    rows = np.arange(n) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
-    config = getattr(model, "config", None) or model.net.config
-    batch_size = int(batch_size or default_batch_size(config))
-    reader = SkyReader(source)
-    logp = np.empty(len(rows))
-    n_valid = np.full(len(rows), float(h * w))  # unmasked pixels
-    sky_logp = np.full(len(rows), np.nan)
-    n_sky = np.zeros(len(rows))
-    area = np.full(len(rows), np.nan)
-    for start in range(0, len(rows), batch_size):
-        part = rows[start:start + batch_size]
-        batch = source.read(part)
-        maps = np.concatenate(list(iter_log_prob_maps(model, batch, batch_size=len(batch), bf16=bf16,
-                                                      threads=threads)))
-        stop = start + len(part)
-        excluded = reader.excluded(part)
-        if excluded is None:
-            logp[start:stop] = maps.sum(axis=(1, 2), dtype=np.float64)
-        else:  # masked pixels' own terms are not in the statistics (they stay context)
-            logp[start:stop] = np.where(excluded, np.float32(0), maps).sum(axis=(1, 2), dtype=np.float64)
-            n_valid[start:stop] = (~excluded).sum(axis=(1, 2))
-        sky = reader.sky(part)  # never a masked pixel
-        if sky is not None:
-            sky_logp[start:stop] = np.where(sky, maps.astype(np.float64), 0.0).sum(axis=(1, 2))
-            n_sky[start:stop] = sky.sum(axis=(1, 2))
-        central = reader.central(part)
-        if central is not None:
-            area[start:stop] = central.sum(axis=(1, 2))
-    re = re_model_pixels(source)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        whole = whole_bpd(logp, np.where(n_valid > 0, c * n_valid, np.nan))
-    stats = {"whole_bpd": describe(whole),
-             "sky_bpd": describe(sky_bpd(sky_logp, n_sky, c)) if reader.kind else None,
-             "size_area": describe(area) if reader.opened.segmap is not None else None,
-             "size_re": describe(re[rows]) if re is not None else None}
-    return {"version": VERSION, "images": images, "n_images": int(len(rows)), "data": str(source.name),
-            "sky_mask": reader.kind, "image_shape": [int(c), int(h), int(w)], "definition": DEFINITION,
-            "stats": stats}
+    col = find_column(catalog, RE_PIX_COLUMNS)
+    if col is None:
+        return None, f"no half-light radius column ({' / '.join(RE_PIX_COLUMNS)}) in the catalogue"
+    zoom = (preprocessing or {}).get("zoom")
+    if zoom is None:
+        return None, f"the preprocessing records no zoom, so {col} cannot be converted to model pixels"
+    return catalog_values(catalog, col) * float(zoom), None
 
 
 # --------------------------------------------------------------------------- judging a set
@@ -549,17 +483,3 @@ def reference_warning(name: str, mean_llr: float) -> list[str]:
     return [f"{name} (the reference): mean LLR {mean_llr:.4g} <= 0, so p_obs does not prefer the observations it "
             "should describe over p_arch; these images are probably not what p_obs was trained on (another survey, "
             "recipe or sky) and the ranking is meaningless"]
-
-
-def training_record(net: Any, source: Any, val_idx: Sequence[int], train_idx: Sequence[int]) -> dict:
-    """The record ``train`` writes into ``metrics["domain"]``: the validation images, else the training ones.
-
-    Args:
-        net: the trained PixelCNN (final weights).
-        source: the training ImageSource.
-        val_idx: validation rows (may be empty).
-        train_idx: training rows (the same subsample the training bits/dim is measured on).
-    """
-    if len(val_idx):
-        return record(net, source, val_idx, images="validation")
-    return record(net, source, train_idx, images="training")

@@ -22,6 +22,8 @@ at exit in exactly that case).
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import signal
 from typing import Any, Callable, Iterable, Iterator, Sized
 
@@ -83,8 +85,6 @@ class _Worker:
             self.conn.send((index, job))
         except (BrokenPipeError, ConnectionResetError, EOFError):
             # a worker that died while idle (killed, out of memory): one clear line, not a pipe error
-            from morphllr.errors import MorphllrError
-
             raise MorphllrError(_death_message(self)) from None
 
     def stop(self, terminate: bool) -> None:
@@ -194,6 +194,31 @@ def map_in_processes(worker: Callable[[Any], Any], jobs: Iterable, workers: int,
     finally:
         for w in pool:
             w.stop(terminate=failed or not exhausted)
+
+
+def map_items_in_processes(worker: Callable[[Any], Any], items: Iterable, workers: int, chunk: int) -> Iterator[Any]:
+    """:func:`map_in_processes` for many small jobs: ``worker(item)`` for every item, in order, the items
+    sent to worker processes ``chunk`` at a time (one message per chunk) and still taken lazily.
+
+    Args:
+        worker: function of one item (module-level, or a ``functools.partial`` of one).
+        items: the items (any iterable; at most ``2 x workers`` chunks are read ahead).
+        workers: processes (1: in this process, one item at a time, none read ahead).
+        chunk: items per job of a worker process.
+
+    Returns:
+        (yields) each item's result, in item order.
+    """
+    items = iter(items)
+    size = max(1, int(chunk)) if workers > 1 else 1
+    blocks = iter(lambda: list(itertools.islice(items, size)), [])
+    for results in map_in_processes(functools.partial(_each, worker), blocks, workers):
+        yield from results
+
+
+def _each(worker: Callable[[Any], Any], items: list) -> list:
+    """``worker`` over one chunk of items (the job of :func:`map_items_in_processes`)."""
+    return [worker(item) for item in items]
 
 
 def concat_in_processes(worker: Callable[[Any], Iterable], jobs: Iterable, workers: int, progress=None) -> list:

@@ -16,20 +16,33 @@ Masked pixels: :func:`score_to_files` drops the own terms of an ImageSet's maske
 each image's log p; the images are scored unchanged, so those pixels stay context for the
 later pixels' conditionals.  :func:`log_likelihood` and :func:`iter_log_prob_maps` return
 every pixel's term (the maps are whole; apply the mask yourself).
+
+Each model is made ready once per run (:class:`ModelScorer`: CPU threads, channels-last
+layout, one check that the images fit it), then scored batch by batch; ``compare`` uses the
+same scorer.  :func:`record_domain` scores a model's own validation (or training) images for
+the domain record :mod:`morphllr.domain` judges scored sets by.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import csv
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 
-from morphllr import runtime
-from morphllr.atomic import claims
-from morphllr.errors import MorphllrError
-from morphllr.data.preprocess import check_compatible
+from morphllr import distributed, domain, runtime
+from morphllr.atomic import atomic_file, claims
+from morphllr.comparison.pixels import excluded_pixels, model_grid_mask
 from morphllr.data.inputs import ImageSource, check_batch, open_images
+from morphllr.data.preprocess import check_compatible
+from morphllr.errors import MorphllrError, MorphllrWarning
+from morphllr.model.heads import bits_per_dim, is_discrete_head
+from morphllr.model.ensemble import Ensemble
+from morphllr.model.pixelcnn import NET_INPUT_LIMIT
 
 
 def _unpack(model: Any):
@@ -100,9 +113,7 @@ def check_input_range(batch: np.ndarray, config, name: str, model_name: str = "m
     Returns:
         None; raises MorphllrError naming the images and the model's valid range.
     """
-    from morphllr.model.pixelcnn import NET_INPUT_LIMIT
-
-    if str(getattr(config, "head", "")).startswith("discretized"):
+    if is_discrete_head(getattr(config, "head", "")):
         return  # integer values 0..255, checked by check_batch
     shift = float(getattr(config, "input_shift", 0.0))
     scale = float(getattr(config, "input_scale", 1.0))
@@ -130,9 +141,7 @@ def _check_scores(maps: np.ndarray, name: str, model_name: str, start: int) -> N
             "it, e.g. with --precision 32 or a lower --lr) or these images are far from its training data")
 
 
-def _device_of(net) -> "torch.device":
-    import torch
-
+def _device_of(net) -> torch.device:
     for p in net.parameters():
         return p.device
     return torch.device("cpu")
@@ -149,36 +158,73 @@ def _eval_mode(net) -> Iterator[None]:
 
 
 def _is_ensemble(model: Any) -> bool:
-    from morphllr.model.io import Ensemble
-
     return isinstance(model, Ensemble)
 
 
-class _Scorer:
-    """One model made ready to score one source: checks done once, then ``scorer(batch, start) -> maps``."""
+class ModelScorer:
+    """One model made ready to score, once: CPU threads and the channels-last layout are set up here.
 
-    def __init__(self, model: Any, source: ImageSource, threads: int | None):
-        import torch
+    ``scorer(batch, start, bf16, images)`` gives the float32 ``(B, H, W)`` per-pixel log p (nats) of
+    one model-input batch, its pixels checked against the network's input range and the result for
+    NaN/inf (``images`` and ``start``, the batch's first image, name them in messages).  Whether the
+    images fit the model is checked once per set (:meth:`check_fits`); score inside
+    :meth:`evaluating` (the network in evaluation mode, restored after).
+    """
 
-        self.net, self.config, model_prep, self.name = _unpack(model)
-        check_images_fit(source, self.config, model_prep, self.name)
-        self.source_name = source.name
+    def __init__(self, model: Any, threads: int | None):
+        self.net, self.config, self.preprocessing, self.name = _unpack(model)
         self.device = _device_of(self.net)
         if self.device.type == "cpu":
             runtime.configure_cpu(threads)
         self.net = self.net.to(memory_format=torch.channels_last)
 
-    def __call__(self, batch: np.ndarray, start: int, bf16: bool | None) -> np.ndarray:
-        import torch
+    def check_fits(self, source: ImageSource) -> None:
+        """Refuse a source whose image shape or preprocessing differs from the model's (:func:`check_images_fit`)."""
+        check_images_fit(source, self.config, self.preprocessing, self.name)
 
-        check_input_range(batch, self.config, self.source_name, self.name, start)
+    def evaluating(self) -> contextlib.AbstractContextManager:
+        """The network in evaluation mode for the ``with`` block."""
+        return _eval_mode(self.net)
+
+    def __call__(self, batch: np.ndarray, start: int, bf16: bool | None, images: str) -> np.ndarray:
+        check_input_range(batch, self.config, images, self.name, start)
         # inference mode only around the forward pass: a generator must not leave it
         # switched on in the caller's code between batches
         with torch.inference_mode(), runtime.autocast_context(self.device, bf16):
             x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
             maps = self.net.log_prob_pixels(x).float().cpu().numpy()
-        _check_scores(maps, self.source_name, self.name, start)
+        _check_scores(maps, images, self.name, start)
         return maps
+
+
+def _ready(members: list, source: ImageSource, threads: int | None) -> list[ModelScorer]:
+    """A ModelScorer per member, each checked once against ``source``."""
+    scorers = [ModelScorer(m, threads) for m in members]
+    for scorer in scorers:
+        scorer.check_fits(source)
+    return scorers
+
+
+def _iter_side_maps(sides: list, source: ImageSource, batch_size: int | None, bf16: bool | None, progress: bool,
+                    threads: int | None) -> Iterator[list[np.ndarray]]:
+    """Per batch, each side's float32 (K, B, H, W) maps, one per member: every batch read once for all models."""
+    members = [list(side.members) if _is_ensemble(side) else [side] for side in sides]
+    scorers = [_ready(side, source, threads) for side in members]
+    flat = [scorer for side in scorers for scorer in side]
+    batch_size = int(batch_size) if batch_size else min(default_batch_size(s.config) for s in flat)
+    if batch_size < 1:
+        raise MorphllrError(f"--batch-size: must be at least 1, got {batch_size}")
+    discrete = sorted({is_discrete_head(getattr(s.config, "head", None)) for s in flat})
+    with contextlib.ExitStack() as modes, _progress(progress, len(source), source.name) as advance:
+        for scorer in flat:
+            modes.enter_context(scorer.evaluating())
+        start = 0
+        for batch in source.batches(batch_size):
+            for kind in discrete:  # once per kind of head among the models
+                check_batch(batch, source.name, kind, start)
+            yield [np.stack([scorer(batch, start, bf16, source.name) for scorer in side]) for side in scorers]
+            start += len(batch)
+            advance(len(batch))
 
 
 def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *, bf16: bool | None = None,
@@ -186,7 +232,7 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
     """Yield per-pixel log-probability maps, one float32 array per batch, in order.
 
     Shape rule (as in :func:`log_likelihood`): a single model (LoadedModel or PixelCNN) gives (B, H, W);
-    an :class:`~morphllr.model.io.Ensemble` gives (K, B, H, W), one map per member in ``ensemble.names``
+    an :class:`~morphllr.model.ensemble.Ensemble` gives (K, B, H, W), one map per member in ``ensemble.names``
     order, even when K = 1.  Each batch is read once and run through every member.
 
     Args:
@@ -200,23 +246,8 @@ def iter_log_prob_maps(model: Any, source: Any, batch_size: int | None = None, *
     Returns:
         (yields) float32 maps of log p(x_ij | x_<ij) in nats, summed over channels.
     """
-    members = list(model.members) if _is_ensemble(model) else [model]
-    source = open_images(source)
-    scorers = [_Scorer(m, source, threads) for m in members]
-    batch_size = int(batch_size) if batch_size else min(default_batch_size(s.config) for s in scorers)
-    if batch_size < 1:
-        raise MorphllrError(f"--batch-size: must be at least 1, got {batch_size}")
-    head = getattr(scorers[0].config, "head", None)
-    with contextlib.ExitStack() as modes, _progress(progress, len(source), source.name) as advance:
-        for scorer in scorers:
-            modes.enter_context(_eval_mode(scorer.net))
-        start = 0
-        for batch in source.batches(batch_size):
-            check_batch(batch, source.name, head, start)
-            maps = [scorer(batch, start, bf16) for scorer in scorers]
-            yield np.stack(maps) if _is_ensemble(model) else maps[0]
-            start += len(batch)
-            advance(len(batch))
+    for (maps,) in _iter_side_maps([model], open_images(source), batch_size, bf16, progress, threads):
+        yield maps if _is_ensemble(model) else maps[0]
 
 
 def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size: int | None = None,
@@ -224,7 +255,7 @@ def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size:
     """log p(x) of every image under ``model``, in nats.
 
     Shape rule: a single model (LoadedModel, PixelCNN) gives (N,) (or (N, H, W) maps); an
-    :class:`~morphllr.model.io.Ensemble` (``morphllr.load_ensemble``) gives a leading member axis,
+    :class:`~morphllr.model.ensemble.Ensemble` (``morphllr.load_ensemble``) gives a leading member axis,
     (K, N) (or (K, N, H, W)), rows in ``ensemble.names`` order, always, also for K = 1 (a plain model
     folder loaded with ``load_ensemble``).  Row k equals ``log_likelihood(ensemble.members[k], images)``
     bit for bit (same batches); the member mean over axis 0 is the mean of log p, not the log of a
@@ -266,17 +297,155 @@ def log_likelihood(model: Any, images: Any, per_pixel: bool = False, batch_size:
     return out
 
 
-def bits_per_dim(logp_nats: np.ndarray, n_dims: int) -> np.ndarray:
-    """Convert log p (nats per image) to bits per dimension (lower = more likely).
+# --------------------------------------------------------------------------- the LLR in one call
+@dataclass
+class LLRResult:
+    """The log-likelihood ratio of images under two models, from one forward pass of each.
+
+    Attributes:
+        llr: float64 (N,) ``log p_obs(x) - log p_arch(x)`` in nats per image (higher = closer to the
+            observations); for an ensemble side, log p is the mean over its members.
+        logp_obs, logp_arch: float64 (N,) the two log-likelihoods in nats (member means for an ensemble).
+        n_pixels: int (N,) model pixels summed per image (masked ones left out).
+        maps: float32 (N, H, W) per-pixel LLR in nats (masked pixels NaN) with ``per_pixel=True``, else None.
+    """
+
+    llr: np.ndarray
+    logp_obs: np.ndarray
+    logp_arch: np.ndarray
+    n_pixels: np.ndarray
+    maps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.llr)
+
+    @property
+    def llr_per_pixel(self) -> np.ndarray:
+        """float64 (N,) LLR per summed model pixel, in nats (NaN for an image with every pixel masked)."""
+        return np.where(self.n_pixels > 0, self.llr / np.maximum(self.n_pixels, 1), np.nan)
+
+
+def llr(obs: Any, arch: Any, images: Any, per_pixel: bool = False, *, batch_size: int | None = None,
+        bf16: bool | None = None, threads: int | None = None, progress: bool = False) -> LLRResult:
+    """LLR(x) = log p_obs(x) - log p_arch(x) of every image, and its per-pixel maps, in one call.
+
+    Each batch is read once and run once through every member of both models, so the maps come with
+    the sums (``log_likelihood`` of each model, then again with ``per_pixel=True``, would take four
+    passes).  An ImageSet's masked pixels (``/mask_model``) are left out of the sums, as in ``morphllr
+    compare``; the images are scored whole, so those pixels stay context for later pixels.  Without a
+    mask, ``llr`` equals ``log_likelihood(obs, x) - log_likelihood(arch, x)`` bit for bit (member means
+    for ensembles) with the same batch size.
 
     Args:
-        logp_nats: log-likelihoods in nats.
-        n_dims: C x H x W values per image.
+        obs: p_obs: LoadedModel (``morphllr.load_model``), PixelCNN, or Ensemble (``morphllr.load_ensemble``).
+        arch: p_arch, any of the same kinds; it must take the same image size and channels as ``obs``.
+        images: an ImageSet (its recipe is checked against both models'), a path, an ImageSource, or a
+            float32 array (N, H, W) / (N, C, H, W) already in the models' input space.
+        per_pixel: also return the (N, H, W) per-pixel LLR maps.
+        batch_size: images per forward pass (None: automatic).
+        bf16: bf16 autocast (None: where the CPU supports it natively; False for exact fp32).
+        threads: CPU threads (None: all usable cores).
+        progress: show a progress bar.
 
     Returns:
-        -logp / (n_dims ln 2).
+        :class:`LLRResult` (``.llr``, ``.logp_obs``, ``.logp_arch``, ``.n_pixels``, ``.maps``).
     """
-    return -np.asarray(logp_nats, dtype=np.float64) / (n_dims * np.log(2.0))
+    source = open_images(images)
+    n, _, h, w = source.shape
+    mask = model_grid_mask(source)
+    logp = np.empty((2, n), np.float64)
+    n_pixels = np.full(n, h * w, np.int64)
+    maps_out = np.empty((n, h, w), np.float32) if per_pixel else None
+    start = 0
+    for obs_maps, arch_maps in _iter_side_maps([obs, arch], source, batch_size, bf16, progress, threads):
+        stop = start + obs_maps.shape[1]
+        excluded = excluded_pixels(mask, start, stop)
+        for side, maps in enumerate((obs_maps, arch_maps)):
+            if excluded is not None:
+                maps = np.where(excluded[None], np.float32(0), maps)
+            logp[side, start:stop] = maps.astype(np.float64).sum(axis=(-2, -1)).mean(axis=0)
+        if excluded is not None:
+            n_pixels[start:stop] -= excluded.sum(axis=(1, 2))
+        if per_pixel:
+            part = (obs_maps.astype(np.float64).mean(axis=0) - arch_maps.astype(np.float64).mean(axis=0))
+            maps_out[start:stop] = part if excluded is None else np.where(excluded, np.nan, part)
+        start = stop
+    return LLRResult(llr=logp[0] - logp[1], logp_obs=logp[0], logp_arch=logp[1], n_pixels=n_pixels, maps=maps_out)
+
+
+# --------------------------------------------------------------------------- domain records
+def record_domain(model: Any, source: Any, indices: Sequence[int] | None = None, *, images: str = "validation",
+                  batch_size: int | None = None, threads: int | None = None, bf16: bool | None = False) -> dict:
+    """The domain record of one model (:mod:`morphllr.domain`): its per-image statistics over ``indices`` of ``source``.
+
+    Args:
+        model: a LoadedModel or PixelCNN (one model; an ensemble member each on its own split).
+        source: the training ImageSource (ImageSet for the sky and size statistics).
+        indices: rows to use (default all), e.g. the validation split.
+        images: which images these are ("validation" or "training"), recorded.
+        batch_size: images per forward pass (None: automatic).
+        threads: CPU threads.
+        bf16: bf16 autocast (default exact fp32, as the recorded val bits/dim).
+
+    Returns:
+        the dict stored under ``metrics["domain"]``.
+    """
+    source = open_images(source)
+    n, c, h, w = source.shape
+    rows = np.arange(n) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+    scorer = _ready([model], source, threads)[0]
+    batch_size = int(batch_size or default_batch_size(scorer.config))
+    discrete = is_discrete_head(getattr(scorer.config, "head", None))
+    reader = domain.SkyReader(source)
+    logp = np.empty(len(rows))
+    n_valid = np.full(len(rows), float(h * w))  # unmasked pixels
+    sky_logp = np.full(len(rows), np.nan)
+    n_sky = np.zeros(len(rows))
+    area = np.full(len(rows), np.nan)
+    with scorer.evaluating():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            batch = source.read(part)
+            check_batch(batch, source.name, discrete, start)
+            maps = scorer(batch, start, bf16, source.name)
+            stop = start + len(part)
+            excluded = reader.excluded(part)
+            if excluded is None:
+                logp[start:stop] = maps.sum(axis=(1, 2), dtype=np.float64)
+            else:  # masked pixels' own terms are not in the statistics (they stay context)
+                logp[start:stop] = np.where(excluded, np.float32(0), maps).sum(axis=(1, 2), dtype=np.float64)
+                n_valid[start:stop] = (~excluded).sum(axis=(1, 2))
+            sky = reader.sky(part)  # never a masked pixel
+            if sky is not None:
+                sky_logp[start:stop] = np.where(sky, maps.astype(np.float64), 0.0).sum(axis=(1, 2))
+                n_sky[start:stop] = sky.sum(axis=(1, 2))
+            central = reader.central(part)
+            if central is not None:
+                area[start:stop] = central.sum(axis=(1, 2))
+    re, _ = domain.re_model_pixels(reader.opened.catalog, source.preprocessing)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        whole = domain.whole_bpd(logp, np.where(n_valid > 0, c * n_valid, np.nan))
+    stats = {"whole_bpd": domain.describe(whole),
+             "sky_bpd": domain.describe(domain.sky_bpd(sky_logp, n_sky, c)) if reader.kind else None,
+             "size_area": domain.describe(area) if reader.opened.segmap is not None else None,
+             "size_re": domain.describe(re[rows]) if re is not None else None}
+    return {"version": domain.VERSION, "images": images, "n_images": int(len(rows)), "data": str(source.name),
+            "sky_mask": reader.kind, "image_shape": [int(c), int(h), int(w)], "definition": domain.DEFINITION,
+            "stats": stats}
+
+
+def record_training_domain(net: Any, source: Any, val_idx: Sequence[int], train_idx: Sequence[int]) -> dict:
+    """The record ``train`` writes into ``metrics["domain"]``: the validation images, else the training ones.
+
+    Args:
+        net: the trained PixelCNN (final weights).
+        source: the training ImageSource.
+        val_idx: validation rows (may be empty).
+        train_idx: training rows (the same subsample the training bits/dim is measured on).
+    """
+    if len(val_idx):
+        return record_domain(net, source, val_idx, images="validation")
+    return record_domain(net, source, train_idx, images="training")
 
 
 def rich_progress(description: str):
@@ -343,9 +512,7 @@ def _per_member(model: Any) -> bool:
 
 def _score_outputs(arguments: dict) -> list:
     """The files :func:`score_to_files` writes; claimed only by the process that writes them (rank 0)."""
-    from morphllr.distributed import launched_rank
-
-    if launched_rank() != 0:
+    if distributed.launched_rank() != 0:
         return []
     return [("--out", arguments["csv_path"]), ("--maps", arguments["maps_path"])]
 
@@ -399,8 +566,6 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
         + masked_share, the mean share of masked model pixels, for a set with a mask);
         None on the ranks other than 0 of a run joined from a launcher.
     """
-    from morphllr import distributed
-
     plan = distributed.resolve(devices, accelerator, num_nodes)
     if _is_ensemble(model) and not _per_member(model):
         model = model.members[0]  # a plain model folder: exactly the single-model file
@@ -418,22 +583,17 @@ def score_to_files(model: Any, images: Any, csv_path, *, maps_path=None, batch_s
 def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_size: int | None,
                bf16: bool | None, progress: bool, overwrite: bool) -> dict | None:
     """One rank of :func:`score_to_files`: score its shard; rank 0 gathers and writes the files."""
-    import csv
-
-    from morphllr.atomic import atomic_file
-    from morphllr.distributed import models_on
-
     names = list(model.names) if _is_ensemble(model) else []
     members = list(model.members) if names else [model]
     n, c, h, w = source.shape
-    with models_on(ctx.device, members), contextlib.ExitStack() as stack:
-        scorers = [_Scorer(m, source, ctx.threads) for m in members]
+    with distributed.models_on(ctx.device, members), contextlib.ExitStack() as stack:
+        scorers = _ready(members, source, ctx.threads)
         for scorer in scorers:
-            stack.enter_context(_eval_mode(scorer.net))
+            stack.enter_context(scorer.evaluating())
         batch_size = int(batch_size) if batch_size else min(default_batch_size(s.config) for s in scorers)
         if batch_size < 1:
             raise MorphllrError(f"--batch-size: must be at least 1, got {batch_size}")
-        head = getattr(scorers[0].config, "head", None)
+        discrete = is_discrete_head(getattr(scorers[0].config, "head", None))
         mine = ctx.shard(n, batch_size)
         logp = np.empty((len(members), mine.stop - mine.start), dtype=np.float64)
         # the domain guards' numbers (morphllr.domain): each member's log p over the empty sky, the sky
@@ -450,8 +610,8 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
             advance = stack.enter_context(_progress(progress, n, source.name))
         for step, (start, batch) in enumerate(ctx.batches(source, batch_size)):
             if batch is not None:
-                check_batch(batch, source.name, head, start)
-                maps = np.stack([scorer(batch, start, bf16) for scorer in scorers])  # (K, B, H, W)
+                check_batch(batch, source.name, discrete, start)
+                maps = np.stack([scorer(batch, start, bf16, source.name) for scorer in scorers])  # (K, B, H, W)
                 excluded = guard.excluded(start, len(batch))
                 at = slice(start - mine.start, start - mine.start + len(batch))
                 if excluded is None:
@@ -487,9 +647,9 @@ def _score_job(ctx, model: Any, source: ImageSource, csv_path, maps_path, batch_
         dims: Any = c * h * w
         if masked:  # per unmasked dimension
             dims = np.where(n_masked < h * w, c * (h * w - n_masked), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bpd = bits_per_dim(mean, dims)
-            member_bpd = bits_per_dim(logp, dims)
+        with np.errstate(invalid="ignore", divide="ignore"):  # float64 first: the CSV's numbers
+            bpd = bits_per_dim(np.asarray(mean, np.float64), dims)
+            member_bpd = bits_per_dim(np.asarray(logp, np.float64), dims)
         spread = logp.std(axis=0, ddof=1) if len(logp) > 1 else np.full(n, np.nan)
         header = ["id", "logp", "bits_per_dim"]
         if names:
@@ -522,9 +682,7 @@ class _DomainNumbers:
     """What :mod:`morphllr.domain` judges a scored set by, collected batch by batch in :func:`score_to_files`."""
 
     def __init__(self, source: ImageSource, k: int, m: int):
-        from morphllr.domain import SkyReader
-
-        self.reader = SkyReader(source)
+        self.reader = domain.SkyReader(source)
         self.k = k
         self.sky = np.full((k, m), np.nan)
         self.n_sky = np.full(m, np.nan)
@@ -554,17 +712,12 @@ class _DomainNumbers:
     def judge(self, logp: np.ndarray, rows: np.ndarray, members: list, names: list[str], source: ImageSource,
               shape: tuple[int, int, int]) -> dict:
         """``warnings`` and ``notes`` for the score summary; each warning is also a MorphllrWarning."""
-        import warnings as _warnings
-
-        from morphllr import domain
-        from morphllr.errors import MorphllrWarning
-
         sky, n_sky, area, n_masked = rows[:self.k], rows[self.k], rows[self.k + 1], rows[self.k + 2]
         has_sky = self.reader.kind is not None
         _, h, w = shape
+        re, _ = domain.re_model_pixels(self.reader.opened.catalog, getattr(source, "preprocessing", None))
         values = {"model": domain.set_statistics(logp, sky if has_sky else None, n_sky if has_sky else None,
-                                                 area if self.reader.opened.segmap is not None else None,
-                                                 domain.re_model_pixels(source), shape,
+                                                 area if self.reader.opened.segmap is not None else None, re, shape,
                                                  n_valid=h * w - n_masked if self.has_mask else None)}
         records = [domain.domain_record(m) for m in members]
         found, notes = domain.convergence_findings("model", names, members)
@@ -575,7 +728,7 @@ class _DomainNumbers:
                                                         [("model", "the model", names, records)], self.reader.kind)
             found = out_of_domain + found
         for text in found:
-            _warnings.warn(text, MorphllrWarning, stacklevel=4)
+            warnings.warn(text, MorphllrWarning, stacklevel=4)
         return {"warnings": found, "notes": notes, "domain": judged or None}
 
 
@@ -583,8 +736,6 @@ def _open_maps_file(stack: contextlib.ExitStack, maps_path, overwrite: bool, mod
                     images_name: str, n: int, h: int, w: int) -> list:
     """The ``--maps`` HDF5 file's datasets (``logp`` and, for an ensemble, ``logp_NAME``), opened for writing."""
     import h5py
-
-    from morphllr.atomic import atomic_file
 
     tmp_maps = stack.enter_context(atomic_file(maps_path, overwrite=overwrite))
     fh = stack.enter_context(h5py.File(tmp_maps, "w"))

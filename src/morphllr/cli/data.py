@@ -1,4 +1,7 @@
-"""``morphllr prepare``: survey or simulation files -> one ImageSet (.h5)."""
+"""The data stage: ``morphllr prepare`` (survey or simulation files -> one ImageSet .h5), ``subset`` and ``check``.
+
+Also :func:`preprocessing_like`, the recipe behind every ``--like`` option (prepare, sky-patches, mock).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ from typing import List, Optional
 
 import typer
 
+from morphllr.cli.application import app
 from morphllr.limits import (GAIN_MAX, GAIN_MIN, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, WORKERS_MAX, ZERO_POINT_MAX,
-                      ZERO_POINT_MIN)
-from morphllr.cli import app
+                             ZERO_POINT_MIN)
 
 PREPARE_HELP = """Turn images (FITS, FITS cubes, HDF5, .npy/.npz, JPEG/PNG, IllustrisTNG SKIRT mocks) into an image set: model-ready cutouts + flux cutouts + segmentation maps + catalogue, in one HDF5 file.
 
@@ -115,9 +118,10 @@ def prepare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from morphllr.data import sdss_frames as frames
+    from morphllr.data import catalog as catalogs
     from morphllr.data import files as readers
     from morphllr.atomic import claim_output
-    from morphllr.data.imageset import prepare_imageset
+    from morphllr.data.prepare import prepare_imageset
     from morphllr.data.preprocess import Preprocessing
 
     from morphllr.errors import MorphllrError
@@ -148,7 +152,7 @@ def prepare(
             "mask": str(mask) if mask is not None else ("paired NAME_mask files" if pairs else None),
             "segmentation": segmentation}  # the engine finds the centre, so it places the window
     prep = prep.replace(read={k: v for k, v in read.items() if v is not None} or None)
-    table = readers.read_catalog(catalog) if catalog is not None else None
+    table = catalogs.read_catalog(catalog) if catalog is not None else None
     attrs = None
     if any(frames.is_frame_file(f) for f in files):  # SDSS frames: the catalogue says where the galaxies are
         if len(masks):
@@ -359,7 +363,7 @@ def subset_command(
     from rich.console import Console
 
     from morphllr.atomic import claim_output
-    from morphllr.data.imageset import write_subset
+    from morphllr.data.prepare import write_subset
 
     ctx.with_resource(claim_output(out, inputs=[imageset], overwrite=overwrite))
     record = write_subset(imageset, out, where, overwrite=overwrite)
@@ -388,7 +392,7 @@ def check_command(
                                     "set (images sha256 = data_fingerprint)."),
 ) -> None:
     from morphllr.errors import MorphllrError
-    from morphllr.model.io import load_ensemble
+    from morphllr.model.ensemble import load_ensemble
     from morphllr.data.preprocess import check_compatible, input_kind_of
     from morphllr.data.inputs import open_images
 

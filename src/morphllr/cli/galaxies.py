@@ -1,4 +1,8 @@
-"""``morphllr fit-sersic``, ``morphllr archetypes``, ``morphllr sky-patches`` and ``morphllr mock``."""
+"""The galaxies stage: ``morphllr degrade``, ``fit-sersic``, ``archetypes``, ``sky-patches`` and ``mock``.
+
+Commands that make or measure galaxies in an image set: degraded copies, single-Sérsic fits, their smooth
+archetypes, real empty sky to place them in, and simulated galaxies observed like the survey's.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,12 @@ from typing import List, Optional
 
 import typer
 
-from morphllr.limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_BETA_MAX, PSF_BETA_MIN,
-                      PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX, ZERO_POINT_MIN)
-from morphllr.cli import app
-
-FIT_HELP = """Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
-
-Each flux cutout (central --fit-size pixels; default = the part the model sees) is fitted with an elliptical Sérsic convolved with the PSF and integrated over the pixels (3x3 sub-pixels with a sub-pixel PSF convolution in the central 11x11 pixels, finer still at the cusp; 2x2 sub-pixels further out), with companions (segmentation label > 1) masked and the sky noise from the catalogue's sky_sigma as weights (plus Poisson noise when a `gain` column exists).  Astropy Levenberg-Marquardt; initial guesses from image moments; one process per core.
-
-Columns written: sersic_n, sersic_re_pix (half-light radius along the MAJOR axis, pixels of the flux cutout), sersic_q (b/a), sersic_pa_deg (major axis, degrees counter-clockwise from the +x/column axis; GalSim's beta), sersic_flux (total flux, flux units of the set), sersic_x0_pix, sersic_y0_pix (centre, 0-based pixels of the flux cutout), sersic_chi2nu, sersic_flag (bit mask, 0 = good: 1 n at the search bound 0.2 or 8; 2 R_e or q at a bound, e.g. unresolved; 4 not converged; 8 no fit, parameters NaN; 16 R_e beyond the fitted window, i.e. the major-axis R_e exceeds half the --fit-size side, so R_e, n and the flux extrapolate the wings; 32 n at or beyond GalSim's 0.3-6.2, which the archetype clips), and the PSF and window used: sersic_psf_fwhm_arcsec, sersic_psf_beta (NaN for a PSF image, a Gaussian or --no-psf), sersic_fit_size; the set's catalogue metadata `sersic_fit` records the PSF (kind, FWHM, beta and where they came from; a PSF image's file, sha256 and pixels), the window (x0, y0, side) and the flag bits.  `morphllr archetypes` renders with that PSF by default, and `archetypes --drop-flagged` skips every galaxy whose flag is not 0.
-
-PSF per galaxy, each part in order option > catalogue column > default: FWHM (--psf-fwhm, else psf_fwhm_arcsec) and, for a Moffat, beta (--psf-beta, else psf_beta, else 4.765); or --psf-image for every galaxy.  A wrong beta biases n: when the true beta is 3.5 and the fit assumes the default 4.765, the median |dn| on GalSim mocks rises from 0.04 with the right beta to 0.23 (benchmarks/psf_beta.py, 200 mocks n 0.5-5, R_e 2.5-9 px, FWHM 1.4": 0.08 -> 0.28 with SDSS-like noise, 0.01 -> 0.22 noise-free); n comes out too low, since the assumed PSF lacks the true one's wings and the galaxy profile is made to supply them.  Give the survey's beta, or its PSF image, when it is known.
-
-Example:  morphllr fit-sersic obs.h5 --psf-fwhm 1.4 --psf-beta 3.5
-"""
+from morphllr.cli.application import app
+from morphllr.cli.data import preprocessing_like
+from morphllr.galaxies.sersic import GALSIM_N_RANGE_TEXT
+from morphllr.limits import (GAIN_MAX, GAIN_MIN, MIN_FIT_SIZE, PIXEL_SCALE_MAX, PIXEL_SCALE_MIN, PSF_BETA_MAX,
+                             PSF_BETA_MIN, PSF_FWHM_MAX, PSF_FWHM_MIN, SEED_MAX, WORKERS_MAX, ZERO_POINT_MAX,
+                             ZERO_POINT_MIN)
 
 
 @contextlib.contextmanager
@@ -38,6 +34,74 @@ def _progress_bar(label: str):
         except BaseException:
             bar.live.transient = True
             raise
+
+
+DEGRADE_HELP = """Make a copy of an image set with one thing made worse, through the set's own preprocessing: the same galaxies, so their LLR tells what the models respond to (the synthetic twin of comparing TNG50-1/-2/-3, one simulation at three resolutions).
+
+Exactly one of:
+
+  --psf-broaden F   the PSF F times broader: each flux cutout convolved with a Gaussian of FWHM sqrt(F^2 - 1) x the PSF FWHM (FWHMs add in quadrature).  PSF FWHM: --psf-fwhm, else the catalogue's sersic_psf_fwhm_arcsec (recorded by fit-sersic), else psf_fwhm_arcsec.
+
+  --smooth-centre   the centre smoothed: blurred with sigma = R_e / 2 (at least 1 px) inside ~1.5 R_e (weight 1 within 0.75 R_e, falling to 0 at 2.25 R_e from the cutout centre), the outskirts kept; R_e = the catalogue's sersic_re_pix (run fit-sersic first; 4 px where it is missing, counted in the record).
+
+  --resolution K    the resolution K times coarser: every K x K block of the flux cutout replaced by its mean.
+
+Afterwards white Gaussian noise is added until each image's sky rms (sep background) is the original's again (catalogue column degrade_noise_sigma, flux units per pixel), drawn from --seed image after image: a copy is reproducible.  The copy is re-segmented and stretched with the set's own recipe; its attribute `degrade` records every degradation applied so far (operation, parameters, seed, PSF source, the source's images_sha256).  Chain calls for several degradations.
+
+Examples:
+
+  morphllr degrade val_real.h5 --psf-broaden 2 --psf-fwhm 1.4 --seed 7 --out val_psf2x.h5
+
+  morphllr degrade val_real.h5 --resolution 2 --out val_res2.h5
+"""
+
+
+@app.command("degrade", help=DEGRADE_HELP)
+def degrade_command(
+    ctx: typer.Context,
+    imageset: Path = typer.Argument(..., help="Image set (.h5) with flux cutouts (/flux)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output image set (.h5)."),
+    psf_broaden: Optional[float] = typer.Option(
+        None, "--psf-broaden", min=1.0, max=100.0, help="Make the PSF FWHM this many times broader (> 1; 2 = twice)."
+    ),
+    smooth_centre: bool = typer.Option(False, "--smooth-centre", help="Smooth the galaxies inside ~1.5 R_e "
+                                       "(catalogue sersic_re_pix)."),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", min=2, max=1024, help="Block size K: K x K block means, the resolution K times coarser."
+    ),
+    psf_fwhm: Optional[float] = typer.Option(
+        None, "--psf-fwhm", min=PSF_FWHM_MIN, max=PSF_FWHM_MAX, help="PSF FWHM of the set in arcsec, for --psf-broaden "
+        "(default: the catalogue's sersic_psf_fwhm_arcsec, else psf_fwhm_arcsec)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the restored noise."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    from rich.console import Console
+
+    from morphllr.atomic import claim_output
+    from morphllr.galaxies.degrade import degrade_set
+
+    console = Console(stderr=True, soft_wrap=True)
+    ctx.with_resource(claim_output(out, inputs=[imageset], overwrite=overwrite))
+    record = degrade_set(imageset, out, psf_broaden=psf_broaden, smooth_centre=smooth_centre, resolution=resolution,
+                         psf_fwhm=psf_fwhm, seed=seed, overwrite=overwrite)
+    what = {"psf_broaden": f"PSF {record.get('factor', 0):g}x broader (FWHM from {record.get('psf_fwhm_from')})",
+            "smooth_centre": f"centres smoothed ({record.get('n_fallback', 0)} without sersic_re_pix: 4 px assumed)",
+            "resolution": f"resolution {record.get('block', 0)}x coarser"}[record["operation"]]
+    console.print(f"wrote [bold]{out}[/bold]: {record['n_images']} images of {imageset.name}, {what}, noise restored "
+                  f"(seed {record['seed']})")
+
+
+FIT_HELP = f"""Fit a single Sérsic profile to every galaxy of an image set and store the result in its catalogue.
+
+Each flux cutout (central --fit-size pixels; default = the part the model sees) is fitted with an elliptical Sérsic convolved with the PSF and integrated over the pixels (3x3 sub-pixels with a sub-pixel PSF convolution in the central 11x11 pixels, finer still at the cusp; 2x2 sub-pixels further out), with companions (segmentation label > 1) masked and the sky noise from the catalogue's sky_sigma as weights (plus Poisson noise when a `gain` column exists).  Astropy Levenberg-Marquardt; initial guesses from image moments; one process per core.
+
+Columns written: sersic_n, sersic_re_pix (half-light radius along the MAJOR axis, pixels of the flux cutout), sersic_q (b/a), sersic_pa_deg (major axis, degrees counter-clockwise from the +x/column axis; GalSim's beta), sersic_flux (total flux, flux units of the set), sersic_x0_pix, sersic_y0_pix (centre, 0-based pixels of the flux cutout), sersic_chi2nu, sersic_flag (bit mask, 0 = good: 1 n at the search bound 0.2 or 8; 2 R_e or q at a bound, e.g. unresolved; 4 not converged; 8 no fit, parameters NaN; 16 R_e beyond the fitted window, i.e. the major-axis R_e exceeds half the --fit-size side, so R_e, n and the flux extrapolate the wings; 32 n at or beyond GalSim's {GALSIM_N_RANGE_TEXT}, which the archetype clips), and the PSF and window used: sersic_psf_fwhm_arcsec, sersic_psf_beta (NaN for a PSF image, a Gaussian or --no-psf), sersic_fit_size; the set's catalogue metadata `sersic_fit` records the PSF (kind, FWHM, beta and where they came from; a PSF image's file, sha256 and pixels), the window (x0, y0, side) and the flag bits.  `morphllr archetypes` renders with that PSF by default, and `archetypes --drop-flagged` skips every galaxy whose flag is not 0.
+
+PSF per galaxy, each part in order option > catalogue column > default: FWHM (--psf-fwhm, else psf_fwhm_arcsec) and, for a Moffat, beta (--psf-beta, else psf_beta, else 4.765); or --psf-image for every galaxy.  A wrong beta biases n: when the true beta is 3.5 and the fit assumes the default 4.765, the median |dn| on GalSim mocks rises from 0.04 with the right beta to 0.23 (benchmarks/psf_beta.py, 200 mocks n 0.5-5, R_e 2.5-9 px, FWHM 1.4": 0.08 -> 0.28 with SDSS-like noise, 0.01 -> 0.22 noise-free); n comes out too low, since the assumed PSF lacks the true one's wings and the galaxy profile is made to supply them.  Give the survey's beta, or its PSF image, when it is known.
+
+Example:  morphllr fit-sersic obs.h5 --psf-fwhm 1.4 --psf-beta 3.5
+"""
 
 
 @app.command("fit-sersic", help=FIT_HELP)
@@ -89,9 +153,9 @@ def fit_sersic_command(
     typer.echo(json.dumps(summary))
 
 
-ARCH_HELP = """Render the smooth Sérsic archetype of every galaxy of an image set (Zanisi et al. 2021, sec. 2.2).
+ARCH_HELP = f"""Render the smooth Sérsic archetype of every galaxy of an image set (Zanisi et al. 2021, sec. 2.2).
 
-Each archetype is a GalSim Sérsic with the galaxy's n (clipped to GalSim's 0.3-6.2, column sersic_n_clipped), half-light radius, axis ratio, position angle, total flux and centre, convolved with the PSF its fit used (recorded by `morphllr fit-sersic`; a --psf-fwhm, --psf-beta, --psf or --psf-image that differs from it is refused: archetypes and observations share everything but morphology; sets without that record take the options, else the psf_fwhm_arcsec and psf_beta columns), drawn at the set's pixel scale on the flux-cutout grid, and given the same background: Gaussian sky noise of the catalogue's sky_sigma plus Poisson noise when a `gain` column (electrons per flux unit) exists, or, with --sky-patches, a random real empty-sky cutout (as RealSim does).  The result goes through the set's own preprocessing, so both density models see pixels made the same way.  Same ids as the input.
+Each archetype is a GalSim Sérsic with the galaxy's n (clipped to GalSim's {GALSIM_N_RANGE_TEXT}, column sersic_n_clipped), half-light radius, axis ratio, position angle, total flux and centre, convolved with the PSF its fit used (recorded by `morphllr fit-sersic`; a --psf-fwhm, --psf-beta, --psf or --psf-image that differs from it is refused: archetypes and observations share everything but morphology; sets without that record take the options, else the psf_fwhm_arcsec and psf_beta columns), drawn at the set's pixel scale on the flux-cutout grid, and given the same background: Gaussian sky noise of the catalogue's sky_sigma plus Poisson noise when a `gain` column (electrons per flux unit) exists, or, with --sky-patches, a random real empty-sky cutout (as RealSim does).  The result goes through the set's own preprocessing, so both density models see pixels made the same way.  Same ids as the input.
 
 Parameters come from `morphllr fit-sersic` (sersic_* columns) or your own columns (--n-col etc.; R_e in pixels along the major axis, PA in degrees counter-clockwise from +x).  Galaxies whose fit is flagged (sersic_flag not 0, e.g. 16 R_e beyond the fitted window, 32 n at GalSim's bounds) are rendered, counted and warned about; --drop-flagged skips them.  --drop-bad skips galaxies whose values are unusable (NaN, R_e or flux <= 0) instead of stopping.
 
@@ -128,7 +192,8 @@ def archetypes_command(
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Skip galaxies with unusable parameters (NaN, R_e or flux "
                                   "<= 0) instead of stopping."),
     drop_flagged: bool = typer.Option(False, "--drop-flagged", help="Also skip galaxies whose fit is flagged "
-                                      "(sersic_flag not 0, or n outside GalSim's 0.3-6.2) instead of rendering them "
+                                      f"(sersic_flag not 0, or n outside GalSim's {GALSIM_N_RANGE_TEXT}) instead of "
+                                      "rendering them "
                                       "(they are counted and warned about)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX,
                              help="Random seed of the noise (results do not depend on --workers)."),
@@ -159,7 +224,7 @@ def archetypes_command(
                   f"{summary['n_dropped_flagged']} of them for a flagged fit)")
     if summary["n_flagged"]:
         console.print(f"[yellow]warning: {summary['n_flagged']} archetype(s) rendered from flagged Sérsic fits "
-                      "(sersic_flag not 0 or n outside 0.3-6.2); --drop-flagged skips them[/yellow]")
+                      f"(sersic_flag not 0 or n outside {GALSIM_N_RANGE_TEXT}); --drop-flagged skips them[/yellow]")
     typer.echo(json.dumps(summary))
 
 
@@ -211,7 +276,6 @@ def sky_patches_command(
     from morphllr.atomic import claim_outputs
     from morphllr.data.preprocess import Preprocessing
     from morphllr.galaxies.sky_patches import make_sky_patches
-    from morphllr.cli.data import preprocessing_like
 
     # OUT.npy and its record OUT.json, claimed together before any frame is read (a bad suffix is refused below)
     record = out.with_suffix(".json") if out.suffix.lower() == ".npy" else None
@@ -306,7 +370,6 @@ def mock_command(
     from morphllr.atomic import claim_output
     from morphllr.errors import MorphllrError
     from morphllr.galaxies.mock import make_mock_set
-    from morphllr.cli.data import preprocessing_like
 
     console = Console(stderr=True)
     ctx.with_resource(claim_output(out, inputs=[*inputs, catalog, like, preset, sky_patches, match, psf_image],

@@ -1,6 +1,6 @@
 """Readers: survey and simulation files -> raw images with what we know about them.
 
-Every reader yields :class:`RawImage` records (raw pixels as (C, H, W), an id, the
+Every reader yields :class:`~morphllr.data.raw_image.RawImage` records (raw pixels as (C, H, W), an id, the
 file they came from, and - when the file says so - their units and pixel scale).
 :meth:`morphllr.data.preprocess.Preprocessing.cut` then turns them into flux cutouts.
 
@@ -35,7 +35,7 @@ Masks: a FITS file whose name holds the token ``_mask`` (``NAME_mask.fits``,
 named); nonzero (or NaN) = excluded pixel, as in imfit/SExtractor.  ``--mask FILE_OR_DIR``
 gives masks explicitly (:func:`mask_plan`).  Records carry the mask (``RawImage.mask``).
 
-Catalogues (FITS tables, CSV, ECSV, Parquet) are joined by ``id`` (:func:`join_catalog`).
+Catalogues are read and joined by :mod:`morphllr.data.catalog`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,47 +51,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from morphllr.data import sdss_frames as frames
+from morphllr.data.imageset import FORMAT as IMAGESET_FORMAT
+from morphllr.data.preprocess import input_kind_of
+from morphllr.data.raw_image import RawImage
 from morphllr.errors import MorphllrError
+from morphllr.galaxies.cosmology import arcsec_per_kpc
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 NPY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ALL_SUFFIXES = FITS_SUFFIXES + HDF5_SUFFIXES + NPY_SUFFIXES + IMAGE_SUFFIXES
-
-
-@dataclass
-class RawImage:
-    """One raw image as read from disk.
-
-    Attributes:
-        id: unique identifier (file stem, or ``stem:index`` inside cubes/arrays).
-        image: float (C, H, W) raw pixels in the file's units.
-        source: file (and HDU / index) for messages and the ``file`` catalogue column.
-        units: ``mag_arcsec2`` / ``nanomaggies`` / ``counts`` if the file says, else None.
-        pixel_scale: arcsec/px if the file says, else None.
-        meta: extra catalogue columns (e.g. ``redshift``).
-        center_tolerance: pixels the galaxy is known to lie within of the image centre (a
-            cutout at a catalogue position), bounding how far centring may move the window;
-            None: unknown (centring may search a quarter of the frame).
-        kind: what the pixels are, as far as the reader knows (``flux`` for FITS and SDSS
-            frames, ``jpeg`` for JPEG/PNG, None for arrays; see
-            :data:`morphllr.data.preprocess.INPUT_KINDS`).
-        mask: bool (H, W), True = pixel excluded (a user's mask), or None.
-        outside: bool (H, W), True = pixel beyond the real image (a window past a frame's
-            edge), or None.
-    """
-
-    id: str
-    image: np.ndarray
-    source: str
-    units: str | None = None
-    pixel_scale: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    center_tolerance: float | None = None
-    kind: str | None = None
-    mask: np.ndarray | None = None
-    outside: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------- input expansion
@@ -196,15 +167,11 @@ def is_mask_file(path: Path) -> bool:
 
     The token ``_mask`` must stand alone (``gal_masked.fits`` is an image).
     """
-    import re
-
     return _suffix(Path(path)) in FITS_SUFFIXES and re.search(_MASK_TOKEN, _stem(Path(path)).lower()) is not None
 
 
 def mask_image_stem(path: Path) -> str:
     """The stem of the image a mask file belongs to: its own stem without the ``_mask`` token."""
-    import re
-
     return re.sub(_MASK_TOKEN, "", _stem(Path(path)), count=1, flags=re.IGNORECASE)
 
 
@@ -410,8 +377,6 @@ def fits_bands(header) -> list[str] | None:
 
 def _band_token(name: str) -> str:
     """``sloan/sdss_r`` -> ``r``; ``SUBARU_HSC.G`` -> ``g``: the last part after / _ . or -."""
-    import re
-
     return re.split(r"[/_.\-]", name.strip().lower())[-1]
 
 
@@ -478,8 +443,6 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
         z = header_redshift(header)
         if z is None or z <= 0:
             return None
-        from morphllr.galaxies.cosmology import arcsec_per_kpc
-
         return kpc * arcsec_per_kpc(z, cosmology)
     return None
 
@@ -694,12 +657,10 @@ def imageset_kind(f, dataset) -> str | None:
     """The input kind of a dataset of a morphllr image set read as input (``--hdu flux``): the kind its
     recipe records for ``/flux`` (:func:`morphllr.data.preprocess.input_kind_of`; None if unrecorded), and
     ``model_space`` for ``/images`` or any other dataset; None for an HDF5 file that is not an image set."""
-    if f.attrs.get("format") != "morphllr.imageset":
+    if f.attrs.get("format") != IMAGESET_FORMAT:
         return None
     if dataset.name.strip("/") != "flux":
         return "model_space"
-    from morphllr.data.preprocess import input_kind_of
-
     text = f.attrs.get("preprocessing")
     try:
         prep = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
@@ -749,8 +710,6 @@ def file_band(path: Path, bands: list[str]) -> str | None:
     A name token is one of ``bands`` standing alone between separators, as in
     ``photo_r_NAME.fits`` (RealSim) or ``NAME-g.fits``.
     """
-    import re
-
     with _fits_open(path) as hdul:
         header = next((h.header for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2), hdul[0].header)
     held = _header_band(header, bands)
@@ -763,8 +722,6 @@ def file_band(path: Path, bands: list[str]) -> str | None:
 
 def _header_band(header, bands: list[str]) -> str | None:
     """The one of ``bands`` that header ``FILTER``/``BAND`` names ('r_SDSS.res', 'sloan/sdss_r'), or None."""
-    import re
-
     for key in ("FILTER", "BAND"):
         if key in header:
             tokens = set(re.split(r"[/_.\-]", str(header[key]).strip().lower()))
@@ -784,8 +741,6 @@ def group_band_files(files: list[Path], bands: list[str]) -> list[tuple[str, lis
     Returns:
         (galaxy id, files in band order) per galaxy, in the order of first appearance.
     """
-    import re
-
     wanted = [b.lower() for b in bands]
     groups: dict[str, dict[str, Path]] = {}
     for path in files:
@@ -906,271 +861,3 @@ def _with_mask(record: RawImage, masks: MaskPlan | None, path: Path, plane: int)
         if found is not None:
             record.mask = found if record.mask is None else (record.mask | found)
     return record
-
-
-# ---------------------------------------------------------------------- catalogues
-def read_catalog(path: str | Path):
-    """Read a catalogue (FITS table, CSV, ECSV, Parquet, VOTable) with an ``id`` column.
-
-    Args:
-        path: catalogue file.
-
-    Returns:
-        astropy Table; ``id`` values are turned into strings for joining.
-    """
-    from astropy.table import Table
-
-    path = Path(path)
-    if not path.is_file():
-        raise MorphllrError(f"--catalog {path}: file not found")
-    name = path.name.lower()
-    fmt = None
-    if name.endswith(".csv") or name.endswith(".csv.gz"):
-        fmt = "ascii.csv"
-    elif name.endswith(".ecsv"):
-        fmt = "ascii.ecsv"
-    elif name.endswith(".parquet") or name.endswith(".pq"):
-        fmt = "parquet"
-    elif name.endswith(".xml") or name.endswith(".vot"):
-        fmt = "votable"
-    elif _suffix(path) in FITS_SUFFIXES:
-        fmt = "fits"
-    try:
-        if fmt == "parquet":  # astropy's parquet reader wants pandas; pyarrow alone is enough
-            import pyarrow.parquet as pq
-
-            columns = pq.read_table(path).to_pydict()
-            table = Table({k: np.asarray(v) for k, v in columns.items()})
-        else:
-            table = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except ImportError as exc:
-        raise MorphllrError(f"--catalog {path}: reading needs an optional package ({exc}); "
-                            "`pip install pyarrow` for Parquet") from None
-    except Exception as exc:  # astropy raises many types for unreadable tables
-        raise MorphllrError(f"--catalog {path}: cannot read the table ({exc}); use FITS, CSV, ECSV or Parquet") from None
-    id_col = next((c for c in table.colnames if c.lower() == "id"), None)
-    if id_col is None:
-        raise MorphllrError(f"--catalog {path}: no `id` column (columns: {table.colnames[:12]}); "
-                            "rename the column holding the image ids (file names without suffix) to `id`")
-    if id_col != "id":
-        table.rename_column(id_col, "id")
-    table["id"] = [str(v).strip() for v in table["id"]]
-    ids = np.asarray(table["id"])
-    if len(np.unique(ids)) != len(ids):
-        raise MorphllrError(f"--catalog {path}: duplicated ids in the `id` column; each image needs one row")
-    return typed_catalog(table, f"--catalog {path}")
-
-
-#: Catalogue columns morphllr reads as numbers (plus every ``sersic_*`` column): a text cell in one is refused.
-NUMERIC_COLUMNS = frozenset({
-    "log_mstar", "logmstar", "log_stellar_mass", "log_mass", "lgm_tot_p50", "redshift", "z", "psf_fwhm_arcsec",
-    "psf_fwhm", "psf_beta", "gain", "sky_sigma", "sky_level", "ra", "dec", "x", "y", "pixel_scale", "re_kpc",
-    "r_e_kpc", "re_arcsec", "re_pix", "n_sersic", "r50_kpc"})
-NUMERIC_PREFIXES = ("sersic_",)
-_MISSING_TEXT = frozenset({"", "--", "null", "none", "n/a", "na"})
-
-
-def is_numeric_column(name: str) -> bool:
-    """Whether morphllr reads catalogue column ``name`` as numbers (see :data:`NUMERIC_COLUMNS`)."""
-    low = str(name).lower()
-    return low in NUMERIC_COLUMNS or low.startswith(NUMERIC_PREFIXES)
-
-
-def _cells(column) -> tuple[list[str], np.ndarray]:
-    """A column's cells as stripped text and its missing mask (masked or blank cells)."""
-    mask = np.asarray(getattr(column, "mask", np.zeros(len(column), bool)), bool).reshape(len(column))
-    text = [v.decode("utf-8", "replace").strip() if isinstance(v, bytes) else str(v).strip()
-            for v in np.asarray(column).tolist()]
-    missing = mask | np.array([t.lower() in _MISSING_TEXT for t in text], bool)
-    return text, missing
-
-
-def _parsed(text: list[str], missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 values of text cells (NaN where missing) and where a present cell is not a number."""
-    values = np.full(len(text), np.nan)
-    bad = np.zeros(len(text), bool)
-    for i, (t, m) in enumerate(zip(text, missing)):
-        if m:
-            continue
-        try:
-            values[i] = float(t)
-        except ValueError:
-            bad[i] = True
-    return values, bad
-
-
-def _first_bad(table, bad: np.ndarray, value_text: list[str]) -> str:
-    i = int(np.flatnonzero(bad)[0])
-    ident = f" (id {table['id'][i]})" if "id" in table.colnames else ""
-    return f"row {i + 1}{ident} holds {value_text[i]!r}"
-
-
-def numeric_column(table, name: str, where: str = "catalogue") -> np.ndarray:
-    """A catalogue column as float64 numbers; masked and blank cells become NaN (missing).
-
-    The one way morphllr reads a number column: text that is not a number is refused with
-    the column, the row and the fix, never turned into a traceback or a 0.
-
-    Args:
-        table: astropy Table.
-        name: the column.
-        where: file (or option) named in messages.
-
-    Returns:
-        float64 array of ``len(table)`` values.
-    """
-    column = table[name]
-    if column.dtype.kind in "biuf" and getattr(column, "ndim", 1) == 1:
-        values = np.asarray(column, dtype=np.float64).copy()
-        mask = getattr(column, "mask", None)
-        if mask is not None:
-            values[np.asarray(mask, bool)] = np.nan
-        return values
-    if getattr(column, "ndim", 1) != 1:
-        raise MorphllrError(f"{where}: column {name!r} holds {column.shape[1:]} arrays per row, not one number; "
-                            "give one number per galaxy")
-    text, missing = _cells(column)
-    values, bad = _parsed(text, missing)
-    if bad.any():
-        raise MorphllrError(f"{where}: column {name!r} must hold numbers, but {_first_bad(table, bad, text)}"
-                            f"{f' ({int(bad.sum())} such rows)' if bad.sum() > 1 else ''}; write a number, or leave "
-                            "the cell empty for a missing value")
-    return values
-
-
-def typed_catalog(table, where: str = "catalogue"):
-    """Give a user catalogue's columns their types: numbers as (masked) floats, text as text.
-
-    * a column morphllr reads as numbers (:func:`is_numeric_column`) stored as text becomes
-      float64 with blank cells masked (missing; never 0), and any other text in it is refused,
-      naming the column, the row and the value;
-    * any other column mixing numbers and text is kept as text, with a
-      :class:`~morphllr.errors.MorphllrWarning` naming it (other text columns, e.g. ids made of
-      digits, are kept as they are: converting them could lose leading zeros or digits);
-    * blank text cells stay blank (masked text would otherwise be written as "0").
-    Number columns astropy already read as numbers keep their type and mask.
-
-    Args:
-        table: astropy Table with ``id``.
-        where: file named in messages.
-
-    Returns:
-        the table, columns converted in place.
-    """
-    import warnings
-
-    from astropy.table import Column, MaskedColumn
-
-    from morphllr.errors import MorphllrWarning
-
-    for name in table.colnames:
-        column = table[name]
-        if name == "id" or getattr(column, "ndim", 1) != 1:
-            continue
-        if column.dtype.kind in "biuf":  # already numbers (astropy masks their blank cells)
-            continue
-        text, missing = _cells(column)
-        values, bad = _parsed(text, missing)
-        numbers = ~missing & ~bad
-        if is_numeric_column(name):
-            if bad.any():
-                numeric_column(table, name, where)  # raises, naming the first bad row
-            table[name] = MaskedColumn(values, mask=missing, name=name)
-        else:
-            if bad.any() and numbers.any():
-                warnings.warn(f"{where}: column {name!r} mixes numbers and text ({_first_bad(table, bad, text)}); "
-                              "kept as text - make every cell a number (blank = missing) to use it as numbers",
-                              MorphllrWarning, stacklevel=2)
-            table[name] = Column(["" if m else t for t, m in zip(text, missing)], name=name, dtype=str)
-    return table
-
-
-def join_catalog(images_table, catalog, catalog_name: str = "catalog"):
-    """Attach catalogue columns to the images' own table (left join on ``id``).
-
-    Args:
-        images_table: astropy Table from prepare (``id`` + per-image columns).
-        catalog: user catalogue with a string ``id``.
-        catalog_name: file name for the report.
-
-    Returns:
-        (joined table in the images' order, report dict with ``n_matched``,
-        ``images_without_row`` (list of ids) and ``rows_without_image`` (count)).
-    """
-    from astropy.table import MaskedColumn
-
-    index = {v: i for i, v in enumerate(catalog["id"])}
-    image_ids = [str(v) for v in images_table["id"]]
-    rows = np.array([index.get(v, -1) for v in image_ids])
-    matched = rows >= 0
-    joined = images_table.copy()
-    for name in catalog.colnames:
-        if name == "id":
-            continue
-        column = catalog[name]
-        out_name = name if name not in joined.colnames else f"{name}_catalog"
-        values = column[np.where(matched, rows, 0)] if len(catalog) else np.zeros(len(rows))
-        if matched.all():
-            joined[out_name] = values
-        else:
-            joined[out_name] = MaskedColumn(np.asarray(values), mask=~matched)
-    report = {
-        "catalog": catalog_name,
-        "n_matched": int(matched.sum()),
-        "images_without_row": [v for v, m in zip(image_ids, matched) if not m],
-        "rows_without_image": int(len(catalog) - len(set(rows[matched].tolist()))),
-    }
-    return joined, report
-
-
-# ---------------------------------------------------------------------- row selections
-#: Comparisons a ``--where`` condition may use (longest first, so ``<=`` is not read as ``<``).
-WHERE_OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
-
-
-def catalog_where(table, condition: str, where: str = "--where") -> np.ndarray:
-    """Rows of a catalogue that satisfy one condition ``COLUMN OP VALUE``, e.g. ``label == spiral``.
-
-    ``OP`` is one of :data:`WHERE_OPERATORS`.  A number column (astropy numbers) is compared as numbers
-    (missing values never match), any other column as text (``==``/``!=`` only; quotes around the value
-    are optional).
-
-    Args:
-        table: astropy Table.
-        condition: the condition text.
-        where: option named in messages.
-
-    Returns:
-        bool (N,) array.
-    """
-    import re
-
-    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(==|!=|<=|>=|<|>)\s*(.*?)\s*", str(condition))
-    if match is None or not match.group(3):
-        raise MorphllrError(f"{where} {condition!r}: write COLUMN OP VALUE with OP one of {' '.join(WHERE_OPERATORS)}, "
-                            "e.g. 'label == spiral' or 'sersic_n < 2'")
-    name, op, value = match.groups()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
-    if name not in table.colnames:
-        raise MorphllrError(f"{where} {condition!r}: the catalogue has no column {name!r}; columns: "
-                            f"{', '.join(table.colnames)}")
-    column = table[name]
-    if getattr(column, "ndim", 1) != 1:
-        raise MorphllrError(f"{where} {condition!r}: column {name!r} holds arrays, not one value per row")
-    if column.dtype.kind in "biuf":
-        try:
-            number = float(value)
-        except ValueError:
-            raise MorphllrError(f"{where} {condition!r}: column {name!r} holds numbers, but {value!r} is not one; "
-                                "compare it with a number") from None
-        values = numeric_column(table, name, where)
-        with np.errstate(invalid="ignore"):
-            result = {"==": values == number, "!=": values != number, "<": values < number,
-                      "<=": values <= number, ">": values > number, ">=": values >= number}[op]
-        return result & np.isfinite(values)
-    if op not in ("==", "!="):
-        raise MorphllrError(f"{where} {condition!r}: column {name!r} holds text, which only == and != compare")
-    text, missing = _cells(column)
-    equal = np.array([t == value for t in text], bool) & ~missing
-    return equal if op == "==" else ~equal

@@ -15,6 +15,8 @@ One HDF5 file (layout in ARCHITECTURE.md)::
 
 Arrays are read lazily (h5py datasets), so sets far larger than memory stream through
 training and scoring.  :class:`ImageSetWriter` streams too: memory stays flat in N.
+This module is the format (reading, writing, the pixel fingerprint); the pipelines that
+make sets (``morphllr prepare``, flux cutouts, subsets) are in :mod:`morphllr.data.prepare`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from morphllr.atomic import atomic_file, claims
+from morphllr import __version__
+from morphllr.atomic import atomic_file
 from morphllr.errors import MorphllrError
 
 FORMAT = "morphllr.imageset"
@@ -42,19 +46,29 @@ def _h5py():
     return h5py
 
 
-def _version() -> str:
-    from morphllr import __version__
-
-    return f"morphllr {__version__}"
-
-
 def images_sha256_update(digest: "hashlib._Hash", images: np.ndarray) -> None:
     """Feed model-input pixels to a running sha256 (float32, little-endian, C order).
 
     The fingerprint of a set is this digest over all its images in order, so the same
-    pixels give the same fingerprint whether they sit in an ImageSet or a bare array.
+    pixels give the same fingerprint whether they sit in an ImageSet or a bare array
+    (and an (N, H, W) array and its (N, 1, H, W) twin share one).
     """
     digest.update(np.ascontiguousarray(images, dtype="<f4").tobytes())
+
+
+def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
+    """The pixel fingerprint (:func:`images_sha256_update`) of images given batch by batch, in order.
+
+    Args:
+        batches: float32 arrays in order.
+
+    Returns:
+        hex digest.
+    """
+    digest = hashlib.sha256()
+    for batch in batches:
+        images_sha256_update(digest, batch)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- reading
@@ -240,10 +254,7 @@ class ImageSet:
         stored = self._file.attrs.get("images_sha256")
         if stored:
             return str(stored)
-        digest = hashlib.sha256()
-        for batch in self.batches(256):
-            images_sha256_update(digest, batch)
-        return digest.hexdigest()
+        return fingerprint_batches(self.batches(256))
 
     # ------------------------------------------------------------------ catalogue update
     def update_catalog(self, table) -> None:
@@ -354,7 +365,8 @@ def _json_able(value: Any) -> bool:
         return False
 
 
-def _as_table(rows):
+def catalog_table(rows):
+    """Catalogue rows as an astropy Table: a Table (as it is), a dict of columns or a list of row dicts."""
     from astropy.table import Table
 
     if isinstance(rows, Table):
@@ -401,8 +413,8 @@ class ImageSetWriter:
     ):
         self.path = Path(path)
         self.n = int(n)
-        self.image_shape = _chw(image_shape, "image_shape")
-        self.flux_shape = None if flux_shape is None else _chw(flux_shape, "flux_shape")
+        self.image_shape = chw_shape(image_shape, "image_shape")
+        self.flux_shape = None if flux_shape is None else chw_shape(flux_shape, "flux_shape")
         prep = preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else dict(preprocessing or {})
         self.preprocessing = prep
         self.overwrite = overwrite
@@ -453,7 +465,7 @@ class ImageSetWriter:
         b = images.shape[0]
         if images.shape[1:] != self.image_shape:
             raise MorphllrError(f"{self.path}: appended images have shape {images.shape[1:]}, expected {self.image_shape}")
-        rows = _as_table(catalog_rows)
+        rows = catalog_table(catalog_rows)
         if len(rows) != b:
             raise MorphllrError(f"{self.path}: {b} images but {len(rows)} catalogue rows in one append")
         extras = {"flux": (flux, np.float32, self.flux_shape)}
@@ -487,6 +499,26 @@ class ImageSetWriter:
         self._rows.append(rows)
         self.count = stop
 
+    def catalog_rows(self):
+        """The catalogue rows appended so far, as one astropy Table in image order (what closing writes)."""
+        from astropy.table import Table, vstack
+
+        if not self._rows:
+            return Table({"id": np.zeros(0, dtype="U1")})
+        return vstack(self._rows, metadata_conflicts="silent")
+
+    def replace_catalog_rows(self, table) -> None:
+        """Write ``table`` as the catalogue instead of the rows appended so far.
+
+        For changes that need every row at once (joining a user's catalogue after the last
+        image); the table still needs one row per image, in image order, with a unique ``id``
+        (checked on closing).
+
+        Args:
+            table: astropy Table, dict of columns or list of row dicts.
+        """
+        self._rows = [catalog_table(table)]
+
     def _write(self, name: str, array: np.ndarray, start: int, stop: int) -> None:
         dataset = self._file[name]
         if stop > dataset.shape[0]:
@@ -499,7 +531,7 @@ class ImageSetWriter:
                 self._finish()
         except BaseException:
             self._file.close()
-            self._atomic.__exit__(*_exc_info())
+            self._atomic.__exit__(*sys.exc_info())
             raise
         self._file.close()
         if exc_type is None:
@@ -508,34 +540,24 @@ class ImageSetWriter:
             self._atomic.__exit__(exc_type, exc, tb)
 
     def _finish(self) -> None:
-        from astropy.table import Table, vstack
-
         for name in ("images", "flux", "segmap", "segmap_model", "mask", "mask_model"):
             if name in self._file:
                 self._file[name].resize(self.count, axis=0)
-        if self._rows:
-            table = vstack(self._rows, metadata_conflicts="silent")
-        else:
-            table = Table({"id": np.zeros(0, dtype="U1")})
+        table = self.catalog_rows()
         _check_catalog(table, self.count, str(self.path))
         _write_catalog(self._file, table)
         attrs = self._file.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
         attrs["preprocessing"] = json.dumps(self.preprocessing, sort_keys=True)
-        attrs["created_by"] = _version()
+        attrs["created_by"] = f"morphllr {__version__}"
         attrs["images_sha256"] = self._digest.hexdigest()
         for key, value in self.extra_attrs.items():
             attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
 
-def _exc_info():
-    import sys
-
-    return sys.exc_info()
-
-
-def _chw(shape, what: str) -> tuple[int, int, int]:
+def chw_shape(shape, what: str) -> tuple[int, int, int]:
+    """``shape`` of one image as (C, H, W) ((H, W) means C = 1); ``what`` names it in the error."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:
         shape = (1,) + shape
@@ -581,396 +603,3 @@ def is_imageset(path: str | os.PathLike) -> bool:
             return f.attrs.get("format") == FORMAT
     except (OSError, TypeError):
         return False
-
-
-def open_images(source):
-    """Open any image source (ImageSet, .npy, .npz, bare HDF5, array): see morphllr.data.inputs."""
-    from morphllr.data import inputs as sources
-
-    return sources.open_images(source)
-
-
-# ---------------------------------------------------------------------- building sets from flux
-def flux_products(flux: np.ndarray, preprocessing, segmentation: str | None = "sep") -> dict[str, np.ndarray]:
-    """Everything an ImageSet stores that derives from flux cutouts.
-
-    Observed cutouts and archetypes both go through here, so both get identical
-    model images (``preprocessing.flux_to_model``) and segmentation products.
-
-    Args:
-        flux: (B, C, Hf, Wf) sky-subtracted linear flux cutouts.
-        preprocessing: Preprocessing (or its dict / preset name).
-        segmentation: ``sep``, ``photutils`` or None (skip segmentation).
-
-    Returns:
-        dict with ``images`` (B, C, H, W) float32 and, when segmenting, ``segmap``,
-        ``segmap_model``, ``sky_sigma``, ``central_found``.
-    """
-    from morphllr.data.preprocess import as_preprocessing
-
-    prep = as_preprocessing(preprocessing)
-    flux = np.asarray(flux, dtype=np.float32)
-    if flux.ndim == 3:
-        flux = flux[:, None]
-    out = {"images": prep.flux_to_model(flux)}
-    if segmentation:
-        from morphllr.data.geometry import model_mask
-        from morphllr.data.segmentation import segment_batch
-
-        segmaps, sigmas, found = segment_batch(flux, method=segmentation)
-        out.update(segmap=segmaps, segmap_model=model_mask(segmaps, prep), sky_sigma=sigmas, central_found=found)
-    return out
-
-
-def write_flux_set(path, flux, catalog, preprocessing, *, segmentation: str | None = "sep",
-                   overwrite: bool = False, attrs=None, batch_size: int = 256) -> Path:
-    """Write an ImageSet from flux cutouts (e.g. rendered archetypes), streaming in batches.
-
-    Args:
-        path: output ``.h5``.
-        flux: (N, C, Hf, Wf) flux cutouts (numpy or lazy h5py dataset).
-        catalog: astropy Table / dict / list of dicts with ``id`` (N rows).
-        preprocessing: recipe (Preprocessing, dict or preset name); must match the
-            observed set's so the two models see the same pixels.
-        segmentation: ``sep``, ``photutils`` or None.
-        overwrite: replace an existing file.
-        attrs: extra file attributes.
-        batch_size: images per batch.
-
-    Returns:
-        the written path.
-    """
-    from morphllr.data.preprocess import as_preprocessing
-
-    prep = as_preprocessing(preprocessing)
-    table = _as_table(catalog)
-    n = len(flux)
-    if len(table) != n:
-        raise MorphllrError(f"{path}: {n} flux cutouts but {len(table)} catalogue rows")
-    flux_shape = _chw(np.shape(flux)[1:], "flux")
-    image_shape = (flux_shape[0],) + prep.model_shape(flux_shape[1:])
-    with ImageSetWriter(path, n=n, image_shape=image_shape, flux_shape=flux_shape,
-                        preprocessing=prep, overwrite=overwrite, attrs=attrs) as writer:
-        for start in range(0, n, batch_size):
-            batch = np.asarray(flux[start : start + batch_size], dtype=np.float32)
-            rows = table[start : start + batch_size]
-            products = flux_products(batch, prep, segmentation)
-            if segmentation:
-                rows = rows.copy()
-                rows["sky_sigma"] = products["sky_sigma"]
-                rows["central_found"] = products["central_found"]
-            writer.append(products["images"], rows, flux=batch, segmap=products.get("segmap"),
-                          segmap_model=products.get("segmap_model"))
-    return Path(path)
-
-
-@claims({"out": "--out"}, inputs=("src",))
-def write_subset(src, out, where: Sequence[str], *, overwrite: bool = False, batch_size: int = 256) -> dict[str, Any]:
-    """Copy the images of a set whose catalogue rows satisfy every condition (``morphllr subset``).
-
-    The rows are copied as they are (``/images``, ``/flux``, segmentation and masks, catalogue), with the
-    source's preprocessing record and attributes, so a subset is exactly part of its set.
-
-    Args:
-        src: image set (.h5).
-        out: output ``.h5``.
-        where: conditions ``COLUMN OP VALUE`` (:func:`morphllr.data.files.catalog_where`), all must hold.
-        overwrite: replace ``out``.
-        batch_size: images copied together.
-
-    Returns:
-        the record stored in the attribute ``subset``: source, its images_sha256, conditions, ``n_source``,
-        ``n_images``.
-    """
-    from morphllr.data.files import catalog_where
-
-    where = [where] if isinstance(where, str) else list(where)
-    if not where:
-        raise MorphllrError("subset: give at least one --where condition, e.g. --where 'label == spiral'")
-    src = Path(src)
-    with ImageSet.open(src) as s:
-        catalog = s.catalog
-        keep = np.ones(len(catalog), bool)
-        for condition in where:
-            keep &= catalog_where(catalog, condition)
-        rows = np.flatnonzero(keep)
-        if not len(rows):
-            raise MorphllrError(f"--where {' and '.join(where)}: no image of {src} matches; check the column's "
-                                "values (e.g. `label == spiral`)")
-        attrs = s.attrs
-        record = {"source": src.name, "source_images_sha256": attrs.get("images_sha256"), "where": where,
-                  "n_source": len(catalog), "n_images": int(len(rows))}
-        record = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in record.items()}
-        extras = [name for name in ("flux", "segmap", "segmap_model", "mask", "mask_model")
-                  if s._dataset(name) is not None]
-        flux_shape = s.flux.shape[1:] if "flux" in extras else None
-        with ImageSetWriter(out, n=len(rows), image_shape=s.shape[1:], flux_shape=flux_shape,
-                            preprocessing=s.preprocessing, overwrite=overwrite,
-                            attrs={**carried_attrs(attrs, drop=("subset",)), "subset": record}) as writer:
-            for start in range(0, len(rows), batch_size):
-                part = rows[start : start + batch_size]
-                data = {name: np.asarray(s._dataset(name)[part]) for name in extras}
-                writer.append(np.asarray(s.images[part]), catalog[part], **data)
-    return record
-
-
-# ---------------------------------------------------------------------- preparing sets from files
-def process_record(record, preprocessing, pixel_scale: float | None = None, segmentation: str | None = "sep"):
-    """One raw image -> (flux cutout, segmentation map or None, catalogue row, excluded-pixel mask or None).
-
-    The frame is segmented once (masked pixels and pixels beyond the image take no part);
-    the segmentation both centres the cutout (when the recipe says so) and, cut to the same
-    window, becomes the stored ``/segmap``.  The window is never moved: where it runs past
-    the image, and at masked pixels, the cutout holds noise drawn from the image's own sky
-    (:func:`morphllr.data.preprocess.cut_with_sky`), and the row says how much
-    (``edge_padded``, ``masked_fraction``) and where the window lies (``cutout_x0``,
-    ``cutout_y0``: frame pixel of its first column/row, negative past the edge; the
-    detected centre ``center_x`` = ``cutout_x0 + cutout // 2`` to within half a pixel).
-
-    Args:
-        record: :class:`morphllr.data.files.RawImage`.
-        preprocessing: Preprocessing.
-        pixel_scale: arcsec/px overriding what the file says.
-        segmentation: ``sep``, ``photutils`` or None.
-
-    Returns:
-        (flux (C, Hf, Wf) float32, int32 (Hf, Wf) segmap or None, row dict, uint8 (Hf, Wf) mask
-        (1 = user-masked or beyond the image) or None when no pixel is); the row also carries
-        ``_kind`` (the image's input kind) for :func:`prepare_imageset`.
-    """
-    from morphllr.data.preprocess import MAX_EDGE_PADDED, cut_with_sky, excluded_pixels
-    from morphllr.data.segmentation import renumber, segment
-
-    prep = preprocessing
-    scale = pixel_scale or record.pixel_scale
-    kind = prep.resolve_input_kind(record.kind, record.source)
-    frame, info = prep.flux_frame(record.image, source=record.source, units=record.units, input_pixel_scale=scale,
-                                  mask=record.mask, outside=record.outside)
-    _, h, w = frame.shape
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    seg = None
-    excluded = excluded_pixels(info, padded=True)
-    if segmentation or prep.center:
-        # a frame larger than the cutout may hold the galaxy further from its centre
-        max_offset = 0.25 * min(h, w) if prep.center and prep.cutout and prep.cutout < min(h, w) else None
-        if record.center_tolerance is not None:  # the position is known: never re-centre on a neighbour
-            max_offset = float(record.center_tolerance)
-        seg = segment(frame, method=segmentation or "sep", max_offset=max_offset,
-                      mask=excluded if excluded.any() else None)
-        near = record.center_tolerance is None or np.hypot(seg.x - cx, seg.y - cy) <= record.center_tolerance
-        if prep.center and seg.central_found and near:  # a blend's centroid far off: keep the known position
-            cx, cy = seg.x, seg.y
-    cut, extra = cut_with_sky(frame, info, cx, cy, prep.cutout, record.source, seed=record.id, noise_free=prep.pad,
-                              max_edge=None if prep.edge == "refuse" else MAX_EDGE_PADDED)
-    row = {"id": record.id, "file": record.source, "input_pixel_scale": float(scale or np.nan),
-           "sky_level": info["sky"], "n_nonfinite": info["n_nonfinite"], "center_x": float(cx), "center_y": float(cy),
-           "cutout_x0": extra["cutout_x0"], "cutout_y0": extra["cutout_y0"], "edge_padded": extra["edge_padded"],
-           "masked_fraction": extra["masked_fraction"], "nonfinite_fraction": extra["nonfinite_fraction"]}
-    if prep.pad:  # noise-free simulations: the share of 0 flux around them (not sky noise, not excluded)
-        row["zero_padded"] = extra["zero_padded"]
-    row.update(record.meta)
-    segmap = None
-    if segmentation:
-        if prep.cutout is not None:
-            from morphllr.data.preprocess import take_window
-
-            segmap = renumber(take_window(seg.segmap, extra["cutout_y0"], extra["cutout_x0"], prep.cutout)[0])
-        else:
-            segmap = renumber(seg.segmap)
-        row.update(sky_sigma=seg.sky_sigma, central_found=bool(seg.central_found and (segmap == 1).any()))
-    row["_kind"] = kind
-    excluded_cut = excluded_pixels(extra)  # user-masked, beyond the image, NaN/inf: sky noise in the cutout
-    return cut, segmap, row, (excluded_cut.astype(np.uint8) if excluded_cut.any() else None)
-
-
-def _process_chunk(args):
-    records, prep, pixel_scale, segmentation = args
-    return [process_record(r, prep, pixel_scale, segmentation) for r in records]
-
-
-def _processed(records, prep, pixel_scale, segmentation, workers: int, chunk: int) -> Iterator:
-    """process_record over ``records``, in order, on ``workers`` processes (memory bounded).
-
-    Args:
-        records: iterable of RawImage (read lazily: at most ``2 x workers`` chunks in flight).
-        prep, pixel_scale, segmentation: as for :func:`process_record`.
-        workers: processes (1 = in this process); the pool is :func:`morphllr.parallel.map_in_processes`'s.
-        chunk: records per job.
-
-    Returns:
-        (yields) (flux, segmap, row, mask) per record, in order.
-    """
-    import itertools
-
-    from morphllr.parallel import map_in_processes
-
-    records = iter(records)
-    if workers <= 1:
-        for record in records:
-            yield process_record(record, prep, pixel_scale, segmentation)
-        return
-    jobs = iter(lambda: list(itertools.islice(records, chunk)), [])
-    parts = ((block, prep, pixel_scale, segmentation) for block in jobs)
-    for results in map_in_processes(_process_chunk, parts, workers):
-        yield from results
-
-
-@claims({"path": "--out"})  # checked and locked before the first image is read
-def prepare_imageset(
-    records,
-    path,
-    preprocessing,
-    *,
-    n: int,
-    catalog=None,
-    catalog_name: str = "catalog",
-    pixel_scale: float | None = None,
-    segmentation: str | None = "sep",
-    store_flux: bool = True,
-    overwrite: bool = False,
-    batch_size: int = 64,
-    workers: int = 1,
-    progress=None,
-    attrs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Cut, segment, stretch and write raw images as an ImageSet (``morphllr prepare``).
-
-    Args:
-        records: iterable of :class:`morphllr.data.files.RawImage`.
-        path: output ``.h5``.
-        preprocessing: recipe (Preprocessing, dict or preset name).
-        n: number of records (capacity hint and progress total).
-        catalog: optional astropy Table with string ``id`` joined onto the images.
-        catalog_name: catalogue file name for the report.
-        pixel_scale: arcsec/px of the inputs, overriding what the files say.
-        segmentation: ``sep``, ``photutils`` or None.
-        store_flux: keep the flux cutouts in ``/flux`` (needed by fit-sersic/archetypes).
-        overwrite: replace an existing file.
-        batch_size: images written together.
-        workers: processes cutting and segmenting in parallel (1 = in this process).
-        progress: callable(advance: int) called after each batch (e.g. a rich progress bar).
-        attrs: extra file attributes (e.g. which frames cutouts came from), strings, numbers or JSON-able.
-
-    Returns:
-        report dict: ``n_images``, ``n_nonfinite_pixels``, ``n_images_with_nonfinite``,
-        ``n_central_missing``, ``n_edge_padded`` (cutouts running past the image edge, padded
-        with sky noise), ``n_zero_padded`` (cutouts of ``pad`` recipes with 0 flux around), ``n_edge_dropped`` and ``edge_dropped_ids`` (such galaxies dropped by
-        ``edge = "refuse"``), ``n_masked`` (images with masked pixels), ``input_kind``,
-        ``image_shape``, ``flux_shape`` and, with a catalogue, ``catalog`` (the join report of
-        :func:`morphllr.data.files.join_catalog`).
-
-    The recipe recorded in the set is ``preprocessing`` with its ``input_kind`` resolved (the
-    recipe's, else the readers'; one kind per set) and, when it does not resample
-    (``pixel_scale`` None), ``pixel_scale`` set to a given ``pixel_scale`` with ``pixel_scale_given``:
-    the set's pixels then are at that scale, and no model check compares it.
-    """
-    from astropy.table import Table, vstack
-
-    from morphllr.data.preprocess import as_preprocessing
-
-    prep = as_preprocessing(preprocessing)
-    if prep.pixel_scale_given:  # a record's scale (--like a set of `--preset none --pixel-scale`): resample nothing
-        prep = prep.replace(pixel_scale=None, pixel_scale_given=False)
-    if pixel_scale is not None and prep.pixel_scale is None:  # nothing is resampled: the inputs' scale is the set's
-        prep = prep.replace(pixel_scale=float(pixel_scale), pixel_scale_given=True)
-    path = Path(path)
-    report = {"n_images": 0, "n_nonfinite_pixels": 0, "n_images_with_nonfinite": 0, "n_central_missing": 0,
-              "n_edge_padded": 0, "n_edge_dropped": 0, "edge_dropped_ids": [], "n_masked": 0, "n_zero_padded": 0,
-              "input_kind": prep.input_kind}
-    state = {"writer": None, "first": None, "kind": None}
-    pending: list = []
-
-    def flush():
-        flux = np.stack([f for f, _, _, _ in pending])
-        names = list(dict.fromkeys(k for _, _, r, _ in pending for k in r))  # files may differ in meta keys
-        rows = Table(rows=[[r.get(k, np.nan) for k in names] for _, _, r, _ in pending], names=names)
-        images = prep.flux_to_model(flux)
-        segmaps = segmap_model = masks = mask_model = None
-        if segmentation:
-            from morphllr.data.geometry import model_mask
-
-            segmaps = np.stack([s for _, s, _, _ in pending])
-            segmap_model = model_mask(segmaps, prep)
-        if any(m is not None for _, _, _, m in pending):
-            from morphllr.data.geometry import model_mask
-
-            masks = np.stack([np.zeros(f.shape[1:], np.uint8) if m is None else m for f, _, _, m in pending])
-            mask_model = model_mask(masks, prep, rule="any")  # one masked flux pixel masks its model pixel
-        if state["writer"] is None:
-            writer = ImageSetWriter(path, n=n, image_shape=images.shape[1:],
-                                    flux_shape=flux.shape[1:] if store_flux else None,
-                                    preprocessing=prep.replace(input_kind=state["kind"]), overwrite=overwrite,
-                                    attrs=attrs)
-            writer.__enter__()
-            state["writer"] = writer
-            report.update(image_shape=list(images.shape[1:]), flux_shape=list(flux.shape[1:]))
-        state["writer"].append(images, rows, flux=flux if store_flux else None, segmap=segmaps,
-                               segmap_model=segmap_model, mask=masks, mask_model=mask_model)
-        if progress:
-            progress(len(pending))
-        pending.clear()
-
-    try:
-        for flux, segmap, row, mask in _processed(records, prep, pixel_scale, segmentation, workers, chunk=16):
-            kind = row.pop("_kind")
-            if state["kind"] is None:
-                state["kind"] = kind
-                report["input_kind"] = kind
-            elif kind != state["kind"]:
-                from morphllr.data.preprocess import INPUT_KIND_TEXT
-
-                raise MorphllrError(
-                    f"{row['file']}: holds {INPUT_KIND_TEXT[kind]}, but the images before it hold "
-                    f"{INPUT_KIND_TEXT[state['kind']]}; one set holds one kind of pixels: prepare them separately")
-            if row["edge_padded"] > 0:
-                if prep.edge == "refuse":
-                    report["n_edge_dropped"] += 1
-                    report["edge_dropped_ids"].append(str(row["id"]))
-                    if progress:
-                        progress(1)
-                    continue
-                report["n_edge_padded"] += 1
-            report["n_masked"] += bool(row["masked_fraction"] > 0)
-            report["n_zero_padded"] += bool(row.get("zero_padded", 0) > 0)
-            if state["first"] is None:
-                state["first"] = (flux.shape, row["file"])
-            elif flux.shape != state["first"][0]:
-                shape0, file0 = state["first"]
-                raise MorphllrError(
-                    f"{row['file']}: cutout is {flux.shape[1]}x{flux.shape[2]} with {flux.shape[0]} channel(s), but "
-                    f"{file0} gave {shape0[1]}x{shape0[2]} with {shape0[0]}; use a preset with a fixed cutout "
-                    "size (e.g. zanisi21) or inputs of one size"
-                )
-            report["n_nonfinite_pixels"] += row["n_nonfinite"]
-            report["n_images_with_nonfinite"] += bool(row["n_nonfinite"])
-            pending.append((flux, segmap, row, mask))
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
-        writer = state["writer"]
-        if writer is None and report["n_edge_dropped"]:
-            raise MorphllrError(f"{path}: every one of the {report['n_edge_dropped']} galaxies has a cutout running past "
-                                "its image's edge, and --edge refuse drops them all; use --edge pad (sky noise, "
-                                "flagged in the catalogue column edge_padded) or larger images")
-        if writer is None:
-            raise MorphllrError(f"{path}: no images were read from the inputs; check the paths")
-        # the catalogue join needs all rows: replace the writer's buffered rows before closing
-        all_rows = vstack(writer._rows, metadata_conflicts="silent")
-        if catalog is not None:
-            from morphllr.data.files import join_catalog
-
-            all_rows, join_report = join_catalog(all_rows, catalog, catalog_name)
-            report["catalog"] = join_report
-        writer._rows = [all_rows]
-        if report["n_edge_dropped"]:
-            writer.extra_attrs["edge_dropped_ids"] = report["edge_dropped_ids"]
-        report["n_images"] = writer.count
-        if segmentation:
-            report["n_central_missing"] = int(np.sum(~np.asarray(all_rows["central_found"], bool)))
-        writer.__exit__(None, None, None)
-    except BaseException:
-        if state["writer"] is not None:
-            state["writer"].__exit__(*_exc_info())
-        raise
-    return report

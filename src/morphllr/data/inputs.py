@@ -19,13 +19,13 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from morphllr.data.imageset import FORMAT as IMAGESET_FORMAT, ImageSet, fingerprint_batches
 from morphllr.errors import MorphllrError
 
-DISCRETE_HEADS = frozenset({"discretized_logistic_mixture"})
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 _HDF5_PATH = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf|he5))(?::(?P<dataset>.+))?$", re.IGNORECASE)
 _VALIDATE_BATCH = 256
@@ -50,24 +50,6 @@ class ImageSource(Protocol):
     def read(self, indices: Sequence[int]) -> np.ndarray: ...
 
     def fingerprint(self) -> str: ...
-
-
-def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
-    """sha256 over the float32 little-endian pixels (C order), batch by batch.
-
-    Same recipe as ``ImageSet.fingerprint``, so a set and its ``.npy`` export (and an
-    (N, H, W) array and its (N, 1, H, W) twin) share a fingerprint.
-
-    Args:
-        batches: float32 arrays in order.
-
-    Returns:
-        hex digest.
-    """
-    digest = hashlib.sha256()
-    for batch in batches:
-        digest.update(np.ascontiguousarray(batch, dtype="<f4").tobytes())
-    return digest.hexdigest()
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -263,19 +245,20 @@ def check_float32_range(block: np.ndarray, name: str, positions: np.ndarray) -> 
             "images with `morphllr prepare` or rescale them")
 
 
-def validate_source(source: ImageSource, head: str | None = None, batch_size: int = _VALIDATE_BATCH) -> None:
+def validate_source(source: ImageSource, discrete: bool = False, batch_size: int = _VALIDATE_BATCH) -> None:
     """Stream through ``source`` once and reject non-finite or (for discrete heads) non-8-bit pixels.
 
     Args:
         source: the images.
-        head: the model's likelihood head; the discretized head needs integers 0..255.
+        discrete: the model's likelihood head is discrete (:func:`morphllr.model.heads.is_discrete_head`):
+            it needs integers 0..255.
         batch_size: images read at a time (memory stays flat).
 
     Returns:
         None; raises MorphllrError naming the first bad images.
     """
     for start, batch in _enumerate_batches(source, batch_size):
-        check_batch(batch, source.name, head, start)
+        check_batch(batch, source.name, discrete, start)
 
 
 def _enumerate_batches(source: ImageSource, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -285,13 +268,14 @@ def _enumerate_batches(source: ImageSource, batch_size: int) -> Iterator[tuple[i
         start += len(batch)
 
 
-def check_batch(batch: np.ndarray, name: str, head: str | None = None, start: int = 0) -> None:
+def check_batch(batch: np.ndarray, name: str, discrete: bool = False, start: int = 0) -> None:
     """Reject NaN/inf pixels (and for discrete heads, values that are not integers 0..255).
 
     Args:
         batch: float32 (B, C, H, W).
         name: the source's name for the message.
-        head: likelihood head of the model that will see the batch.
+        discrete: the likelihood head of the model that will see the batch is discrete
+            (:func:`morphllr.model.heads.is_discrete_head`).
         start: index of the batch's first image in the whole set.
 
     Returns:
@@ -304,14 +288,14 @@ def check_batch(batch: np.ndarray, name: str, head: str | None = None, start: in
         raise MorphllrError(
             f"{name}: {n_bad} NaN/inf pixel(s) in image(s) {_few(bad_images)}; "
             "replace them (e.g. with the sky level) or drop those images before training/scoring")
-    if head in DISCRETE_HEADS:
+    if discrete:
         out_of_range = (batch < 0) | (batch > 255)
         non_integer = batch != np.round(batch)
         bad = out_of_range | non_integer
         if bad.any():
             bad_images = np.flatnonzero(bad.reshape(len(batch), -1).any(axis=1)) + start
             raise MorphllrError(
-                f"{name}: the {head} head needs integer pixel values 0..255, but image(s) "
+                f"{name}: the discretized head needs integer pixel values 0..255, but image(s) "
                 f"{_few(bad_images)} have values like {float(batch[bad].flat[0]):g}; "
                 "quantise to 8 bits or choose --head gaussian")
 
@@ -414,8 +398,8 @@ def _open_hdf5(path: Path, dataset: str | None) -> ImageSource:
             fmt = fh.attrs.get("format")
             if isinstance(fmt, bytes):
                 fmt = fmt.decode()
-            if fmt == "morphllr.imageset" and dataset is None:
-                return _open_imageset(path)
+            if fmt == IMAGESET_FORMAT and dataset is None:
+                return ImageSet.open(path)
             if dataset is None:
                 dataset = _single_image_dataset(fh, path)
             if dataset not in fh or not isinstance(fh[dataset], h5py.Dataset):
@@ -459,8 +443,3 @@ def _single_image_dataset(fh, path: Path) -> str:
         f"{path}: cannot tell which dataset holds the images ({listing}); "
         f"name it as {path.name}:DATASET or with --key")
 
-
-def _open_imageset(path: Path) -> ImageSource:
-    from morphllr.data.imageset import ImageSet
-
-    return ImageSet.open(path)

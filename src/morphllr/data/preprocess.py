@@ -41,6 +41,7 @@ import numpy as np
 
 from morphllr.galaxies import cosmology as cosmologies
 from morphllr.data.geometry import central_crop, resample_to_scale, zoom_images, zoomed_size
+from morphllr.data.segmentation import background_stats, renumber, segment
 from morphllr.errors import MorphllrError
 from morphllr.limits import MAX_IMAGE_SIDE
 
@@ -602,33 +603,63 @@ class Preprocessing:
         info = {"n_nonfinite": n_bad, "sky": float(sky.mean()), **masks}
         return np.ascontiguousarray(flux, dtype=np.float32), info
 
-    def cut(self, image: np.ndarray, *, source: str = "image", **frame_kwargs) -> tuple[np.ndarray, dict[str, Any]]:
+    def cut(self, image: np.ndarray, *, source: str = "image", seed=None, segmentation: str | None = None,
+            center_tolerance: float | None = None, **frame_kwargs) -> tuple[np.ndarray, dict[str, Any]]:
         """Raw image -> sky-subtracted linear flux cutout (what ``/flux`` stores).
+
+        The frame is segmented once (masked pixels and pixels beyond the image take no part)
+        when the recipe centres or ``segmentation`` asks for the map: the segmentation both
+        centres the cutout (``center``) and, cut to the same window, is the cutout's
+        segmentation map.  The window is never moved: where it runs past the image, and at
+        masked pixels, the cutout holds noise drawn from the image's own sky
+        (:func:`cut_with_sky`).
 
         Args:
             image: raw (C, H, W) or (H, W) pixels.
             source: file/id named in error messages.
-            **frame_kwargs: ``units``, ``input_pixel_scale``, ``sky_value`` (see :meth:`flux_frame`).
+            seed: seed of the noise filling padded and masked pixels (default: ``source``).
+            segmentation: ``sep`` or ``photutils`` to return the cutout's segmentation map
+                (None: none; centring then detects with ``sep``).
+            center_tolerance: pixels the galaxy is known to lie within of the frame centre
+                (``RawImage.center_tolerance``): centring never moves further (onto a neighbour).
+            **frame_kwargs: ``units``, ``input_pixel_scale``, ``sky_value``, ``mask``, ``outside``
+                (see :meth:`flux_frame`).
 
         Returns:
             (flux (C, cutout, cutout) float32, info dict with ``n_nonfinite``, ``sky``,
             ``center_x``, ``center_y`` (frame position of the detected centre, which the cutout's
             pixel ``cutout // 2`` holds), ``cutout_x0``, ``cutout_y0`` (frame position of the
             cutout's first pixel, negative past the edge), ``edge_padded`` (share of the cutout
-            beyond the image, filled with sky noise), ``zero_padded``, ``masked_fraction`` and
-            ``nonfinite_fraction`` (see :func:`cut_with_sky`)).
+            beyond the image, filled with sky noise), ``zero_padded``, ``masked_fraction``,
+            ``nonfinite_fraction`` and the cutout's masks (see :func:`cut_with_sky`); with
+            ``segmentation`` also ``segmap`` (int32, 0 sky, 1 central, 2.. companions),
+            ``sky_sigma`` and ``central_found``).
         """
         frame, info = self.flux_frame(image, source=source, **frame_kwargs)
-        cy, cx = (frame.shape[1] - 1) / 2, (frame.shape[2] - 1) / 2
-        if self.center:
-            from morphllr.data.segmentation import find_central_source
-
-            found = find_central_source(frame.sum(axis=0), mask=excluded_pixels(info, padded=True))
-            if found is not None:
-                cx, cy = found
-        cut, extra = cut_with_sky(frame, info, cx, cy, self.cutout, source, seed=source, noise_free=self.pad,
-                                  max_edge=None if self.edge == "refuse" else MAX_EDGE_PADDED)
+        _, h, w = frame.shape
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        seg = None
+        if segmentation or self.center:
+            excluded = excluded_pixels(info, padded=True)
+            # a frame larger than the cutout may hold the galaxy further from its centre
+            max_offset = 0.25 * min(h, w) if self.center and self.cutout and self.cutout < min(h, w) else None
+            if center_tolerance is not None:  # the position is known: never re-centre on a neighbour
+                max_offset = float(center_tolerance)
+            seg = segment(frame, method=segmentation or "sep", max_offset=max_offset,
+                          mask=excluded if excluded.any() else None)
+            near = center_tolerance is None or np.hypot(seg.x - cx, seg.y - cy) <= center_tolerance
+            if self.center and seg.central_found and near:  # a blend's centroid far off: keep the known position
+                cx, cy = seg.x, seg.y
+        cut, extra = cut_with_sky(frame, info, cx, cy, self.cutout, source, seed=source if seed is None else seed,
+                                  noise_free=self.pad, max_edge=None if self.edge == "refuse" else MAX_EDGE_PADDED)
         info.update(extra, center_x=float(cx), center_y=float(cy))
+        if segmentation:
+            segmap = seg.segmap
+            if self.cutout is not None:
+                segmap = take_window(segmap, extra["cutout_y0"], extra["cutout_x0"], self.cutout)[0]
+            segmap = renumber(segmap)
+            info.update(segmap=segmap, sky_sigma=seg.sky_sigma,
+                        central_found=bool(seg.central_found and (segmap == 1).any()))
         return cut, info
 
     def _sky_levels(self, flux: np.ndarray, bad: np.ndarray, sky_value: float | None, units: str) -> np.ndarray:
@@ -641,8 +672,6 @@ class Preprocessing:
             value = self.sky_value if sky_value is None else sky_value
             value = float(self.to_flux(np.full((1, 1, 1), value), units, self.pixel_scale)[0, 0, 0])
             return np.full(n_channels, value, np.float32)
-        from morphllr.data.segmentation import background_stats
-
         levels = [background_stats(channel, mask)[0] for channel, mask in zip(flux, bad)]
         return np.asarray(levels, np.float32)
 
@@ -702,8 +731,6 @@ def fill_with_sky(cut: np.ndarray, fill: np.ndarray, frame: np.ndarray, excluded
     """
     if not fill.any():
         return
-    from morphllr.data.segmentation import background_stats
-
     rng = fill_rng(seed)
     n = int(fill.sum())
     for c in range(cut.shape[0]):

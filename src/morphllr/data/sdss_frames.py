@@ -22,8 +22,8 @@ The gain is not in the frame header; :data:`DEFAULT_GAIN` is a typical r-band va
 
 Entry points: :func:`read_frame` (pixels, WCS, band, NMGY, EXPTIME), :func:`plan_cutouts`
 (catalogue positions -> frame pixels; positions outside every frame are counted and
-listed) and :func:`cutout_records` (streams :class:`morphllr.data.files.RawImage` cutouts for
-:func:`morphllr.data.imageset.prepare_imageset`, reading every frame once).
+listed) and :func:`cutout_records` (streams :class:`morphllr.data.raw_image.RawImage` cutouts for
+:func:`morphllr.data.prepare.prepare_imageset`, reading every frame once).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from morphllr.errors import MorphllrError
 from morphllr.data.preprocess import NANOMAGGY_ZERO_POINT, zero_point_factor
+from morphllr.data.raw_image import RawImage
+from morphllr.errors import MorphllrError
 
 #: Typical SDSS r-band CCD gain in electrons per DN (the six camcols' r-band gains lie
 #: between about 4.6 and 4.9); g, i, z and u differ, pass the frame's own with ``--gain``.
@@ -233,7 +234,7 @@ def _float_or_none(value) -> float | None:
 
 
 def frame_raw_image(path, image_id: str):
-    """A whole frame as one :class:`morphllr.data.files.RawImage` (nanomaggies, WCS pixel scale).
+    """A whole frame as one :class:`morphllr.data.raw_image.RawImage` (nanomaggies, WCS pixel scale).
 
     Args:
         path: ``frame-*.fits[.bz2]`` file.
@@ -243,8 +244,6 @@ def frame_raw_image(path, image_id: str):
         RawImage with ``image`` float64 (1, H, W) nanomaggies, ``units="nanomaggies"`` and
         ``meta`` band, nmgy (nanomaggies per DN), exptime (s).
     """
-    from morphllr.data.files import RawImage
-
     frame = read_frame(path)
     meta = {"band": frame.band, "nmgy": frame.nmgy, "exptime": frame.exptime if frame.exptime is not None else np.nan}
     return RawImage(image_id, frame.image.astype(np.float64)[None], str(frame.path), "nanomaggies",
@@ -408,15 +407,13 @@ def cutout_records(plan: CutoutPlan, window: int, zero_point: float,
         gain_e_per_dn: CCD gain in electrons per DN.
 
     Returns:
-        iterator of :class:`morphllr.data.files.RawImage`; ``meta`` holds ``frame`` (file), ``band``,
+        iterator of :class:`morphllr.data.raw_image.RawImage`; ``meta`` holds ``frame`` (file), ``band``,
         ``x``, ``y`` (0-based frame pixel), ``ra``, ``dec`` (deg), ``nmgy`` (nanomaggies per DN),
         ``gain`` (electrons per working unit), ``window_x0``, ``window_y0`` (frame pixel of the
         window's first column/row: frame x = window_x0 + catalogue ``center_x``) and
         ``frame_edge_px`` (pixels from the galaxy to the nearest frame edge: below half the
         cutout, part of the cutout lies beyond the frame and is sky noise, ``edge_padded``).
     """
-    from morphllr.data.files import RawImage
-
     window = int(window)
     if window <= 0:
         raise MorphllrError(f"cutout window {window}: must be a positive number of pixels")

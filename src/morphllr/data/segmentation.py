@@ -264,17 +264,6 @@ def _centroid(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float((weights * xx).sum() / total), float((weights * yy).sum() / total)
 
 
-def find_central_source(image: np.ndarray, method: str = "sep", mask: np.ndarray | None = None) -> tuple[float, float] | None:
-    """Centroid (x, y) in pixels of the source nearest the image centre, or None.
-
-    Used to centre cutouts: the input image is usually larger than the cutout, so the
-    search allows the galaxy to sit up to 25% of the side away from the centre.
-    ``mask`` (True = excluded) keeps masked pixels out of the detection.
-    """
-    seg = segment(image, method=method, max_offset=0.25 * min(np.shape(image)[-2:]), mask=mask)
-    return (seg.x, seg.y) if seg.central_found else None
-
-
 def segment_batch(flux: np.ndarray, method: str = "sep", **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment a batch of flux cutouts.
 

@@ -32,19 +32,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from morphllr.atomic import claims
+from morphllr.data.catalog import first_column, numeric_column
+from morphllr.data.imageset import ImageSet
+from morphllr.data.inputs import file_sha256
+from morphllr.data.prepare import write_flux_set
 from morphllr.errors import MorphllrError
+from morphllr.galaxies.psf import (DEFAULT_MOFFAT_BETA, fit_psf_rows, has_pixel_response, load_psf_image, make_psf,
+                                   psf_from_image, psf_image, psf_image_record, psf_parameters, psfs_from_catalog)
+from morphllr.galaxies.sersic import GALSIM_N_RANGE, GALSIM_N_RANGE_TEXT, outside_galsim_range
+from morphllr.galaxies.sersic_fit import FLAG_BITS, describe_psf
+from morphllr.galaxies.sky_patches import add_sky_patch, load_sky_patches, patches_sha256
 from morphllr.limits import MAX_FLUX, MAX_RE_CUTOUTS
 from morphllr.parallel import map_in_processes
-from morphllr.galaxies.psf import first_column
-from morphllr.data.files import numeric_column
-from morphllr.galaxies.sersic_fit import GALSIM_N_RANGE
 
-#: GalSim's valid Sérsic range (:data:`morphllr.galaxies.sersic_fit.GALSIM_N_RANGE`); indices outside are
-#: clipped (and flagged: column ``sersic_n_clipped``, fit flag bit 32).
-GALSIM_N_RANGE = GALSIM_N_RANGE
-#: Indices accepted at all (beyond these a fit has failed: refuse with a message).
+#: Indices accepted at all (beyond these a fit has failed: refuse with a message).  Those outside GalSim's
+#: range (:data:`morphllr.galaxies.sersic.GALSIM_N_RANGE`) are clipped to it and flagged (column
+#: ``sersic_n_clipped``, fit flag bit 32).
 N_ACCEPT = (0.05, 20.0)
-#: log-n spacing of the profile cache: 95 indices over 0.3-6.2, inside GalSim's own cache of
+#: log-n spacing of the profile cache: 95 indices over GalSim's range, inside GalSim's own cache of
 #: 100 Hankel tables (more would be recomputed over and over); n rounded by <= 1.6 %
 LOG_N_STEP = 0.032
 #: Default catalogue column for each archetype parameter.
@@ -164,14 +169,12 @@ def params_from_catalog(catalog, columns: dict[str, str] | None = None, where: s
         pa_deg=values["pa_deg"][keep], flux=values["flux"][keep],
         x0_pix=values["x0_pix"][keep] if "x0_pix" in values else None,
         y0_pix=values["y0_pix"][keep] if "y0_pix" in values else None,
-        n_clipped=(n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1]))
+        n_clipped=outside_galsim_range(n))
     return params, keep
 
 
 def _flag_summary(catalog, n: np.ndarray, rows: np.ndarray, where: str, flag_col: str = "sersic_flag") -> str:
     """Why the usable ``rows`` are flagged, for messages: counts per fit flag bit and of n beyond GalSim's range."""
-    from morphllr.galaxies.sersic_fit import FLAG_BITS
-
     rows = np.asarray(rows, bool)
     parts = []
     if flag_col in catalog.colnames:
@@ -182,9 +185,9 @@ def _flag_summary(catalog, n: np.ndarray, rows: np.ndarray, where: str, flag_col
             if count:
                 parts.append(f"{count} {flag_col} bit {bit} ({text})")
     n = np.asarray(n, dtype=np.float64)[rows]
-    outside = int(((n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1])).sum())
+    outside = int(outside_galsim_range(n).sum())
     if outside:
-        parts.append(f"{outside} n outside GalSim's {GALSIM_N_RANGE[0]:g}-{GALSIM_N_RANGE[1]:g}")
+        parts.append(f"{outside} n outside GalSim's {GALSIM_N_RANGE_TEXT}")
     return ", ".join(parts)
 
 
@@ -202,7 +205,7 @@ def flagged_rows(catalog, n: np.ndarray, where: str = "catalogue", flag_col: str
         boolean (len(catalog),).
     """
     n = np.asarray(n, dtype=np.float64)
-    bad = (n < GALSIM_N_RANGE[0]) | (n > GALSIM_N_RANGE[1])
+    bad = outside_galsim_range(n)
     if flag_col in catalog.colnames:
         flags = numeric_column(catalog, flag_col, where)
         bad |= np.isfinite(flags) & (flags != 0)
@@ -285,8 +288,6 @@ def draw_archetype(profile, psf, shape: tuple[int, int], pixel_scale: float,
     import galsim
     from galsim.errors import GalSimFFTSizeWarning
 
-    from morphllr.galaxies.psf import has_pixel_response
-
     ny, nx = shape
     # GalSim centres on the true image centre, (n - 1) / 2 in 0-based coordinates
     dx = 0.0 if x0_pix is None else float(x0_pix) - (nx - 1) / 2
@@ -368,8 +369,6 @@ def _draw_real_space(profile, psf, shape: tuple[int, int], pixel_scale: float, x
     """
     from scipy.signal import fftconvolve
 
-    from morphllr.galaxies.psf import has_pixel_response, psf_image
-
     ny, nx = shape
     sample = psf is not None and has_pixel_response(psf)
     k = int(oversample) | 1 if sample else int(oversample)  # odd when sampling: a sub-pixel on each pixel centre
@@ -410,31 +409,6 @@ def add_matched_noise(image: np.ndarray, sky_sigma: float, gain: float | None, r
         else:  # numpy refuses means beyond ~1e19; there the Poisson law is Gaussian to any precision
             out += rng.normal(0.0, np.sqrt(electrons)) / gain
     return out
-
-
-def add_sky_patch(image: np.ndarray, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Add a random real empty-sky cutout (random crop, flip and quarter turn).
-
-    Args:
-        image: (C, ny, nx) noise-free image.
-        patches: (M, C, Hp, Wp) sky-only cutouts, Hp >= ny, Wp >= nx, same flux units.
-        rng: numpy random generator.
-
-    Returns:
-        image + sky (new array).
-    """
-    c, ny, nx = image.shape
-    patch = patches[rng.integers(len(patches))]
-    patch = np.rot90(patch, k=int(rng.integers(4)), axes=(1, 2))
-    if rng.integers(2):
-        patch = patch[:, :, ::-1]
-    hp, wp = patch.shape[1:]
-    if hp < ny or wp < nx:
-        patch = np.rot90(patch, k=1, axes=(1, 2))  # a non-square patch may fit the other way round
-        hp, wp = patch.shape[1:]
-    y = int(rng.integers(hp - ny + 1))
-    x = int(rng.integers(wp - nx + 1))
-    return image + patch[:, y:y + ny, x:x + nx]
 
 
 @dataclass
@@ -568,71 +542,12 @@ def psfs_for_catalog(catalog, psf_fwhm: float | None, psf_kind: str, psf_image=N
     Returns:
         a single GalSim PSF or a list with one per row (profiles shared between equal FWHMs).
     """
-    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image, psfs_from_catalog
-
     if psf_image is not None:
         return psf_from_image(psf_image, pixel_scale)
     if psf_fwhm is not None and psf_beta is None and "psf_beta" not in catalog.colnames:
         return make_psf(float(psf_fwhm), psf_kind, DEFAULT_MOFFAT_BETA)
     return psfs_from_catalog(catalog, psf_kind, where, fix="pass --psf-fwhm ARCSEC or --psf-image FILE",
                              fwhm=psf_fwhm, beta=psf_beta)
-
-
-def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts",
-                     finite: bool = True) -> np.ndarray:
-    """Empty-sky cutouts from an ImageSet (its ``/flux``), a ``.npy``/``.npz`` or a FITS cube.
-
-    Args:
-        path: file of sky-only cutouts in the same flux units and pixel scale as the set.
-        where: option name for messages.
-        what: what the file holds, for messages (``morphllr sky-patches`` reads its frames here too).
-        finite: refuse NaN/inf pixels (False: keep them, e.g. frames whose bad pixels are masked later).
-
-    Returns:
-        float32 (M, C, Hp, Wp).
-    """
-    from pathlib import Path
-
-    from morphllr.data.sdss_frames import is_frame_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of {what}")
-    if is_frame_file(path):
-        raise MorphllrError(f"{where} {path}: an SDSS frame (sources and all, in nanomaggies), not {what}; cut empty "
-                            f"sky from it with `morphllr sky-patches {path.name} --size SIZE --out sky.npy`")
-    name = path.name.lower()
-    suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        from morphllr.data.imageset import ImageSet
-
-        s = ImageSet.open(path)
-        if s.flux is None:
-            raise MorphllrError(f"{where} {path}: the set has no /flux cutouts; prepare it again with flux kept")
-        arr = np.asarray(s.flux[:])
-    elif suffix == ".npy":
-        arr = np.load(path)
-    elif suffix == ".npz":
-        with np.load(path) as z:
-            arr = z[z.files[0]]
-    elif suffix in (".fits", ".fit", ".fz") or name.endswith((".fits.gz", ".fits.bz2", ".fit.gz", ".fit.bz2")):
-        from astropy.io import fits
-
-        arr = fits.getdata(path)
-    else:
-        raise MorphllrError(f"{where} {path}: unknown file type; use an ImageSet .h5, .npy, .npz or FITS cube")
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None, None]
-    elif arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4:
-        raise MorphllrError(f"{where} {path}: expected (M, H, W) or (M, C, H, W) {what}, got shape {arr.shape}")
-    if finite and not np.isfinite(arr).all():
-        raise MorphllrError(f"{where} {path}: {int((~np.isfinite(arr)).sum())} NaN/inf pixel(s) in the {what}; "
-                            "replace them (sky patches must be finite), or rebuild the patches with "
-                            "`morphllr sky-patches`, which keeps NaN pixels out of the sky")
-    return arr
 
 
 def _same(values, value, rtol: float = 1e-3) -> bool:
@@ -662,9 +577,6 @@ def archetype_psfs(kept, fit_record: dict | None, pixel_scale: float, *, psf_fwh
         (PSF(s) for :func:`render_archetypes`, per-row FWHM (N,), per-row beta (N,),
         JSON-able record of the PSF used, without pixels).
     """
-    from morphllr.galaxies.psf import fit_psf_rows, load_psf_image, psf_from_image, psf_image_record, psf_parameters
-    from morphllr.galaxies.sersic_fit import describe_psf
-
     n = len(kept)
     nan = np.full(n, np.nan)
     fitted = fit_psf_rows(kept, fit_record, where)  # also rebuilds an older fit-sersic's record (a plain string)
@@ -751,9 +663,6 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
     Returns:
         summary dict (n, n_dropped, n_dropped_flagged, n_flagged, n_clipped, noise mode, psf, out path).
     """
-    from morphllr.data.imageset import ImageSet, write_flux_set
-    from morphllr.data.inputs import file_sha256
-
     s = ImageSet.open(set_path)
     where = str(set_path)
     if s.flux is None:
@@ -792,8 +701,6 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
             raise MorphllrError(f"--sky-patches {sky_patches_path}: {noise.sky_patches.shape[1]} channel(s) but "
                                 f"the set has {s.flux.shape[1]}; use sky cutouts of the same bands")
         from pathlib import Path
-
-        from morphllr.galaxies.sky_patches import patches_sha256
 
         noise_record = {"mode": "sky patches", "sky_patches": {  # sha256 of the patches as mock and synth record it
             "file": Path(sky_patches_path).name, "path": str(Path(sky_patches_path).resolve()),
@@ -835,8 +742,6 @@ def make_archetype_set(set_path, out, *, psf_fwhm: float | None = None, psf_kind
 
 def describe_psf_used(record: dict) -> str:
     """One line for the PSF record of :func:`archetype_psfs`."""
-    from morphllr.galaxies.sersic_fit import describe_psf
-
     text = describe_psf(record) if record.get("kind") != "image" else f"PSF image {record['image'].get('file')}"
     return f"{text} ({record.get('source')})"
 
@@ -922,6 +827,4 @@ def _archetype_table(kept, params: ArchetypeParams, fwhm: np.ndarray, beta: np.n
 
 def _load_psf_image(path) -> np.ndarray:
     """The one PSF-image reader, :func:`morphllr.galaxies.psf.load_psf_image` (kept for older callers)."""
-    from morphllr.galaxies.psf import load_psf_image
-
     return load_psf_image(path)

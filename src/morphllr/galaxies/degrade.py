@@ -7,7 +7,7 @@ next to it.  The synthetic twin of the paper's TNG50-1/-2/-3 resolution test is 
 Every operation works on the ``/flux`` cutouts, image by image and channel by channel, and ends by adding
 white Gaussian noise until the sky rms (``segmentation.background_stats``, sep) is the original's again
 (:func:`restore_noise`; nothing is added where the rms did not drop).  The copy is then written by
-``imageset.write_flux_set`` with the set's own recipe, so segmentation, ``/images`` and the catalogue
+``prepare.write_flux_set`` with the set's own recipe, so segmentation, ``/images`` and the catalogue
 columns follow exactly as for the original.  The noise comes from ``numpy.random.default_rng(seed)``, drawn
 image after image in the set's order: a copy is reproducible from (set, operation, seed).
 
@@ -38,8 +38,9 @@ import numpy as np
 
 from morphllr.atomic import claims
 from morphllr.errors import MorphllrError
-from morphllr.data.imageset import ImageSet, carried_attrs, write_flux_set
-from morphllr.data.files import numeric_column
+from morphllr.data.imageset import ImageSet, carried_attrs
+from morphllr.data.prepare import write_flux_set
+from morphllr.data.catalog import numeric_column
 from morphllr.data.segmentation import background_stats
 
 OPERATIONS = ("psf_broaden", "smooth_centre", "resolution")

@@ -28,7 +28,7 @@ The steps, per galaxy, in order:
 5. the sky: a real empty-sky patch from the same library ``archetypes --sky-patches``
    uses (added as its own pixels: crop, quarter turn and flip, never resampled), or
    Gaussian noise of ``sky_sigma``;
-6. the preset's model-side preprocessing, through :func:`morphllr.data.imageset.write_flux_set`.
+6. the preset's model-side preprocessing, through :func:`morphllr.data.prepare.write_flux_set`.
 
 PSF, sky and gain are per galaxy: from options, catalogue columns (``psf_fwhm_arcsec``,
 ``psf_beta``, ``sky_sigma``, ``gain``), or drawn from an observed set (``match``); every
@@ -43,10 +43,21 @@ from pathlib import Path
 
 import numpy as np
 
-from morphllr.galaxies import cosmology as cosmologies
 from morphllr.atomic import claims
+from morphllr.data.catalog import first_column, join_catalog, read_catalog
+from morphllr.data.files import expand_inputs, iter_images
+from morphllr.data.imageset import ImageSet
+from morphllr.data.inputs import file_sha256
+from morphllr.data.prepare import write_flux_set
+from morphllr.data.preprocess import INPUT_KIND_TEXT, as_preprocessing, zero_point_factor
 from morphllr.errors import MorphllrError
-from morphllr.limits import MAX_IMAGE_SIDE
+from morphllr.galaxies import cosmology as cosmologies
+from morphllr.galaxies.archetypes import add_matched_noise
+from morphllr.galaxies.psf import (DEFAULT_MOFFAT_BETA, PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, fit_psf_rows,
+                                   load_psf_image, make_psf, psf_from_image, psf_image_record)
+from morphllr.galaxies.sersic_fit import describe_psf
+from morphllr.galaxies.sky_patches import add_sky_patch, load_sky_library
+from morphllr.limits import MAX_IMAGE_SIDE, PSF_BETA_MAX, PSF_BETA_MIN
 
 #: Survey settings per preset: pixel scale (arcsec), PSF, sky noise and gain in the
 #: preset's working flux unit.  zanisi21 = SDSS r: 0.396"/px, ~1.4" seeing, sky
@@ -118,7 +129,7 @@ class Placement:
 
 # --------------------------------------------------------------------------- reading
 def sim_from_raw(raw, pixel_kpc: float | None = None) -> SimImage:
-    """A :class:`morphllr.data.files.RawImage` of a simulation product -> :class:`SimImage`.
+    """A :class:`morphllr.data.raw_image.RawImage` of a simulation product -> :class:`SimImage`.
 
     Args:
         raw: record from :func:`morphllr.data.files.iter_images`.
@@ -165,8 +176,6 @@ def read_sims(inputs, bands: list[str] | None = None, cosmology: str | None = No
     Returns:
         iterator of :class:`SimImage`.
     """
-    from morphllr.data.files import expand_inputs, iter_images
-
     files = expand_inputs([str(p) for p in inputs])
     for raw in iter_images(files, bands=bands, cosmology=cosmology):
         yield sim_from_raw(raw, pixel_kpc)
@@ -228,7 +237,6 @@ def surface_brightness(sim: SimImage, zero_point: float, input_zero_point: float
             raise MorphllrError(f"{sim.source}: no angular pixel (PIXSCALE) and no physical one at a known redshift "
                                 "(CDELT1 in pc, USE_Z); pass --sim-pixel-kpc KPC and --redshift Z")
         pixel = sim.pixel_kpc * cosmologies.arcsec_per_kpc(sim.redshift, cosmology)
-    from morphllr.data.preprocess import zero_point_factor
 
     return sim.data * zero_point_factor(input_zero_point, zero_point) / pixel**2
 
@@ -332,8 +340,6 @@ def psf_resample(flux: np.ndarray, in_scale: float, survey: SurveySettings, psf=
 
 
 def _survey_psf(survey: SurveySettings):
-    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf
-
     return make_psf(survey.psf_fwhm, survey.psf, survey.psf_beta or DEFAULT_MOFFAT_BETA)
 
 
@@ -355,9 +361,6 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
         (float32 (C, size, size) flux cutout, metadata dict for the catalogue, with a
         ``warnings`` list).
     """
-    from morphllr.galaxies.archetypes import add_matched_noise
-    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, make_psf, psf_from_image
-
     place = placement or Placement()
     if max(sim.data.shape[1:]) > MAX_IMAGE_SIDE:
         raise MorphllrError(f"{sim.source or sim.name}: image is {sim.data.shape[1]}x{sim.data.shape[2]} pixels, more "
@@ -395,8 +398,6 @@ def observe(sim: SimImage, survey: SurveySettings, redshift: float | None = None
         channels.append(clean)
     flux = np.stack(channels)
     if noise and place.sky_patch is not None:
-        from morphllr.galaxies.archetypes import add_sky_patch
-
         flux = add_sky_patch(flux, place.sky_patch[None], rng)
     if not np.any(sb > 0):
         warnings.append(f"{sim.name}: the image holds no light; its mock is pure sky")
@@ -485,10 +486,6 @@ class MatchPool:
         Returns:
             MatchPool.
         """
-        from morphllr.data.imageset import ImageSet
-        from morphllr.galaxies.psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column, fit_psf_rows
-        from morphllr.galaxies.sersic_fit import describe_psf
-
         where = f"--match {path}"
         with ImageSet.open(path) as s:
             cat = s.catalog
@@ -533,9 +530,6 @@ class MatchPool:
 
 def _catalog_lookup(catalog, ids: list[str], where: str = "--catalog"):
     """Per-galaxy float columns of a user catalogue (None where absent), matched by id."""
-    from morphllr.limits import PSF_BETA_MAX, PSF_BETA_MIN
-    from morphllr.galaxies.psf import PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, first_column
-
     if catalog is None:
         return {}
     rows = {str(v): i for i, v in enumerate(catalog["id"])}
@@ -606,10 +600,6 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
     """
     from astropy.table import Table
 
-    from morphllr.data.imageset import write_flux_set
-    from morphllr.data.preprocess import as_preprocessing
-    from morphllr.data.files import join_catalog, read_catalog
-
     if not inputs:
         raise MorphllrError("mock: give at least one FITS file of an idealised simulation image")
     prep = as_preprocessing(preset)
@@ -648,16 +638,12 @@ def make_mock_set(inputs, out, *, preset="zanisi21", redshift: float | None = No
                             "mocks (same --preset/--like)")
     library = None
     if sky_patches is not None:
-        from morphllr.galaxies.sky_patches import load_sky_library
-
         library = load_sky_library(sky_patches, "--sky-patches", size=survey.size, channels=sims[0].data.shape[0],
                                    zero_point=survey.zero_point, pixel_scale=survey.pixel_scale,
                                    fix=f"cut them with `morphllr sky-patches FRAMES --size {survey.size} --like "
                                        "MODEL_OR_SET --out SKY.npy`")
     psf_pixels = None
     if psf_image is not None:
-        from morphllr.galaxies.psf import load_psf_image
-
         psf_pixels = load_psf_image(psf_image)
     draw = np.random.default_rng([int(seed), 1])  # the choices: independent of the noise stream
     rng = np.random.default_rng(seed)
@@ -723,15 +709,12 @@ def _file_record(path) -> dict | None:
     """File name, resolved path and sha256 of an input that chose pixels (None when not given)."""
     if path is None:
         return None
-    from morphllr.data.inputs import file_sha256
 
     return {"file": Path(path).name, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
 
 
 def _check_flux_recipe(prep, source: str) -> None:
     """Refuse a recipe for JPEG levels: mocks are calibrated flux, and a model of JPEGs would never see flux."""
-    from morphllr.data.preprocess import INPUT_KIND_TEXT
-
     kind = prep.input_kind
     if kind not in (None, "flux") or getattr(prep, "unstretch", "none") != "none":
         what = f"{INPUT_KIND_TEXT.get(kind, kind)} (input_kind {kind!r})" if kind not in (None, "flux") else \
@@ -744,8 +727,6 @@ def _check_flux_recipe(prep, source: str) -> None:
 def _psf_settings(survey: SurveySettings, psf_image, psf_pixels, psf_fwhm, psf_beta, given: dict, match,
                   pool: MatchPool | None = None) -> dict:
     """The PSF of the mocks, structured: kind, FWHM and beta with where they come from, or the image's record."""
-    from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, psf_image_record
-
     if psf_image is not None:
         return {"kind": "image", "image": psf_image_record(psf_image, psf_pixels, store_pixels=False)}
     if psf_fwhm is None and pool is not None and pool.psf_image is not None:

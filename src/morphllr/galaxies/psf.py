@@ -14,6 +14,7 @@ import numpy as np
 
 from morphllr.errors import MorphllrError
 from morphllr.limits import PSF_BETA_MAX, PSF_BETA_MIN, PSF_FWHM_MAX, PSF_IMAGE_MAX_SIDE
+from morphllr.data.catalog import first_column, numeric_column
 from morphllr.data.inputs import file_sha256
 
 PSF_KINDS = ("moffat", "gaussian")
@@ -193,25 +194,6 @@ PSF_FWHM_COLUMNS = ("psf_fwhm_arcsec", "psf_fwhm")
 PSF_BETA_COLUMNS = ("psf_beta",)
 
 
-def first_column(catalog, names, where: str = "catalogue") -> np.ndarray | None:
-    """The first of ``names`` present in ``catalog`` as float64, or None if none is.
-
-    Args:
-        catalog: astropy Table.
-        names: candidate column names, in order of preference.
-        where: file named when a column holds text (see :func:`morphllr.data.files.numeric_column`).
-
-    Returns:
-        float64 values (masked or blank cells NaN), or None.
-    """
-    from morphllr.data.files import numeric_column
-
-    for name in names:
-        if name in catalog.colnames:
-            return numeric_column(catalog, name, where)
-    return None
-
-
 def psf_parameters(catalog, kind: str = "moffat", where: str = "catalogue", fix: str = "pass --psf-fwhm ARCSEC",
                    fwhm: float | None = None, beta: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-row PSF FWHM and Moffat beta: option > catalogue column > default (beta only).
@@ -348,8 +330,6 @@ def fit_psf_rows(catalog, fit_record: dict | None, where: str = "catalogue") -> 
     Returns:
         :class:`FitPSFRows`, or None when the set records no fit PSF.
     """
-    from morphllr.data.files import numeric_column
-
     recorded = (fit_record or {}).get("psf")
     if recorded is None:
         return None

@@ -33,7 +33,7 @@ Conventions (the same as ``galsim`` and ``morphllr.galaxies.archetypes``; tested
 * 16 ``R_e`` beyond the fitted window: the major-axis half-light radius exceeds half the
   window's side, so the half-light ellipse leaves the pixels fitted and R_e (with n and the
   flux) is an extrapolation of the profile's wings
-* 32 ``n`` at or beyond GalSim's Sérsic range 0.3-6.2 (within 1 %): the archetype cannot
+* 32 ``n`` at or beyond GalSim's Sérsic range (:data:`morphllr.galaxies.sersic.GALSIM_N_RANGE`, within 1 %): the archetype cannot
   have this index (``archetypes`` clips it)
 
 ``morphllr archetypes --drop-bad`` skips every galaxy whose flag is not 0 (and any whose
@@ -54,10 +54,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from morphllr.atomic import claims
+from morphllr.data.catalog import first_column
+from morphllr.data.imageset import ImageSet
 from morphllr.errors import MorphllrError
+from morphllr.galaxies.psf import (DEFAULT_MOFFAT_BETA, PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, PSF_KINDS, load_psf_image,
+                                   make_psf, psf_from_image, psf_image, psf_image_record, psf_parameters)
+from morphllr.galaxies.sersic import GALSIM_N_RANGE, GALSIM_N_RANGE_TEXT, sersic_b
 from morphllr.limits import MIN_FIT_SIZE
 from morphllr.parallel import concat_in_processes
-from morphllr.galaxies.psf import DEFAULT_MOFFAT_BETA, first_column
 
 OVERSAMPLE = 3
 BOX_HALF = 5  # pixels each side of the centre convolved on the sub-pixel grid
@@ -67,9 +71,6 @@ N_BOUNDS = (0.2, 8.0)
 Q_BOUNDS = (0.05, 1.0)
 RE_MIN_PIX = 0.3
 RETRY_N = (1.0, 4.0)  # restarts when a fit ends at the n bound or does not converge
-
-#: GalSim's valid Sérsic range (``archetypes`` clips n to it)
-GALSIM_N_RANGE = (0.3, 6.2)
 
 FLAG_N_AT_BOUND = 1
 FLAG_SHAPE_AT_BOUND = 2
@@ -84,7 +85,7 @@ FLAG_BITS = {
     FLAG_NOT_CONVERGED: "not converged",
     FLAG_NO_SOURCE: "no fit (no positive flux in the central source), parameters NaN",
     FLAG_RE_BEYOND_WINDOW: "R_e beyond the fitted window (major-axis R_e > half the window side)",
-    FLAG_N_OUTSIDE_GALSIM: f"n at or beyond GalSim's range {GALSIM_N_RANGE[0]:g}-{GALSIM_N_RANGE[1]:g}",
+    FLAG_N_OUTSIDE_GALSIM: f"n at or beyond GalSim's range {GALSIM_N_RANGE_TEXT}",
 }
 
 COLUMNS = ("sersic_n", "sersic_re_pix", "sersic_q", "sersic_pa_deg", "sersic_flux",
@@ -119,13 +120,6 @@ class SersicFit:
 
 
 # --------------------------------------------------------------------------- model
-def sersic_b(n):
-    """b_n such that R_e encloses half of the total light (exact, via the incomplete gamma)."""
-    from scipy.special import gammaincinv
-
-    return gammaincinv(2.0 * n, 0.5)
-
-
 def sersic_surface_brightness(dx, dy, flux, re, n, q, theta):
     """Surface brightness (flux per pixel^2) of an elliptical Sérsic with total flux ``flux``.
 
@@ -527,8 +521,6 @@ def psf_kernel_for(psf, pixel_scale: float, oversample: int = OVERSAMPLE) -> np.
     Returns:
         float64 odd-sided square array summing to 1, or None when ``psf`` is None.
     """
-    from morphllr.galaxies.psf import psf_image
-
     if psf is None:
         return None
     return psf_image(psf, pixel_scale / oversample, pixel_integrated=False)
@@ -646,9 +638,6 @@ def psf_for_fit(catalog, pixel_scale: float, *, psf_fwhm: float | None = None, p
     Returns:
         :class:`FitPSF`.
     """
-    from morphllr.galaxies.psf import (PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, PSF_KINDS, load_psf_image, make_psf, psf_from_image,
-                      psf_image_record, psf_parameters)
-
     n = len(catalog)
     nan = np.full(n, np.nan)
     given = [name for name, value in (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta),
@@ -777,8 +766,6 @@ def fit_imageset(path, *, psf_fwhm: float | None = None, psf_kind: str = "moffat
     Returns:
         (astropy Table of the set's catalogue with the :data:`COLUMNS`, summary dict).
     """
-    from morphllr.data.imageset import ImageSet
-
     s = ImageSet.open(path)
     where = str(path)
     if s.flux is None:

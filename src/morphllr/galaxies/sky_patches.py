@@ -1,4 +1,4 @@
-"""Empty-sky patches tiled from the empty blocks of frames (for ``archetypes --sky-patches``).
+"""Empty-sky patches: tiled from the empty blocks of frames, and added to images (``--sky-patches``).
 
 Real-sky archetypes need empty-sky cutouts at least as large as the flux cutouts.  Real
 frames rarely hold a cutout-sized region free of sources (small Galaxy Zoo 2 JPEG frames
@@ -32,6 +32,10 @@ is lost.  :func:`sky_statistics` measures what matters for checking that (rms, h
 neighbour correlations).  :func:`sky_patch_library` does all of it for files (SDSS frames
 in the preset's working unit, or arrays) and records where every block came from;
 :func:`make_sky_patches` writes that as ``.npy`` + ``.json`` (``morphllr sky-patches``).
+
+Using a library: :func:`load_sky_patches` reads empty-sky cutouts from a file, :func:`load_sky_library`
+checks them as the :class:`SkyLibrary` images are inserted into (synth, mock, archetypes), and
+:func:`add_sky_patch` adds one random patch (crop, flip, quarter turn) to an image.
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-from morphllr.atomic import claims
+from morphllr.atomic import atomic_file, claims
+from morphllr.data import sdss_frames as sdss
+from morphllr.data.imageset import ImageSet
+from morphllr.data.preprocess import as_preprocessing
+from morphllr.data.segmentation import sky_sigma
 from morphllr.errors import MorphllrError
 
 
@@ -81,8 +89,6 @@ def sky_mask(frame: np.ndarray, dilate: int = 4, nsigma: float = 1.5, minarea: i
 def _source_pixels(image: np.ndarray, bad: np.ndarray, nsigma: float, minarea: int) -> np.ndarray:
     """bool (H, W): pixels of sources detected above ``nsigma`` sky rms (sep, no deblending)."""
     import sep
-
-    from morphllr.data.segmentation import sky_sigma
 
     data = np.ascontiguousarray(image, dtype=np.float32)  # sep needs native byte order
     mask = np.ascontiguousarray(bad, dtype=bool) if bad.any() else None
@@ -539,9 +545,6 @@ def load_frames(paths, preprocessing="zanisi21", where: str = "FRAMES") -> tuple
     """
     from pathlib import Path
 
-    from morphllr.data import sdss_frames as sdss
-    from morphllr.galaxies.archetypes import load_sky_patches
-
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise MorphllrError(f"{where}: no frames given; pass SDSS frame files or a file of frames")
@@ -550,8 +553,6 @@ def load_frames(paths, preprocessing="zanisi21", where: str = "FRAMES") -> tuple
     for path in map(Path, paths):
         if sdss.is_frame_file(path):
             if prep is None:
-                from morphllr.data.preprocess import as_preprocessing
-
                 prep = as_preprocessing(preprocessing)
                 if prep.zero_point is None:
                     raise MorphllrError(f"--preset {prep.name}: has no zero_point, so the frames' nanomaggies cannot be "
@@ -662,8 +663,6 @@ def sky_patch_library(frames_path, size: int, *, n: int | None = None, part: str
     real, tiled = _frames_sky_statistics(frames, sky), sky_statistics(patches)
     unit = None
     if any("nmgy" in f for f in frames_info):
-        from morphllr.data.preprocess import as_preprocessing
-
         prep = as_preprocessing(preprocessing)
         unit = {"preset": prep.name, "zero_point": prep.zero_point}
     info = {
@@ -713,8 +712,6 @@ def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block
     import json
     from pathlib import Path
 
-    from morphllr.atomic import atomic_file
-
     out = Path(out)
     if out.suffix.lower() != ".npy":
         raise MorphllrError(f"--out {out}: sky patches are written as .npy; give a name ending in .npy")
@@ -735,6 +732,82 @@ def make_sky_patches(frames_path, out, size: int, *, n: int | None = None, block
 
 
 # ---------------------------------------------------------------------- using a library
+def load_sky_patches(path, where: str = "--sky-patches", what: str = "empty-sky cutouts",
+                     finite: bool = True) -> np.ndarray:
+    """Empty-sky cutouts from an ImageSet (its ``/flux``), a ``.npy``/``.npz`` or a FITS cube.
+
+    Args:
+        path: file of sky-only cutouts in the same flux units and pixel scale as the set.
+        where: option name for messages.
+        what: what the file holds, for messages (``morphllr sky-patches`` reads its frames here too).
+        finite: refuse NaN/inf pixels (False: keep them, e.g. frames whose bad pixels are masked later).
+
+    Returns:
+        float32 (M, C, Hp, Wp).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MorphllrError(f"{where} {path}: file not found; give an ImageSet, .npy/.npz or FITS cube of {what}")
+    if sdss.is_frame_file(path):
+        raise MorphllrError(f"{where} {path}: an SDSS frame (sources and all, in nanomaggies), not {what}; cut empty "
+                            f"sky from it with `morphllr sky-patches {path.name} --size SIZE --out sky.npy`")
+    name = path.name.lower()
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        s = ImageSet.open(path)
+        if s.flux is None:
+            raise MorphllrError(f"{where} {path}: the set has no /flux cutouts; prepare it again with flux kept")
+        arr = np.asarray(s.flux[:])
+    elif suffix == ".npy":
+        arr = np.load(path)
+    elif suffix == ".npz":
+        with np.load(path) as z:
+            arr = z[z.files[0]]
+    elif suffix in (".fits", ".fit", ".fz") or name.endswith((".fits.gz", ".fits.bz2", ".fit.gz", ".fit.bz2")):
+        from astropy.io import fits
+
+        arr = fits.getdata(path)
+    else:
+        raise MorphllrError(f"{where} {path}: unknown file type; use an ImageSet .h5, .npy, .npz or FITS cube")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise MorphllrError(f"{where} {path}: expected (M, H, W) or (M, C, H, W) {what}, got shape {arr.shape}")
+    if finite and not np.isfinite(arr).all():
+        raise MorphllrError(f"{where} {path}: {int((~np.isfinite(arr)).sum())} NaN/inf pixel(s) in the {what}; "
+                            "replace them (sky patches must be finite), or rebuild the patches with "
+                            "`morphllr sky-patches`, which keeps NaN pixels out of the sky")
+    return arr
+
+
+def add_sky_patch(image: np.ndarray, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Add a random real empty-sky cutout (random crop, flip and quarter turn).
+
+    Args:
+        image: (C, ny, nx) noise-free image.
+        patches: (M, C, Hp, Wp) sky-only cutouts, Hp >= ny, Wp >= nx, same flux units.
+        rng: numpy random generator.
+
+    Returns:
+        image + sky (new array).
+    """
+    c, ny, nx = image.shape
+    patch = patches[rng.integers(len(patches))]
+    patch = np.rot90(patch, k=int(rng.integers(4)), axes=(1, 2))
+    if rng.integers(2):
+        patch = patch[:, :, ::-1]
+    hp, wp = patch.shape[1:]
+    if hp < ny or wp < nx:
+        patch = np.rot90(patch, k=1, axes=(1, 2))  # a non-square patch may fit the other way round
+        hp, wp = patch.shape[1:]
+    y = int(rng.integers(hp - ny + 1))
+    x = int(rng.integers(wp - nx + 1))
+    return image + patch[:, y:y + ny, x:x + nx]
+
+
 def patches_sha256(patches: np.ndarray) -> str:
     """sha256 of sky patches as float32 little-endian C-order bytes (what sets record of their sky)."""
     import hashlib
@@ -781,7 +854,7 @@ def load_sky_library(source, where: str = "--sky-patches", *, size: int | None =
     """Read a sky-patch library and check it fits the images it will be added to.
 
     Args:
-        source: a file readable by :func:`morphllr.galaxies.archetypes.load_sky_patches` (the ``.npy``
+        source: a file readable by :func:`load_sky_patches` (the ``.npy``
             of ``morphllr sky-patches``, with its ``.json`` record beside it), an array
             (M, C, S, S) / (M, S, S), or a :class:`SkyLibrary`.
         where: option name for messages.
@@ -802,8 +875,7 @@ def load_sky_library(source, where: str = "--sky-patches", *, size: int | None =
     if isinstance(source, SkyLibrary):
         lib = source
     elif isinstance(source, (str, Path)):
-        from morphllr.galaxies.archetypes import load_sky_patches
-
+    
         path = Path(source)
         patches = np.ascontiguousarray(load_sky_patches(path, where=where, what="empty-sky patches"), dtype="<f4")
         zp = scale = None

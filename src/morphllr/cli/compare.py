@@ -7,9 +7,8 @@ from typing import List
 
 import typer
 
+from morphllr.cli.application import accelerator_option, app, devices_option, num_nodes_option
 from morphllr.limits import SEED_MAX, THREADS_MAX
-from morphllr.cli import app
-from morphllr.cli.engine import accelerator_option, devices_option, num_nodes_option
 
 
 def parse_named_set(text: str, what: str) -> tuple[str, str]:
@@ -30,7 +29,7 @@ def parse_named_set(text: str, what: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
-_HELP = (
+COMPARE_HELP = (
     "Score every set under both models and rank the sets by mean LLR (higher = closer to the observations).\n\n"
     "LLR(x) = log p_obs(x) - log p_arch(x) in nats per image; the mean over a set estimates "
     "KL(q||p_arch) - KL(q||p_obs).\n\n"
@@ -93,7 +92,7 @@ _HELP = (
 )
 
 
-@app.command("compare", help=_HELP)
+@app.command("compare", help=COMPARE_HELP)
 def compare_command(
     ctx: typer.Context,
     sets: List[str] = typer.Argument(
@@ -137,10 +136,10 @@ def compare_command(
     threads: int = typer.Option(None, "--threads", min=1, max=THREADS_MAX, help="CPU threads per process "
                                 "(default: usable idle cores / processes on this node)."),
 ) -> None:
-    """Rank image sets by mean LLR and write the comparison report (see ``_HELP``)."""
+    """Rank image sets by mean LLR and write the comparison report (see ``COMPARE_HELP``)."""
     from morphllr.comparison.run import compare
     from morphllr.distributed import launched_rank, parse_devices, resolve
-    from morphllr.report.html import print_ranking
+    from morphllr.report.terminal import print_ranking
 
     ref_name, ref_path = parse_named_set(reference, "--reference")
     others: dict[str, str] = {}

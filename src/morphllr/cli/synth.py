@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
+from morphllr.cli.application import app
 from morphllr.limits import N_GALAXIES_MAX, SEED_MAX, WORKERS_MAX
-from morphllr.cli import app
 
 _SETS_HELP = (
     "Comma-separated sets to write: observed-train, observed-test, sim-good, sim-softened, sim-smooth, "
@@ -58,7 +58,8 @@ def synth_command(
     from rich.console import Console
 
     from morphllr.atomic import claim_output
-    from morphllr.synth.universe import SET_NAMES, check_set_names, write_universe
+    from morphllr.synth.sets import SET_NAMES, check_set_names
+    from morphllr.synth.universe import write_universe
 
     # claimed before anything is generated (the sky library and a recipe file are inputs)
     ctx.with_resource(claim_output(out, inputs=[sky_patches, preprocessing], overwrite=overwrite, kind="dir"))
@@ -99,8 +100,8 @@ def demo_command(
     from morphllr.atomic import claim_output
     from morphllr.demo import check_ranking, pretrained_dir, run_demo
     from morphllr.errors import MorphllrError
-    from morphllr.report.html import print_ranking
-    from morphllr.train.run import parse_seeds
+    from morphllr.report.terminal import print_ranking
+    from morphllr.train.ensemble import parse_seeds
 
     if seeds is not None and not train:
         raise MorphllrError(f"--seeds {seeds}: only with --train (the shipped ensembles have seeds 0,1,2)")
