@@ -1,6 +1,6 @@
 """morphllr.atomic on its own: outputs appear only complete, inputs are never written, one writer at a time.
 
-The command-level view (every command refuses, locks and cleans the same way) is tests/test_outputs.py;
+The command-level view (every command refuses, locks and cleans the same way) is tests/cli/test_outputs.py;
 here the library mechanism itself is pinned down: temporary name + rename, what an error leaves
 behind, the refusals, the lock against a second process and the folder variant.
 """

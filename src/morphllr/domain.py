@@ -14,7 +14,7 @@ per image,
 * ``whole_bpd``: bits/dim of the whole image, ``-log p(x) / (C H W ln 2)``;
 * ``sky_bpd``: bits/dim over the image's empty-sky pixels only,
   ``-sum_sky log p / (n_sky C ln 2)``; empty sky is what ``compare`` calls sky
-  (:class:`morphllr.comparison.pixels.SkyMasks`, one implementation: ``/segmap`` through the set's crop
+  (:class:`morphllr.data.pixels.SkyMasks`, one implementation: ``/segmap`` through the set's crop
   and zoom with every source grown by ``geometry.SKY_MARGIN`` flux pixels,
   ``geometry.model_sky_mask``; without ``/segmap``, ``/segmap_model == 0``);
   images without a sky pixel are left out;
@@ -57,7 +57,7 @@ and the warning names the members).  ``q[p]`` = the training record's p-th perce
 
 :data:`OUTSIDE_SHARE` = 0.25: a set drawn from the training distribution has ~0.2 % of its
 images outside the 0.1-99.9 % range.  The measured margins on the demo and GZ2 sets are in
-``tests/test_domain.py`` and the issue-13 report.
+``tests/score/test_domain.py`` and the issue-13 report.
 
 Other warnings (:func:`model_warnings`, :func:`set_warnings`): a reference whose mean LLR is
 <= 0 (p_obs does not prefer the observations it should describe), a set of fewer than
@@ -75,7 +75,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from morphllr.comparison.pixels import OpenedSet, SkyMasks, excluded_pixels, take_rows
+from morphllr.data.pixels import OpenedSet, SkyMasks, excluded_pixels, take_rows
 from morphllr.data.catalog import RE_PIX_COLUMNS, catalog_values, find_column
 from morphllr.model.heads import bits_per_dim
 
@@ -139,7 +139,7 @@ def sky_bpd(sky_logp: np.ndarray, n_sky: np.ndarray, channels: int) -> np.ndarra
 class SkyReader:
     """Empty-sky masks and central-source masks of an image source, by rows.
 
-    The sky is :class:`morphllr.comparison.pixels.SkyMasks`'s (the one definition); this only opens it for
+    The sky is :class:`morphllr.data.pixels.SkyMasks`'s (the one definition); this only opens it for
     any ImageSource (an ImageSet has ``segmap`` / ``segmap_model``; a bare array has neither).
     """
 

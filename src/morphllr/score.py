@@ -36,7 +36,7 @@ import torch
 
 from morphllr import distributed, domain, runtime
 from morphllr.atomic import atomic_file, claims
-from morphllr.comparison.pixels import excluded_pixels, model_grid_mask
+from morphllr.data.pixels import excluded_pixels, model_grid_mask
 from morphllr.data.inputs import ImageSource, check_batch, open_images
 from morphllr.data.preprocess import check_compatible
 from morphllr.errors import MorphllrError, MorphllrWarning

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from morphllr.comparison.pixels import OpenedSet, excluded_pixels
+from morphllr.data.pixels import OpenedSet, excluded_pixels
 from morphllr.comparison.result import SetResult
 from morphllr.comparison.scoring import SideScorer
 

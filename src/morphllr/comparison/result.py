@@ -27,7 +27,7 @@ class SetResult:
         scores: column -> per-image array (``logp_obs``, ``logp_arch``, ``llr``,
             ``llr_segmap``, ``llr_sky``, ``llr_rest``, ``n_sky_pixels``, ``llr_sky_per_pixel``,
             ``bpd_obs``, ``bpd_arch``, ``n_masked_pixels``, ``masked_share``, ``llr_per_pixel``
-            and ``llr_rot`` with rotations); see :class:`morphllr.comparison.pixels.SkyMasks` for the sky split; sums run
+            and ``llr_rot`` with rotations); see :class:`morphllr.data.pixels.SkyMasks` for the sky split; sums run
             over the unmasked pixels only.
         ids: per-image identifiers (catalogue ``id`` or the index).
         catalog: the set's catalogue (astropy Table) or None.

@@ -60,7 +60,7 @@ from morphllr.comparison.figure_data import figure_notes
 from morphllr.comparison.gallery import OUTLIER_QUANTILE, fill_gallery
 from morphllr.comparison.guards import guards
 from morphllr.comparison.models import Side, check_models, config_value, load_side, side_notes
-from morphllr.comparison.pixels import OpenedSet
+from morphllr.data.pixels import OpenedSet
 from morphllr.comparison.result import CompareResult
 from morphllr.comparison.scoring import SideScorer, score_all
 from morphllr.comparison.sets import check_names, check_set, opened_sets

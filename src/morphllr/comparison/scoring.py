@@ -20,7 +20,7 @@ import torch
 
 from morphllr.comparison.maps import MapAccumulator, MapsWriter, centroids
 from morphllr.comparison.models import Side, config_value
-from morphllr.comparison.pixels import OpenedSet, SkyMasks, excluded_pixels
+from morphllr.data.pixels import OpenedSet, SkyMasks, excluded_pixels
 from morphllr.comparison.result import SetResult
 from morphllr.data.inputs import check_batch
 from morphllr.distributed import Context

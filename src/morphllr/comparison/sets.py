@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from morphllr.comparison.models import check_prep, config_value
-from morphllr.comparison.pixels import OpenedSet
+from morphllr.data.pixels import OpenedSet
 from morphllr.data.inputs import open_images
 from morphllr.errors import MorphllrError
 

@@ -55,7 +55,7 @@ from morphllr.data.imageset import FORMAT as IMAGESET_FORMAT
 from morphllr.data.preprocess import input_kind_of
 from morphllr.data.raw_image import RawImage
 from morphllr.errors import MorphllrError
-from morphllr.galaxies.cosmology import arcsec_per_kpc
+from morphllr.data.cosmology import arcsec_per_kpc
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -422,7 +422,7 @@ def fits_pixel_scale(header, path: Path | str = "", cosmology: str | None = None
     Args:
         header: astropy FITS header.
         path: file name for messages.
-        cosmology: name for :mod:`morphllr.galaxies.cosmology` (physical CDELT only).
+        cosmology: name for :mod:`morphllr.data.cosmology` (physical CDELT only).
 
     Returns:
         arcsec per pixel or None.
@@ -822,7 +822,7 @@ def iter_images(files: list[Path], *, hdu=None, channel: int | None = None, band
         channel: channel of JPEG/PNG (default 1, green) or of (N, C, H, W) arrays (default: all).
         bands: band names for band cubes (TNG SKIRT: ``["r"]``), or, with several, the
             bands of single-band files to stack per galaxy (:func:`group_band_files`).
-        cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.galaxies.cosmology`).
+        cosmology: for pixel scales from a physical CDELT (:mod:`morphllr.data.cosmology`).
         masks: which mask belongs to which image (:func:`mask_plan`), or None.
 
     Returns:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from morphllr.galaxies import cosmology as cosmologies
+from morphllr.data import cosmology as cosmologies
 from morphllr.data.geometry import central_crop, resample_to_scale, zoom_images, zoomed_size
 from morphllr.data.segmentation import background_stats, renumber, segment
 from morphllr.errors import MorphllrError
@@ -136,7 +136,7 @@ class Preprocessing:
         clip_hi: upper clip after the stretch (None: none).
         quantise_8bit: map [clip_lo, clip_hi] onto integers 0..255 (discretized head).
         cosmology: the cosmology physical sizes were turned into angles with
-            (:mod:`morphllr.galaxies.cosmology`), or None where none was (observed data).  A model
+            (:mod:`morphllr.data.cosmology`), or None where none was (observed data).  A model
             key compared only when both sides record one: a model trained on mocks refuses
             mocks observed under another cosmology, a model of real galaxies takes any.
         mock: how simulated images were observed (``morphllr mock``: PSF, sky, noise,

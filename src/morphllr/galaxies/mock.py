@@ -17,7 +17,7 @@ The steps, per galaxy, in order:
 1. the redshift: the image's own (``USE_Z``/``REDSHIFT``: no extra dimming) unless another
    is asked for (option, catalogue column ``redshift``, or drawn with ``match``); at the
    image's own redshift the angular pixel is the header's (``PIXSCALE``), at another one
-   it is the physical pixel times :func:`morphllr.galaxies.cosmology.arcsec_per_kpc` (Planck18 or
+   it is the physical pixel times :func:`morphllr.data.cosmology.arcsec_per_kpc` (Planck18 or
    RealSim's FlatLambdaCDM(70, 0.3)), with ``10 log10((1 + z) / (1 + z_sim))`` mag of
    surface-brightness dimming and no K-correction (a warning beyond |dz| = 0.05);
 2. flux per pixel in the set's working unit (AB zero point ``zero_point``);
@@ -51,7 +51,7 @@ from morphllr.data.inputs import file_sha256
 from morphllr.data.prepare import write_flux_set
 from morphllr.data.preprocess import INPUT_KIND_TEXT, as_preprocessing, zero_point_factor
 from morphllr.errors import MorphllrError
-from morphllr.galaxies import cosmology as cosmologies
+from morphllr.data import cosmology as cosmologies
 from morphllr.galaxies.archetypes import add_matched_noise
 from morphllr.galaxies.psf import (DEFAULT_MOFFAT_BETA, PSF_BETA_COLUMNS, PSF_FWHM_COLUMNS, fit_psf_rows,
                                    load_psf_image, make_psf, psf_from_image, psf_image_record)
@@ -192,7 +192,7 @@ def read_sim_fits(path, pixel_kpc: float | None = None, bands: list[str] | None 
 
 # --------------------------------------------------------------------------- physics
 def arcsec_per_kpc(redshift: float, cosmology: str | None = None) -> float:
-    """Angular size of one proper kpc at ``redshift`` (see :func:`morphllr.galaxies.cosmology.arcsec_per_kpc`)."""
+    """Angular size of one proper kpc at ``redshift`` (see :func:`morphllr.data.cosmology.arcsec_per_kpc`)."""
     return cosmologies.arcsec_per_kpc(redshift, cosmology)
 
 

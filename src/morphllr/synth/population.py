@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from morphllr.errors import MorphllrError
-from morphllr.galaxies import cosmology as cosmologies
+from morphllr.data import cosmology as cosmologies
 from morphllr.galaxies.sersic import sersic_b
 
 

@@ -2,7 +2,7 @@
 
 Two CPU processes (gloo) must give the files of one process within 1e-6 relative in fp32
 (the forward pass is the same float32 arithmetic; bf16 autocast within the documented bf16
-tolerance of tests/test_score.py: 1 % of sum |log p(pixel)| per image).  GPU tests skip here.
+tolerance of tests/score/test_score.py: 1 % of sum |log p(pixel)| per image).  GPU tests skip here.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from morphllr.data.prepare import prepare_imageset
 from morphllr.data.preprocess import Preprocessing, as_preprocessing, check_compatible, input_kind_of
 from morphllr.data.raw_image import RawImage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OBS = REPO / "validation" / "models" / "obs"
 
 # one small recipe for every kind, so only the input kind differs between the model records

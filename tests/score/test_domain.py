@@ -18,9 +18,9 @@ import pytest
 from morphllr import domain
 from morphllr.errors import MorphllrError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OUT_OF_DOMAIN = "outside the models' domain"
 
@@ -227,7 +227,7 @@ def test_training_writes_the_domain_record(tmp_path):
 
 def test_record_domain_logs_give_the_convergence_verdict_training_records(tmp_path):
     """--logs rebuilds metrics["convergence"] from the run's own CSV logs: the same verdict training wrote."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from record_domain import record_domain
 
     from morphllr.data.imageset import write_imageset

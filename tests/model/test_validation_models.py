@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "validation" / "models"
 N_PER_CLASS = 6
 
@@ -82,7 +82,7 @@ def test_shipped_seed_ensembles_load_and_their_seed0_is_the_shipped_pair():
     from morphllr.model.ensemble import load_ensemble
     from morphllr.model.io import read_meta
 
-    root = Path(__file__).resolve().parents[1] / "validation" / "models"
+    root = Path(__file__).resolve().parents[2] / "validation" / "models"
     for side in ("obs", "arch"):
         ensemble = load_ensemble(root / "ensemble" / side)
         assert ensemble.names == ["seed0", "seed1", "seed2"]

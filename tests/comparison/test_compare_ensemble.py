@@ -1,6 +1,6 @@
 """compare with ensembles of models (several training seeds) and with groups of images of one object.
 
-The models are the analytic Gaussians of tests/test_compare.py (p(x) = N(mean image, SIGMA^2) per
+The models are the analytic Gaussians of tests/comparison/test_compare.py (p(x) = N(mean image, SIGMA^2) per
 pixel) or "tag" models whose log p of every image is set by hand, so every per-pair LLR, ΔLLR,
 spread and agreement has an exact answer.
 """

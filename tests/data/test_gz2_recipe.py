@@ -23,7 +23,7 @@ from morphllr.data.preprocess import Preprocessing, check_compatible, recorded_r
 from morphllr.data.files import iter_images
 from morphllr.data.raw_image import RawImage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OBS = REPO / "validation" / "models" / "obs"
 SPLIT = REPO / "validation" / "split.csv"
 

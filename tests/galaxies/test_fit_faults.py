@@ -1,5 +1,5 @@
 """Bad PSF input to fit-sersic / archetypes / mock (issue 13): one `error:` line naming file, row or option; exit 2;
-nothing written.  The same pattern as tests/test_faults.py."""
+nothing written.  The same pattern as tests/cli/test_faults.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from morphllr.data.prepare import write_flux_set
 from morphllr.data.preprocess import Preprocessing
 from morphllr.data.segmentation import background_stats
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GZ2 = REPO / "runs" / "gz2"
 SIGMA = 3.0
 
