@@ -48,11 +48,11 @@ def make_set(path: Path, n: int, rng: np.random.Generator, structure: float, pre
 def make_model(folder: Path, seed: int, prep: dict) -> Path:
     import torch
 
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
     from morphllr.model.io import save_model
 
     torch.manual_seed(seed)
-    return save_model(PixelCNN(PRESETS["zanisi21"]), folder, preprocessing=prep, data_fingerprint=None, metrics={})
+    return save_model(PixelCNN(NETWORK_PRESETS["zanisi21"]), folder, preprocessing=prep, data_fingerprint=None, metrics={})
 
 
 def main() -> None:

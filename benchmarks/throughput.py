@@ -42,7 +42,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from morphllr import runtime
-from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.plain import ReferencePixelCNN
 
 
@@ -159,7 +159,7 @@ def bench_size(size: int, repeats: int, bf16: bool, batch: int | None) -> list[d
     """Measure both paths at ``size`` x ``size``; one row per path."""
     from morphllr.score import default_batch_size
 
-    cfg = PRESETS["zanisi21"].with_(height=size, width=size)
+    cfg = NETWORK_PRESETS["zanisi21"].with_(height=size, width=size)
     batch = batch or default_batch_size(cfg)
     torch.manual_seed(0)
     fast = PixelCNN(cfg)
@@ -281,7 +281,7 @@ def main(argv=None) -> None:
           "yardstick); targets at 32x32: eval <= 1.15, train <= 1.30")
     if args.profile:
         for size in sizes:
-            cfg = PRESETS["zanisi21"].with_(height=size, width=size)
+            cfg = NETWORK_PRESETS["zanisi21"].with_(height=size, width=size)
             torch.manual_seed(0)
             from morphllr.score import default_batch_size
 

@@ -57,7 +57,7 @@ class TrainRecipe:
         seeds: training seeds, one ensemble member each (initial weights, validation split,
             augmentation, dropout); member ``seed0`` is the model ``--seed 0`` trains.
         n_train: observed-train galaxies (p_arch is trained on their archetypes).
-        preset: network preset of :data:`morphllr.model.pixelcnn.PRESETS`.
+        preset: network preset of :data:`morphllr.model.pixelcnn.NETWORK_PRESETS`.
         nr_resnet, nr_filters, dropout: network overrides of the preset.
         input_shift, input_scale: network input mapping (see above).
         max_steps: optimizer steps per model.

@@ -446,8 +446,33 @@ def recipe_warnings(obs_prep: dict, arch_prep: dict) -> list[str]:
             "training sets with one recipe (`morphllr prepare --like`)"]
 
 
+def _validation_history(conv: dict | None) -> list[list[float]] | None:
+    """The recorded ``[step, val bits/dim]`` pairs of a model's training (finite ones, step order), or None."""
+    history = (conv or {}).get("history")
+    if not isinstance(history, list):
+        return None
+    rows = []
+    for point in history:
+        try:
+            step, bpd = int(point[0]), float(point[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(bpd):
+            rows.append([step, bpd])
+    return sorted(rows) or None
+
+
 def provenance(label: str, names: Sequence[str], members: Sequence[Any], paths: Sequence[str]) -> dict:
-    """What a side's models were trained on, for the report: data, N, steps, val bits/dim, fingerprint, converged."""
+    """What a side's models were trained on, for the report and summary.json.
+
+    Per member: ``name``, ``path``, ``data`` (training file name), ``n_images`` (= ``train_images`` +
+    ``val_images``), ``steps``, ``best_step``, ``val_bits_per_dim`` (the kept weights'),
+    ``train_bits_per_dim``, ``data_fingerprint`` (sha256 of the training pixels), ``preprocessing``,
+    ``input_kind``, ``converged`` (None: not recorded), ``tail_improvement_bpd``, ``tolerance_bpd``,
+    ``convergence_rule`` and ``convergence_tail`` (the last share of the steps the rule of
+    :mod:`morphllr.train.convergence` judges), ``val_history`` (the ``[step, val bits/dim]`` pairs of every
+    validation, or None when not recorded) and ``domain_recorded``; every missing field is None.
+    """
     rows = []
     for name, m, path in zip(names, members, paths):
         mt = member_meta(m)
@@ -464,6 +489,11 @@ def provenance(label: str, names: Sequence[str], members: Sequence[Any], paths: 
                      "preprocessing": (mt.get("preprocessing") or {}).get("name"),
                      "input_kind": (mt.get("preprocessing") or {}).get("input_kind"),
                      "converged": None if conv is None else conv.get("converged"),
+                     "best_step": metrics.get("best_step"), "train_bits_per_dim": metrics.get("train_bits_per_dim"),
+                     "tail_improvement_bpd": (conv or {}).get("tail_improvement_bpd"),
+                     "tolerance_bpd": (conv or {}).get("tolerance_bpd"), "convergence_rule": (conv or {}).get("rule"),
+                     "convergence_tail": (conv or {}).get("tail"),
+                     "val_history": _validation_history(conv),
                      "domain_recorded": domain_record(m) is not None})
     return {"label": label, "members": rows}
 

@@ -103,12 +103,12 @@ def models(tmp_path_factory):
     """A tiny 8x8 Gaussian-head model, the same with NaN weights, and matching images."""
     import torch
 
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
     from morphllr.model.io import save_model
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    net = PixelCNN(PRESETS["tiny"])
+    net = PixelCNN(NETWORK_PRESETS["tiny"])
     save_model(net, folder / "good", preprocessing={}, data_fingerprint=None, metrics={})
     with torch.no_grad():
         for p in net.parameters():

@@ -140,11 +140,11 @@ def test_bare_arrays_are_model_space_and_accepted_by_any_model(inputs):
 def test_score_refuses_jpeg_levels_under_a_flux_model_in_one_line(inputs, sets, tmp_path, capsys):
     import torch
 
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
     from morphllr.model.io import save_model
 
     torch.manual_seed(0)
-    model = save_model(PixelCNN(PRESETS["tiny"]).eval(), tmp_path / "flux_model",
+    model = save_model(PixelCNN(NETWORK_PRESETS["tiny"]).eval(), tmp_path / "flux_model",
                        preprocessing=model_record(inputs, "flux"), data_fingerprint=None, metrics={})
     out = tmp_path / "scores.csv"
     code, text = cli(["score", sets["jpeg"], "--model", model, "--out", out, "--quiet"], capsys)

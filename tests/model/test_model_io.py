@@ -12,7 +12,7 @@ import torch
 from morphllr.data.inputs import file_sha256
 from morphllr.errors import MorphllrError
 from morphllr.model import io as modelio
-from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.io import META_FILE, WEIGHTS_FILE, load_model, save_model
 from morphllr.score import log_likelihood
 
@@ -20,7 +20,7 @@ from morphllr.score import log_likelihood
 @pytest.fixture
 def net() -> PixelCNN:
     torch.manual_seed(3)
-    return PixelCNN(PRESETS["tiny"].with_(nr_filters=4))
+    return PixelCNN(NETWORK_PRESETS["tiny"].with_(nr_filters=4))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model.pixelcnn import PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded, gate
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN, PixelCNNConfig, concat_elu_padded, gate
 from morphllr.model.plain import ReferencePixelCNN
 
 
@@ -198,9 +198,9 @@ def test_config_round_trips_and_rejects_unknown_fields():
 
 
 def test_zanisi21_preset_is_the_paper_architecture():
-    cfg = PRESETS["zanisi21"]
+    cfg = NETWORK_PRESETS["zanisi21"]
     assert (cfg.nr_resnet, cfg.nr_filters, cfg.dropout, cfg.height, cfg.width, cfg.head) == (3, 64, 0.5, 32, 32, "gaussian")
-    assert {"zanisi21", "small", "tiny"} <= set(PRESETS)
+    assert {"zanisi21", "small", "tiny"} <= set(NETWORK_PRESETS)
 
 
 def test_dropout_only_acts_in_training():
@@ -214,7 +214,7 @@ def test_dropout_only_acts_in_training():
 
 
 def test_sampling_gives_images_of_the_right_shape():
-    cfg = PRESETS["tiny"]
+    cfg = NETWORK_PRESETS["tiny"]
     net = make_net(cfg)
     draws = net.sample(2, torch.Generator().manual_seed(0))
     assert draws.shape == (2, cfg.in_channels, cfg.height, cfg.width)

@@ -46,14 +46,14 @@ def _images(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
 def work(tmp_path_factory) -> Path:
     """Two tiny PixelCNNs (m0, m1), the ensemble ens = {seed0: m0, seed1: m1}, image files and image sets."""
     from morphllr.data.imageset import write_imageset
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
     from morphllr.model.ensemble import write_ensemble_index
     from morphllr.model.io import save_model
 
     folder = tmp_path_factory.mktemp("dist")
     for seed in (0, 1):
         torch.manual_seed(seed)
-        net = PixelCNN(PRESETS["tiny"])
+        net = PixelCNN(NETWORK_PRESETS["tiny"])
         with torch.no_grad():
             for p in net.parameters():  # away from the near-identity start, so every layer matters
                 p.add_(0.05 * torch.randn_like(p))

@@ -388,7 +388,10 @@ def test_no_domain_warning_on_the_gz2_validation_sets_and_their_degraded_copies(
     for name, entry in s["sets"].items():
         assert _domain_warnings(entry) == [], (name, entry["warnings"])
         assert entry["domain"]["obs"]["sky_bpd"] and entry["domain"]["size_area"]
-    assert s["warnings"] == [], s["warnings"]
+    # the one other warning: an archetype whose central source segmentation did not find is left out (issue 16)
+    others = [w for w in s["warnings"] if "has no central source" not in w]
+    assert others == [], s["warnings"]
+    assert all(s["sets"][n]["n_no_central"] == 0 for n in s["sets"] if n != "val_arch") and s["sets"]["val_arch"]["n_no_central"] <= 2
 
 
 @pytest.mark.slow

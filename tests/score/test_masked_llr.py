@@ -21,7 +21,7 @@ from morphllr.data.imageset import ImageSet
 from morphllr.errors import MorphllrError
 from morphllr.comparison.run import compare
 from morphllr.comparison.scoring import _rotate, _rotate_mask, _rotation_draws
-from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.score import log_likelihood, record_domain, score_to_files
 
 H = W = 8
@@ -40,7 +40,7 @@ class _Model:
 
 def _net(seed: int) -> PixelCNN:
     torch.manual_seed(seed)
-    net = PixelCNN(PRESETS["tiny"])
+    net = PixelCNN(NETWORK_PRESETS["tiny"])
     with torch.no_grad():  # away from the near-identity start, so that the context matters
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -215,9 +215,11 @@ def test_masked_share_warning_and_note(result):
         assert found[0] in summary["warnings"]
     assert not [w for w in summary["sets"]["masked"]["warnings"] if "model pixels are masked" in w]
     assert any("summed over the unmasked pixels only" in n and "llr_per_pixel" in n for n in summary["notes"])
-    from morphllr.report.html import _ranking_table
+    from morphllr.report.formatting import Footnotes
+    from morphllr.report.html import _set_rows
 
-    assert "masked share" in _ranking_table(summary)  # the report's ranking table shows the shares
+    rows = {label: value for label, _, value in _set_rows(summary, "masked", Footnotes())}
+    assert "masked share" in rows and f"{100 * share:.3g}" in rows["masked share"]  # each set's details show it
     # the rule itself: more than MASKED_SHARE_TOLERANCE apart, either way
     per_set = {"ref": {"masked_share": 0.10}, "close": {"masked_share": 0.149}, "far": {"masked_share": 0.16},
                "less": {"masked_share": 0.0}}

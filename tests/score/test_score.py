@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.io import load_model, save_model
 from morphllr.score import (default_batch_size, iter_log_prob_maps, log_likelihood, score_to_files)
 from morphllr.data.inputs import ArraySource
@@ -20,7 +20,7 @@ from morphllr.data.inputs import ArraySource
 @pytest.fixture(scope="module")
 def net() -> PixelCNN:
     torch.manual_seed(0)
-    net = PixelCNN(PRESETS["tiny"])
+    net = PixelCNN(NETWORK_PRESETS["tiny"])
     # move away from the near-identity initialisation so that every layer matters
     with torch.no_grad():
         for p in net.parameters():
@@ -92,7 +92,7 @@ def test_streams_with_flat_memory(net, images):
 
 
 def test_default_batch_keeps_activations_under_32_mib():
-    cfg = PRESETS["zanisi21"]  # 32x32, 64 filters: widest activation 2*64*32*32 float32 = 512 KiB/image
+    cfg = NETWORK_PRESETS["zanisi21"]  # 32x32, 64 filters: widest activation 2*64*32*32 float32 = 512 KiB/image
     bs = default_batch_size(cfg)
     assert bs * 2 * cfg.nr_filters * cfg.height * cfg.width * 4 <= 32 * 2**20
     assert bs == 64

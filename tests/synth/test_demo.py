@@ -136,13 +136,13 @@ def _tiny_ensemble(folder, seeds=(0, 1, 2)):
     """An ensemble folder as `morphllr train --seeds` leaves it: members with checkpoints and logs, and the index."""
     import torch
 
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
     from morphllr.model.ensemble import write_ensemble_index
     from morphllr.model.io import save_model
 
     for k in seeds:
         torch.manual_seed(k)
-        member = save_model(PixelCNN(PRESETS["tiny"]), folder / f"seed{k}", preprocessing={}, data_fingerprint="f" * 64,
+        member = save_model(PixelCNN(NETWORK_PRESETS["tiny"]), folder / f"seed{k}", preprocessing={}, data_fingerprint="f" * 64,
                             metrics={"steps": 1})
         (member / "checkpoints").mkdir()
         (member / "checkpoints" / "last.ckpt").write_bytes(b"x" * 100)

@@ -140,17 +140,17 @@ def test_load_model_on_an_ensemble_points_to_load_ensemble(trained):
 
 
 def test_from_models_builds_and_checks_an_ensemble_in_memory(trained):
-    from morphllr.model.pixelcnn import PRESETS, PixelCNN
+    from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 
     models = [load_model(trained / "ens" / f"seed{k}") for k in (0, 1)]
     ens = Ensemble.from_models(models)
     assert ens.names == ["seed0", "seed1"] and len(ens) == 2 and ens.path is None
     assert Ensemble.from_models(models, names=["a", "b"]).names == ["a", "b"]
     torch.manual_seed(0)
-    nets = [PixelCNN(PRESETS["tiny"]), PixelCNN(PRESETS["tiny"])]
+    nets = [PixelCNN(NETWORK_PRESETS["tiny"]), PixelCNN(NETWORK_PRESETS["tiny"])]
     assert Ensemble.from_models(nets).names == ["member0", "member1"]
     with pytest.raises(MorphllrError, match="different network configs.*nr_filters"):
-        Ensemble.from_models([nets[0], PixelCNN(PRESETS["tiny"].with_(nr_filters=4))])
+        Ensemble.from_models([nets[0], PixelCNN(NETWORK_PRESETS["tiny"].with_(nr_filters=4))])
     other = load_model(trained / "ens" / "seed1")
     other.meta["data_fingerprint"] = "another set"
     with pytest.raises(MorphllrError, match="seed0 and seed1 were trained on different images"):

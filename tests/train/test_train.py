@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from morphllr.errors import MorphllrError
-from morphllr.model.pixelcnn import PRESETS, PixelCNN
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.io import load_model
 from morphllr.score import log_likelihood
 from morphllr.train.augment import augment_batch, rotate_continuous, rotate_lossless
@@ -41,7 +41,7 @@ def _bpd(net_or_model, x: np.ndarray) -> float:
 def test_overfitting_a_handful_of_images_drives_bits_per_dim_down(tmp_path):
     x = galaxies(8)
     torch.manual_seed(0)
-    start = _bpd(PixelCNN(PRESETS["tiny"]), x)
+    start = _bpd(PixelCNN(NETWORK_PRESETS["tiny"]), x)
     result = train_model(x, tmp_path / "m", max_steps=60, lr=1e-2, val_fraction=0.0, seed=0,
                          **{**FAST, "batch_size": 8})
     model = load_model(tmp_path / "m")
@@ -126,7 +126,7 @@ def test_bad_training_data_fails_before_creating_anything(tmp_path):
         train_model(x, tmp_path / "m", max_steps=1, **FAST)
     with pytest.raises(MorphllrError, match="integer pixel values"):
         train_model(galaxies(8), tmp_path / "m", max_steps=1,
-                    **{**FAST, "config": PRESETS["tiny"].with_(head="discretized_logistic_mixture")})
+                    **{**FAST, "config": NETWORK_PRESETS["tiny"].with_(head="discretized_logistic_mixture")})
     assert os.listdir(tmp_path) == []
 
 
@@ -208,7 +208,7 @@ def test_weight_average_is_the_ramped_ema_of_the_raw_weights_and_becomes_the_mod
     """The averaged weights follow the stated recursion exactly, and the model file holds them."""
     from morphllr.train.module import PixelCNNModule
 
-    module = PixelCNNModule(PRESETS["tiny"].to_dict(), weight_average=0.9)
+    module = PixelCNNModule(NETWORK_PRESETS["tiny"].to_dict(), weight_average=0.9)
     module.net.train()
     params = [p for p in module.net.parameters()]
     expected = [p.detach().clone() for p in params]

@@ -53,6 +53,14 @@ COMPARE_HELP = (
     "per set masked_share and mean_llr_per_pixel, and masked pixels are NaN in maps.h5 and blank in the pixel "
     "maps. Sets with different masked shares should be compared per pixel: a set whose mean masked share "
     "differs from the reference's by more than 0.05 gets a warning.\n\n"
+    "Images without a central source (catalogue central_found = False from `morphllr prepare`'s segmentation, "
+    "or an all-zero /segmap_model mask: empty frames, or a galaxy off the image centre): counted per set "
+    "(summary.json n_no_central, null for a set that does not record it, e.g. a bare array; no_central_ids, the "
+    "first 50; summary.csv n_no_central), still scored and listed in scores.csv (column central_source: 1, 0, or "
+    "nan when unknown), but by default left out of their set's statistics, reference included: mean LLR, "
+    "intervals, ΔLLR, AUROC, KS, matched ΔLLR, mass panels, maps, profiles and galleries (summary.json "
+    "no_central_excluded = true, and n counts the others), with a warning per set. --keep-no-central keeps "
+    "them in (the warning then says so). A set with no image left is refused.\n\n"
     "Warnings (printed after the ranking as `warning: ...`, in a box at the top of the report, beside each set's "
     "row and in summary.json `warnings`, top level and per set, always present): a set outside the models' "
     "training domain (its empty-sky bits/dim under either model, its whole-image bits/dim far beyond anything "
@@ -85,6 +93,15 @@ COMPARE_HELP = (
     "batch by batch, re-scores the few gallery galaxies itself and alone computes the statistics and writes the "
     "report: the same numbers as one process (float32 rounding of the forward pass). Rotation angles (--rotations) "
     "depend only on --seed, the set and the image.\n\n"
+    "Outputs for a paper: every figure is saved as PNG (embedded in index.html) and as vector PDF with the same "
+    "stem under figures/ (sets in ranking order with one colour-blind-safe colour each, the reference black; LLR "
+    "maps blue = realistic, red = Sérsic-like; per set gallery_<set> and profile_<set>, its radial LLR profile "
+    "against the reference's); ranking.tex is the ranking table as a captioned LaTeX table (astropy ascii.latex: "
+    "LLRs in nats per image, rounded to two significant digits of the smallest error; Table.read(path, "
+    "format='ascii.latex') reads it back). report_data.h5 holds what the figures draw beyond summary.json and "
+    "scores.csv (per-set mean LLR maps, radial profiles with their bin edges, gallery images with their per-pixel "
+    "maps and ids, the set order), so `morphllr compare --figures-only REPORT` re-draws figures/, index.html and "
+    "ranking.tex from REPORT's files without models, sets or re-scoring (summary.json is left byte-identical).\n\n"
     "Example: morphllr compare --obs obs_model --arch arch_model --reference SDSS=sdss_test.h5 "
     "TNG=tng_mocks.h5 Illustris=illustris_mocks.h5 --out report\n\n"
     "Several processes: morphllr compare ... --devices 2 --accelerator cpu; on 4 GPUs: "
@@ -101,17 +118,24 @@ def compare_command(
              "or .npy/.npz/.h5 images already in the models' input space). NAME labels the set in tables "
              "and figures."),
     obs: List[Path] = typer.Option(
-        ..., "--obs", metavar="DIR", help="Model folder or ensemble folder of p_obs, trained on observed galaxies; repeat to pool "
-                           "several folders into one ensemble."),
+        None, "--obs", metavar="DIR", help="Model folder or ensemble folder of p_obs, trained on observed galaxies; repeat to pool "
+                           "several folders into one ensemble. Required (unless --figures-only)."),
     arch: List[Path] = typer.Option(
-        ..., "--arch", metavar="DIR", help="Model folder or ensemble folder of p_arch, trained on their Sérsic archetypes; "
-                            "repeat to pool several."),
+        None, "--arch", metavar="DIR", help="Model folder or ensemble folder of p_arch, trained on their Sérsic archetypes; "
+                            "repeat to pool several. Required (unless --figures-only)."),
     reference: str = typer.Option(
-        ..., "--reference", metavar="NAME=SET.h5",
+        None, "--reference", metavar="NAME=SET.h5",
         help="The held-out real test set, as NAME=FILE (e.g. SDSS=sdss_test.h5). Every other set is compared "
-             "to it: ΔLLR = mean LLR(set) - mean LLR(reference)."),
-    out: Path = typer.Option(..., "--out", help="Report folder to create: index.html, figures/, scores.csv, "
-                                               "scores.parquet, summary.json, summary.csv."),
+             "to it: ΔLLR = mean LLR(set) - mean LLR(reference). Required (unless --figures-only)."),
+    out: Path = typer.Option(None, "--out", help="Report folder to create: index.html, figures/ (PNG + PDF), "
+                                                "ranking.tex, scores.csv, scores.parquet, summary.json, summary.csv, "
+                                                "report_data.h5. Required (unless --figures-only)."),
+    figures_only: Path = typer.Option(
+        None, "--figures-only", metavar="REPORT",
+        help="Re-draw the report of REPORT, the --out folder of an earlier compare, from its summary.json, "
+             "scores.csv and report_data.h5: no models, sets or re-scoring (give none of --obs, --arch, "
+             "--reference, --out or sets). OVERWRITES REPORT's figures/, index.html and ranking.tex (each "
+             "written to a temporary name, then renamed) and nothing else; summary.json stays byte-identical."),
     rotations: int = typer.Option(
         0, "--rotations", min=0, max=1000,
         help="Also average each image's LLR over K random rotations (0-180°), as in the paper; costs K extra "
@@ -130,6 +154,12 @@ def compare_command(
         None, "--group-col", metavar="COLUMN",
         help="Catalogue column naming the object each image shows (e.g. galaxy, written by `morphllr mock "
              "--repeat`): intervals and errors resample these groups, not images."),
+    keep_no_central: bool = typer.Option(
+        False, "--keep-no-central",
+        help="Keep images in which no central source was found (catalogue central_found = False or an all-zero "
+             "/segmap_model: empty or off-centre frames) in every set's statistics. Default: they are scored and "
+             "listed in scores.csv (central_source = 0) but left out of the mean LLR, intervals, ΔLLR, AUROC, KS, "
+             "matched, mass panels, maps, profiles and galleries, with a warning naming how many."),
     devices: str = devices_option(),
     num_nodes: int = num_nodes_option(),
     accelerator: str = accelerator_option(),
@@ -137,6 +167,18 @@ def compare_command(
                                 "(default: usable idle cores / processes on this node)."),
 ) -> None:
     """Rank image sets by mean LLR and write the comparison report (see ``COMPARE_HELP``)."""
+    if figures_only is not None:
+        _figures_only(figures_only, given=[("--obs", obs), ("--arch", arch), ("--reference", reference),
+                                           ("--out", out), ("NAME=SET.h5", sets)])
+        return
+    from morphllr.errors import MorphllrError
+
+    for option, value, what in (("--obs", obs, "the p_obs model folder"), ("--arch", arch, "the p_arch model folder"),
+                                ("--reference", reference, "NAME=SET.h5, the held-out real test set"),
+                                ("--out", out, "the report folder to create")):
+        if not value:
+            raise MorphllrError(f"missing option {option} ({what}); only --figures-only REPORT runs without the "
+                                "models and sets; see `morphllr compare --help`")
     from morphllr.comparison.run import compare
     from morphllr.distributed import launched_rank, parse_devices, resolve
     from morphllr.report.terminal import print_ranking
@@ -169,7 +211,8 @@ def compare_command(
                          reference=(ref_name, ref_path), sets=others, out=out, rotations=rotations,
                          maps=maps, batch_size=batch_size, gallery_size=gallery, n_boot=bootstrap, seed=seed,
                          overwrite=overwrite, progress=True, group_col=group_col, devices=devices_arg,
-                         accelerator=accelerator, num_nodes=num_nodes, threads=threads)
+                         accelerator=accelerator, num_nodes=num_nodes, threads=threads,
+                         keep_no_central=keep_no_central)
     own = set(result.summary.get("warnings") or []) if result is not None else set()
     for w in caught:
         if not (issubclass(w.category, MorphllrWarning) and str(w.message) in own):
@@ -182,3 +225,19 @@ def compare_command(
     for text in result.summary.get("warnings") or []:
         typer.secho(f"warning: {text}", fg=typer.colors.RED, err=True)
     typer.echo(f"report: {out / 'index.html'}")
+
+
+def _figures_only(folder: Path, given: list) -> None:
+    """``--figures-only REPORT``: re-draw REPORT's figures, index.html and ranking.tex from its files."""
+    from morphllr.comparison.run import redraw_report
+    from morphllr.errors import MorphllrError
+
+    extra = [option for option, value in given if value]
+    if extra:
+        raise MorphllrError(f"--figures-only {folder}: re-draws a report from its files alone; drop "
+                            f"{', '.join(extra)} (to score again, run compare without --figures-only)")
+    inputs = redraw_report(folder)
+    n = len(list((folder / "figures").glob("*.png")))
+    typer.echo(f"re-drawn from {folder}'s summary.json, scores.csv and report_data.h5: {n} figures (PNG + PDF) in "
+               f"{folder / 'figures'}, {folder / 'ranking.tex'} ({len(inputs.set_order)} sets)")
+    typer.echo(f"report: {folder / 'index.html'}")

@@ -28,15 +28,19 @@ def _gallery_indices(llr: np.ndarray, ref_cut: float, k: int) -> dict[str, np.nd
 
 def fill_gallery(res: SetResult, s: OpenedSet, scorers: tuple[SideScorer, SideScorer], ref_cut: float,
                  k: int) -> None:
-    """Re-score the few gallery galaxies to get their images and maps."""
+    """Re-score the few gallery galaxies to get their images and maps.
+
+    ``indices`` are positions in ``res``'s rows, ``rows`` the images' positions in the set (they differ when
+    images without a central source were left out, ``res.rows``)."""
     picks = _gallery_indices(res.llr, ref_cut, k)
     wanted = np.unique(np.concatenate(list(picks.values()))).astype(int)
     if wanted.size == 0:
         return
-    images = s.source.read(wanted)
+    in_set = wanted if res.rows is None else np.asarray(res.rows)[wanted]  # sorted, like wanted
+    images = s.source.read(in_set)
     label = f"set {s.name}={s.label} (gallery)"
     map_obs, map_arch = scorers[0].maps(images, label), scorers[1].maps(images, label)
-    excluded = excluded_pixels(s.mask, rows=wanted)
+    excluded = excluded_pixels(s.mask, rows=in_set)
     if excluded is not None:  # shown as NaN: their terms are not in the LLR
         map_obs = np.where(excluded, np.float32(np.nan), map_obs)
         map_arch = np.where(excluded, np.float32(np.nan), map_arch)
@@ -44,6 +48,8 @@ def fill_gallery(res: SetResult, s: OpenedSet, scorers: tuple[SideScorer, SideSc
     n_outliers = int(np.sum(res.llr < ref_cut))
     for key, idx in picks.items():
         rows = [where[int(i)] for i in idx]
-        res.gallery[key] = {"indices": np.asarray(idx, dtype=int), "ids": res.ids[np.asarray(idx, dtype=int)],
+        idx = np.asarray(idx, dtype=int)
+        res.gallery[key] = {"indices": idx, "rows": idx if res.rows is None else np.asarray(res.rows)[idx],
+                            "ids": res.ids[idx],
                             "images": images[rows], "map_obs": map_obs[rows], "map_arch": map_arch[rows],
                             "llr": res.llr[np.asarray(idx, dtype=int)], "n_total": n_outliers}

@@ -42,7 +42,7 @@ def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: 
     checked = any(any(r is not None for r in recs) for *_, recs in sides)
     for name, res in results.items():
         entry = summary["sets"][name]
-        own: list[str] = []
+        own: list[str] = no_central_warning(name, entry)
         if name == reference:
             own += domain.reference_warning(name, entry["mean_llr"])
         own += domain.small_sample_warning(name, int(min(entry["n"], entry.get("n_groups") or entry["n"])))
@@ -63,6 +63,7 @@ def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: 
         entry["warnings"] = own
         res.warnings = list(own)
         top += own
+    notes += no_central_notes(summary["sets"])
     masked = [name for name in results if summary["sets"][name].get("masked_share", 0.0) > 0]
     if masked:
         notes.append(f"masked pixels ({', '.join(masked)}): each LLR is summed over the unmasked pixels only "
@@ -76,6 +77,38 @@ def guards(results: dict[str, SetResult], reference: str, summary: dict, notes: 
     for text in top:
         warnings.warn(text, MorphllrWarning, stacklevel=3)
     return top
+
+
+def no_central_warning(name: str, entry: dict) -> list[str]:
+    """A warning for a set with images without a central source: how many, which, whether they are left out
+    of its statistics (the default) or kept (``--keep-no-central``), and how to choose the other way."""
+    n_missing = entry.get("n_no_central")
+    if not n_missing:
+        return []
+    total = int(entry.get("n_images") or entry["n"])
+    ids = [str(x) for x in entry.get("no_central_ids") or []]
+    shown = ", ".join(ids[:5]) + (", ..." if n_missing > 5 else "")
+    verb = "has" if n_missing == 1 else "have"
+    what = (f"{name}: {n_missing} of its {total} images {verb} no central source (empty or off-centre frames, "
+            f"from {entry.get('central_from') or 'its segmentation'}; ids {shown})")
+    if entry.get("no_central_excluded"):
+        return [f"{what}; they are left out of its statistics (mean LLR, intervals, ΔLLR, AUROC, KS, matched, "
+                f"mass panels, maps, profiles, galleries: n = {entry['n']}) but listed in scores.csv "
+                "(central_source = 0) and summary.json no_central_ids; pass --keep-no-central "
+                "(keep_no_central=True) to keep them in"]
+    return [f"{what}; they are included in its statistics (--keep-no-central), so its mean LLR also scores "
+            "frames without a galaxy; leave the option out to exclude them"]
+
+
+def no_central_notes(per_set: dict) -> list[str]:
+    """A note naming the sets that cannot say which images lack a central source (bare arrays, sets without
+    segmentation), only when it matters: another set of the comparison has such images."""
+    unknown = [name for name, e in per_set.items() if e.get("n_no_central") is None]
+    if not unknown or not any(e.get("n_no_central") for e in per_set.values()):
+        return []
+    return [f"{name}: no record of which images show a central source (catalogue central_found or "
+            "/segmap_model, written by `morphllr prepare`'s segmentation), so images without one could not be "
+            "counted or left out (n_no_central null), unlike in the other sets" for name in unknown]
 
 
 def masked_share_warning(name: str, reference: str, per_set: dict) -> list[str]:

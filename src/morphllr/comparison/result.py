@@ -47,6 +47,15 @@ class SetResult:
             empty-sky pixels (NaN without a mask), ``area`` (N,) central-source areas and
             ``n_valid`` (N,) unmasked model pixels.
         warnings: this set's warnings (``summary["sets"][name]["warnings"]``).
+        central: per image (of these rows) True when a central source was found, False when not
+            (:func:`morphllr.comparison.sets.central_flags`), or None when the set does not say.
+        no_central: the set's count of images without a central source, for ``summary.json``:
+            ``n_no_central`` (int, None when unknown), ``no_central_ids`` (at most
+            :data:`NO_CENTRAL_IDS` ids), ``no_central_excluded`` (True when they are left out of
+            these rows), ``central_from`` (where the flags came from, None when unknown), ``n_images``.
+        rows: positions in the set of these rows (None: every image, in order); not None when the
+            images without a central source were left out (:meth:`without`).
+        all_images: then the SetResult of every image (its rows are ``scores.csv``'s); None otherwise.
     """
 
     name: str
@@ -63,10 +72,53 @@ class SetResult:
     groups: np.ndarray | None = None
     domain_values: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    central: np.ndarray | None = None
+    no_central: dict = field(default_factory=dict)
+    rows: np.ndarray | None = None
+    all_images: "SetResult | None" = None
 
     @property
     def llr(self) -> np.ndarray:
         return self.scores["llr"]
+
+    def without(self, leave_out: np.ndarray) -> "SetResult":
+        """The rows of the images not in ``leave_out`` (bool per image), for every statistic; ``all_images`` keeps
+        this full result for ``scores.csv``.  Maps and profiles are the caller's (accumulated without them)."""
+        keep = np.flatnonzero(~np.asarray(leave_out, bool))
+
+        def take(a):
+            if a is None:
+                return None
+            if isinstance(a, dict):
+                return {k: take(v) for k, v in a.items()}
+            a = np.asarray(a)
+            return a[..., keep] if a.ndim else a
+
+        return SetResult(name=self.name, scores=take(self.scores), ids=np.asarray(self.ids)[keep],
+                         catalog=None if self.catalog is None else self.catalog[keep], mean_map=self.mean_map,
+                         profile_re=self.profile_re, profile_pix=self.profile_pix, notes=list(self.notes),
+                         sky_mask=self.sky_mask, member_logp=take(self.member_logp),
+                         groups=None if self.groups is None else np.asarray(self.groups)[keep],
+                         domain_values=take(self.domain_values), warnings=list(self.warnings),
+                         central=None if self.central is None else np.asarray(self.central)[keep],
+                         no_central=dict(self.no_central), rows=keep, all_images=self)
+
+
+#: at most this many ids of images without a central source are listed per set (summary.json ``no_central_ids``)
+NO_CENTRAL_IDS = 50
+
+
+def no_central_record(ids: np.ndarray, central: np.ndarray | None, source: str | None, excluded: bool) -> dict:
+    """A set's ``summary.json`` entries about its images without a central source (see ``SetResult.no_central``)."""
+    n = len(ids)
+    if central is None:
+        return {"n_images": n, "n_no_central": None, "no_central_ids": [], "no_central_excluded": False,
+                "central_from": None}
+    missing = np.flatnonzero(~np.asarray(central, bool))
+    listed = [x.decode() if isinstance(x, bytes) else x.item() if isinstance(x, np.generic) else x
+              for x in np.asarray(ids)[missing[:NO_CENTRAL_IDS]]]
+    return {"n_images": n, "n_no_central": int(missing.size), "no_central_ids": listed,
+            "no_central_excluded": bool(excluded and missing.size), "central_from": source}
 
 
 @dataclass
@@ -141,7 +193,8 @@ class CompareResult:
 
 #: the columns of scores.csv, one row per image (then ``llr_rot``, per-member log p and the catalogue's columns)
 SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "llr_sky", "llr_rest", "n_sky_pixels",
-                 "llr_sky_per_pixel", "bpd_obs", "bpd_arch", "n_masked_pixels", "masked_share", "llr_per_pixel")
+                 "llr_sky_per_pixel", "bpd_obs", "bpd_arch", "n_masked_pixels", "masked_share", "llr_per_pixel",
+                 "central_source")
 
 
 def _catalog_columns(catalog: Any, taken: Iterable[str]) -> dict[str, np.ndarray]:
@@ -164,11 +217,20 @@ def _catalog_columns(catalog: Any, taken: Iterable[str]) -> dict[str, np.ndarray
 
 
 def image_rows(res: SetResult, score_cols: list[str]) -> dict[str, np.ndarray]:
-    """One set's rows of scores.csv: column -> per-image values (``set``, ``id``, ``score_cols``, catalogue)."""
+    """One set's rows of scores.csv: column -> per-image values (``set``, ``id``, ``score_cols``, catalogue).
+
+    Every image of the set, those left out of its statistics included (``res.all_images``);
+    ``central_source`` is 1 (a central source was found), 0 (none: left out of the statistics unless kept)
+    or NaN (the set does not say).
+    """
+    res = res.all_images or res
     n = len(res.llr)
     table: dict[str, np.ndarray] = {"set": np.full(n, res.name, dtype=object), "id": res.ids}
     for col in score_cols:
-        table[col] = res.scores.get(col, np.full(n, np.nan))
+        if col == "central_source":
+            table[col] = np.full(n, np.nan) if res.central is None else np.asarray(res.central, np.float64)
+        else:
+            table[col] = res.scores.get(col, np.full(n, np.nan))
     table.update(_catalog_columns(res.catalog, list(table)))
     return table
 
@@ -190,7 +252,7 @@ SUMMARY_COLUMNS = ("n", "mean_llr", "median_llr", "std_llr", "ci95_lo", "ci95_hi
                    "auroc_sky_vs_reference", "auroc_rest_vs_reference", "n_groups", "delta_llr_pairing", "n_paired",
                    "delta_llr_paired", "delta_llr_paired_err", "model_std", "sign_agreement", "stable",
                    "ci95_total_lo", "ci95_total_hi", "delta_llr_ci95_total_lo", "delta_llr_ci95_total_hi",
-                   "masked_share", "mean_llr_per_pixel")
+                   "masked_share", "mean_llr_per_pixel", "n_no_central")
 
 
 def summary_row(summary: dict, name: str, keys: Iterable[str] = SUMMARY_COLUMNS) -> dict[str, Any]:

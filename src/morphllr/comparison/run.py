@@ -34,7 +34,10 @@ was trained on.
 Outputs in ``out`` (written atomically): ``scores.csv`` / ``scores.parquet`` (one row per
 image), ``summary.json`` (per set: n, mean, interval, ΔLLR vs the reference, AUROC, KS,
 sky split, mass panels, matched ΔLLR), ``summary.csv``, ``maps.h5`` (all maps, only with
-``maps="all"``) and the report (``index.html`` + ``figures/``, see :mod:`morphllr.report.html`).
+``maps="all"``), ``ranking.tex`` (the ranking as a LaTeX table), ``report_data.h5`` (what the figures draw
+beyond summary.json and scores.csv: :mod:`morphllr.comparison.report_data`) and the report (``index.html`` +
+``figures/``, every figure as PNG and PDF, see :mod:`morphllr.report.html`), drawn from those files
+(:func:`redraw_report`, ``morphllr compare --figures-only OUT``, re-draws it from them later).
 The report only reads the result: everything it shows, notes included, is in the result (and in
 ``summary.json``) before either is written.
 
@@ -63,10 +66,11 @@ from morphllr.comparison.models import Side, check_models, config_value, load_si
 from morphllr.data.pixels import OpenedSet
 from morphllr.comparison.result import CompareResult
 from morphllr.comparison.scoring import SideScorer, score_all
-from morphllr.comparison.sets import check_names, check_set, opened_sets
+from morphllr.comparison.sets import central_flags, check_central, check_names, check_set, opened_sets
 from morphllr.comparison.summary import attach_groups, build_summary, merge_notes
-from morphllr.comparison.tables import (parquet_note, write_panels_csv, write_scores, write_summary_csv,
-                                        write_summary_json)
+from morphllr.comparison.report_data import REPORT_DATA, ReportInputs, write_report_data
+from morphllr.comparison.tables import (parquet_note, write_panels_csv, write_ranking_tex, write_scores,
+                                        write_summary_csv, write_summary_json)
 from morphllr.distributed import launched_rank, models_on, resolve, run_sharded
 from morphllr.errors import MorphllrError
 from morphllr.report.html import write_report
@@ -100,7 +104,8 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
             batch_size: int = 64, gallery_size: int = 8, n_boot: int = 1000, matched_draws: int = 200,
             seed: int = 0, overwrite: bool = False, progress: bool = False,
             report: bool = True, group_col: str | None = None, devices: int | str = 1,
-            accelerator: str | None = None, num_nodes: int = 1, threads: int | None = None) -> CompareResult | None:
+            accelerator: str | None = None, num_nodes: int = 1, threads: int | None = None,
+            keep_no_central: bool = False) -> CompareResult | None:
     """Score every set under both models and compare each to the reference.
 
     Either side may be an ensemble (K models trained with different seeds): every set is
@@ -142,6 +147,12 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
         accelerator: "auto", "cpu", "cuda" / "gpu"; None: where the models are for one process, else "auto".
         num_nodes: nodes (with a launcher, or NODE_RANK / MASTER_ADDR / MASTER_PORT on every node).
         threads: CPU threads per process (None: automatic; several processes share the idle cores).
+        keep_no_central: keep the images without a central source (catalogue ``central_found`` False, or an
+            all-zero ``/segmap_model``: empty or off-centre frames) in every statistic.  By default they are
+            scored and listed (``scores.csv`` ``central_source`` = 0) but left out of their set's statistics,
+            maps, profiles and galleries, reference included, with a warning per set; summary.json per set
+            ``n_no_central`` (None for a set that does not say, e.g. a bare array), ``no_central_ids``,
+            ``no_central_excluded``.  A set with no image left is refused.
 
     Returns:
         a :class:`CompareResult` (None on the ranks other than 0 of a run joined from a launcher).
@@ -163,11 +174,15 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
     check_models(obs_side, arch_side)
     specs = [(reference[0], reference[1]), *sets.items()]
     with opened_sets(specs) as opened:
+        central = {}
         for s in opened:  # once per set: every batch of it fits the models
             check_set(s, obs_side.members[0])
+            central[s.name] = central_flags(s)  # which images show a central source (None: unknown)
+            check_central(s, central[s.name][0], keep_no_central)
         options = dict(out=out, rotations=rotations, maps=maps, batch_size=batch_size, gallery_size=gallery_size,
                        n_boot=n_boot, matched_draws=matched_draws, seed=seed, overwrite=overwrite,
-                       progress=progress, report=report, group_col=group_col)
+                       progress=progress, report=report, group_col=group_col, central=central,
+                       keep_no_central=keep_no_central)
         result = run_sharded(_compare_job, (obs_side, arch_side, opened, reference[0]), options,
                                          plan=plan, threads=threads)
     return result
@@ -176,7 +191,8 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
 def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], reference: str, *, out,
                  rotations: int, maps: str, batch_size: int, gallery_size: int, n_boot: int, matched_draws: int,
                  seed: int, overwrite: bool, progress: bool, report: bool,
-                 group_col: str | None) -> CompareResult | None:
+                 group_col: str | None, central: dict | None = None,
+                 keep_no_central: bool = True) -> CompareResult | None:
     """One rank of :func:`compare`: score its shards; rank 0 gathers, re-scores the gallery and writes."""
     obs_model = obs_side.members[0]
     t0 = time.perf_counter()
@@ -187,7 +203,8 @@ def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], 
         scorers = (obs_scorer, arch_scorer)  # set up once (threads, layout, evaluation mode) for every set
         results = score_all(opened, scorers, folder if maps == "all" else None, batch_size=batch_size,
                             rotations=rotations, progress=progress and ctx.is_main, seed=seed, ctx=ctx,
-                            gather_maps=maps == "all" and out is not None)
+                            gather_maps=maps == "all" and out is not None, central=central,
+                            keep_no_central=keep_no_central)
         ctx.done()  # the other ranks are finished; rank 0 computes and writes alone
         if not ctx.is_main:
             return None
@@ -221,14 +238,64 @@ def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], 
 
 
 def _write_outputs(result: CompareResult, folder: Path, report: bool) -> None:
-    """Tables, figures, index.html and summary.json into the (temporary) report folder; none changes the result."""
+    """Tables, summary.json, report_data.h5, ranking.tex, then figures and index.html into the (temporary) report
+    folder; none changes the result.
+
+    The report is drawn from the files just written (:meth:`ReportInputs.from_folder`), exactly as
+    :func:`redraw_report` (``morphllr compare --figures-only``) draws it later.
+    """
     write_scores(result.sets, folder)
-    if report:
-        write_report(result, folder)
     write_summary_json(result.summary, folder / "summary.json")
     write_summary_csv(result.summary, folder / "summary.csv")
     if result.summary["mass_panels"]:
         write_panels_csv(result.summary, folder / "mass_panels.csv")
+    write_report_data(result, folder / REPORT_DATA)
+    write_ranking_tex(result.summary, folder / "ranking.tex")
+    if report:
+        write_report(ReportInputs.from_folder(folder, option="--out"), folder)
+
+
+def redraw_report(out: str | os.PathLike) -> ReportInputs:
+    """Re-draw ``figures/`` (PNG + PDF), ``index.html`` and ``ranking.tex`` of a compare output folder from its files.
+
+    ``morphllr compare --figures-only OUT``: no model, no set, no scoring.  The figures and the page are drawn
+    from ``summary.json``, ``scores.csv`` and ``report_data.h5`` (:meth:`ReportInputs.from_folder`), as compare
+    draws its own, so the same files give the same report; nothing else in ``out`` is touched (``summary.json``
+    stays byte-identical).  The three outputs are each written to a temporary name and renamed over the old
+    ones (figures/ as a whole folder), the folder locked meanwhile.
+
+    Args:
+        out: the ``--out`` folder of a ``morphllr compare`` run.
+
+    Returns:
+        the inputs the report was drawn from.
+
+    Raises:
+        MorphllrError: ``out`` is not such a folder, or a file is missing (named, with how to make it).
+    """
+    import shutil
+    import tempfile
+
+    from morphllr.atomic import atomic_file, claim_output
+
+    folder = Path(out)
+    if not folder.is_dir():
+        raise MorphllrError(f"--figures-only {folder}: not a folder; give the --out folder of a `morphllr compare` "
+                            "run")
+    with claim_output(folder, option="--figures-only", kind="dir", existing="update"):
+        inputs = ReportInputs.from_folder(folder)  # every file present and readable, before anything is written
+        with atomic_dir(folder / "figures", overwrite=True) as new_figures, \
+                atomic_file(folder / "index.html") as new_page, atomic_file(folder / "ranking.tex") as new_tex:
+            # write_report fills STAGE/index.html and STAGE/figures/; the stage lies inside the new figures folder,
+            # so it goes with it if anything fails
+            stage = Path(tempfile.mkdtemp(prefix=".stage.", dir=new_figures))
+            write_report(inputs, stage)
+            for item in sorted((stage / "figures").iterdir()):
+                os.replace(item, new_figures / item.name)
+            os.replace(stage / "index.html", new_page)
+            shutil.rmtree(stage)
+            write_ranking_tex(inputs.summary, new_tex)
+    return inputs
 
 
 class _nullfolder:

@@ -21,7 +21,7 @@ import torch
 from morphllr.comparison.maps import MapAccumulator, MapsWriter, centroids
 from morphllr.comparison.models import Side, config_value
 from morphllr.data.pixels import OpenedSet, SkyMasks, excluded_pixels
-from morphllr.comparison.result import SetResult
+from morphllr.comparison.result import SetResult, no_central_record
 from morphllr.data.inputs import check_batch
 from morphllr.distributed import Context
 from morphllr.domain import re_model_pixels
@@ -160,8 +160,12 @@ _PER_IMAGE = ("logp_obs", "logp_arch", "llr_segmap", "llr_sky", "n_sky_pixels", 
 
 def _score_set(s: OpenedSet, scorers: tuple[SideScorer, SideScorer], batch_size: int, rotations: int,
                discrete: bool, prep: dict, maps_writer: MapsWriter, rng_seed: int, set_index: int,
-               advance: Callable[[int], None], ctx=None, gather_maps: bool = False) -> SetResult | None:
+               advance: Callable[[int], None], ctx=None, gather_maps: bool = False,
+               leave_out: np.ndarray | None = None) -> SetResult | None:
     """Stream one set (this process's shard of it) through both models; per-image numbers + accumulators.
+
+    ``leave_out`` (bool per image of the whole set, or None): images scored like the others but kept out of
+    the mean map and radial profiles (the images without a central source, :func:`score_all`).
 
     With several processes (``ctx``, :mod:`morphllr.distributed`) every rank scores a contiguous
     shard; rank 0 receives the per-image numbers in input order, the summed map accumulators and
@@ -229,7 +233,12 @@ def _score_set(s: OpenedSet, scorers: tuple[SideScorer, SideScorer], batch_size:
                         turned_llr = np.where(_rotate_mask(excluded, draws[k], discrete), np.float32(0), turned_llr)
                     total += turned_llr.sum(axis=(1, 2), dtype=np.float64)
                 out["llr_rot"][i0:i1] = total / rotations
-            acc.add(llr_map, centroids(batch, masks), None if re_model is None else re_model[start:stop], keep)
+            use = None if leave_out is None else ~leave_out[start:stop]
+            if use is None or use.all():
+                acc.add(llr_map, centroids(batch, masks), None if re_model is None else re_model[start:stop], keep)
+            elif use.any():
+                acc.add(llr_map[use], centroids(batch[use], None if masks is None else masks[use]),
+                        None if re_model is None else re_model[start:stop][use], None if keep is None else keep[use])
             pair = np.stack([map_obs, map_arch], axis=1)  # (B, 2, H, W)
             if excluded is not None:  # masked pixels are NaN in maps.h5
                 pair = np.where(excluded[:, None], np.float32(np.nan), pair)
@@ -303,8 +312,15 @@ def _progress(show: bool, total: int) -> Iterator[Callable[[int, str], None]]:
 
 def score_all(opened: list[OpenedSet], scorers: tuple[SideScorer, SideScorer], maps_folder: Path | None, *,
               batch_size: int, rotations: int, progress: bool, seed: int, ctx=None,
-              gather_maps: bool = False) -> dict[str, SetResult]:
-    """Stream every set through both models (one progress bar over all images; rank 0 only)."""
+              gather_maps: bool = False, central: dict | None = None,
+              keep_no_central: bool = True) -> dict[str, SetResult]:
+    """Stream every set through both models (one progress bar over all images; rank 0 only).
+
+    ``central``: set name -> ``(flags, where from)`` of :func:`morphllr.comparison.sets.central_flags` (True:
+    the image shows a central source; None: the set does not say).  Unless ``keep_no_central``, a set's images
+    without one are scored (``scores.csv`` lists them) but left out of everything else: its SetResult holds
+    the other images' rows (:meth:`SetResult.without`) and its maps and profiles are summed without them.
+    """
     obs_model = scorers[0].model
     discrete = is_discrete_head(config_value(obs_model.config, "head"))
     maps_writer = MapsWriter(maps_folder / "maps.h5" if maps_folder is not None else None)
@@ -312,11 +328,15 @@ def score_all(opened: list[OpenedSet], scorers: tuple[SideScorer, SideScorer], m
     try:
         with _progress(progress, sum(len(s.source) for s in opened)) as advance:
             for k, s in enumerate(opened):
+                flags, source = (central or {}).get(s.name) or (None, None)
+                leave_out = None if keep_no_central or flags is None or flags.all() else ~np.asarray(flags, bool)
                 res = _score_set(s, scorers, batch_size, rotations, discrete, obs_model.preprocessing,
                                  maps_writer, seed, k, lambda n, _n=s.name: advance(n, _n), ctx=ctx,
-                                 gather_maps=gather_maps)
+                                 gather_maps=gather_maps, leave_out=leave_out)
                 if res is not None:
-                    results[s.name] = res
+                    res.central = None if flags is None else np.asarray(flags, bool)
+                    res.no_central = no_central_record(res.ids, res.central, source, leave_out is not None)
+                    results[s.name] = res if leave_out is None else res.without(leave_out)
     finally:
         maps_writer.close()
     return results

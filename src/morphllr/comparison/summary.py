@@ -46,8 +46,22 @@ def _set_summaries(results: dict[str, SetResult], reference: str, n_boot: int, s
         if "llr_rot" in res.scores:
             entry["mean_llr_rotation_averaged"] = float(np.mean(res.scores["llr_rot"]))
         entry["sky"] = sky_summary(res, results[reference], name == reference, n_boot, seed)
+        # images without a central source: counted and listed; "n" and every number above are without them
+        # when no_central_excluded (SetResult.without), with them otherwise
+        entry.update(no_central_entries(res))
         out[name] = entry
     return out
+
+
+def no_central_entries(res: SetResult) -> dict:
+    """``summary["sets"][name]``'s count of images without a central source: ``n_images`` (all scored),
+    ``n_no_central`` (None: the set does not say), ``no_central_ids`` (the first
+    :data:`~morphllr.comparison.result.NO_CENTRAL_IDS`), ``no_central_excluded`` (they are left out of the
+    set's statistics) and ``central_from`` (catalogue column or mask the flags came from)."""
+    record = dict(res.no_central) or {"n_images": len(res.llr), "n_no_central": None, "no_central_ids": [],
+                                      "no_central_excluded": False, "central_from": None}
+    return {k: record.get(k) for k in ("n_images", "n_no_central", "no_central_ids", "no_central_excluded",
+                                       "central_from")}
 
 
 #: Keys of ``summary["sets"][name]["sky"]`` that hold numbers (None when not computable).

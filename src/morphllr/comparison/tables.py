@@ -1,4 +1,5 @@
-"""The files a comparison writes: ``scores.csv`` / ``scores.parquet``, ``summary.csv``, ``mass_panels.csv``, ``summary.json``.
+"""The files a comparison writes: ``scores.csv`` / ``scores.parquet``, ``summary.csv``, ``mass_panels.csv``, ``summary.json``,
+``ranking.tex`` (the ranking as a LaTeX table, :func:`write_ranking_tex`).
 
 Their rows come from :mod:`morphllr.comparison.result` (:func:`~morphllr.comparison.result.image_rows`,
 :func:`~morphllr.comparison.result.summary_row`), which also gives them as astropy tables.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,154 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+# --------------------------------------------------------------------------- ranking.tex
+#: LaTeX's special characters in text
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+#: the most decimals a number of ranking.tex gets
+_MAX_DECIMALS = 6
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (for set names and captions)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _decimals_for_error(errors: list, values: list) -> int:
+    """Decimals of the nats columns: two significant digits of the smallest positive error (else three of the
+    largest value), at most :data:`_MAX_DECIMALS`."""
+    errs = [abs(float(e)) for e in errors if e is not None and math.isfinite(float(e)) and float(e) > 0]
+    if errs:
+        return int(min(max(1 - math.floor(math.log10(min(errs))), 0), _MAX_DECIMALS))
+    return _decimals_for_value(values)
+
+
+def _decimals_for_value(values: list, digits: int = 3) -> int:
+    vals = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v)) and float(v) != 0]
+    if not vals:
+        return 2
+    return int(min(max(digits - 1 - math.floor(math.log10(max(vals))), 0), _MAX_DECIMALS))
+
+
+def ranking_latex_table(summary: dict):
+    """The page's ranking table as an astropy Table ready for ``ascii.latex``: numbers rounded, units in the names.
+
+    Columns (best first, the reference marked): rank, set, N, mean LLR and its 95 % interval, median,
+    ΔLLR vs the reference ± error, matched ΔLLR ± error (when measured), model σ and "survives retraining"
+    (with more than one model pair), AUROC and KS vs the reference, outliers [%], masked share [%] and mean LLR
+    per unmasked pixel (when pixels are masked) and the number of warnings.  LLR columns share one number of
+    decimals: two significant digits of the smallest error (the ΔLLR errors, the matched ΔLLR errors and half
+    the width of each 95 % interval); AUROC and KS get 3, percentages 2 (outliers) or 1 (masked share).
+
+    Returns:
+        (table, formats: column -> printf format, decimals of the nats columns).
+    """
+    from astropy.table import MaskedColumn, Table
+
+    from morphllr.comparison.result import summary_row
+
+    names = list(summary["ranking"])
+    keys = ["n", "mean_llr", "ci95_lo", "ci95_hi", "median_llr", "delta_llr", "delta_llr_err", "matched_delta_llr",
+            "matched_delta_llr_err", "model_std", "stable", "auroc_vs_reference", "ks_vs_reference", "masked_share",
+            "mean_llr_per_pixel"]
+    rows = [summary_row(summary, name, keys) for name in names]
+    entries = [summary["sets"][name] for name in names]
+    reference = summary["reference"]
+    multi = (summary.get("model_pairs") or 1) > 1
+    masked = any((e.get("masked_share") or 0) > 0 for e in entries)
+    matched = any(r["matched_delta_llr"] is not None for r in rows)
+    nats = ["mean_llr", "ci95_lo", "ci95_hi", "median_llr", "delta_llr", "delta_llr_err", "matched_delta_llr",
+            "matched_delta_llr_err", "model_std"]
+    errors = [r[k] for r in rows for k in ("delta_llr_err", "matched_delta_llr_err")]
+    errors += [0.5 * (r["ci95_hi"] - r["ci95_lo"]) for r in rows
+               if r["ci95_lo"] is not None and r["ci95_hi"] is not None]
+    d_nat = _decimals_for_error(errors, [r[k] for r in rows for k in nats])
+    d_pix = _decimals_for_value([r["mean_llr_per_pixel"] for r in rows])
+
+    def number(values: list, decimals: int) -> MaskedColumn:
+        ok = [v is not None and math.isfinite(float(v)) for v in values]
+        return MaskedColumn([round(float(v), decimals) if good else 0.0 for v, good in zip(values, ok)],
+                            mask=[not good for good in ok], dtype=float)
+
+    table, formats = Table(), {}
+
+    def add(name: str, column, fmt: str | None = None) -> None:
+        table[name] = column
+        if fmt:
+            formats[name] = fmt
+
+    nat_fmt = f"%.{d_nat}f"
+    add("Rank", list(range(1, len(names) + 1)))
+    add("Set", [latex_escape(n) + (" (reference)" if n == reference else "") for n in names])
+    add("$N$", [int(r["n"]) for r in rows])
+    add("mean LLR [nat]", number([r["mean_llr"] for r in rows], d_nat), nat_fmt)
+    add("95\\% low [nat]", number([r["ci95_lo"] for r in rows], d_nat), nat_fmt)
+    add("95\\% high [nat]", number([r["ci95_hi"] for r in rows], d_nat), nat_fmt)
+    add("median LLR [nat]", number([r["median_llr"] for r in rows], d_nat), nat_fmt)
+    add("$\\Delta$LLR [nat]", number([r["delta_llr"] for r in rows], d_nat), nat_fmt)
+    add("$\\sigma_{\\Delta}$ [nat]", number([r["delta_llr_err"] for r in rows], d_nat), nat_fmt)
+    if matched:
+        add("matched $\\Delta$LLR [nat]", number([r["matched_delta_llr"] for r in rows], d_nat), nat_fmt)
+        add("matched $\\sigma_{\\Delta}$ [nat]", number([r["matched_delta_llr_err"] for r in rows], d_nat), nat_fmt)
+    if multi:
+        add("model $\\sigma$ [nat]", number([r["model_std"] for r in rows], d_nat), nat_fmt)
+        add("survives retraining", ["ref" if n == reference else "" if r["stable"] is None else
+                                    ("yes" if r["stable"] else "no") for n, r in zip(names, rows)])
+    add("AUROC", number([r["auroc_vs_reference"] for r in rows], 3), "%.3f")
+    add("KS", number([r["ks_vs_reference"] for r in rows], 3), "%.3f")
+    add("outliers [\\%]", number([None if e.get("outlier_fraction") is None else 100 * e["outlier_fraction"]
+                                  for e in entries], 2), "%.2f")
+    if masked:
+        add("masked share [\\%]", number([100 * (r["masked_share"] or 0) for r in rows], 1), "%.1f")
+        add("mean LLR per unmasked pixel [nat pix$^{-1}$]", number([r["mean_llr_per_pixel"] for r in rows], d_pix),
+            f"%.{d_pix}f")
+    add("warnings", [len(e.get("warnings") or []) for e in entries])
+    return table, formats, d_nat
+
+
+def ranking_caption(summary: dict, decimals: int) -> str:
+    """The caption of ranking.tex (LaTeX): what each column is, in which unit, and how it was rounded."""
+    ref = latex_escape(summary["reference"])
+    multi = (summary.get("model_pairs") or 1) > 1
+    masked = any((summary["sets"][n].get("masked_share") or 0) > 0 for n in summary["ranking"])
+    threshold = summary.get("outlier_threshold_llr")
+    parts = [
+        "Image sets ranked by their mean log-likelihood ratio LLR = $\\log p_{\\rm obs} - \\log p_{\\rm arch}$ "
+        "(nats per image; higher = closer to the observed galaxies), most realistic first; reference (held-out "
+        f"observed galaxies): {ref}. 95\\% low/high: bootstrap interval of the mean. $\\Delta$LLR: mean LLR of the "
+        "set minus the reference's, with its bootstrap error $\\sigma_{\\Delta}$.",
+    ]
+    if any((summary.get("matched") or {}).get("delta_llr") or {}):
+        parts.append("Matched: the same, drawing equal numbers of galaxies per cell of a grid of "
+                     + latex_escape(", ".join((summary["matched"].get("properties") or {}).values())) + ".")
+    if multi:
+        parts.append(f"Model $\\sigma$: spread of $\\Delta$LLR over the {summary.get('model_pairs')} model pairs; "
+                     "survives retraining: $|\\Delta{\\rm LLR}| \\geq 2\\sqrt{\\sigma_\\Delta^2 + \\sigma^2}$ and "
+                     "the same sign under at least 95\\% of the pairs.")
+    else:
+        parts.append("One model pair: the intervals cover galaxy sampling only (model variance not measured).")
+    parts.append("AUROC and KS: against the reference's LLRs. Outliers: share of the set below the reference's "
+                 "0.15th LLR percentile" + (f" ({threshold:.3g} nats)" if threshold is not None else "")
+                 + ". Warnings: how many of morphllr's warnings the set has (listed in the report's index.html and "
+                 "summary.json); read them before quoting its numbers.")
+    step = f"{10.0 ** -decimals:.{decimals}f}"
+    parts.append(f"LLRs rounded to the nearest {step} nat (two significant digits of the smallest error)"
+                 + ("; the LLR per unmasked pixel to three significant digits." if masked else "."))
+    return " ".join(parts)
+
+
+def write_ranking_tex(summary: dict, path: Path) -> None:
+    """ranking.tex: the ranking (:func:`ranking_latex_table`) through astropy's ``ascii.latex`` writer, captioned.
+
+    ``Table.read(path, format="ascii.latex")`` reads it back (missing values are empty cells)."""
+    from astropy.io import ascii
+
+    table, formats, decimals = ranking_latex_table(summary)
+    latexdict = {"tabletype": "table*", "tablealign": "htbp", "preamble": "\\centering",
+                 "caption": ranking_caption(summary, decimals), "header_start": "\\hline\\hline",
+                 "header_end": "\\hline", "data_end": "\\hline", "tablefoot": "\\label{tab:morphllr-ranking}",
+                 "col_align": "rl" + "r" * (len(table.colnames) - 2)}
+    table.write(path, format="ascii.latex", latexdict=latexdict, formats=formats, overwrite=True,
+                fill_values=[(ascii.masked, "")])

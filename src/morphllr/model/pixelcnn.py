@@ -117,7 +117,7 @@ class PixelCNNConfig:
         return replace(self, **changes)
 
 
-PRESETS: dict[str, PixelCNNConfig] = {
+NETWORK_PRESETS: dict[str, PixelCNNConfig] = {
     "zanisi21": PixelCNNConfig(nr_resnet=3, nr_filters=64, dropout=0.5, head="gaussian"),
     "small": PixelCNNConfig(nr_resnet=1, nr_filters=32, dropout=0.5, head="gaussian"),
     "tiny": PixelCNNConfig(nr_resnet=1, nr_filters=8, dropout=0.0, head="gaussian", height=8, width=8),

@@ -16,6 +16,76 @@ def fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+#: the units the page's and the terminal's headers give
+PER_IMAGE = "nats/image"
+PER_PIXEL = "nats/pixel"
+#: what a cell without a value shows, followed by its footnote mark: never "– ± –"
+EMPTY = "–"
+
+
+class Footnotes:
+    """The reasons of a table's empty cells, each said once: a cell shows ``– (a)``, the table ends with ``(a) why``."""
+
+    def __init__(self):
+        self.reasons: dict[str, str] = {}  # reason -> letter
+
+    def mark(self, reason: str) -> str:
+        """The mark ``(a)`` of ``reason`` (a new letter for a new reason)."""
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        if reason not in self.reasons:
+            n = len(self.reasons)
+            self.reasons[reason] = letters[n % 26] + ("" if n < 26 else str(n // 26))
+        return f"({self.reasons[reason]})"
+
+    def empty(self, reason: str) -> str:
+        """An empty cell: ``– (a)``."""
+        return f"{EMPTY} {self.mark(reason)}"
+
+    def lines(self) -> list[str]:
+        """``(a) reason`` per reason, in order of first use."""
+        return [f"({letter}) {reason}" for reason, letter in self.reasons.items()]
+
+
+def value_or_empty(value: Any, text: Callable[[Any], str], reason: str, notes: Footnotes) -> str:
+    """``text(value)``, or ``– (a)`` with ``reason`` as footnote (a) when the value is None or not finite."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return notes.empty(reason)
+    return text(value)
+
+
+def plus_minus(value: Any, error: Any, reason: str, notes: Footnotes, digits: int = 4) -> str:
+    """``value ± error`` (1σ), or ``– (a)`` with the reason as footnote when the value is missing."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return notes.empty(reason)
+    if error is None or (isinstance(error, float) and not np.isfinite(error)):
+        return fmt(value, digits)
+    return f"{fmt(value, digits)} ± {fmt(error, 2)}"
+
+
+def matched_reason(summary: dict) -> str:
+    """Why a set has no matched ΔLLR: the note compare left ("matched comparison skipped: ..."), else the default."""
+    for note in summary.get("notes") or []:
+        if note.startswith("matched comparison skipped: "):
+            return "not computed: " + note[len("matched comparison skipped: "):]
+    if summary.get("matched"):
+        return "not computed for this set"
+    return "not computed: the matched comparison did not run"
+
+
+def matched_delta(summary: dict, name: str) -> tuple[float | None, float | None]:
+    """A set's matched ΔLLR vs the reference and its 1σ error (None, None when not computed)."""
+    matched = summary.get("matched") or {}
+    return (matched.get("delta_llr") or {}).get(name), (matched.get("delta_llr_err") or {}).get(name)
+
+
+def strip_identity(reading: str) -> str:
+    """A set's reading without the repeated ``E_q[LLR] = KL(q||p_arch) - KL(q||p_obs) = `` prefix (said once)."""
+    prefix = "E_q[LLR] = KL(q||p_arch) - KL(q||p_obs) = "
+    if reading.startswith(prefix):
+        return "mean LLR " + reading[len(prefix):]
+    return reading
+
+
 def multi_pair(summary: dict) -> bool:
     """Whether the comparison has more than one model pair (so its model variance is measured)."""
     return (summary.get("model_pairs") or 1) > 1
@@ -55,11 +125,8 @@ def sky_split_rows(summary: dict) -> tuple[list[tuple[str, list[str] | str]], li
         (rows, footnotes): rows are ``(set label, cells)`` with the 6 cells after the set
         name, or ``(set label, mark)`` for the whole row; no rows when no set has a sky split.
     """
-    letters: dict[str, str] = {}
-
-    def mark(reason: str) -> str:
-        letters.setdefault(reason, "abcdefghijklmnopqrstuvwxyz"[len(letters) % 26])
-        return f"({letters[reason]})"
+    notes = Footnotes()
+    mark = notes.mark
 
     rows: list[tuple[str, list[str] | str]] = []
     for name in summary["ranking"]:
@@ -87,4 +154,4 @@ def sky_split_rows(summary: dict) -> tuple[list[tuple[str, list[str] | str]], li
             cell("auroc_sky_vs_reference", lambda v: fmt(v, 3)),
             cell("auroc_rest_vs_reference", lambda v: fmt(v, 3)),
         ]))
-    return rows, [f"({letter}) {reason}" for reason, letter in letters.items()]
+    return rows, notes.lines()

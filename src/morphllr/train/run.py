@@ -35,7 +35,7 @@ from morphllr.data.inputs import open_images, validate_source
 from morphllr.errors import MorphllrError
 from morphllr.model.heads import bits_per_dim, is_discrete_head
 from morphllr.model.io import save_model
-from morphllr.model.pixelcnn import PRESETS, PixelCNN, PixelCNNConfig
+from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN, PixelCNNConfig
 from morphllr.score import log_likelihood, record_training_domain
 from morphllr.train.augment import parse_augment
 from morphllr.train.batches import ImageDataModule, read_in_chunks, split_indices
@@ -68,7 +68,7 @@ def build_config(preset: str | PixelCNNConfig | dict = "zanisi21", *, shape: Seq
     """A network config from a preset, fitted to the data's (C, H, W), with overrides.
 
     Args:
-        preset: name in ``morphllr.model.pixelcnn.PRESETS``, a config or a dict.
+        preset: name in ``morphllr.model.pixelcnn.NETWORK_PRESETS``, a config or a dict.
         shape: (N, C, H, W) of the training images (sets in_channels/height/width).
         overrides: config fields to change (None values are ignored).
 
@@ -79,10 +79,10 @@ def build_config(preset: str | PixelCNNConfig | dict = "zanisi21", *, shape: Seq
         base = preset
     elif isinstance(preset, dict):
         base = PixelCNNConfig.from_dict(preset)
-    elif preset in PRESETS:
-        base = PRESETS[preset]
+    elif preset in NETWORK_PRESETS:
+        base = NETWORK_PRESETS[preset]
     else:
-        raise MorphllrError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise MorphllrError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(NETWORK_PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     if shape is not None:
         changes.update(in_channels=int(shape[1]), height=int(shape[2]), width=int(shape[3]))
