@@ -24,3 +24,39 @@ def one_error(text: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def run_in_process(argv) -> tuple[int, str, str]:
+    """``morphllr ARGV`` in this process without capsys (usable in module-scoped fixtures): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code
+        else:  # main always exits
+            code = "returned"
+    return (code if isinstance(code, int) else 0 if code is None else 1), out.getvalue(), err.getvalue()
+
+
+def synth_and_compare(folder, sims: dict, obs, arch, gallery: int = 2, n_reference: int = 40, n_sim: int = 20):
+    """A small real report: ``morphllr synth`` (observed-test + the sets ``sims`` = {label: synth set}), then
+    ``morphllr compare`` of them against SDSS=observed-test into ``folder/report``.
+
+    Returns:
+        (report folder, compare's stdout, compare's stderr, the universe folder).
+    """
+    universe = folder / "universe"
+    code, out, err = run_in_process(["synth", "--out", universe, "--n-test", n_reference, "--n-sim", n_sim,
+                                     "--sets", "observed-test," + ",".join(sims.values()), "--workers", "1"])
+    assert code == 0, out + err
+    code, out, err = run_in_process(["compare", "--obs", obs, "--arch", arch,
+                                     "--reference", f"SDSS={universe / 'observed-test.h5'}",
+                                     *[f"{name}={universe / (s + '.h5')}" for name, s in sims.items()],
+                                     "--out", folder / "report", "--bootstrap", "50", "--gallery", gallery,
+                                     "--threads", "1"])
+    assert code == 0, out + err
+    return folder / "report", out, err, universe

@@ -631,3 +631,34 @@ def test_pooled_sky_ratio_interval_and_the_share_rule(monkeypatch):
     assert stats.share_of_mean(part, total) == pytest.approx(part.mean() / total.mean(), rel=1e-12)
     centred = total - total.mean() + 0.01  # mean 0.01, standard error 0.1
     assert np.isnan(stats.share_of_mean(part, centred))
+
+
+def test_names_sharing_a_file_name_are_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    """Names equal once made file names (A.1 / A_1, TNG/50 / TNG_50) would overwrite each other's figures;
+    empty or space-padded names would fail only after scoring: all refused up front."""
+    from clitools import cli, one_error
+
+    import morphllr.comparison.run as run
+    from morphllr.comparison.sets import check_names
+
+    for a, b in [("A.1", "A_1"), ("A 1", "A.1"), ("TNG/50", "TNG_50")]:
+        with pytest.raises(MorphllrError, match="rename one") as err:
+            check_names(["ref", a, b])
+        assert repr(a) in str(err.value) and repr(b) in str(err.value)
+    for bad in ["", "  ", " TNG50", "TNG50 "]:
+        with pytest.raises(MorphllrError, match="set name"):
+            check_names(["ref", bad])
+    check_names(["ref", "A-1", "A_1", "A1"])  # distinct file names
+    monkeypatch.setattr(run, "score_all", lambda *a, **k: pytest.fail("scored before the names were checked"))
+    rng = np.random.default_rng(5)
+    good = _write_set(tmp_path / "good.h5", _images(4, 1.0, rng), _catalog(4, rng))
+    obs, arch = _models()
+    with pytest.raises(MorphllrError, match="'A.1' and 'A_1'"):
+        compare(obs, arch, reference=("ref", good), sets={"A.1": good, "A_1": good}, out=tmp_path / "r")
+    with pytest.raises(MorphllrError, match="space"):
+        compare(obs, arch, reference=("ref", good), sets={"sim ": good})
+    code, text = cli(["compare", "--obs", tmp_path / "obs", "--arch", tmp_path / "arch", "--reference",
+                      f"SDSS={good}", f"TNG/50={good}", f"TNG_50={good}", "--out", tmp_path / "r"], capsys)
+    assert code == 2
+    one_error(text, "'TNG/50' and 'TNG_50'", "rename one")
+    assert not (tmp_path / "r").exists()

@@ -194,6 +194,16 @@ def test_a_bare_array_is_unknown_and_not_left_out(left_out):
     assert any(n.startswith("bare: no record of which images show a central source") for n in summary["notes"])
 
 
+def test_figure_notes_are_recorded_without_the_report(left_out):
+    """report=False still writes report_data.h5, so a later --figures-only redraw needs the figures' notes."""
+    from morphllr.comparison.figure_data import figure_notes
+    from morphllr.comparison.summary import merge_notes
+
+    result, summary, _, _ = left_out
+    expected = merge_notes(figure_notes(result.sets), result.sets)
+    assert expected and set(expected) <= set(summary["notes"]), summary["notes"]
+
+
 def test_no_note_about_unknown_sets_when_no_set_has_empty_frames(sets, tmp_path):
     _, summary, _, texts = _run(sets, tmp_path / "clean", names=("bare",), reference="galaxies")
     assert summary["sets"]["bare"]["n_no_central"] is None and summary["sets"]["galaxies"]["n_no_central"] == 0

@@ -7,9 +7,7 @@ name holds an underscore, which LaTeX must see escaped.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import re
 import shutil
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 
 import morphllr
-from morphllr.cli import main
+from clitools import run_in_process, synth_and_compare
 
 PRETRAINED = Path(morphllr.__file__).resolve().parent / "pretrained"
 N_REFERENCE, N_SIM, GALLERY = 40, 20, 2
@@ -29,32 +27,14 @@ SIMS = {"good_sim": "sim-good", "smooth": "sim-smooth"}
 pytestmark = pytest.mark.timeout(300)
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    """``morphllr ARGV`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-        else:
-            code = "returned"
-    return (code if isinstance(code, int) else 0 if code is None else 1), out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """(report folder, summary.json as parsed, universe folder)."""
     folder = tmp_path_factory.mktemp("publication")
-    code, out, err = _run(["synth", "--out", folder / "universe", "--n-test", N_REFERENCE, "--n-sim", N_SIM,
-                           "--sets", "observed-test," + ",".join(SIMS.values()), "--workers", "1"])
-    assert code == 0, out + err
-    universe = folder / "universe"
-    code, out, err = _run(["compare", "--obs", PRETRAINED / "obs" / "seed0", "--arch", PRETRAINED / "arch" / "seed0",
-                           "--reference", f"SDSS={universe / 'observed-test.h5'}",
-                           *[f"{name}={universe / (set_name + '.h5')}" for name, set_name in SIMS.items()],
-                           "--out", folder / "report", "--bootstrap", "50", "--gallery", GALLERY, "--threads", "1"])
-    assert code == 0, out + err
+    report_dir, out, err, universe = synth_and_compare(folder, SIMS, PRETRAINED / "obs" / "seed0", PRETRAINED / "arch" / "seed0",
+                                                       gallery=GALLERY, n_reference=N_REFERENCE, n_sim=N_SIM)
     summary = json.loads((folder / "report" / "summary.json").read_text())
     return folder / "report", summary, universe
 
@@ -146,7 +126,7 @@ def test_figures_only_redraws_the_same_report_and_leaves_the_rest(report, tmp_pa
     before = _snapshot(copy)
     (copy / "figures" / "llr_histograms.png").unlink()  # a lost figure comes back
     (copy / "index.html").write_text("stale")
-    code, stdout, err = _run(["compare", "--figures-only", copy])
+    code, stdout, err = run_in_process(["compare", "--figures-only", copy])
     assert code == 0, stdout + err
     after = _snapshot(copy)
     assert set(after) == set(before)  # the same files, no temporary left behind
@@ -168,16 +148,16 @@ def test_figures_only_refuses_a_folder_without_its_files(report, tmp_path):
     shutil.copytree(out, copy)
     (copy / "report_data.h5").unlink()
     before = _snapshot(copy)
-    code, stdout, err = _run(["compare", "--figures-only", copy])
+    code, stdout, err = run_in_process(["compare", "--figures-only", copy])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
     assert "report_data.h5" in lines[0] and "morphllr compare" in lines[0]
     assert _snapshot(copy) == before  # nothing written
     # models or sets with --figures-only: refused too, naming what to drop
-    code, _, err = _run(["compare", "--figures-only", out, "--obs", PRETRAINED / "obs" / "seed0"])
+    code, _, err = run_in_process(["compare", "--figures-only", out, "--obs", PRETRAINED / "obs" / "seed0"])
     assert code == 2 and err.startswith("error:") and "--obs" in err
     # without --figures-only the models are required
-    code, _, err = _run(["compare", "--out", tmp_path / "new", "--reference", f"SDSS={universe / 'observed-test.h5'}"])
+    code, _, err = run_in_process(["compare", "--out", tmp_path / "new", "--reference", f"SDSS={universe / 'observed-test.h5'}"])
     assert code == 2 and err.startswith("error:") and "--obs" in err and not (tmp_path / "new").exists()
 
 

@@ -9,7 +9,6 @@ ensemble.  Sets under 30 images fire the small-set guard, so the warnings path i
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import hashlib
 import io
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 
 import morphllr
-from morphllr.cli import main
+from clitools import synth_and_compare
 
 PRETRAINED = Path(morphllr.__file__).resolve().parent / "pretrained"
 N_REFERENCE, N_SIM = 40, 20
@@ -30,17 +29,6 @@ SIMS = {"good": "sim-good", "smooth": "sim-smooth"}
 pytestmark = pytest.mark.timeout(300)
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    """``morphllr ARGV`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-        else:  # main always exits
-            code = "returned"
-    return (code if isinstance(code, int) else 0 if code is None else 1), out.getvalue(), err.getvalue()
 
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -103,15 +91,8 @@ class _Page(HTMLParser):
 def report(tmp_path_factory):
     """(report folder, summary.json, parsed index.html, stderr of compare)."""
     folder = tmp_path_factory.mktemp("report")
-    code, out, err = _run(["synth", "--out", folder / "universe", "--n-test", N_REFERENCE, "--n-sim", N_SIM,
-                           "--sets", "observed-test," + ",".join(SIMS.values()), "--workers", "1"])
-    assert code == 0, out + err
-    universe = folder / "universe"
-    code, out, err = _run(["compare", "--obs", PRETRAINED / "obs" / "seed0", "--arch", PRETRAINED / "arch" / "seed0",
-                           "--reference", f"SDSS={universe / 'observed-test.h5'}",
-                           *[f"{name}={universe / (set_name + '.h5')}" for name, set_name in SIMS.items()],
-                           "--out", folder / "report", "--bootstrap", "50", "--gallery", "2", "--threads", "1"])
-    assert code == 0, out + err
+    report_dir, out, err, universe = synth_and_compare(folder, SIMS, PRETRAINED / "obs" / "seed0", PRETRAINED / "arch" / "seed0",
+                                                       n_reference=N_REFERENCE, n_sim=N_SIM)
     page = _Page()
     page.feed((folder / "report" / "index.html").read_text(encoding="utf-8"))
     summary = json.loads((folder / "report" / "summary.json").read_text())

@@ -11,9 +11,7 @@ no cell shows an unexplained empty value ("– ± –" or a bare "–").
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import morphllr
-from morphllr.cli import main
+from clitools import synth_and_compare
 
 PRETRAINED = Path(morphllr.__file__).resolve().parent / "pretrained"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -88,32 +86,13 @@ def _browser_check(page: Path, tmp_path: Path, width: int = 1280, height: int = 
     return json.loads(html.unescape(found.group(1)))
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    """``morphllr ARGV`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-        else:
-            code = "returned"
-    return (code if isinstance(code, int) else 0 if code is None else 1), out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """(report folder, summary.json, compare's stdout): one compare run with both shipped ensembles."""
     folder = tmp_path_factory.mktemp("browser")
-    code, out, err = _run(["synth", "--out", folder / "universe", "--n-test", 40, "--n-sim", 20,
-                           "--sets", "observed-test," + ",".join(SIMS.values()), "--workers", "1"])
-    assert code == 0, out + err
-    universe = folder / "universe"
-    code, out, err = _run(["compare", "--obs", PRETRAINED / "obs", "--arch", PRETRAINED / "arch",
-                           "--reference", f"SDSS={universe / 'observed-test.h5'}",
-                           *[f"{name}={universe / (set_name + '.h5')}" for name, set_name in SIMS.items()],
-                           "--out", folder / "report", "--bootstrap", "50", "--gallery", "2", "--threads", "1"])
-    assert code == 0, out + err
+    report_dir, out, err, universe = synth_and_compare(folder, SIMS, PRETRAINED / "obs", PRETRAINED / "arch")
     return folder / "report", json.loads((folder / "report" / "summary.json").read_text()), out
 
 
@@ -262,3 +241,61 @@ def test_an_empty_value_is_explained_once_on_the_page_and_in_the_terminal(report
     assert "[nats/image]" in text and "– ± –" not in text
     mark = re.search(r"– \(([a-z])\)", text)
     assert mark and text.count(f"({mark.group(1)}) not computed: {reason}") == 1
+
+
+def _summary_items(page: str) -> list[str]:
+    """The summary list's items as text."""
+    section = page[page.index("<section id='summary'>"):page.index("</section>", page.index("<section id='summary'>"))]
+    return [re.sub(r"<[^>]+>", "", item) for item in re.findall(r"<li>(.*?)</li>", section, re.S)]
+
+
+def test_the_domain_sentence_names_the_guards_not_judged(report):
+    """A set without sizes (or sky) is not "inside" on those guards: the summary says which were not judged."""
+    from morphllr.report.html import domain_findings, render_html
+
+    out, summary, _ = report
+    summary = json.loads(json.dumps(summary))
+    name = [n for n in summary["ranking"] if n != summary["reference"]][0]
+    domain = summary["sets"][name]["domain"]
+    assert domain, "the shipped models record their training domain"
+    domain["size_re"] = domain["size_area"] = None  # no central-source mask, no half-light radius
+    not_judged = [label for label, status, *_ in domain_findings(summary, name) if status is None]
+    assert "galaxy size" in not_judged
+    sentence = next(x for x in _summary_items(render_html(summary, [], out / "figures", summary["notes"]))
+                    if "training domain" in x)
+    assert f"not judged: {name} ({', '.join(not_judged)})" in sentence, sentence
+    assert "(sky, whole-image bits/dim, galaxy sizes)" not in sentence
+    if not sentence.startswith("Outside"):
+        assert "inside the models' training domain on every guard judged" in sentence, sentence
+
+
+def test_nan_values_and_intervals_are_footnoted_and_the_files_line_is_complete(report):
+    """NaN means and [None, None] / [NaN, x] intervals read as "– (a)" with a footnote, never "[–, –]"."""
+    from rich.console import Console
+
+    from morphllr.report.formatting import Footnotes, value_or_empty
+    from morphllr.report.html import render_html
+    from morphllr.report.terminal import print_ranking
+
+    notes = Footnotes()
+    for value in (None, float("nan"), [None, None], [float("nan"), 1.0], (1.0, float("inf"))):
+        assert value_or_empty(value, str, "not computed", notes) == "– (a)", value
+    assert value_or_empty([1.0, 2.0], lambda v: f"[{v[0]}, {v[1]}]", "x", notes) == "[1.0, 2.0]"
+    out, summary, _ = report
+    summary = json.loads(json.dumps(summary))
+    for name in summary["ranking"][:2]:  # the reference among them
+        summary["sets"][name].update(mean_llr=float("nan"), ci95=[None, None])
+    page = render_html(summary, [], out / "figures", summary["notes"])
+    assert "[–, –]" not in page and "– –" not in page
+    reference = next(x for x in _summary_items(page) if x.startswith("Reference"))
+    assert "mean LLR not computed, 95 % interval not computed" in reference, reference
+    for block in list(_details_blocks(page).values())[:2]:
+        heading = re.search(r"<summary>(.*?)</summary>", block, re.S).group(1)
+        mark = re.search(r"mean LLR – \(([a-z])\) – \(\1\)", heading)
+        assert mark, heading
+        assert f"({mark.group(1)}) not computed" in block
+    files = page[page.index("<p>Files:"):]
+    assert "ranking.tex" in files and "report_data.h5" in files
+    console = Console(record=True, width=120)
+    print_ranking(summary, console)
+    assert "[–, –]" not in console.export_text() and "[nan" not in console.export_text()

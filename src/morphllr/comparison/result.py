@@ -269,6 +269,20 @@ def summary_row(summary: dict, name: str, keys: Iterable[str] = SUMMARY_COLUMNS)
     e.update({k: v for k, v in (e.get("sky") or {}).items() if k in keys})
     return {k: e.get(k) for k in keys}
 
+
+def name_slug(name: str) -> str:
+    """A set name as it appears in file names and HTML ids: every character but letters, digits, - and _ as _
+    (:func:`morphllr.comparison.sets.check_names` refuses names that share one)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def stability_delta(entry: dict) -> tuple[float | None, float | None]:
+    """The ΔLLR vs the reference that the stability rule judges, and its galaxy error (paired when shared)."""
+    if entry.get("delta_llr_pairing") == "paired":
+        return entry.get("delta_llr_paired"), entry.get("delta_llr_paired_err")
+    return entry.get("delta_llr"), entry.get("delta_llr_err")
+
+
 #: units of the per-image columns in :meth:`CompareResult.scores_table` (``logp``: every per-member column
 #: ``logp_obs_NAME`` / ``logp_arch_NAME``); ``nat`` is 1 / ln 2 bit, ``bit`` of bits/dim is per dimension
 SCORE_UNITS = {"logp": "nat", "logp_obs": "nat", "logp_arch": "nat", "llr": "nat", "llr_segmap": "nat",

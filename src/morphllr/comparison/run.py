@@ -191,8 +191,8 @@ def compare(obs: Any, arch: Any, reference: tuple[str, Any], sets: dict[str, Any
 def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], reference: str, *, out,
                  rotations: int, maps: str, batch_size: int, gallery_size: int, n_boot: int, matched_draws: int,
                  seed: int, overwrite: bool, progress: bool, report: bool,
-                 group_col: str | None, central: dict | None = None,
-                 keep_no_central: bool = True) -> CompareResult | None:
+                 group_col: str | None, keep_no_central: bool,
+                 central: dict | None = None) -> CompareResult | None:
     """One rank of :func:`compare`: score its shards; rank 0 gathers, re-scores the gallery and writes."""
     obs_model = obs_side.members[0]
     t0 = time.perf_counter()
@@ -224,7 +224,9 @@ def _compare_job(ctx, obs_side: Side, arch_side: Side, opened: list[OpenedSet], 
                        sources={s.name: s.label for s in opened}, rotations=rotations, timing=timing)
         guards(results, reference, summary, notes, obs_side, arch_side, tuple(opened[0].source.shape[1:]))
         if folder is not None:  # what the files will say about themselves, before any is written
-            notes += parquet_note() + (figure_notes(results) if report else [])
+            # figure notes with or without the report: report_data.h5 is written either way, and a later
+            # --figures-only redraw shows these notes with the figures they describe
+            notes += parquet_note() + figure_notes(results)
         # the notes added since the first merge fold too; summary.json and the report show this one list
         summary["notes"] = notes = merge_notes(notes, results)
         timing["processes"] = ctx.world

@@ -311,9 +311,8 @@ def _progress(show: bool, total: int) -> Iterator[Callable[[int, str], None]]:
 
 
 def score_all(opened: list[OpenedSet], scorers: tuple[SideScorer, SideScorer], maps_folder: Path | None, *,
-              batch_size: int, rotations: int, progress: bool, seed: int, ctx=None,
-              gather_maps: bool = False, central: dict | None = None,
-              keep_no_central: bool = True) -> dict[str, SetResult]:
+              batch_size: int, rotations: int, progress: bool, seed: int, keep_no_central: bool, ctx=None,
+              gather_maps: bool = False, central: dict | None = None) -> dict[str, SetResult]:
     """Stream every set through both models (one progress bar over all images; rank 0 only).
 
     ``central``: set name -> ``(flags, where from)`` of :func:`morphllr.comparison.sets.central_flags` (True:

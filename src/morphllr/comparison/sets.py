@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from morphllr.comparison.models import check_prep, config_value
+from morphllr.comparison.result import name_slug
 from morphllr.data.pixels import OpenedSet
 from morphllr.data.inputs import open_images
 from morphllr.errors import MorphllrError
@@ -125,14 +126,27 @@ def check_central(s: OpenedSet, central: np.ndarray | None, keep_no_central: boo
 
 
 def check_names(names: Iterable[str]) -> None:
-    """Refuse set labels that are empty, repeated or would break the CSV and HTML outputs."""
-    seen: set[str] = set()
+    """Refuse set labels that are empty, padded with spaces, repeated, equal once made file names
+    (:func:`~morphllr.comparison.result.name_slug`: ``A.1`` and ``A_1``), or would break the CSV and HTML outputs.
+
+    Every output keys on the name (figure files, ``report_data.h5`` and ``summary.json`` entries, ``scores.csv``
+    rows), so these are refused before anything is scored.
+    """
+    seen: dict[str, str] = {}
     for name in names:
-        if not name or any(c in name for c in ",\n\"<>&"):
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in ",\n\"<>&"):
             raise MorphllrError(f"set name {name!r}: use a short label without commas, quotes or <>&, e.g. TNG50")
-        if name in seen:
+        if name != name.strip():
+            raise MorphllrError(f"set name {name!r}: starts or ends with a space; write it as {name.strip()!r}")
+        if name in seen.values():
             raise MorphllrError(f"set name {name!r} is used twice; give every set its own NAME=")
-        seen.add(name)
+        slug = name_slug(name)
+        if slug in seen:
+            raise MorphllrError(
+                f"set names {seen[slug]!r} and {name!r} differ only in characters other than letters, digits, - "
+                f"and _, so both sets' figures would be written as gallery_{slug}.png (and profile_, pixel_maps_) "
+                "and one would overwrite the other; rename one of them")
+        seen[slug] = name
 
 
 @contextlib.contextmanager

@@ -140,8 +140,10 @@ def ranking_latex_table(summary: dict):
     """The page's ranking table as an astropy Table ready for ``ascii.latex``: numbers rounded, units in the names.
 
     Columns (best first, the reference marked): rank, set, N, mean LLR and its 95 % interval, median,
-    ΔLLR vs the reference ± error, matched ΔLLR ± error (when measured), model σ and "survives retraining"
-    (with more than one model pair), AUROC and KS vs the reference, outliers [%], masked share [%] and mean LLR
+    ΔLLR vs the reference ± error (with more than one model pair the ones the survival rule judges,
+    :func:`~morphllr.comparison.result.stability_delta`: paired where the set shares galaxies with the
+    reference), matched ΔLLR ± error (when measured), model σ and "survives retraining" (with more than one
+    model pair), AUROC and KS vs the reference, outliers [%], masked share [%] and mean LLR
     per unmasked pixel (when pixels are masked) and the number of warnings.  LLR columns share one number of
     decimals: two significant digits of the smallest error (the ΔLLR errors, the matched ΔLLR errors and half
     the width of each 95 % interval); AUROC and KS get 3, percentages 2 (outliers) or 1 (masked share).
@@ -151,7 +153,7 @@ def ranking_latex_table(summary: dict):
     """
     from astropy.table import MaskedColumn, Table
 
-    from morphllr.comparison.result import summary_row
+    from morphllr.comparison.result import stability_delta, summary_row
 
     names = list(summary["ranking"])
     keys = ["n", "mean_llr", "ci95_lo", "ci95_hi", "median_llr", "delta_llr", "delta_llr_err", "matched_delta_llr",
@@ -161,6 +163,9 @@ def ranking_latex_table(summary: dict):
     entries = [summary["sets"][name] for name in names]
     reference = summary["reference"]
     multi = (summary.get("model_pairs") or 1) > 1
+    if multi:  # the ΔLLR the survival rule judges: paired over the shared galaxies where the sets share them
+        for r, e in zip(rows, entries):
+            r["delta_llr"], r["delta_llr_err"] = stability_delta(e)
     masked = any((e.get("masked_share") or 0) > 0 for e in entries)
     matched = any(r["matched_delta_llr"] is not None for r in rows)
     nats = ["mean_llr", "ci95_lo", "ci95_hi", "median_llr", "delta_llr", "delta_llr_err", "matched_delta_llr",
@@ -212,25 +217,37 @@ def ranking_latex_table(summary: dict):
     return table, formats, d_nat
 
 
-def ranking_caption(summary: dict, decimals: int) -> str:
-    """The caption of ranking.tex (LaTeX): what each column is, in which unit, and how it was rounded."""
+def ranking_caption(summary: dict, decimals: int, empty: bool = False) -> str:
+    """The caption of ranking.tex (LaTeX): what each column is, in which unit, and how it was rounded
+    (``empty``: the table has an empty number cell)."""
     ref = latex_escape(summary["reference"])
     multi = (summary.get("model_pairs") or 1) > 1
     masked = any((summary["sets"][n].get("masked_share") or 0) > 0 for n in summary["ranking"])
     threshold = summary.get("outlier_threshold_llr")
+    paired = [n for n in summary["ranking"] if multi and summary["sets"][n].get("delta_llr_pairing") == "paired"]
     parts = [
         "Image sets ranked by their mean log-likelihood ratio LLR = $\\log p_{\\rm obs} - \\log p_{\\rm arch}$ "
         "(nats per image; higher = closer to the observed galaxies), most realistic first; reference (held-out "
         f"observed galaxies): {ref}. 95\\% low/high: bootstrap interval of the mean. $\\Delta$LLR: mean LLR of the "
-        "set minus the reference's, with its bootstrap error $\\sigma_{\\Delta}$.",
+        "set minus the reference's, with its bootstrap error $\\sigma_{\\Delta}$"
+        + (" (paired where the sets share galaxies: for " + latex_escape(", ".join(paired)) + " the mean difference "
+           "over the galaxies shown in both, as the survival rule below judges it)" if paired else "") + ".",
     ]
+    dropped = [(n, summary["sets"][n]) for n in summary["ranking"] if summary["sets"][n].get("no_central_excluded")]
+    if dropped:
+        parts.append("$N$ excludes the images without a central source (empty or off-centre frames, listed in "
+                     "summary.json): " + latex_escape(", ".join(f"{n} {e.get('n_no_central')} of {e.get('n_images')}"
+                                                                for n, e in dropped)) + ".")
     if any((summary.get("matched") or {}).get("delta_llr") or {}):
         parts.append("Matched: the same, drawing equal numbers of galaxies per cell of a grid of "
                      + latex_escape(", ".join((summary["matched"].get("properties") or {}).values())) + ".")
     if multi:
         parts.append(f"Model $\\sigma$: spread of $\\Delta$LLR over the {summary.get('model_pairs')} model pairs; "
                      "survives retraining: $|\\Delta{\\rm LLR}| \\geq 2\\sqrt{\\sigma_\\Delta^2 + \\sigma^2}$ and "
-                     "the same sign under at least 95\\% of the pairs.")
+                     "the same sign under at least 95\\% of the pairs"
+                     + ("; an empty cell: not measured for that set." if any(
+                         summary["sets"][n].get("stable") is None for n in summary["ranking"]
+                         if n != summary["reference"]) else "."))
     else:
         parts.append("One model pair: the intervals cover galaxy sampling only (model variance not measured).")
     parts.append("AUROC and KS: against the reference's LLRs. Outliers: share of the set below the reference's "
@@ -238,8 +255,14 @@ def ranking_caption(summary: dict, decimals: int) -> str:
                  + ". Warnings: how many of morphllr's warnings the set has (listed in the report's index.html and "
                  "summary.json); read them before quoting its numbers.")
     step = f"{10.0 ** -decimals:.{decimals}f}"
-    parts.append(f"LLRs rounded to the nearest {step} nat (two significant digits of the smallest error)"
-                 + ("; the LLR per unmasked pixel to three significant digits." if masked else "."))
+    per_pixel = ""
+    if masked:
+        d_pix = _decimals_for_value([summary["sets"][n].get("mean_llr_per_pixel") for n in summary["ranking"]])
+        per_pixel = (f"; the LLR per unmasked pixel to the nearest {10.0 ** -d_pix:.{d_pix}f} nat (three "
+                     "significant digits of the largest value)")
+    parts.append(f"LLRs rounded to the nearest {step} nat (two significant digits of the smallest error){per_pixel}.")
+    if empty:
+        parts.append("An empty number cell: not computed (summary.json says why).")
     return " ".join(parts)
 
 
@@ -251,7 +274,9 @@ def write_ranking_tex(summary: dict, path: Path) -> None:
 
     table, formats, decimals = ranking_latex_table(summary)
     latexdict = {"tabletype": "table*", "tablealign": "htbp", "preamble": "\\centering",
-                 "caption": ranking_caption(summary, decimals), "header_start": "\\hline\\hline",
+                 "caption": ranking_caption(summary, decimals, empty=any(
+                     bool(np.any(getattr(table[c], "mask", False))) for c in table.colnames)),
+                 "header_start": "\\hline\\hline",
                  "header_end": "\\hline", "data_end": "\\hline", "tablefoot": "\\label{tab:morphllr-ranking}",
                  "col_align": "rl" + "r" * (len(table.colnames) - 2)}
     table.write(path, format="ascii.latex", latexdict=latexdict, formats=formats, overwrite=True,

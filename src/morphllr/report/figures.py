@@ -24,7 +24,7 @@ import numpy as np
 
 from morphllr.comparison.figure_data import profiles_in_re, relation_points
 from morphllr.comparison.report_data import ReportInputs
-from morphllr.report.formatting import stability_delta
+from morphllr.comparison.result import name_slug, stability_delta
 
 _CMAP_LLR = "RdBu"  # blue = more likely under p_obs (realistic), red = more likely under p_arch
 #: the page's section of the stability figure (placed inside the stability section of index.html)
@@ -432,7 +432,8 @@ def plot_galleries(result, figs: Figures, only: str | None = None) -> None:
 
 
 def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    """A set name in file names (:func:`morphllr.comparison.result.name_slug`; compare refuses names sharing one)."""
+    return name_slug(name)
 
 
 def draw_figures(result, folder: Path) -> Figures:

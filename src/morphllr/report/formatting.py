@@ -7,9 +7,19 @@ from typing import Any, Callable
 import numpy as np
 
 
+def missing(value: Any) -> bool:
+    """Whether a value has nothing to show: None, a non-finite number, or an interval (list, tuple, array)
+    that is empty or has such an end."""
+    if value is None:
+        return True
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return len(value) == 0 or any(missing(v) for v in value)
+    return isinstance(value, (float, np.floating)) and not np.isfinite(value)
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A number with ``digits`` significant digits, an integer as such, "–" for None or non-finite."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
         return "–"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
@@ -47,17 +57,18 @@ class Footnotes:
 
 
 def value_or_empty(value: Any, text: Callable[[Any], str], reason: str, notes: Footnotes) -> str:
-    """``text(value)``, or ``– (a)`` with ``reason`` as footnote (a) when the value is None or not finite."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    """``text(value)``, or ``– (a)`` with ``reason`` as footnote (a) when the value is :func:`missing` (None, not
+    finite, or an interval with such an end)."""
+    if missing(value):
         return notes.empty(reason)
     return text(value)
 
 
 def plus_minus(value: Any, error: Any, reason: str, notes: Footnotes, digits: int = 4) -> str:
     """``value ± error`` (1σ), or ``– (a)`` with the reason as footnote when the value is missing."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    if missing(value):
         return notes.empty(reason)
-    if error is None or (isinstance(error, float) and not np.isfinite(error)):
+    if missing(error):
         return fmt(value, digits)
     return f"{fmt(value, digits)} ± {fmt(error, 2)}"
 
@@ -89,13 +100,6 @@ def strip_identity(reading: str) -> str:
 def multi_pair(summary: dict) -> bool:
     """Whether the comparison has more than one model pair (so its model variance is measured)."""
     return (summary.get("model_pairs") or 1) > 1
-
-
-def stability_delta(entry: dict) -> tuple[float | None, float | None]:
-    """The ΔLLR vs the reference that the stability rule judges, and its galaxy error (paired when shared)."""
-    if entry.get("delta_llr_pairing") == "paired":
-        return entry.get("delta_llr_paired"), entry.get("delta_llr_paired_err")
-    return entry.get("delta_llr"), entry.get("delta_llr_err")
 
 
 def stability_mark(entry: dict, is_reference: bool) -> str:
@@ -144,7 +148,7 @@ def sky_split_rows(summary: dict) -> tuple[list[tuple[str, list[str] | str]], li
 
         def cell(key: str, text: Callable[[Any], str]) -> str:
             value = sky.get(key)
-            return text(value) if value is not None else f"– {mark(why.get(key, 'not computable'))}"
+            return text(value) if not missing(value) else f"– {mark(why.get(key, 'not computable'))}"
 
         rows.append((label, [
             cell("llr_per_sky_pixel", lambda v: fmt(v, 3)),

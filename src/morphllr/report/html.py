@@ -29,9 +29,10 @@ import math
 from pathlib import Path, PurePath
 from typing import Any, Sequence
 
+from morphllr.comparison.result import stability_delta
 from morphllr.report.figures import STABILITY_SECTION, _slug, draw_figures
 from morphllr.report.formatting import (MARK_LEGEND, PER_IMAGE, PER_PIXEL, Footnotes, fmt, matched_delta,
-                                        matched_reason, multi_pair, plus_minus, sky_split_rows, stability_delta,
+                                        matched_reason, missing, multi_pair, plus_minus, sky_split_rows,
                                         stability_mark, strip_identity, value_or_empty)
 
 #: the unit in sentences (headers give PER_IMAGE)
@@ -130,9 +131,12 @@ def _against_reference(entry: dict) -> str:
 def _ranking_words(summary: dict, ids: dict[str, str]) -> str:
     ref = summary["reference"]
     r = summary["sets"][ref]
-    ci = r.get("ci95") or [None, None]
-    ref_text = (f"Reference <b>{_e(ref)}</b> (held-out observed galaxies): mean LLR {fmt(r['mean_llr'])} "
-                f"{PER_IMAGE_WORDS}, 95 % interval [{fmt(ci[0])}, {fmt(ci[1])}].")
+    ci = r.get("ci95")
+    # no footnotes in the summary: a value not computed is said so in words, never "[–, –]"
+    mean = "not computed" if missing(r.get("mean_llr")) else f"{fmt(r['mean_llr'])} {PER_IMAGE_WORDS}"
+    interval = "not computed" if missing(ci) else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    ref_text = (f"Reference <b>{_e(ref)}</b> (held-out observed galaxies): mean LLR {mean}, "
+                f"95 % interval {interval}.")
     others = _others(summary)
 
     def link(name: str) -> str:
@@ -163,10 +167,12 @@ def _matched_words(summary: dict) -> str:
     left_out = f"; not matched: {_e(', '.join(missing))}" if missing else ""
     if order == names:
         return (f"{head}: <b>the order survives</b> (matched ΔLLR vs the reference, {PER_IMAGE_WORDS}: "
-                f"{values}){left_out}.")
+                f"{values}; the point estimates are compared, and differences within about 2σ are not significant "
+                f"either way){left_out}.")
     return (f"{head}: <b>the order changes</b> to {_e(' > '.join(order))} (matched ΔLLR vs the reference, "
-            f"{PER_IMAGE_WORDS}: {values}), so part of the unmatched order comes from the sets' different populations "
-            f"(differences within about 2σ are not significant either way){left_out}.")
+            f"{PER_IMAGE_WORDS}: {values}; the point estimates are compared), so part of the unmatched order comes "
+            f"from the sets' different populations (differences within about 2σ are not significant either "
+            f"way){left_out}.")
 
 
 def _retraining_words(summary: dict) -> str:
@@ -216,16 +222,24 @@ def _models_words(summary: dict) -> str:
 def _domain_words(summary: dict) -> str:
     names = summary["ranking"]
     unchecked = [n for n in names if not summary["sets"][n].get("domain")]
-    outside = {n: [f[0] for f in domain_findings(summary, n) if f[1] == "outside"] for n in names}
+    findings = {n: domain_findings(summary, n) for n in names if n not in unchecked}
+    outside = {n: [f[0] for f in v if f[1] == "outside"] for n, v in findings.items()}
     outside = {n: v for n, v in outside.items() if v}
+    # the guards a checked set could not be judged on (no sky mask, no sizes, ...)
+    not_judged = {n: [f[0] for f in v if f[1] is None] for n, v in findings.items()}
+    not_judged = {n: v for n, v in not_judged.items() if v}
     if len(unchecked) == len(names):
         return ("Training domain: <b>not checked</b>, the models record no training domain "
                 "(<a href='#domain-check'>domain check</a>).")
     if outside:
         text = "<b>Outside the models' training domain</b>: " + "; ".join(
             f"{_e(n)} ({_e(', '.join(v))})" for n, v in outside.items())
+    elif not_judged:
+        text = "Every checked set is inside the models' training domain on every guard judged"
     else:
         text = "Every checked set is inside the models' training domain (sky, whole-image bits/dim, galaxy sizes)"
+    if not_judged:
+        text += "; not judged: " + "; ".join(f"{_e(n)} ({_e(', '.join(v))})" for n, v in not_judged.items())
     if unchecked:
         text += f"; not checked: {_e(', '.join(unchecked))}"
     return text + " (<a href='#domain-check'>domain check</a>)."
@@ -263,8 +277,7 @@ def _ranking_table(summary: dict, ids: dict[str, str]) -> str:
         e = summary["sets"][name]
         is_ref = name == summary["reference"]
         ci = e.get("ci95")
-        interval = value_or_empty(ci if ci and all(_finite(v) for v in ci) else None,
-                                  lambda v: f"[{fmt(v[0])}, {fmt(v[1])}]", "not computed", notes)
+        interval = value_or_empty(ci, lambda v: f"[{fmt(v[0])}, {fmt(v[1])}]", "not computed", notes)
         delta = ("0 (reference)" if is_ref else
                  plus_minus(e.get("delta_llr"), e.get("delta_llr_err"), "not computed", notes))
         stab = ""
@@ -789,9 +802,10 @@ def _set_details(summary: dict, name: str, rank: int, sid: str, figures: list[tu
     own = e.get("warnings") or []
     warn = ("<p class='note'>⚠ " + "<br>⚠ ".join(_e(w) for w in own) + "</p>") if own else ""
     figs = "".join(_figure(figure_dir / f, caption) for _, f, caption in figures)
-    ci = e.get("ci95") or [None, None]
-    head = (f"<b>{_e(name)}</b>{' (reference)' if is_ref else ''}: rank {rank}, mean LLR {fmt(e.get('mean_llr'))} "
-            f"[{fmt(ci[0])}, {fmt(ci[1])}] {PER_IMAGE_WORDS}, {_e(e.get('verdict', ''))}"
+    mean = value_or_empty(e.get("mean_llr"), fmt, "not computed", notes)  # footnoted below, in the details
+    interval = value_or_empty(e.get("ci95"), lambda v: f"[{fmt(v[0])}, {fmt(v[1])}]", "not computed", notes)
+    head = (f"<b>{_e(name)}</b>{' (reference)' if is_ref else ''}: rank {rank}, mean LLR {mean} "
+            f"{interval} {PER_IMAGE_WORDS}, {_e(e.get('verdict', ''))}"
             + (f", ⚠ {len(own)} warning{'s' if len(own) > 1 else ''}" if own else ""))
     return (f"<details class='set' id='{sid}'><summary>{head}</summary>{warn}"
             f"<div class='kvs'>{tables}</div>" + "".join(f"<p>{t}</p>" for t in text) + _footnotes(notes)
@@ -901,7 +915,9 @@ def render_html(summary: dict, figures: list[tuple[str, str, str]], figure_dir: 
     parts.append(_HOW_TO_READ)
     parts.append("<p>Files: <code>scores.csv</code> / <code>scores.parquet</code> (one row per image), "
                  "<code>summary.json</code>, <code>summary.csv</code>, <code>mass_panels.csv</code> (when masses are "
-                 "known), <code>figures/</code>"
+                 "known), <code>ranking.tex</code> (the ranking as a LaTeX table), <code>report_data.h5</code> (what "
+                 "the figures draw beyond summary.json and scores.csv; <code>morphllr compare --figures-only</code> "
+                 "redraws the report from these files), <code>figures/</code>"
                  + (" (every figure as PNG and PDF)" if any(figure_dir.glob("*.pdf")) else "") + ".</p>")
     parts.append(_OPEN_TARGET + "</body></html>")
     return "\n".join(parts)
