@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from morphllr.comparison.maps import PROFILE_RE_EDGES
+from morphllr.comparison.result import catalog_columns, score_columns
 from morphllr.errors import MorphllrError
 
 #: the file's name in a compare output folder
@@ -124,8 +125,6 @@ class ReportInputs:
         """The same inputs from a :class:`~morphllr.comparison.result.CompareResult` in memory (no files)."""
         if isinstance(result, ReportInputs):
             return result
-        from morphllr.comparison.result import score_columns
-
         score_cols = score_columns(result.sets)
         sets = {name: _record(res, score_cols)[0] for name, res in result.sets.items()}
         summary = result.summary
@@ -207,14 +206,12 @@ def _catalog_record(res, score_cols: list[str]) -> list[dict]:
 
     ``score_cols``: the score columns of scores.csv (:func:`~morphllr.comparison.result.score_columns` of every
     set): a catalogue column of the same name is ``cat_NAME`` there."""
-    from morphllr.comparison.result import _catalog_columns
-
     catalog = res.catalog
     if catalog is None:
         return []
     taken = ["set", "id", *score_cols]
     kept = [c for c in catalog.colnames if catalog[c].ndim == 1 and c != "id"]
-    keys = list(_catalog_columns(catalog, taken))  # the names scores.csv gives them, in catalogue order
+    keys = list(catalog_columns(catalog, taken))  # the names scores.csv gives them, in catalogue order
     out = []
     for name, key in zip(kept, keys):
         if np.issubdtype(catalog[name].dtype, np.number):  # bool and text columns are no numbers to a figure
@@ -286,8 +283,6 @@ def write_report_data(result, path: str | Path) -> None:
         path: the file to write (inside compare's temporary output folder).
     """
     import h5py
-
-    from morphllr.comparison.result import score_columns
 
     score_cols = score_columns(result.sets)  # as scores.csv has them (tables.write_scores)
     order = _set_order(result.summary, result.sets)

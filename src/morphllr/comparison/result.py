@@ -197,7 +197,7 @@ SCORE_COLUMNS = ("set", "id", "logp_obs", "logp_arch", "llr", "llr_segmap", "llr
                  "central_source")
 
 
-def _catalog_columns(catalog: Any, taken: Iterable[str]) -> dict[str, np.ndarray]:
+def catalog_columns(catalog: Any, taken: Iterable[str]) -> dict[str, np.ndarray]:
     """1-D scalar catalogue columns to carry into scores.csv (renamed when they clash)."""
     if catalog is None:
         return {}
@@ -231,7 +231,7 @@ def image_rows(res: SetResult, score_cols: list[str]) -> dict[str, np.ndarray]:
             table[col] = np.full(n, np.nan) if res.central is None else np.asarray(res.central, np.float64)
         else:
             table[col] = res.scores.get(col, np.full(n, np.nan))
-    table.update(_catalog_columns(res.catalog, list(table)))
+    table.update(catalog_columns(res.catalog, list(table)))
     return table
 
 

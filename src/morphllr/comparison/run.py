@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from morphllr.atomic import atomic_dir, claims
+from morphllr.atomic import atomic_dir, atomic_file, claim_output, claims
 from morphllr.comparison.figure_data import figure_notes
 from morphllr.comparison.gallery import OUTLIER_QUANTILE, fill_gallery
 from morphllr.comparison.guards import guards
@@ -277,8 +277,6 @@ def redraw_report(out: str | os.PathLike) -> ReportInputs:
     """
     import shutil
     import tempfile
-
-    from morphllr.atomic import atomic_file, claim_output
 
     folder = Path(out)
     if not folder.is_dir():

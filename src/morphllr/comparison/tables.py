@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from morphllr.comparison.result import SUMMARY_COLUMNS, SetResult, image_rows, score_columns, summary_row
+from morphllr.comparison.result import SUMMARY_COLUMNS, SetResult, image_rows, score_columns, stability_delta, summary_row
 
 
 def parquet_note() -> list[str]:
@@ -152,8 +152,6 @@ def ranking_latex_table(summary: dict):
         (table, formats: column -> printf format, decimals of the nats columns).
     """
     from astropy.table import MaskedColumn, Table
-
-    from morphllr.comparison.result import stability_delta, summary_row
 
     names = list(summary["ranking"])
     keys = ["n", "mean_llr", "ci95_lo", "ci95_hi", "median_llr", "delta_llr", "delta_llr_err", "matched_delta_llr",

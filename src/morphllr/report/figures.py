@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from morphllr.comparison.figure_data import profiles_in_re, relation_points
+from morphllr.comparison.figure_data import SCALING_RELATIONS, profiles_in_re, relation_points
 from morphllr.comparison.report_data import ReportInputs
 from morphllr.comparison.result import name_slug, stability_delta
+from morphllr.data.catalog import MASS_COLUMNS
 
 _CMAP_LLR = "RdBu"  # blue = more likely under p_obs (realistic), red = more likely under p_arch
 #: the page's section of the stability figure (placed inside the stability section of index.html)
@@ -355,8 +356,6 @@ def plot_scaling_relation(result, figs: Figures, title: str, x_label: str | None
     """
     from scipy.stats import binned_statistic, binned_statistic_2d
 
-    from morphllr.comparison.figure_data import SCALING_RELATIONS
-
     inputs = _inputs(result)
     sets = inputs.ordered_sets()
     relation, _ = relation_points(sets, title)
@@ -364,8 +363,6 @@ def plot_scaling_relation(result, figs: Figures, title: str, x_label: str | None
         return
     plt = _plt()
     (x_cands, x_log), (y_cands, y_log) = SCALING_RELATIONS[title]
-    from morphllr.data.catalog import MASS_COLUMNS
-
     data, xe, ye = relation.points, relation.x_edges, relation.y_edges
     ref = data.get(inputs.reference)
     stats2d = {n: binned_statistic_2d(d[0], d[1], d[2], "mean", bins=[xe, ye]).statistic for n, d in data.items()}
