@@ -16,6 +16,17 @@ def cli(argv, capsys) -> tuple[int, str]:
     return (code if isinstance(code, int) else 0 if code is None else 1), out + err
 
 
+def run(argv, capsys) -> tuple[int, str, str]:
+    """Run ``morphllr ARGV`` in this process: (exit code, stdout, stderr); a return without SystemExit is 0."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def one_error(text: str, *fragments: str) -> str:
     """The one ``error:`` line of ``text`` (no traceback), holding every fragment."""
     assert "Traceback" not in text, text

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clitools import one_error
 from morphllr.cli import app, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,14 +37,6 @@ def cli(argv, capsys) -> tuple[int, str, str]:
     return (code if isinstance(code, int) else 1), out, err
 
 
-def one_error(err: str, *fragments: str) -> str:
-    """The single ``error:`` line of ``err`` (no traceback), containing every fragment."""
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def refused(argv, capsys, *fragments: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from morphllr.atomic import atomic_dir, atomic_file, claim_output, claim_outputs
-from morphllr.cli import main
+from clitools import run
 from morphllr.errors import MorphllrError
 
 pytest.importorskip("galsim")
@@ -35,17 +35,6 @@ TINY_TRAIN = ["--preset", "tiny", "--batch-size", "4", "--precision", "32", "--t
 
 
 # ---------------------------------------------------------------------- helpers
-def run(capsys, argv) -> tuple[int, str, str]:
-    """The CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def one_error(err: str) -> str:
     """The single ``error:`` line of a refused command (no traceback, nothing else on stderr)."""
     lines = [line for line in err.splitlines() if line.strip()]
@@ -165,8 +154,21 @@ COMMANDS = [
 BY_NAME = {c.name: c for c in COMMANDS}
 
 
+def _import_the_package() -> None:
+    """Import every morphllr module first, so that none binds a patched function by name while a patch is active
+    (``from morphllr.train.run import train_model`` at the top of train.ensemble would keep the fake for later tests)."""
+    import pkgutil
+
+    import morphllr
+
+    for info in pkgutil.walk_packages(morphllr.__path__, "morphllr."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 def no_work(monkeypatch, command: Command) -> None:
     """Make the command's work fail the test if it starts."""
+    _import_the_package()
     module, name = command.work
 
     def started(*args, **kwargs):
@@ -199,7 +201,7 @@ def test_an_existing_output_is_refused_without_overwrite_and_kept(command, world
     out = tmp_path / f"out{command.suffix}"
     make_existing(out, command.kind)
     before, names = digest(out), listing(tmp_path)
-    code, _, err = run(capsys, command.argv(world, out, None))
+    code, _, err = run(capsys=capsys, argv=command.argv(world, out, None))
     line = one_error(err)
     assert code == 2 and "--overwrite" in line and "--out" in line, line
     assert digest(out) == before and listing(tmp_path) == names  # not even a lock file is left
@@ -209,7 +211,7 @@ def test_score_refuses_an_existing_maps_file_too(world, tmp_path, capsys, monkey
     no_work(monkeypatch, BY_NAME["score"])
     out = tmp_path / "s.csv"
     out.with_suffix(".maps.h5").write_bytes(b"old maps")
-    code, _, err = run(capsys, _score_argv(world, out, None))
+    code, _, err = run(capsys=capsys, argv=_score_argv(world, out, None))
     assert code == 2 and one_error(err).startswith("error: --maps ") and "--overwrite" in err
     assert out.with_suffix(".maps.h5").read_bytes() == b"old maps" and not out.exists()
 
@@ -225,7 +227,7 @@ def test_an_input_is_never_written_even_with_overwrite(command, world, tmp_path,
     shutil.copy(source, inp)
     out = inp if command.kind == "file" else box
     before = digest(box)
-    code, _, err = run(capsys, command.argv(world, out, inp) + ["--overwrite"])
+    code, _, err = run(capsys=capsys, argv=command.argv(world, out, inp) + ["--overwrite"])
     line = one_error(err)
     assert code == 2 and "input" in line and "pass --overwrite" not in line, line
     assert digest(box) == before and listing(box) == {inp.name}
@@ -240,7 +242,7 @@ def test_outputs_never_go_into_an_input_folder_or_onto_each_other(world, tmp_pat
               "--overwrite"], "--maps"),
             (["score", world["x"], "-m", world["obs"], "--out", tmp_path / "s.csv", "--maps", tmp_path / "s.csv"],
              "--maps")):
-        code, _, err = run(capsys, argv)
+        code, _, err = run(capsys=capsys, argv=argv)
         assert code == 2 and one_error(err).startswith(f"error: {option} "), err
     assert digest(world["obs"]) == model_files and listing(tmp_path) == set()
 
@@ -254,7 +256,7 @@ def test_demo_never_replaces_the_shipped_models_it_reads(tmp_path, capsys, monke
         pytest.skip("no shipped models")
     before = digest(shipped / "obs")
     for out in (shipped, shipped / "obs", shipped.parent):
-        code, _, err = run(capsys, ["demo", "--out", out, "--overwrite"])
+        code, _, err = run(capsys=capsys, argv=["demo", "--out", out, "--overwrite"])
         assert code == 2 and "input" in one_error(err), err
     assert digest(shipped / "obs") == before
 
@@ -278,7 +280,7 @@ def test_impossible_outputs_fail_at_once_with_one_line(command, world, tmp_path,
     for case, out in _bad_places(command, tmp_path).items():
         before = listing(tmp_path)
         started = time.perf_counter()
-        code, _, err = run(capsys, command.argv(world, out, None) + ["--overwrite"])
+        code, _, err = run(capsys=capsys, argv=command.argv(world, out, None) + ["--overwrite"])
         assert code == 2, (case, err)
         assert one_error(err).startswith("error: --out "), (case, err)
         assert time.perf_counter() - started < 20, case  # refused at the start (the work is disabled anyway)
@@ -311,7 +313,7 @@ def test_a_second_run_to_a_locked_output_fails_at_once(command, world, tmp_path,
     fd = hold_lock(out)
     try:
         started = time.perf_counter()
-        code, _, err = run(capsys, command.argv(world, out, None))
+        code, _, err = run(capsys=capsys, argv=command.argv(world, out, None))
         line = one_error(err)
         assert code == 2 and "another morphllr run (pid 4242) is writing" in line and str(out) in line, line
         assert time.perf_counter() - started < 20
@@ -327,7 +329,7 @@ def test_fit_sersic_locks_the_set_it_updates(world, tmp_path, capsys, monkeypatc
     before = digest(path)
     fd = hold_lock(path)
     try:
-        code, _, err = run(capsys, ["fit-sersic", path, "--psf-fwhm", "1.4", "--overwrite"])
+        code, _, err = run(capsys=capsys, argv=["fit-sersic", path, "--psf-fwhm", "1.4", "--overwrite"])
         assert code == 2 and "another morphllr run" in one_error(err) and "IMAGESET" in err
     finally:
         os.close(fd)
@@ -340,12 +342,12 @@ def test_fit_sersic_replaces_sersic_columns_only_with_overwrite(world, tmp_path,
     path = tmp_path / "obs.h5"
     shutil.copy(world["set"], path)
     before = digest(path)
-    code, _, err = run(capsys, ["fit-sersic", path, "--psf-fwhm", "1.4", "--workers", "1"])
+    code, _, err = run(capsys=capsys, argv=["fit-sersic", path, "--psf-fwhm", "1.4", "--workers", "1"])
     line = one_error(err)
     assert code == 2 and "sersic_n" in line and "--overwrite" in line, line
     assert digest(path) == before
     os.chmod(path, 0o640)
-    code, _, err = run(capsys, ["fit-sersic", path, "--psf-fwhm", "2.0", "--workers", "1", "--overwrite"])
+    code, _, err = run(capsys=capsys, argv=["fit-sersic", path, "--psf-fwhm", "2.0", "--workers", "1", "--overwrite"])
     assert code == 0, err
     assert ImageSet.open(path).catalog.meta["sersic_fit"]["psf_fwhm"] == 2.0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # updated in place: its mode is the user's
@@ -445,7 +447,7 @@ def test_a_run_cleans_dead_runs_temporaries_and_follows_the_umask(command, world
     stale = [p for o in outputs_of(command, out) for p in plant_stale(o)]
     old = os.umask(0o022)
     try:
-        code, _, err = run(capsys, command.argv(world, out, None))
+        code, _, err = run(capsys=capsys, argv=command.argv(world, out, None))
     finally:
         os.umask(old)
     assert code == 0, err
@@ -462,7 +464,7 @@ def test_a_run_cleans_dead_runs_temporaries_and_follows_the_umask(command, world
 def test_modes_come_from_the_umask_not_a_constant(world, tmp_path, capsys):
     old = os.umask(0o027)
     try:
-        code, _, err = run(capsys, BY_NAME["prepare"].argv(world, tmp_path / "p.h5", None))
+        code, _, err = run(capsys=capsys, argv=BY_NAME["prepare"].argv(world, tmp_path / "p.h5", None))
         with atomic_dir(tmp_path / "d") as folder:
             (folder / "f").write_text("x")
     finally:
@@ -479,7 +481,7 @@ def test_demo_cleans_dead_runs_temporaries_when_it_starts(tmp_path, capsys, monk
     monkeypatch.setattr(importlib.import_module("morphllr.demo"), "run_demo", fails)
     out = tmp_path / "demo"
     stale = plant_stale(out)
-    code, _, err = run(capsys, ["demo", "--out", out])
+    code, _, err = run(capsys=capsys, argv=["demo", "--out", out])
     assert code == 2 and "stopped by the test" in one_error(err)
     assert not any(os.path.lexists(p) for p in stale) and listing(tmp_path) == set()
 
@@ -505,7 +507,7 @@ def test_a_sigkilled_run_leaves_a_temporary_that_the_next_run_removes(tmp_path, 
         proc.kill()
         proc.wait()
     assert all(t.exists() for t in temps) and (tmp_path / ".set.h5.lock").exists() and not out.exists()
-    code, _, err = run(capsys, BY_NAME["prepare"].argv({"raw": None}, out, _small_raw(tmp_path)))
+    code, _, err = run(capsys=capsys, argv=BY_NAME["prepare"].argv({"raw": None}, out, _small_raw(tmp_path)))
     assert code == 0, err
     assert not any(t.exists() for t in temps) and not (tmp_path / ".set.h5.lock").exists()
     from morphllr.data.imageset import ImageSet

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from clitools import run
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
 from morphllr.data.inputs import file_sha256
@@ -23,17 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--preset", "tiny", "--batch-size", "4", "--precision", "32", "--threads", "1", "--quiet",
         "--warmup-steps", "1", "--augment", "rot,flip"]
 SCORE = ["--precision", "32", "--threads", "1", "--quiet"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """The CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(argv, capsys, *fragments: str) -> str:
