@@ -42,22 +42,27 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from morphllr import runtime
+from morphllr.model import fused
 from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.plain import ReferencePixelCNN
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Best GFLOP/s of a square matmul in ``dtype``."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -119,8 +124,9 @@ def replay(calls: list[tuple]) -> None:
 class Path:
     """One way of running the network: its eval and train step closures."""
 
-    def __init__(self, name, net, x, bf16: bool, channels_last: bool):
-        self.name = name
+    def __init__(self, name, net, x, bf16: bool, channels_last: bool, device: str = "cpu"):
+        self.name, self.device = name, device
+        net, x = net.to(device), x.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -128,7 +134,7 @@ class Path:
         self.optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
 
     def eval_step(self) -> None:
         self.net.eval()
@@ -151,8 +157,32 @@ def best_times(paths, step: str, repeats: int) -> dict[str, float]:
     best = {path.name: float("inf") for path in paths}
     for _ in range(repeats):
         for path in paths:
-            best[path.name] = min(best[path.name], _timed(getattr(path, step)))
+            best[path.name] = min(best[path.name], _timed(getattr(path, step), getattr(path, "device", "cpu")))
     return best
+
+
+def gpu_table(sizes, repeats: int) -> None:
+    """The default path on the GPU (bf16 autocast where supported, channels-last), beside its matmul peak."""
+    name = torch.cuda.get_device_name()
+    bf16 = torch.cuda.is_bf16_supported()
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float16, 8192, device="cuda")
+    print(f"# GPU: {name}, bf16={bf16}, measured matmul peak {peak:.0f} GFLOP/s "
+          f"({'bf16' if bf16 else 'fp16'}, 8192^2); fused CPU kernels do not apply, the eager ops run on the GPU")
+    print("| size | batch | path | eval img/s | train img/s | eval % matmul peak | train % matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        cfg = NETWORK_PRESETS["zanisi21"].with_(height=size, width=size)
+        torch.manual_seed(0)
+        batch = 256 if size <= 32 else 64
+        x = torch.rand(batch, 1, size, size)
+        path = Path("GPU default (channels-last, bf16)", PixelCNN(cfg), x, bf16=bf16, channels_last=True, device="cuda")
+        flops_eval = count_flops(ReferencePixelCNN(cfg).eval(), x[:1], train=False)
+        flops_train = count_flops(ReferencePixelCNN(cfg).train(), x[:2], train=True)
+        t_eval = best_times([path], "eval_step", repeats)[path.name]
+        t_train = best_times([path], "train_step", max(1, repeats // 2))[path.name]
+        print(f"| {size}x{size} | {batch} | {path.name} | {batch / t_eval:.0f} | {batch / t_train:.0f} | "
+              f"{100 * batch * flops_eval / t_eval / 1e9 / peak:.0f} % | "
+              f"{100 * batch * flops_train / t_train / 1e9 / peak:.0f} % |")
 
 
 def bench_size(size: int, repeats: int, bf16: bool, batch: int | None) -> list[dict]:
@@ -199,6 +229,7 @@ class Yardstick:
 
 # torch.profiler op names -> the categories of issue 17's split (first match wins; the rest is "other ops")
 CATEGORIES = (
+    ("fused elementwise", ("morphllr_fused",)),
     ("convolutions", ("convolution", "conv2d", "mkldnn_conv", "_convolution")),
     ("optimizer", ("adam", "_foreach", "optimizer")),
     ("layout", ("copy_", "cat", "contiguous", "permute", "fill_", "zero_", "empty", "pad", "clone", "to_copy",
@@ -222,7 +253,7 @@ def profile_split(path: "Path", step: str, repeats: int = 3) -> dict[str, float]
     totals = {name: 0.0 for name, _ in CATEGORIES}
     totals["other ops"] = 0.0
     for event in prof.key_averages():
-        name = event.key.lower().removeprefix("aten::")
+        name = event.key.lower().removeprefix("aten::")  # fused ops keep their "morphllr_fused::" prefix
         if name.startswith(("autograd::", "profilerstep", "[memory]")) or event.self_cpu_time_total <= 0:
             continue
         category = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other ops")
@@ -260,6 +291,7 @@ def main(argv=None) -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  torch {torch.__version__}  "
           f"{runtime.cpu_description()}  threads={threads}  bf16={bf16}")
     print(f"# measured matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s (2048^2)")
+    print(f"# default path elementwise ops: {fused.status()}")
     header = ("| size | batch | path | eval img/s | train img/s | GFLOP/img eval (train) | eval GFLOP/s | "
               "eval % bf16 peak | train GFLOP/s | train % bf16 peak | speed-up eval / train | "
               "eval / conv | train / conv |")
@@ -279,6 +311,10 @@ def main(argv=None) -> None:
           f"(eval) or {rows[0]['n_conv'][1]} forward + backward convolutions (train, which adds Adam), replayed alone "
           "with the same shapes, layout and dtype (default path's; the reference path is compared with the same "
           "yardstick); targets at 32x32: eval <= 1.15, train <= 1.30")
+    if torch.cuda.is_available():
+        gpu_table(sizes, repeats)
+    else:
+        print("# no GPU here: no GPU table (it is printed when torch.cuda.is_available())")
     if args.profile:
         for size in sizes:
             cfg = NETWORK_PRESETS["zanisi21"].with_(height=size, width=size)

@@ -12,7 +12,9 @@ convolutions with a 0.1-scaled residual output train stably here.
 Speed (see BENCHMARKS.md): concat-ELU, dropout and the causal zero padding are one fused op
 with its own backward (:func:`concat_elu_padded`), each stream tensor's concat-ELU is computed
 once and shared by the blocks that read it, and the stride-2 transposed convolutions run as a
-1x1 convolution plus a sub-pixel shuffle.  :mod:`morphllr.model.plain` is the plain version the
+1x1 convolution plus a sub-pixel shuffle.  On the CPU, with channels-last float32/bf16
+tensors, the concat-ELU (with the auxiliary convolutions' sum) and the gate + residual are
+single-pass compiled kernels (:mod:`morphllr.model.fused`); elsewhere the eager ops here run.  :mod:`morphllr.model.plain` is the plain version the
 tests hold this one to.  Use channels-last inputs and bf16 autocast on CPUs with native bf16.
 
 Units: continuous heads take images in the user's units, feed ``(x - input_shift) /
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from morphllr.errors import MorphllrError
+from morphllr.model import fused
 from morphllr.model.heads import HEAD_NAMES, get_head
 
 # Continuous heads: network-unit inputs are clamped to +-this, so that a stray 1e30 (or inf)
@@ -139,18 +142,37 @@ def concat_elu(x: torch.Tensor) -> torch.Tensor:
     return concat_elu_padded(x, (0, 0, 0, 0))
 
 
-def concat_elu_padded(x: torch.Tensor, pad: tuple[int, int, int, int], dropout: float = 0.0) -> torch.Tensor:
-    """``F.pad(dropout(elu(cat([x, -x]))), pad)`` as one op, so a shifted conv can run unpadded.
+def concat_elu_padded(x: torch.Tensor, pad: tuple[int, int, int, int], dropout: float = 0.0,
+                      addends: tuple = ()) -> torch.Tensor:
+    """``F.pad(dropout(elu(cat([s, -s]))), pad)`` with ``s = x + crop(y_1) + ...``, so a shifted conv can run unpadded.
 
     Args:
         x: ``(N, F, H, W)`` activations.
         pad: zero padding ``(left, right, top, bottom)``.
         dropout: drop probability (0 in eval); kept values are scaled by ``1 / keep``.
+        addends: ``(y, (top, left))`` pairs: ``y[:, :, top:top + H, left:left + W]`` is added to x
+            first (the auxiliary 1x1 convolutions, run on padded buffers).
 
     Returns:
         ``(N, 2F, H + top + bottom, W + left + right)``, channels-last when x is.
     """
+    if fused.usable(x, *(y for y, _ in addends)) and all(y.dtype == x.dtype for y, _ in addends):
+        return fused.concat_elu_pad(x, pad, dropout, addends)
+    h, w = x.shape[2], x.shape[3]
+    for i, (y, (top, left)) in enumerate(addends):
+        crop = y[:, :, top : top + h, left : left + w]
+        # in place only into a sum made here: x itself may be read elsewhere
+        x = x + crop if i == 0 or torch.is_grad_enabled() else x.add_(crop)
     return _ConcatEluPad.apply(x, pad, dropout)
+
+
+def gated_residual(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x + a * sigmoid(b)`` for ``t = [a, b]``: the end of a gated residual block (x is not modified)."""
+    if fused.usable(t, x) and t.dtype == x.dtype:
+        return fused.gated_residual(t, x)
+    if torch.is_grad_enabled():
+        return x + gate(t)
+    return gate(t).add_(x)
 
 
 def _empty_like_layout(x: torch.Tensor, channels: int, height: int, width: int, dtype=None) -> torch.Tensor:
@@ -375,24 +397,20 @@ class GatedResnet(nn.Module):
             ``(N, F, H, W)`` block output.
         """
         h = F.conv2d(x_elu, self.conv_in.weight, self.conv_in.bias)
-        if aux_elus:
-            h = self._add_aux(h, aux_elus)
         drop = self.dropout if self.training else 0.0
-        gated = gate(F.conv2d(concat_elu_padded(h, self.conv_in.pad, drop), self.conv_out.weight, self.conv_out.bias))
-        if torch.is_grad_enabled():
-            return x + gated
-        return gated.add_(x)  # x stays untouched: it is also a skip connection
+        h_elu = concat_elu_padded(h, self.conv_in.pad, drop, self._aux_terms(h.shape[1], aux_elus))
+        # x stays untouched: it is also a skip connection
+        return gated_residual(F.conv2d(h_elu, self.conv_out.weight, self.conv_out.bias), x)
 
-    def _add_aux(self, h: torch.Tensor, aux_elus: list) -> torch.Tensor:
-        f, height, width = h.shape[1], h.shape[2], h.shape[3]
+    def _aux_terms(self, f: int, aux_elus: list) -> tuple:
+        """The auxiliary 1x1 convolution, one part per padded buffer, as addends for concat_elu_padded."""
         parts = len(aux_elus)
-        weight = self.aux.weight  # input channels: [elu(a_1) .. elu(a_k), elu(-a_1) .. elu(-a_k)]
+        weight = self.aux.weight if parts else None  # input channels: [elu(a_1) .. elu(a_k), elu(-a_1) .. elu(-a_k)]
+        terms = []
         for i, (buf, (left, _, top, _)) in enumerate(aux_elus):
             w_i = torch.cat([weight[:, i * f : (i + 1) * f], weight[:, (parts + i) * f : (parts + i + 1) * f]], dim=1)
-            y = F.conv2d(buf, w_i, self.aux.bias if i == 0 else None)
-            y = y[:, :, top : top + height, left : left + width]
-            h = h + y if torch.is_grad_enabled() else h.add_(y)
-        return h
+            terms.append((F.conv2d(buf, w_i, self.aux.bias if i == 0 else None), (top, left)))
+        return tuple(terms)
 
 
 class _Stage(nn.Module):

@@ -1,0 +1,534 @@
+// Fused elementwise kernels of the PixelCNN++ on the CPU (see morphllr/model/fused.py).
+//
+// Each kernel makes one pass over channels-last (NHWC) activations, float32 or bfloat16, and
+// does in registers what the eager path does in five to eight passes over memory:
+//
+//   concat_elu_pad      s = x + sum_i crop(y_i);  buf = zero-bordered [elu(s), elu(-s)] * dropout
+//   concat_elu_pad_grad grad_s from grad_buf and buf (elu'(t) = 1 + min(elu(t), 0))
+//   gate                out = a * sigmoid(b) (+ residual) for t = [a, b]
+//   gate_grad           grad_t = [g s, g a s (1 - s)]
+//
+// Arithmetic is in float32 whatever the storage type; bfloat16 is rounded to nearest even once,
+// on store.  exp is a Cephes-style polynomial (relative error ~2e-7, like expf) written so that
+// the compiler vectorises the channel loops.  Work is split over (image, row) with
+// at::parallel_for, i.e. over torch's intra-op threads.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+inline float load(const float* p) { return *p; }
+inline float load(const c10::BFloat16* p) {
+  uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[0]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store(float* p, float v) { *p = v; }
+inline void store(c10::BFloat16* p, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  // round to nearest even; NaN stays a (quiet) NaN
+  uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  reinterpret_cast<uint16_t*>(p)[0] = (v != v) ? uint16_t(0x7FC0) : uint16_t(rounded);
+}
+
+// exp(z) for z <= 0 (all the kernels need), clamped below at -87 where expf underflows.
+inline float exp_nonpositive(float z) {
+  z = z < -87.0f ? -87.0f : z;
+  // round to nearest by the 1.5 * 2^23 trick (vectorises without -ffast-math, unlike nearbyint)
+  const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = z - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+
+// ------------------------------------------------------------------------------ dropout
+// Whether element j (flat index into the (N, H, W, 2C) interior) is kept: the top byte of a
+// murmur3 finaliser of (j, seed) against a threshold.  Forward and backward recompute the
+// same mask from the seed, so nothing is stored and no random numbers are drawn in memory.
+struct Dropout {
+  uint32_t seed = 0;
+  uint32_t threshold = 0;  // 0: no dropout; else drop probability threshold / 256
+  float scale = 1.0f;      // 1 / keep probability
+  bool on() const { return threshold > 0; }
+};
+
+inline uint32_t mix32(uint32_t j, uint32_t seed) {
+  uint32_t h = j * 0x9E3779B9u ^ seed;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+inline float keep_scale(uint32_t j, const Dropout& d) { return (mix32(j, d.seed) >> 24) >= d.threshold ? d.scale : 0.0f; }
+
+// ------------------------------------------------------------------------------ one pixel's channels
+// The kernels below work one pixel at a time on its C contiguous channels.  These "run"
+// functions are the arithmetic: AVX-512 intrinsics where the compiler targets it (16 lanes,
+// masked tails), plain loops elsewhere.  Both compute the same float32 expressions.
+inline float sigmoid(float b) {
+  const float e = exp_nonpositive(-std::fabs(b));
+  const float inv = 1.0f / (1.0f + e);
+  return b >= 0.0f ? inv : e * inv;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define MORPHLLR_AVX512 1
+#include <immintrin.h>
+
+inline __m512 vload(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 vload(const c10::BFloat16* p, __mmask16 m) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline void vstore(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+inline void vstore(c10::BFloat16* p, __m512 v, __mmask16 m) {
+#if defined(__AVX512BF16__)
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+#else  // round to nearest even, as store() above
+  __m512i b = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  b = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16)));
+#endif
+}
+
+// exp(z) for z <= 0.  Accurate: the polynomial of exp_nonpositive (float32 storage).  Short: a
+// degree-4 Taylor polynomial, relative error < 5e-5, for bfloat16 storage (whose rounding is
+// 2e-3): it saves 6 of 15 vector operations, and exp is most of these kernels' arithmetic.
+// scalef applies 2^n and flushes to 0 for very negative z, so no clamp is needed.
+template <bool accurate>
+inline __m512 vexp_nonpositive(__m512 z) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), z);
+  __m512 p;
+  if constexpr (accurate) {
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  } else {
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 24.0f), _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  }
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename T>
+constexpr bool accurate_exp = !std::is_same_v<T, c10::BFloat16>;
+
+inline __m512 vabs(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF))); }
+
+// 1 / d for d in [1, 2]: rcp14 and one Newton step (relative error ~1e-8, no division)
+inline __m512 vrecip(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+template <bool accurate>
+inline __m512 vsigmoid(__m512 b) {
+  const __m512 e = vexp_nonpositive<accurate>(_mm512_sub_ps(_mm512_setzero_ps(), vabs(b)));
+  const __m512 inv = vrecip(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
+  const __mmask16 nonneg = _mm512_cmp_ps_mask(b, _mm512_setzero_ps(), _CMP_GE_OQ);
+  return _mm512_mask_blend_ps(nonneg, _mm512_mul_ps(e, inv), inv);
+}
+
+inline __mmask16 lanes(int64_t k, int64_t c) {
+  const int64_t left = c - k;
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+// keep_scale for elements j0 .. j0 + 15
+inline __m512 vkeep(uint32_t j0, const Dropout& d) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i h = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), iota);
+  h = _mm512_xor_si512(_mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x9E3779B9u))),
+                       _mm512_set1_epi32(static_cast<int>(d.seed)));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  const __mmask16 kept = _mm512_cmp_epu32_mask(_mm512_srli_epi32(h, 24), _mm512_set1_epi32(static_cast<int>(d.threshold)),
+                                               _MM_CMPINT_NLT);
+  return _mm512_maskz_mov_ps(kept, _mm512_set1_ps(d.scale));
+}
+#endif
+
+// pos, neg = [elu(s), elu(-s)] (* keep-scale) for s = x + sum_a adds[a], over c channels
+template <typename T>
+inline void elu_run(const T* x, const T* const* adds, int64_t n_add, const Dropout& d, uint32_t j, T* pos, T* neg,
+                    int64_t c) {
+#ifdef MORPHLLR_AVX512
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  for (int64_t k = 0; k < c; k += 16) {
+    const __mmask16 m = lanes(k, c);
+    __m512 v = vload(x + k, m);
+    for (int64_t a = 0; a < n_add; ++a) v = _mm512_add_ps(v, vload(adds[a] + k, m));
+    const __m512 e = _mm512_sub_ps(vexp_nonpositive<accurate_exp<T>>(_mm512_sub_ps(zero, vabs(v))), one);
+    const __mmask16 gt = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ);
+    __m512 p = _mm512_mask_blend_ps(gt, e, v), q = _mm512_mask_blend_ps(gt, _mm512_sub_ps(zero, v), e);
+    if (d.on()) {
+      p = _mm512_mul_ps(p, vkeep(j + k, d));
+      q = _mm512_mul_ps(q, vkeep(j + c + k, d));
+    }
+    vstore(pos + k, p, m);
+    vstore(neg + k, q, m);
+  }
+#else
+  for (int64_t k = 0; k < c; ++k) {
+    float v = load(x + k);
+    for (int64_t a = 0; a < n_add; ++a) v += load(adds[a] + k);
+    const float e = exp_nonpositive(-std::fabs(v)) - 1.0f;
+    float p = v > 0.0f ? v : e, q = v > 0.0f ? e : -v;
+    if (d.on()) {
+      p *= keep_scale(j + k, d);
+      q *= keep_scale(j + c + k, d);
+    }
+    store(pos + k, p);
+    store(neg + k, q);
+  }
+#endif
+}
+
+// out = g_pos * keep * elu'(pos) - g_neg * keep * elu'(neg), elu' = 1 + min(elu, 0), elu = buf / scale
+template <typename T, typename G>
+inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G* out, int64_t c) {
+  const float inv_scale = 1.0f / d.scale;
+#ifdef MORPHLLR_AVX512
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv_scale);
+  for (int64_t k = 0; k < c; k += 16) {
+    const __mmask16 m = lanes(k, c);
+    __m512 gp = vload(g + k, m), gn = vload(g + c + k, m);
+    __m512 ep = vload(b + k, m), en = vload(b + c + k, m);
+    if (d.on()) {
+      gp = _mm512_mul_ps(gp, vkeep(j + k, d));
+      gn = _mm512_mul_ps(gn, vkeep(j + c + k, d));
+      ep = _mm512_mul_ps(ep, vinv);
+      en = _mm512_mul_ps(en, vinv);
+    }
+    const __m512 sp = _mm512_add_ps(one, _mm512_min_ps(ep, zero)), sn = _mm512_add_ps(one, _mm512_min_ps(en, zero));
+    vstore(out + k, _mm512_fmsub_ps(gp, sp, _mm512_mul_ps(gn, sn)), m);
+  }
+#else
+  for (int64_t k = 0; k < c; ++k) {
+    float gp = load(g + k), gn = load(g + c + k), ep = load(b + k), en = load(b + c + k);
+    if (d.on()) {
+      gp *= keep_scale(j + k, d);
+      gn *= keep_scale(j + c + k, d);
+      ep *= inv_scale;
+      en *= inv_scale;
+    }
+    store(out + k, gp * (1.0f + (ep < 0.0f ? ep : 0.0f)) - gn * (1.0f + (en < 0.0f ? en : 0.0f)));
+  }
+#endif
+}
+
+// out = a * sigmoid(b) (+ r) for t = [a, b]
+template <typename T>
+inline void gate_run(const T* t, const T* r, T* out, int64_t c) {
+#ifdef MORPHLLR_AVX512
+  for (int64_t k = 0; k < c; k += 16) {
+    const __mmask16 m = lanes(k, c);
+    __m512 v = _mm512_mul_ps(vload(t + k, m), vsigmoid<accurate_exp<T>>(vload(t + c + k, m)));
+    if (r != nullptr) v = _mm512_add_ps(v, vload(r + k, m));
+    vstore(out + k, v, m);
+  }
+#else
+  for (int64_t k = 0; k < c; ++k) {
+    const float v = load(t + k) * sigmoid(load(t + c + k));
+    store(out + k, r != nullptr ? v + load(r + k) : v);
+  }
+#endif
+}
+
+// [grad_a, grad_b] = [g s, g s (1 - s) a], s = sigmoid(b)
+template <typename T, typename G>
+inline void gate_grad_run(const G* g, const T* t, G* out, int64_t c) {
+#ifdef MORPHLLR_AVX512
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t k = 0; k < c; k += 16) {
+    const __mmask16 m = lanes(k, c);
+    const __m512 s = vsigmoid<accurate_exp<T>>(vload(t + c + k, m));
+    const __m512 ga = _mm512_mul_ps(vload(g + k, m), s);
+    vstore(out + k, ga, m);
+    vstore(out + c + k, _mm512_mul_ps(_mm512_mul_ps(ga, vload(t + k, m)), _mm512_sub_ps(one, s)), m);
+  }
+#else
+  for (int64_t k = 0; k < c; ++k) {
+    const float s = sigmoid(load(t + c + k)), ga = load(g + k) * s;
+    store(out + k, ga);
+    store(out + c + k, ga * load(t + k) * (1.0f - s));
+  }
+#endif
+}
+
+struct Strides4 {  // element strides of an (N, C, H, W) tensor whose channels are innermost
+  int64_t n, h, w;
+  explicit Strides4(const Tensor& t) : n(t.stride(0)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+void check_channels_last(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (N, C, H, W), got ", t.dim(), "-D");
+  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, name, " must have channels innermost (channels-last)");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+}
+
+Tensor empty_channels_last(const Tensor& like, int64_t c, int64_t h, int64_t w) {
+  return at::empty({like.size(0), c, h, w}, like.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// ------------------------------------------------------------------------------ concat-ELU
+Dropout make_dropout(int64_t seed, int64_t threshold, double scale) {
+  TORCH_CHECK(threshold >= 0 && threshold < 256, "dropout threshold must be in [0, 256), got ", threshold);
+  Dropout d;
+  d.seed = static_cast<uint32_t>(seed);
+  d.threshold = static_cast<uint32_t>(threshold);
+  d.scale = threshold > 0 ? static_cast<float>(scale) : 1.0f;
+  return d;
+}
+
+template <typename T>
+void concat_elu_pad_impl(const Tensor& x, const std::vector<Tensor>& addends, const std::vector<int64_t>& offsets,
+                         const Dropout& d, Tensor& buf, int64_t top, int64_t left) {
+  const int64_t n_img = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t hp = buf.size(2), wp = buf.size(3);
+  const Strides4 sx(x), sb(buf);
+  const T* xp = x.const_data_ptr<T>();
+  T* bp = buf.data_ptr<T>();
+  const int64_t n_add = static_cast<int64_t>(addends.size());
+  std::vector<const T*> ap;
+  std::vector<Strides4> sa;
+  for (const auto& a : addends) {
+    ap.push_back(a.const_data_ptr<T>());
+    sa.emplace_back(a);
+  }
+  at::parallel_for(0, n_img * hp, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> add_at(n_add);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row / hp, r = row % hp, y = r - top;
+      T* out_row = bp + i * sb.n + r * sb.h;
+      if (y < 0 || y >= h) {
+        for (int64_t q = 0; q < wp; ++q) std::memset(out_row + q * sb.w, 0, 2 * c * sizeof(T));
+        continue;
+      }
+      for (int64_t q = 0; q < left; ++q) std::memset(out_row + q * sb.w, 0, 2 * c * sizeof(T));
+      for (int64_t q = left + w; q < wp; ++q) std::memset(out_row + q * sb.w, 0, 2 * c * sizeof(T));
+      for (int64_t q = 0; q < w; ++q) {
+        for (int64_t a = 0; a < n_add; ++a)
+          add_at[a] = ap[a] + i * sa[a].n + (y + offsets[2 * a]) * sa[a].h + (q + offsets[2 * a + 1]) * sa[a].w;
+        T* pos = out_row + (q + left) * sb.w;
+        const auto j = static_cast<uint32_t>(((i * h + y) * w + q) * 2 * c);
+        elu_run(xp + i * sx.n + y * sx.h + q * sx.w, add_at.data(), n_add, d, j, pos, pos + c, c);
+      }
+    }
+  });
+}
+
+Tensor concat_elu_pad(const Tensor& x, int64_t top, int64_t bottom, int64_t left, int64_t right,
+                      at::TensorList addends, at::IntArrayRef offsets, int64_t seed, int64_t threshold,
+                      double scale) {
+  check_channels_last(x, "x");
+  TORCH_CHECK(static_cast<int64_t>(offsets.size()) == 2 * static_cast<int64_t>(addends.size()),
+              "offsets must hold (top, left) for every addend");
+  std::vector<Tensor> adds;
+  std::vector<int64_t> offs(offsets.begin(), offsets.end());
+  for (size_t a = 0; a < addends.size(); ++a) {
+    const Tensor& t = addends[a];
+    check_channels_last(t, "addend");
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "addends must have the dtype of x");
+    TORCH_CHECK(t.size(0) == x.size(0) && t.size(1) == x.size(1) && offs[2 * a] >= 0 && offs[2 * a + 1] >= 0 &&
+                    t.size(2) >= x.size(2) + offs[2 * a] && t.size(3) >= x.size(3) + offs[2 * a + 1],
+                "addend ", a, " does not cover x at its offset");
+    adds.push_back(t);
+  }
+  const Dropout d = make_dropout(seed, threshold, scale);
+  const int64_t c = x.size(1);
+  Tensor buf = empty_channels_last(x, 2 * c, x.size(2) + top + bottom, x.size(3) + left + right);
+  if (x.scalar_type() == at::kFloat) {
+    concat_elu_pad_impl<float>(x, adds, offs, d, buf, top, left);
+  } else if (x.scalar_type() == at::kBFloat16) {
+    concat_elu_pad_impl<c10::BFloat16>(x, adds, offs, d, buf, top, left);
+  } else {
+    TORCH_CHECK(false, "concat_elu_pad: float32 or bfloat16 expected, got ", x.scalar_type());
+  }
+  return buf;
+}
+
+template <typename T, typename G>
+void concat_elu_pad_grad_impl(const Tensor& grad_buf, const Tensor& buf, const Dropout& d, Tensor& grad_x, int64_t top,
+                              int64_t left) {
+  const int64_t n_img = grad_x.size(0), c = grad_x.size(1), h = grad_x.size(2), w = grad_x.size(3);
+  const Strides4 sg(grad_buf), sb(buf), so(grad_x);
+  const G* gp = grad_buf.const_data_ptr<G>();
+  const T* bp = buf.const_data_ptr<T>();
+  G* op = grad_x.data_ptr<G>();
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row / h, y = row % h;
+      for (int64_t q = 0; q < w; ++q) {
+        const auto j = static_cast<uint32_t>(((i * h + y) * w + q) * 2 * c);
+        elu_grad_run(gp + i * sg.n + (y + top) * sg.h + (q + left) * sg.w,
+                     bp + i * sb.n + (y + top) * sb.h + (q + left) * sb.w, d, j,
+                     op + i * so.n + y * so.h + q * so.w, c);
+      }
+    }
+  });
+}
+
+Tensor concat_elu_pad_grad(const Tensor& grad_buf, const Tensor& buf, int64_t top, int64_t left, int64_t height,
+                           int64_t width, int64_t seed, int64_t threshold, double scale) {
+  check_channels_last(grad_buf, "grad_buf");
+  check_channels_last(buf, "buf");
+  TORCH_CHECK(grad_buf.sizes() == buf.sizes(), "grad_buf and buf must have the same shape");
+  const Dropout d = make_dropout(seed, threshold, scale);
+  Tensor grad_x = at::empty({buf.size(0), buf.size(1) / 2, height, width},
+                            grad_buf.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto gt = grad_buf.scalar_type(), bt = buf.scalar_type();
+  if (gt == at::kFloat && bt == at::kFloat) {
+    concat_elu_pad_grad_impl<float, float>(grad_buf, buf, d, grad_x, top, left);
+  } else if (gt == at::kBFloat16 && bt == at::kBFloat16) {
+    concat_elu_pad_grad_impl<c10::BFloat16, c10::BFloat16>(grad_buf, buf, d, grad_x, top, left);
+  } else if (gt == at::kFloat && bt == at::kBFloat16) {
+    concat_elu_pad_grad_impl<c10::BFloat16, float>(grad_buf, buf, d, grad_x, top, left);
+  } else {
+    TORCH_CHECK(false, "concat_elu_pad_grad: unsupported dtypes ", gt, " / ", bt);
+  }
+  return grad_x;
+}
+
+// ------------------------------------------------------------------------------ gate
+
+template <typename T>
+void gate_impl(const Tensor& t, const Tensor& residual, Tensor& out) {
+  const int64_t n_img = out.size(0), c = out.size(1), h = out.size(2), w = out.size(3);
+  const Strides4 st(t), so(out);
+  const T* tp = t.const_data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const T* rp = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
+  const Strides4 sr(residual.defined() ? residual : out);
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row / h, y = row % h;
+      for (int64_t q = 0; q < w; ++q) {
+        gate_run(tp + i * st.n + y * st.h + q * st.w, rp == nullptr ? nullptr : rp + i * sr.n + y * sr.h + q * sr.w,
+                 op + i * so.n + y * so.h + q * so.w, c);
+      }
+    }
+  });
+}
+
+Tensor gate(const Tensor& t, const std::optional<Tensor>& residual) {
+  check_channels_last(t, "t");
+  TORCH_CHECK(t.size(1) % 2 == 0, "gate: t needs an even number of channels");
+  Tensor res;
+  if (residual.has_value() && residual->defined()) {
+    res = *residual;
+    check_channels_last(res, "residual");
+    TORCH_CHECK(res.scalar_type() == t.scalar_type() && res.size(0) == t.size(0) && res.size(1) * 2 == t.size(1) &&
+                    res.size(2) == t.size(2) && res.size(3) == t.size(3),
+                "gate: residual must be (N, C/2, H, W) in the dtype of t");
+  }
+  Tensor out = empty_channels_last(t, t.size(1) / 2, t.size(2), t.size(3));
+  if (t.scalar_type() == at::kFloat) {
+    gate_impl<float>(t, res, out);
+  } else if (t.scalar_type() == at::kBFloat16) {
+    gate_impl<c10::BFloat16>(t, res, out);
+  } else {
+    TORCH_CHECK(false, "gate: float32 or bfloat16 expected, got ", t.scalar_type());
+  }
+  return out;
+}
+
+template <typename T, typename G>
+void gate_grad_impl(const Tensor& grad, const Tensor& t, Tensor& grad_t) {
+  const int64_t n_img = grad.size(0), c = grad.size(1), h = grad.size(2), w = grad.size(3);
+  const Strides4 sg(grad), st(t), so(grad_t);
+  const G* gp = grad.const_data_ptr<G>();
+  const T* tp = t.const_data_ptr<T>();
+  G* op = grad_t.data_ptr<G>();
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row / h, y = row % h;
+      for (int64_t q = 0; q < w; ++q) {
+        gate_grad_run(gp + i * sg.n + y * sg.h + q * sg.w, tp + i * st.n + y * st.h + q * st.w,
+                      op + i * so.n + y * so.h + q * so.w, c);
+      }
+    }
+  });
+}
+
+Tensor gate_grad(const Tensor& grad, const Tensor& t) {
+  check_channels_last(grad, "grad");
+  check_channels_last(t, "t");
+  TORCH_CHECK(grad.size(0) == t.size(0) && grad.size(1) * 2 == t.size(1) && grad.size(2) == t.size(2) &&
+                  grad.size(3) == t.size(3),
+              "gate_grad: grad must be (N, C/2, H, W) for t of (N, C, H, W)");
+  Tensor grad_t = empty_channels_last(grad, t.size(1), t.size(2), t.size(3));
+  const auto gt = grad.scalar_type(), tt = t.scalar_type();
+  if (gt == at::kFloat && tt == at::kFloat) {
+    gate_grad_impl<float, float>(grad, t, grad_t);
+  } else if (gt == at::kBFloat16 && tt == at::kBFloat16) {
+    gate_grad_impl<c10::BFloat16, c10::BFloat16>(grad, t, grad_t);
+  } else if (gt == at::kFloat && tt == at::kBFloat16) {
+    gate_grad_impl<c10::BFloat16, float>(grad, t, grad_t);
+  } else {
+    TORCH_CHECK(false, "gate_grad: unsupported dtypes ", gt, " / ", tt);
+  }
+  return grad_t;
+}
+
+}  // namespace
+
+// The op namespace; the tests build the portable (non-AVX-512) variant under another name.
+#ifndef MORPHLLR_OPS
+#define MORPHLLR_OPS morphllr_fused
+#endif
+// one level of indirection so that MORPHLLR_OPS is expanded before TORCH_LIBRARY pastes it
+#define MORPHLLR_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define MORPHLLR_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
+MORPHLLR_LIBRARY(MORPHLLR_OPS, m) {
+  m.def("concat_elu_pad(Tensor x, int top, int bottom, int left, int right, Tensor[] addends, int[] offsets, "
+        "int seed, int threshold, float scale) -> Tensor");
+  m.def("concat_elu_pad_grad(Tensor grad_buf, Tensor buf, int top, int left, int height, int width, "
+        "int seed, int threshold, float scale) -> Tensor");
+  m.def("gate(Tensor t, Tensor? residual) -> Tensor");
+  m.def("gate_grad(Tensor grad, Tensor t) -> Tensor");
+}
+
+MORPHLLR_LIBRARY_IMPL(MORPHLLR_OPS, CPU, m) {
+  m.impl("concat_elu_pad", &concat_elu_pad);
+  m.impl("concat_elu_pad_grad", &concat_elu_pad_grad);
+  m.impl("gate", &gate);
+  m.impl("gate_grad", &gate_grad);
+}
