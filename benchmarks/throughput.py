@@ -150,15 +150,31 @@ class Path:
         self.optimizer.step()
 
 
-def best_times(paths, step: str, repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` alternating runs of ``step`` for every path (after a warm-up)."""
+def all_times(paths, step: str, repeats: int) -> dict[str, list[float]]:
+    """``repeats`` alternating runs of ``step`` for every path (after a warm-up): path name -> seconds per run."""
     for path in paths:
         getattr(path, step)()
-    best = {path.name: float("inf") for path in paths}
+    times = {path.name: [] for path in paths}
     for _ in range(repeats):
         for path in paths:
-            best[path.name] = min(best[path.name], _timed(getattr(path, step), getattr(path, "device", "cpu")))
-    return best
+            times[path.name].append(_timed(getattr(path, step), getattr(path, "device", "cpu")))
+    return times
+
+
+def best_times(paths, step: str, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` alternating runs of ``step`` for every path (after a warm-up)."""
+    return {name: min(runs) for name, runs in all_times(paths, step, repeats).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, yardstick: str) -> float:
+    """Median over repeats of ``name``'s time over the yardstick's time in the same round.
+
+    The two were run back to back, so a machine whose speed drifts over minutes (a shared VM)
+    changes both alike; the ratio of the two fastest runs, taken minutes apart, does not.
+    """
+    ratios = sorted(a / b for a, b in zip(times[name], times[yardstick]))
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
 
 
 def gpu_table(sizes, repeats: int) -> None:
@@ -202,15 +218,17 @@ def bench_size(size: int, repeats: int, bf16: bool, batch: int | None) -> list[d
              Path("b) default (CL" + (", bf16)" if bf16 else ", fp32)"), fast, x, bf16=bf16, channels_last=True)]
     yardsticks = [Yardstick("conv eval", convolutions_of(paths[1].eval_step)),
                   Yardstick("conv train", convolutions_of(paths[1].train_step))]
-    t_eval = best_times(paths + yardsticks[:1], "eval_step", repeats)
-    t_train = best_times(paths + yardsticks[1:], "train_step", max(1, repeats // 2))
+    runs_eval = all_times(paths + yardsticks[:1], "eval_step", repeats)
+    runs_train = all_times(paths + yardsticks[1:], "train_step", max(1, repeats // 2))
+    t_eval = {name: min(runs) for name, runs in runs_eval.items()}
+    t_train = {name: min(runs) for name, runs in runs_train.items()}
     rows = []
     for path in paths:
         rows.append(dict(size=size, batch=batch, path=path.name,
                          eval_ips=batch / t_eval[path.name], train_ips=batch / t_train[path.name],
                          gflop_eval=flops_eval / 1e9, gflop_train=flops_train / 1e9,
-                         eval_over_conv=t_eval[path.name] / t_eval["conv eval"],
-                         train_over_conv=t_train[path.name] / t_train["conv train"],
+                         eval_over_conv=paired_ratio(runs_eval, path.name, "conv eval"),
+                         train_over_conv=paired_ratio(runs_train, path.name, "conv train"),
                          n_conv=(len(yardsticks[0].calls), len(yardsticks[1].calls))))
     return rows
 
@@ -310,7 +328,7 @@ def main(argv=None) -> None:
     print(f"# eval / conv, train / conv: the path's time over its own {rows[0]['n_conv'][0]} forward convolutions "
           f"(eval) or {rows[0]['n_conv'][1]} forward + backward convolutions (train, which adds Adam), replayed alone "
           "with the same shapes, layout and dtype (default path's; the reference path is compared with the same "
-          "yardstick); targets at 32x32: eval <= 1.15, train <= 1.30")
+          "yardstick; median over rounds of the ratio within a round); targets at 32x32: eval <= 1.15, train <= 1.30")
     if torch.cuda.is_available():
         gpu_table(sizes, repeats)
     else:

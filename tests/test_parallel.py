@@ -44,7 +44,10 @@ def _fail_on_three(job: tuple[int, str]) -> int:
 
 def _slow_pid(job: tuple[int, str]) -> int:
     index, folder = job
-    (Path(folder) / f"{index}.pid").write_text(str(os.getpid()))
+    # written then renamed: a worker terminated mid-write must not leave an empty .pid file behind
+    scratch = Path(folder) / f"{index}.pid.partial"
+    scratch.write_text(str(os.getpid()))
+    scratch.rename(Path(folder) / f"{index}.pid")
     time.sleep(0.05 if index < 2 else 60)
     return os.getpid()
 

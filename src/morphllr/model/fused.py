@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import sys
 import threading
 import warnings
@@ -53,8 +54,10 @@ def _build_name(namespace: str, cflags: list[str]) -> str:
     key.update(_SOURCE.read_bytes())
     key.update(" ".join(cflags).encode())
     key.update(torch.__version__.encode())
-    # -march=native: a library built for one CPU may not run on another
-    key.update(runtime.cpu_description().encode())
+    # -march=native: a library built for one CPU may not run on another (the CPU's name and
+    # instruction sets, not cpu_description(), whose usable-core count changes with the load)
+    key.update(platform.machine().encode())
+    key.update(runtime.cpu_description().rsplit(",", 1)[0].encode())
     key.update(" ".join(sorted(runtime._cpu_flags())).encode())
     return f"{namespace}_{key.hexdigest()[:16]}"
 
@@ -188,14 +191,9 @@ class _ConcatEluPad(torch.autograd.Function):
         grad_buf = _channels_last(grad_buf)
         if grad_buf.dtype != buf.dtype and not (grad_buf.dtype == torch.float32 and buf.dtype == torch.bfloat16):
             grad_buf = grad_buf.to(buf.dtype)
-        grad_x = _ops.concat_elu_pad_grad(grad_buf, buf, top, left, h, w, seed, threshold, scale)
-        grad_ys = []
-        for i, shape in enumerate(y_shapes):
-            grad_y = torch.zeros((shape[0], shape[2], shape[3], shape[1]), dtype=grad_x.dtype).permute(0, 3, 1, 2)
-            t, l = offsets[2 * i], offsets[2 * i + 1]
-            grad_y[:, :, t : t + h, l : l + w] = grad_x
-            grad_ys.append(grad_y)
-        return (None, None, None, grad_x, *grad_ys)
+        sizes = [n for shape in y_shapes for n in shape[2:]]
+        grads = _ops.concat_elu_pad_grad(grad_buf, buf, top, left, h, w, seed, threshold, scale, sizes, list(offsets))
+        return (None, None, None, *grads)
 
 
 def gated_residual(t: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,7 +4,8 @@
 // does in registers what the eager path does in five to eight passes over memory:
 //
 //   concat_elu_pad      s = x + sum_i crop(y_i);  buf = zero-bordered [elu(s), elu(-s)] * dropout
-//   concat_elu_pad_grad grad_s from grad_buf and buf (elu'(t) = 1 + min(elu(t), 0))
+//   concat_elu_pad_grad grad_s from grad_buf and buf (elu'(t) = 1 + min(elu(t), 0)), and each addend's
+//                       gradient (grad_s inside its crop window, zero around it)
 //   gate                out = a * sigmoid(b) (+ residual) for t = [a, b]
 //   gate_grad           grad_t = [g s, g a s (1 - s)]
 //
@@ -101,13 +102,19 @@ inline float sigmoid(float b) {
 
 inline __m512 vload(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 vload(const c10::BFloat16* p, __mmask16 m) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  // full vectors unmasked: a masked 16-bit load costs an extra micro-op
+  const __m256i raw = m == 0xFFFF ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 inline void vstore(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
 inline void vstore(c10::BFloat16* p, __m512 v, __mmask16 m) {
 #if defined(__AVX512BF16__)
-  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+  const __m256i packed = (__m256i)_mm512_cvtneps_pbh(v);
+  if (m == 0xFFFF) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
+  } else {
+    _mm256_mask_storeu_epi16(p, m, packed);
+  }
 #else  // round to nearest even, as store() above
   __m512i b = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
@@ -124,7 +131,7 @@ template <bool accurate>
 inline __m512 vexp_nonpositive(__m512 z) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), z);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(accurate ? 0.693359375f : 0.693147181f), z);
   __m512 p;
   if constexpr (accurate) {
     r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
@@ -134,8 +141,7 @@ inline __m512 vexp_nonpositive(__m512 z) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  } else {
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  } else {  // one-part ln 2: its rounding (|n| * 2e-8 in r) is far below bf16's
     p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 24.0f), _mm512_set1_ps(1.0f / 6.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   }
@@ -148,16 +154,19 @@ constexpr bool accurate_exp = !std::is_same_v<T, c10::BFloat16>;
 
 inline __m512 vabs(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF))); }
 
-// 1 / d for d in [1, 2]: rcp14 and one Newton step (relative error ~1e-8, no division)
+// 1 / d for d in [1, 2] without a division: rcp14 (relative error 2^-14, enough for bf16) and,
+// when accurate, one Newton step (~1e-8)
+template <bool accurate>
 inline __m512 vrecip(__m512 d) {
   const __m512 r = _mm512_rcp14_ps(d);
+  if constexpr (!accurate) return r;
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
 }
 
 template <bool accurate>
 inline __m512 vsigmoid(__m512 b) {
   const __m512 e = vexp_nonpositive<accurate>(_mm512_sub_ps(_mm512_setzero_ps(), vabs(b)));
-  const __m512 inv = vrecip(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
+  const __m512 inv = vrecip<accurate>(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
   const __mmask16 nonneg = _mm512_cmp_ps_mask(b, _mm512_setzero_ps(), _CMP_GE_OQ);
   return _mm512_mask_blend_ps(nonneg, _mm512_mul_ps(e, inv), inv);
 }
@@ -221,8 +230,10 @@ inline void elu_run(const T* x, const T* const* adds, int64_t n_add, const Dropo
 }
 
 // out = g_pos * keep * elu'(pos) - g_neg * keep * elu'(neg), elu' = 1 + min(elu, 0), elu = buf / scale
+// (written to each of outs[0 .. n_out - 1]: the gradient of x and of every addend is the same)
 template <typename T, typename G>
-inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G* out, int64_t c) {
+inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G* const* outs, int64_t n_out,
+                         int64_t c) {
   const float inv_scale = 1.0f / d.scale;
 #ifdef MORPHLLR_AVX512
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv_scale);
@@ -237,7 +248,8 @@ inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G
       en = _mm512_mul_ps(en, vinv);
     }
     const __m512 sp = _mm512_add_ps(one, _mm512_min_ps(ep, zero)), sn = _mm512_add_ps(one, _mm512_min_ps(en, zero));
-    vstore(out + k, _mm512_fmsub_ps(gp, sp, _mm512_mul_ps(gn, sn)), m);
+    const __m512 grad = _mm512_fmsub_ps(gp, sp, _mm512_mul_ps(gn, sn));
+    for (int64_t o = 0; o < n_out; ++o) vstore(outs[o] + k, grad, m);
   }
 #else
   for (int64_t k = 0; k < c; ++k) {
@@ -248,7 +260,8 @@ inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G
       ep *= inv_scale;
       en *= inv_scale;
     }
-    store(out + k, gp * (1.0f + (ep < 0.0f ? ep : 0.0f)) - gn * (1.0f + (en < 0.0f ? en : 0.0f)));
+    const float grad = gp * (1.0f + (ep < 0.0f ? ep : 0.0f)) - gn * (1.0f + (en < 0.0f ? en : 0.0f));
+    for (int64_t o = 0; o < n_out; ++o) store(outs[o] + k, grad);
   }
 #endif
 }
@@ -385,45 +398,78 @@ Tensor concat_elu_pad(const Tensor& x, int64_t top, int64_t bottom, int64_t left
 }
 
 template <typename T, typename G>
-void concat_elu_pad_grad_impl(const Tensor& grad_buf, const Tensor& buf, const Dropout& d, Tensor& grad_x, int64_t top,
-                              int64_t left) {
+void concat_elu_pad_grad_impl(const Tensor& grad_buf, const Tensor& buf, const Dropout& d, std::vector<Tensor>& grads,
+                              const std::vector<int64_t>& offsets, int64_t top, int64_t left) {
+  const Tensor& grad_x = grads[0];
   const int64_t n_img = grad_x.size(0), c = grad_x.size(1), h = grad_x.size(2), w = grad_x.size(3);
-  const Strides4 sg(grad_buf), sb(buf), so(grad_x);
+  const int64_t n_out = static_cast<int64_t>(grads.size());
+  const Strides4 sg(grad_buf), sb(buf);
+  std::vector<Strides4> so;
+  std::vector<G*> op;
+  for (auto& t : grads) {
+    so.emplace_back(t);
+    op.push_back(t.data_ptr<G>());
+  }
   const G* gp = grad_buf.const_data_ptr<G>();
   const T* bp = buf.const_data_ptr<T>();
-  G* op = grad_x.data_ptr<G>();
+  // an addend's gradient is x's inside its crop window and zero on the border around it
+  for (int64_t a = 1; a < n_out; ++a) {
+    const int64_t ha = grads[a].size(2), wa = grads[a].size(3), ot = offsets[2 * (a - 1)], ol = offsets[2 * (a - 1) + 1];
+    at::parallel_for(0, n_img * ha, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t i = row / ha, r = row % ha;
+        G* base = op[a] + i * so[a].n + r * so[a].h;
+        const bool inside = r >= ot && r < ot + h;
+        for (int64_t q = 0; q < wa; ++q)
+          if (!inside || q < ol || q >= ol + w) std::memset(base + q * so[a].w, 0, c * sizeof(G));
+      }
+    });
+  }
   at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<G*> outs(n_out);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row / h, y = row % h;
       for (int64_t q = 0; q < w; ++q) {
         const auto j = static_cast<uint32_t>(((i * h + y) * w + q) * 2 * c);
+        outs[0] = op[0] + i * so[0].n + y * so[0].h + q * so[0].w;
+        for (int64_t a = 1; a < n_out; ++a)
+          outs[a] = op[a] + i * so[a].n + (y + offsets[2 * (a - 1)]) * so[a].h + (q + offsets[2 * (a - 1) + 1]) * so[a].w;
         elu_grad_run(gp + i * sg.n + (y + top) * sg.h + (q + left) * sg.w,
-                     bp + i * sb.n + (y + top) * sb.h + (q + left) * sb.w, d, j,
-                     op + i * so.n + y * so.h + q * so.w, c);
+                     bp + i * sb.n + (y + top) * sb.h + (q + left) * sb.w, d, j, outs.data(), n_out, c);
       }
     }
   });
 }
 
-Tensor concat_elu_pad_grad(const Tensor& grad_buf, const Tensor& buf, int64_t top, int64_t left, int64_t height,
-                           int64_t width, int64_t seed, int64_t threshold, double scale) {
+std::vector<Tensor> concat_elu_pad_grad(const Tensor& grad_buf, const Tensor& buf, int64_t top, int64_t left,
+                                        int64_t height, int64_t width, int64_t seed, int64_t threshold, double scale,
+                                        at::IntArrayRef addend_sizes, at::IntArrayRef offsets) {
   check_channels_last(grad_buf, "grad_buf");
   check_channels_last(buf, "buf");
   TORCH_CHECK(grad_buf.sizes() == buf.sizes(), "grad_buf and buf must have the same shape");
+  TORCH_CHECK(addend_sizes.size() == offsets.size(), "addend_sizes and offsets must both hold 2 numbers per addend");
   const Dropout d = make_dropout(seed, threshold, scale);
-  Tensor grad_x = at::empty({buf.size(0), buf.size(1) / 2, height, width},
-                            grad_buf.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t n = buf.size(0), c = buf.size(1) / 2;
+  const auto options = grad_buf.options().memory_format(at::MemoryFormat::ChannelsLast);
+  std::vector<Tensor> grads{at::empty({n, c, height, width}, options)};
+  std::vector<int64_t> offs(offsets.begin(), offsets.end());
+  for (size_t a = 0; 2 * a < addend_sizes.size(); ++a) {
+    const int64_t ha = addend_sizes[2 * a], wa = addend_sizes[2 * a + 1];
+    TORCH_CHECK(offs[2 * a] >= 0 && offs[2 * a + 1] >= 0 && ha >= height + offs[2 * a] && wa >= width + offs[2 * a + 1],
+                "addend ", a, " does not cover x at its offset");
+    grads.push_back(at::empty({n, c, ha, wa}, options));
+  }
   const auto gt = grad_buf.scalar_type(), bt = buf.scalar_type();
   if (gt == at::kFloat && bt == at::kFloat) {
-    concat_elu_pad_grad_impl<float, float>(grad_buf, buf, d, grad_x, top, left);
+    concat_elu_pad_grad_impl<float, float>(grad_buf, buf, d, grads, offs, top, left);
   } else if (gt == at::kBFloat16 && bt == at::kBFloat16) {
-    concat_elu_pad_grad_impl<c10::BFloat16, c10::BFloat16>(grad_buf, buf, d, grad_x, top, left);
+    concat_elu_pad_grad_impl<c10::BFloat16, c10::BFloat16>(grad_buf, buf, d, grads, offs, top, left);
   } else if (gt == at::kFloat && bt == at::kBFloat16) {
-    concat_elu_pad_grad_impl<c10::BFloat16, float>(grad_buf, buf, d, grad_x, top, left);
+    concat_elu_pad_grad_impl<c10::BFloat16, float>(grad_buf, buf, d, grads, offs, top, left);
   } else {
     TORCH_CHECK(false, "concat_elu_pad_grad: unsupported dtypes ", gt, " / ", bt);
   }
-  return grad_x;
+  return grads;
 }
 
 // ------------------------------------------------------------------------------ gate
@@ -521,7 +567,7 @@ MORPHLLR_LIBRARY(MORPHLLR_OPS, m) {
   m.def("concat_elu_pad(Tensor x, int top, int bottom, int left, int right, Tensor[] addends, int[] offsets, "
         "int seed, int threshold, float scale) -> Tensor");
   m.def("concat_elu_pad_grad(Tensor grad_buf, Tensor buf, int top, int left, int height, int width, "
-        "int seed, int threshold, float scale) -> Tensor");
+        "int seed, int threshold, float scale, int[] addend_sizes, int[] offsets) -> Tensor[]");
   m.def("gate(Tensor t, Tensor? residual) -> Tensor");
   m.def("gate_grad(Tensor grad, Tensor t) -> Tensor");
 }
