@@ -165,10 +165,10 @@ def concat_elu_pad(x: torch.Tensor, pad: tuple[int, int, int, int], dropout: flo
     """
     ys = tuple(y for y, _ in addends)
     offsets = tuple(o for _, off in addends for o in off)
-    return _ConcatEluPad.apply(pad, dropout, offsets, x, *ys)
+    return _FusedConcatEluPad.apply(pad, dropout, offsets, x, *ys)
 
 
-class _ConcatEluPad(torch.autograd.Function):
+class _FusedConcatEluPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pad, dropout, offsets, x, *ys):
         left, right, top, bottom = pad
@@ -207,11 +207,11 @@ def gated_residual(t: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tens
         ``(N, F, H, W)`` channels-last.
     """
     if x is None:
-        return _Gate.apply(t)
-    return _Gate.apply(t, x)
+        return _FusedGate.apply(t)
+    return _FusedGate.apply(t, x)
 
 
-class _Gate(torch.autograd.Function):
+class _FusedGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, x=None):
         ctx.save_for_backward(t)
