@@ -347,15 +347,18 @@ class ShiftedDeconv(nn.ConvTranspose2d):
         c_in, c_out, kh, kw = self.weight.shape
         # weight[c, o, a, b] -> 1x1 conv producing channel (a * kw + b) * c_out + o
         w1 = self.weight.permute(2, 3, 1, 0).reshape(kh * kw * c_out, c_in, 1, 1)
-        taps = F.conv2d(x, w1).permute(0, 2, 3, 1).reshape(n, h, w, kh, kw, c_out)
+        # the bias rides on the taps that start an output pixel (every tap for kw = 2; b = 1 and 2 for
+        # kw = 3, whose b = 0 tap is added to a neighbour's b = 2), so each output gets it once
+        bias = self.bias.repeat(kh * kw).view(kh, kw, c_out)
+        if self.kind == "down":
+            bias = bias * torch.tensor([0.0, 1.0, 1.0], dtype=bias.dtype, device=bias.device).view(1, kw, 1)
+        taps = F.conv2d(x, w1, bias.reshape(-1)).permute(0, 2, 3, 1).reshape(n, h, w, kh, kw, c_out)
         if self.kind == "down":
             # cropped column 2j <- tap b=1 at j;  column 2j+1 <- tap b=2 at j + tap b=0 at j+1
             even = taps[:, :, :, :, 1]
             odd = taps[:, :, :, :, 2] + F.pad(taps[:, :, 1:, :, 0], (0, 0, 0, 0, 0, 1))
             taps = torch.stack([even, odd], dim=4)  # (n, h, w, a, 2, c_out)
-        # the bias in the taps' dtype: a float32 bias would promote the whole stream after
-        # the upsampling to float32 under bf16 autocast (every later conv then casts it back)
-        out = taps.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out) + self.bias.to(taps.dtype)
+        out = taps.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
         return out.permute(0, 3, 1, 2)
 
 
