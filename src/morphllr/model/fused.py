@@ -25,7 +25,9 @@ import contextlib
 import hashlib
 import os
 import platform
+import shutil
 import sys
+import sysconfig
 import threading
 import warnings
 from pathlib import Path
@@ -62,6 +64,15 @@ def _build_name(namespace: str, cflags: list[str]) -> str:
     return f"{namespace}_{key.hexdigest()[:16]}"
 
 
+def _ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` wheel puts it beside this Python, which an
+    un-activated virtual environment (``.venv/bin/python ...``) does not have on PATH."""
+    if shutil.which("ninja") is None:
+        scripts = sysconfig.get_path("scripts")
+        if os.path.exists(os.path.join(scripts, "ninja")):
+            os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
 def build(namespace: str = "morphllr_fused", cflags: list[str] | None = None):
     """Compile (first time) or load the kernels as ``torch.ops.<namespace>``.
 
@@ -75,6 +86,7 @@ def build(namespace: str = "morphllr_fused", cflags: list[str] | None = None):
     """
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     cflags = list(_CFLAGS if cflags is None else cflags) + [f"-DMORPHLLR_OPS={namespace}"]
     name = _build_name(namespace, cflags)
     folder = cache_dir() / name
@@ -82,8 +94,16 @@ def build(namespace: str = "morphllr_fused", cflags: list[str] | None = None):
     if not any(folder.glob("*.so")):
         print(f"morphllr: compiling the fused CPU kernels once for this machine (~20 s; cached in {folder})",
               file=sys.stderr, flush=True)
+    # built from a copy inside the cache folder: ninja's rules name the source's path, so two checkouts
+    # building from their own trees would rebuild the shared library in turn
+    source = folder / _SOURCE.name
+    text = _SOURCE.read_bytes()
+    if not source.exists() or source.read_bytes() != text:
+        scratch = folder / f"{_SOURCE.name}.{os.getpid()}.tmp"
+        scratch.write_bytes(text)
+        os.replace(scratch, source)
     with contextlib.redirect_stdout(sys.stderr):
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+        cpp_extension.load(name=name, sources=[str(source)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
                            build_directory=str(folder), is_python_module=False, verbose=False)
     ops = getattr(torch.ops, namespace)
     ops.gate  # noqa: B018  (AttributeError if the library did not register its ops)
@@ -98,6 +118,12 @@ def _load() -> bool:
             return _state["loaded"]
         if os.environ.get("MORPHLLR_FUSED_KERNELS", "1") == "0":
             _state.update(loaded=False, reason="disabled by MORPHLLR_FUSED_KERNELS=0")
+            return False
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            _state.update(loaded=False, reason=f"no C++ compiler ({compiler}) on PATH to build the fused CPU kernels")
+            warnings.warn(f"morphllr: {_state['reason']}; using the slower eager ops (install g++ for faster scoring "
+                          "and training)", stacklevel=3)
             return False
         try:
             _ops = build()
