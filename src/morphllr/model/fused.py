@@ -120,19 +120,20 @@ def _load() -> bool:
             _state.update(loaded=False, reason="disabled by MORPHLLR_FUSED_KERNELS=0")
             return False
         compiler = os.environ.get("CXX", "c++")
+        reason = None
         if shutil.which(compiler) is None:
-            _state.update(loaded=False, reason=f"no C++ compiler ({compiler}) on PATH to build the fused CPU kernels")
-            warnings.warn(f"morphllr: {_state['reason']}; using the slower eager ops (install g++ for faster scoring "
-                          "and training)", stacklevel=3)
-            return False
-        try:
-            _ops = build()
-        except Exception as exc:  # no compiler, no ninja, a compile error: fall back, say why once
-            text = str(exc).strip()
-            reason = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
-            _state.update(loaded=False, reason=f"could not build the fused CPU kernels ({reason})")
-            warnings.warn(f"morphllr: {_state['reason']}; using the slower eager ops "
-                          "(install a C++ compiler and ninja for faster scoring and training)", stacklevel=3)
+            reason = f"no C++ compiler ({compiler}) on PATH to build the fused CPU kernels"
+        else:
+            try:
+                _ops = build()
+            except Exception as exc:  # no ninja, a compile or load error: fall back, say why once
+                text = str(exc).strip()
+                reason = (f"could not build the fused CPU kernels ({type(exc).__name__}: "
+                          f"{text.splitlines()[-1] if text else ''})")
+        if reason is not None:
+            _state.update(loaded=False, reason=reason)
+            warnings.warn(f"morphllr: {reason}; using the slower eager ops (install a C++ compiler and ninja for "
+                          "faster scoring and training)", stacklevel=3)
             return False
         _state.update(loaded=True, reason=f"fused CPU kernels in use ({cache_dir()})")
         return True
@@ -168,8 +169,25 @@ def usable(*tensors: torch.Tensor) -> bool:
     return _state["loaded"] if _state["loaded"] is not None else _load()
 
 
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+def dropout_threshold(drop: float) -> tuple[int, float]:
+    """The drop rate as the kernels (and the eager path) apply it: a byte threshold out of 256.
+
+    Returns:
+        (threshold, keep probability): an element is dropped when its random byte is below the
+        threshold, so the rate is rounded to 1/256.
+    """
+    threshold = min(255, int(round(drop * 256)))
+    return threshold, 1.0 - threshold / 256.0
+
+
+def _as_gradient_for(grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """An incoming gradient as the backward kernels take it: channels innermost, and the saved
+    tensor's dtype unless it is float32 beside a bf16 tensor (a mix the kernels accept)."""
+    if grad.stride(1) != 1 and grad.shape[1] > 1:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    if grad.dtype != saved.dtype and not (grad.dtype == torch.float32 and saved.dtype == torch.bfloat16):
+        grad = grad.to(saved.dtype)
+    return grad
 
 
 def concat_elu_pad(x: torch.Tensor, pad: tuple[int, int, int, int], dropout: float = 0.0,
@@ -201,13 +219,11 @@ class _FusedConcatEluPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pad, dropout, offsets, x, *ys):
         left, right, top, bottom = pad
-        seed, threshold, keep_prob = 0, 0, 1.0
+        seed, (threshold, keep_prob) = 0, dropout_threshold(dropout)
         if dropout > 0:
-            threshold = min(255, int(round(dropout * 256)))
-            keep_prob = 1.0 - threshold / 256.0
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        buf = _ops.concat_elu_pad(x, top, bottom, left, right, list(ys), list(offsets), seed,
-                                                      threshold, 1.0 / keep_prob)
+        buf = _ops.concat_elu_pad(x, top, bottom, left, right, list(ys), list(offsets), seed, threshold,
+                                  1.0 / keep_prob)
         ctx.geometry = (top, left, x.shape[2], x.shape[3], seed, threshold, 1.0 / keep_prob, offsets,
                         tuple(y.shape for y in ys))
         ctx.save_for_backward(buf)
@@ -217,9 +233,7 @@ class _FusedConcatEluPad(torch.autograd.Function):
     def backward(ctx, grad_buf):
         (buf,) = ctx.saved_tensors
         top, left, h, w, seed, threshold, scale, offsets, y_shapes = ctx.geometry
-        grad_buf = _channels_last(grad_buf)
-        if grad_buf.dtype != buf.dtype and not (grad_buf.dtype == torch.float32 and buf.dtype == torch.bfloat16):
-            grad_buf = grad_buf.to(buf.dtype)
+        grad_buf = _as_gradient_for(grad_buf, buf)
         sizes = [n for shape in y_shapes for n in shape[2:]]
         grads = _ops.concat_elu_pad_grad(grad_buf, buf, top, left, h, w, seed, threshold, scale, sizes, list(offsets))
         return (None, None, None, *grads)
@@ -252,8 +266,6 @@ class _FusedGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (t,) = ctx.saved_tensors
-        grad = _channels_last(grad)
-        if grad.dtype != t.dtype and not (grad.dtype == torch.float32 and t.dtype == torch.bfloat16):
-            grad = grad.to(t.dtype)
+        grad = _as_gradient_for(grad, t)
         grad_t = _ops.gate_grad(grad, t)
         return (grad_t, grad) if ctx.has_residual else grad_t

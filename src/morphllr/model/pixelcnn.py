@@ -196,7 +196,7 @@ def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
     Returns:
         (mask, exact keep probability).
     """
-    threshold = min(255, int(round(drop * 256)))
+    threshold, keep_prob = fused.dropout_threshold(drop)
     n, c, h, w = like.shape
     words = (like.numel() + 7) // 8
     if like.device.type == "cpu":
@@ -214,7 +214,6 @@ def _keep_mask(like: torch.Tensor, drop: float) -> tuple[torch.Tensor, float]:
         keep = keep.view(n, h, w, c).permute(0, 3, 1, 2)
     else:
         keep = keep.view(n, c, h, w)
-    keep_prob = 1.0 - threshold / 256.0
     return keep, keep_prob
 
 
