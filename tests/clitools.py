@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from morphllr.cli import main
@@ -71,3 +72,13 @@ def synth_and_compare(folder, sims: dict, obs, arch, gallery: int = 2, n_referen
                                      "--threads", "1"])
     assert code == 0, out + err
     return folder / "report", out, err, universe
+
+
+def galaxies(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` smooth blobs of random brightness plus a little noise: very learnable structure."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r2 = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2
+    blob = np.exp(-r2 / (size / 2.0))
+    return (blob[None] * rng.uniform(0.5, 1.0, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
+        np.float32)

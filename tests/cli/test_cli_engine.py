@@ -11,29 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from clitools import galaxies, run
 from morphllr.cli import main
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--precision", "32", "--threads", "1", "--quiet",
         "--warmup-steps", "2", "--augment", "rot,flip"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def galaxies(n: int, size: int = 8) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    blob = np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 4.0)
-    return (blob[None] * rng.uniform(0.5, 1, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
-        np.float32)
 
 
 @pytest.fixture(scope="module")

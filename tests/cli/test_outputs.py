@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from morphllr.atomic import atomic_dir, atomic_file, claim_output, claim_outputs
-from clitools import run
+from clitools import galaxies, run
 from morphllr.errors import MorphllrError
 
 pytest.importorskip("galsim")
@@ -55,14 +55,6 @@ def digest(path: Path) -> str:
 
 def listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-def galaxies(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    blob = np.exp(-((yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2) / 4.0)
-    return (blob[None] * rng.uniform(0.5, 1, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
-        np.float32)
 
 
 def write_sim_fits(path: Path, size: int = 240, sigma_pix: float = 20.0) -> Path:

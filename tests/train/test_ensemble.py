@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clitools import run
+from clitools import galaxies, run
 from morphllr.cli import main
 from morphllr.errors import MorphllrError
 from morphllr.data.inputs import file_sha256
@@ -35,14 +35,6 @@ def refused(argv, capsys, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-def galaxies(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    blob = np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 4.0)
-    return (blob[None] * rng.uniform(0.5, 1, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
-        np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from clitools import galaxies
 from morphllr.errors import MorphllrError
 from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
 from morphllr.model.io import load_model
@@ -22,16 +23,6 @@ from morphllr.train.trainer import InterruptAfter
 
 FAST = dict(config="tiny", batch_size=4, augment="none", precision="32", progress=False, threads=1,
             warmup_steps=5)
-
-
-def galaxies(n: int, seed: int = 0, size: int = 8) -> np.ndarray:
-    """Smooth blobs of random brightness plus a little noise: very learnable structure."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    r2 = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2
-    blob = np.exp(-r2 / (size / 2.0))
-    return (blob[None] * rng.uniform(0.5, 1.0, (n, 1, 1)) + 0.02 * rng.standard_normal((n, size, size))).astype(
-        np.float32)
 
 
 def _bpd(net_or_model, x: np.ndarray) -> float:
