@@ -10,9 +10,9 @@
 //   gate_grad           grad_t = [g s, g a s (1 - s)]
 //
 // Arithmetic is in float32 whatever the storage type; bfloat16 is rounded to nearest even once,
-// on store.  exp is a Cephes-style polynomial (relative error ~2e-7, like expf) written so that
-// the compiler vectorises the channel loops.  Work is split over (image, row) with
-// at::parallel_for, i.e. over torch's intra-op threads.
+// on store.  exp is a Cephes-style polynomial (relative error ~2e-7, like expf), in AVX-512 or
+// AVX2 intrinsics where the compiler targets them (-march=native) and in plain loops elsewhere.
+// Work is split over (image, row) with at::parallel_for, i.e. over torch's intra-op threads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -87,9 +87,11 @@ inline uint32_t mix32(uint32_t j, uint32_t seed) {
 inline float keep_scale(uint32_t j, const Dropout& d) { return (mix32(j, d.seed) >> 24) >= d.threshold ? d.scale : 0.0f; }
 
 // ------------------------------------------------------------------------------ one pixel's channels
-// The kernels below work one pixel at a time on its C contiguous channels.  These "run"
-// functions are the arithmetic: AVX-512 intrinsics where the compiler targets it (16 lanes,
-// masked tails), plain loops elsewhere.  Both compute the same float32 expressions.
+// The kernels below work one pixel at a time on its C contiguous channels.  The "run" functions
+// are the arithmetic.  They are written once over the vector primitives of namespace simd
+// (AVX-512: 16 lanes; AVX2 with FMA: 8 lanes), which cover the whole vectors of a pixel, and as
+// plain loops for the channels left over (all of them on CPUs with neither).  Both forms compute
+// the same float32 expressions.
 inline float sigmoid(float b) {
   const float e = exp_nonpositive(-std::fabs(b));
   const float inv = 1.0f / (1.0f + e);
@@ -97,99 +99,184 @@ inline float sigmoid(float b) {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define MORPHLLR_AVX512 1
+#define MORPHLLR_SIMD 1
 #include <immintrin.h>
 
-inline __m512 vload(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 vload(const c10::BFloat16* p, __mmask16 m) {
-  // full vectors unmasked: a masked 16-bit load costs an extra micro-op
-  const __m256i raw = m == 0xFFFF ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
+namespace simd {
+using vec = __m512;
+using mask = __mmask16;
+using ivec = __m512i;
+constexpr int64_t width = 16;
+
+inline vec set1(float v) { return _mm512_set1_ps(v); }
+inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+inline vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+inline vec fnmadd(vec a, vec b, vec c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline vec fmsub(vec a, vec b, vec c) { return _mm512_fmsub_ps(a, b, c); }    // a b - c
+inline vec abs(vec v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF))); }
+inline mask greater(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+inline mask greater_equal(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+inline vec select(mask m, vec if_set, vec otherwise) { return _mm512_mask_blend_ps(m, otherwise, if_set); }
+inline vec round_nearest(vec v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// scalef flushes p 2^n to 0 where 2^n underflows, so exp's argument needs no clamp
+inline vec exp_domain(vec z) { return z; }
+inline vec ldexp(vec p, vec n) { return _mm512_scalef_ps(p, n); }
+inline vec reciprocal_estimate(vec d) { return _mm512_rcp14_ps(d); }  // relative error 2^-14
+
+inline vec load(const float* p) { return _mm512_loadu_ps(p); }
+inline vec load(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
-inline void vstore(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
-inline void vstore(c10::BFloat16* p, __m512 v, __mmask16 m) {
+inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+inline void store(c10::BFloat16* p, vec v) {
 #if defined(__AVX512BF16__)
-  const __m256i packed = (__m256i)_mm512_cvtneps_pbh(v);
-  if (m == 0xFFFF) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
-  } else {
-    _mm256_mask_storeu_epi16(p, m, packed);
-  }
-#else  // round to nearest even, as store() above
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+#else  // round to nearest even, NaN to a quiet NaN, as the scalar store()
   __m512i b = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  b = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16)));
+  b = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
+  b = _mm512_mask_mov_epi32(b, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(b));
 #endif
 }
 
+inline ivec iota_from(uint32_t j0) {
+  return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)),
+                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+inline ivec iset1(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+inline ivec imul(ivec a, ivec b) { return _mm512_mullo_epi32(a, b); }
+inline ivec ixor(ivec a, ivec b) { return _mm512_xor_si512(a, b); }
+template <int bits>
+inline ivec ishift_right(ivec a) { return _mm512_srli_epi32(a, bits); }
+// value where byte >= threshold, else 0 (byte in [0, 256))
+inline vec keep_where(ivec byte, uint32_t threshold, float value) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_epu32_mask(byte, iset1(threshold), _MM_CMPINT_NLT), set1(value));
+}
+}  // namespace simd
+
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MORPHLLR_SIMD 1
+#include <immintrin.h>
+
+namespace simd {
+using vec = __m256;
+using mask = __m256;  // all-ones or all-zeros lanes
+using ivec = __m256i;
+constexpr int64_t width = 8;
+
+inline vec set1(float v) { return _mm256_set1_ps(v); }
+inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+inline vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+inline vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }    // a b + c
+inline vec fnmadd(vec a, vec b, vec c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b
+inline vec fmsub(vec a, vec b, vec c) { return _mm256_fmsub_ps(a, b, c); }    // a b - c
+inline vec abs(vec v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))); }
+inline mask greater(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+inline mask greater_equal(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+inline vec select(mask m, vec if_set, vec otherwise) { return _mm256_blendv_ps(otherwise, if_set, m); }
+inline vec round_nearest(vec v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// 2^n is built from its exponent bits below, which must stay a normal float: n >= -126
+inline vec exp_domain(vec z) { return _mm256_max_ps(z, _mm256_set1_ps(-87.0f)); }
+inline vec ldexp(vec p, vec n) {
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline vec reciprocal_estimate(vec d) { return _mm256_rcp_ps(d); }  // relative error 1.5 2^-12
+
+inline vec load(const float* p) { return _mm256_loadu_ps(p); }
+inline vec load(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+inline void store(c10::BFloat16* p, vec v) {  // round to nearest even, NaN to a quiet NaN, as the scalar store()
+  __m256i b = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd)), 16);
+  b = _mm256_blendv_epi8(b, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  // packus works within 128-bit halves: [b0..b3 b0..b3 | b4..b7 b4..b7]; gather 64-bit parts 0 and 2
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(b, b), 0b1000);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+inline ivec iota_from(uint32_t j0) {
+  return _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline ivec iset1(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+inline ivec imul(ivec a, ivec b) { return _mm256_mullo_epi32(a, b); }
+inline ivec ixor(ivec a, ivec b) { return _mm256_xor_si256(a, b); }
+template <int bits>
+inline ivec ishift_right(ivec a) { return _mm256_srli_epi32(a, bits); }
+// value where byte >= threshold, else 0 (byte in [0, 256), threshold in [1, 256): a signed compare will do)
+inline vec keep_where(ivec byte, uint32_t threshold, float value) {
+  const __m256i kept = _mm256_cmpgt_epi32(byte, iset1(threshold - 1));
+  return _mm256_and_ps(_mm256_castsi256_ps(kept), set1(value));
+}
+}  // namespace simd
+#endif
+
+#ifdef MORPHLLR_SIMD
 // exp(z) for z <= 0.  Accurate: the polynomial of exp_nonpositive (float32 storage).  Short: a
 // degree-4 Taylor polynomial, relative error < 5e-5, for bfloat16 storage (whose rounding is
 // 2e-3): it saves 6 of 15 vector operations, and exp is most of these kernels' arithmetic.
-// scalef applies 2^n and flushes to 0 for very negative z, so no clamp is needed.
 template <bool accurate>
-inline __m512 vexp_nonpositive(__m512 z) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(accurate ? 0.693359375f : 0.693147181f), z);
-  __m512 p;
+inline simd::vec vexp_nonpositive(simd::vec z) {
+  z = simd::exp_domain(z);
+  const simd::vec n = simd::round_nearest(simd::mul(z, simd::set1(1.44269504088896341f)));
+  simd::vec r = simd::fnmadd(n, simd::set1(accurate ? 0.693359375f : 0.693147181f), z);
+  simd::vec p;
   if constexpr (accurate) {
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    r = simd::fmadd(n, simd::set1(2.12194440e-4f), r);
+    p = simd::set1(1.9875691500e-4f);
+    p = simd::fmadd(p, r, simd::set1(1.3981999507e-3f));
+    p = simd::fmadd(p, r, simd::set1(8.3334519073e-3f));
+    p = simd::fmadd(p, r, simd::set1(4.1665795894e-2f));
+    p = simd::fmadd(p, r, simd::set1(1.6666665459e-1f));
+    p = simd::fmadd(p, r, simd::set1(5.0000001201e-1f));
   } else {  // one-part ln 2: its rounding (|n| * 2e-8 in r) is far below bf16's
-    p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 24.0f), _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = simd::fmadd(r, simd::set1(1.0f / 24.0f), simd::set1(1.0f / 6.0f));
+    p = simd::fmadd(p, r, simd::set1(0.5f));
   }
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  p = simd::fmadd(simd::mul(p, r), r, simd::add(r, simd::set1(1.0f)));
+  return simd::ldexp(p, n);
 }
 
 template <typename T>
 constexpr bool accurate_exp = !std::is_same_v<T, c10::BFloat16>;
 
-inline __m512 vabs(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF))); }
-
-// 1 / d for d in [1, 2] without a division: rcp14 (relative error 2^-14, enough for bf16) and,
-// when accurate, one Newton step (~1e-8)
+// 1 / d for d in [1, 2] without a division: the estimate alone (enough for bf16) or, when
+// accurate, refined by one Newton step
 template <bool accurate>
-inline __m512 vrecip(__m512 d) {
-  const __m512 r = _mm512_rcp14_ps(d);
+inline simd::vec vrecip(simd::vec d) {
+  const simd::vec r = simd::reciprocal_estimate(d);
   if constexpr (!accurate) return r;
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+  return simd::mul(r, simd::fnmadd(d, r, simd::set1(2.0f)));
 }
 
 template <bool accurate>
-inline __m512 vsigmoid(__m512 b) {
-  const __m512 e = vexp_nonpositive<accurate>(_mm512_sub_ps(_mm512_setzero_ps(), vabs(b)));
-  const __m512 inv = vrecip<accurate>(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
-  const __mmask16 nonneg = _mm512_cmp_ps_mask(b, _mm512_setzero_ps(), _CMP_GE_OQ);
-  return _mm512_mask_blend_ps(nonneg, _mm512_mul_ps(e, inv), inv);
+inline simd::vec vsigmoid(simd::vec b) {
+  const simd::vec e = vexp_nonpositive<accurate>(simd::sub(simd::set1(0.0f), simd::abs(b)));
+  const simd::vec inv = vrecip<accurate>(simd::add(e, simd::set1(1.0f)));
+  return simd::select(simd::greater_equal(b, simd::set1(0.0f)), inv, simd::mul(e, inv));
 }
 
-inline __mmask16 lanes(int64_t k, int64_t c) {
-  const int64_t left = c - k;
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
-}
-
-// keep_scale for elements j0 .. j0 + 15
-inline __m512 vkeep(uint32_t j0, const Dropout& d) {
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512i h = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), iota);
-  h = _mm512_xor_si512(_mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x9E3779B9u))),
-                       _mm512_set1_epi32(static_cast<int>(d.seed)));
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  const __mmask16 kept = _mm512_cmp_epu32_mask(_mm512_srli_epi32(h, 24), _mm512_set1_epi32(static_cast<int>(d.threshold)),
-                                               _MM_CMPINT_NLT);
-  return _mm512_maskz_mov_ps(kept, _mm512_set1_ps(d.scale));
+// keep_scale for elements j0 .. j0 + width - 1
+inline simd::vec vkeep(uint32_t j0, const Dropout& d) {
+  using simd::imul, simd::ixor, simd::iset1, simd::ishift_right;
+  simd::ivec h = ixor(imul(simd::iota_from(j0), iset1(0x9E3779B9u)), iset1(d.seed));
+  h = ixor(h, ishift_right<16>(h));
+  h = imul(h, iset1(0x85EBCA6Bu));
+  h = ixor(h, ishift_right<13>(h));
+  h = imul(h, iset1(0xC2B2AE35u));
+  h = ixor(h, ishift_right<16>(h));
+  return simd::keep_where(ishift_right<24>(h), d.threshold, d.scale);
 }
 #endif
 
@@ -197,24 +284,24 @@ inline __m512 vkeep(uint32_t j0, const Dropout& d) {
 template <typename T>
 inline void elu_run(const T* x, const T* const* adds, int64_t n_add, const Dropout& d, uint32_t j, T* pos, T* neg,
                     int64_t c) {
-#ifdef MORPHLLR_AVX512
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-  for (int64_t k = 0; k < c; k += 16) {
-    const __mmask16 m = lanes(k, c);
-    __m512 v = vload(x + k, m);
-    for (int64_t a = 0; a < n_add; ++a) v = _mm512_add_ps(v, vload(adds[a] + k, m));
-    const __m512 e = _mm512_sub_ps(vexp_nonpositive<accurate_exp<T>>(_mm512_sub_ps(zero, vabs(v))), one);
-    const __mmask16 gt = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ);
-    __m512 p = _mm512_mask_blend_ps(gt, e, v), q = _mm512_mask_blend_ps(gt, _mm512_sub_ps(zero, v), e);
+  int64_t k = 0;
+#ifdef MORPHLLR_SIMD
+  const simd::vec zero = simd::set1(0.0f), one = simd::set1(1.0f);
+  for (; k + simd::width <= c; k += simd::width) {
+    simd::vec v = simd::load(x + k);
+    for (int64_t a = 0; a < n_add; ++a) v = simd::add(v, simd::load(adds[a] + k));
+    const simd::vec e = simd::sub(vexp_nonpositive<accurate_exp<T>>(simd::sub(zero, simd::abs(v))), one);
+    const simd::mask positive = simd::greater(v, zero);
+    simd::vec p = simd::select(positive, v, e), q = simd::select(positive, e, simd::sub(zero, v));
     if (d.on()) {
-      p = _mm512_mul_ps(p, vkeep(j + k, d));
-      q = _mm512_mul_ps(q, vkeep(j + c + k, d));
+      p = simd::mul(p, vkeep(j + k, d));
+      q = simd::mul(q, vkeep(j + c + k, d));
     }
-    vstore(pos + k, p, m);
-    vstore(neg + k, q, m);
+    simd::store(pos + k, p);
+    simd::store(neg + k, q);
   }
-#else
-  for (int64_t k = 0; k < c; ++k) {
+#endif
+  for (; k < c; ++k) {
     float v = load(x + k);
     for (int64_t a = 0; a < n_add; ++a) v += load(adds[a] + k);
     const float e = exp_nonpositive(-std::fabs(v)) - 1.0f;
@@ -226,7 +313,6 @@ inline void elu_run(const T* x, const T* const* adds, int64_t n_add, const Dropo
     store(pos + k, p);
     store(neg + k, q);
   }
-#endif
 }
 
 // out = g_pos * keep * elu'(pos) - g_neg * keep * elu'(neg), elu' = 1 + min(elu, 0), elu = buf / scale
@@ -235,24 +321,24 @@ template <typename T, typename G>
 inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G* const* outs, int64_t n_out,
                          int64_t c) {
   const float inv_scale = 1.0f / d.scale;
-#ifdef MORPHLLR_AVX512
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv_scale);
-  for (int64_t k = 0; k < c; k += 16) {
-    const __mmask16 m = lanes(k, c);
-    __m512 gp = vload(g + k, m), gn = vload(g + c + k, m);
-    __m512 ep = vload(b + k, m), en = vload(b + c + k, m);
+  int64_t k = 0;
+#ifdef MORPHLLR_SIMD
+  const simd::vec zero = simd::set1(0.0f), one = simd::set1(1.0f), vinv = simd::set1(inv_scale);
+  for (; k + simd::width <= c; k += simd::width) {
+    simd::vec gp = simd::load(g + k), gn = simd::load(g + c + k);
+    simd::vec ep = simd::load(b + k), en = simd::load(b + c + k);
     if (d.on()) {
-      gp = _mm512_mul_ps(gp, vkeep(j + k, d));
-      gn = _mm512_mul_ps(gn, vkeep(j + c + k, d));
-      ep = _mm512_mul_ps(ep, vinv);
-      en = _mm512_mul_ps(en, vinv);
+      gp = simd::mul(gp, vkeep(j + k, d));
+      gn = simd::mul(gn, vkeep(j + c + k, d));
+      ep = simd::mul(ep, vinv);
+      en = simd::mul(en, vinv);
     }
-    const __m512 sp = _mm512_add_ps(one, _mm512_min_ps(ep, zero)), sn = _mm512_add_ps(one, _mm512_min_ps(en, zero));
-    const __m512 grad = _mm512_fmsub_ps(gp, sp, _mm512_mul_ps(gn, sn));
-    for (int64_t o = 0; o < n_out; ++o) vstore(outs[o] + k, grad, m);
+    const simd::vec sp = simd::add(one, simd::min(ep, zero)), sn = simd::add(one, simd::min(en, zero));
+    const simd::vec grad = simd::fmsub(gp, sp, simd::mul(gn, sn));
+    for (int64_t o = 0; o < n_out; ++o) simd::store(outs[o] + k, grad);
   }
-#else
-  for (int64_t k = 0; k < c; ++k) {
+#endif
+  for (; k < c; ++k) {
     float gp = load(g + k), gn = load(g + c + k), ep = load(b + k), en = load(b + c + k);
     if (d.on()) {
       gp *= keep_scale(j + k, d);
@@ -263,46 +349,43 @@ inline void elu_grad_run(const G* g, const T* b, const Dropout& d, uint32_t j, G
     const float grad = gp * (1.0f + (ep < 0.0f ? ep : 0.0f)) - gn * (1.0f + (en < 0.0f ? en : 0.0f));
     for (int64_t o = 0; o < n_out; ++o) store(outs[o] + k, grad);
   }
-#endif
 }
 
 // out = a * sigmoid(b) (+ r) for t = [a, b]
 template <typename T>
 inline void gate_run(const T* t, const T* r, T* out, int64_t c) {
-#ifdef MORPHLLR_AVX512
-  for (int64_t k = 0; k < c; k += 16) {
-    const __mmask16 m = lanes(k, c);
-    __m512 v = _mm512_mul_ps(vload(t + k, m), vsigmoid<accurate_exp<T>>(vload(t + c + k, m)));
-    if (r != nullptr) v = _mm512_add_ps(v, vload(r + k, m));
-    vstore(out + k, v, m);
+  int64_t k = 0;
+#ifdef MORPHLLR_SIMD
+  for (; k + simd::width <= c; k += simd::width) {
+    simd::vec v = simd::mul(simd::load(t + k), vsigmoid<accurate_exp<T>>(simd::load(t + c + k)));
+    if (r != nullptr) v = simd::add(v, simd::load(r + k));
+    simd::store(out + k, v);
   }
-#else
-  for (int64_t k = 0; k < c; ++k) {
+#endif
+  for (; k < c; ++k) {
     const float v = load(t + k) * sigmoid(load(t + c + k));
     store(out + k, r != nullptr ? v + load(r + k) : v);
   }
-#endif
 }
 
 // [grad_a, grad_b] = [g s, g s (1 - s) a], s = sigmoid(b)
 template <typename T, typename G>
 inline void gate_grad_run(const G* g, const T* t, G* out, int64_t c) {
-#ifdef MORPHLLR_AVX512
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t k = 0; k < c; k += 16) {
-    const __mmask16 m = lanes(k, c);
-    const __m512 s = vsigmoid<accurate_exp<T>>(vload(t + c + k, m));
-    const __m512 ga = _mm512_mul_ps(vload(g + k, m), s);
-    vstore(out + k, ga, m);
-    vstore(out + c + k, _mm512_mul_ps(_mm512_mul_ps(ga, vload(t + k, m)), _mm512_sub_ps(one, s)), m);
+  int64_t k = 0;
+#ifdef MORPHLLR_SIMD
+  const simd::vec one = simd::set1(1.0f);
+  for (; k + simd::width <= c; k += simd::width) {
+    const simd::vec s = vsigmoid<accurate_exp<T>>(simd::load(t + c + k));
+    const simd::vec ga = simd::mul(simd::load(g + k), s);
+    simd::store(out + k, ga);
+    simd::store(out + c + k, simd::mul(simd::mul(ga, simd::load(t + k)), simd::sub(one, s)));
   }
-#else
-  for (int64_t k = 0; k < c; ++k) {
+#endif
+  for (; k < c; ++k) {
     const float s = sigmoid(load(t + c + k)), ga = load(g + k) * s;
     store(out + k, ga);
     store(out + c + k, ga * load(t + k) * (1.0f - s));
   }
-#endif
 }
 
 struct Strides4 {  // element strides of an (N, C, H, W) tensor whose channels are innermost
