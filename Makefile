@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/fused_kernels.py
 	$(BIN)/python benchmarks/score_memory.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/compare.py
