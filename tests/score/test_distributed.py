@@ -250,7 +250,7 @@ def test_compare_two_processes_give_the_numbers_of_one(work, tmp_path):
     assert s1.keys() == s2.keys() and s1["/sets/sim/sky/mask"] == "segmap"
     for key, v in s1.items():
         if isinstance(v, float) and not isinstance(v, bool):
-            assert s2[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
+            assert s2[key] == pytest.approx(v, rel=1e-5, abs=1e-9), key  # float32 rounding of other batch shapes
         else:
             assert s2[key] == v, key
     h1, t1 = (lambda rows: (rows[0], rows[1:]))(list(csv.reader(open(tmp_path / "r1" / "scores.csv"))))
@@ -263,19 +263,19 @@ def test_compare_two_processes_give_the_numbers_of_one(work, tmp_path):
         except ValueError:
             assert [r[col] for r in t1] == [r[col] for r in t2]
             continue
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9, err_msg=h1[col])
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9, err_msg=h1[col])
     with h5py.File(tmp_path / "r1" / "maps.h5") as a, h5py.File(tmp_path / "r2" / "maps.h5") as b:
         for group in ("ref", "sim"):
             for key in ("llr", "logp_obs", "logp_arch"):
-                _close(b[group][key][:], a[group][key][:])
+                _close(b[group][key][:], a[group][key][:], rtol=1e-5)
     for name in ("ref", "sim"):  # mean maps, radial profiles and galleries (re-scored on rank 0)
         x, y = r1.sets[name], r2.sets[name]
-        np.testing.assert_allclose(y.mean_map, x.mean_map, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(y.profile_pix, x.profile_pix, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(y.profile_re, x.profile_re, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(y.mean_map, x.mean_map, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(y.profile_pix, x.profile_pix, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(y.profile_re, x.profile_re, rtol=1e-5, atol=1e-9)
         for key, g in x.gallery.items():
             np.testing.assert_array_equal(y.gallery[key]["indices"], g["indices"])
-            np.testing.assert_allclose(y.gallery[key]["map_obs"], g["map_obs"], rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(y.gallery[key]["map_obs"], g["map_obs"], rtol=1e-5, atol=1e-9)
 
 
 # --------------------------------------------------------------------------- refusals
