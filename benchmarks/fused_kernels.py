@@ -53,7 +53,7 @@ def main() -> None:
     threads = runtime.configure_cpu(None)
     dtype = torch.bfloat16 if runtime.bf16_supported() else torch.float32
     native = fused.build()
-    portable = fused.build("morphllr_fused_portable", ["-O3", "-march=x86-64", "-fopenmp", "-fno-math-errno"])
+    portable = fused.build("morphllr_fused_portable", fused.PORTABLE_CFLAGS)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  torch {torch.__version__}  "
           f"{runtime.cpu_description()}  threads={threads}  dtype={dtype}")
     print("| kernel (64 x 64 channels x 32x32) | native ms | portable ms | portable / native |")

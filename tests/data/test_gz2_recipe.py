@@ -158,11 +158,12 @@ def test_prepare_like_the_validation_model_reproduces_its_training_fingerprint(s
         assert len(s) == len(rows) == 1120
         from morphllr import runtime
 
-        if s.fingerprint() != recorded and "avx512f" not in runtime._cpu_flags():
+        fingerprint = s.fingerprint()
+        if fingerprint != recorded and "avx512f" not in runtime._cpu_flags():
             pytest.skip(f"the shipped models were trained on data prepared on AVX-512 CPUs; on "
                         f"{runtime.cpu_description()} the prepared pixels differ in their last bits (a known gap: "
                         "see BENCHMARKS.md, Zen 3 section)")
-        assert s.fingerprint() == recorded
+        assert fingerprint == recorded
         assert list(s.catalog["label"][:1]) == [rows[0]["label"]]
     code, text = cli(["check", OBS, out, "--trained-on"], capsys)
     assert code == 0 and "it is the model's training set" in text, text

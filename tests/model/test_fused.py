@@ -241,7 +241,7 @@ def test_fused_dropout_trains_like_the_eager_dropout():
 @pytest.mark.slow
 def test_portable_build_without_vector_intrinsics_gives_the_same_numbers():
     """The plain loops (x86-64 baseline: neither AVX2 nor AVX-512) against this CPU's native build."""
-    ops = fused.build("morphllr_fused_portable", ["-O3", "-march=x86-64", "-fopenmp", "-fno-math-errno"])
+    ops = fused.build("morphllr_fused_portable", fused.PORTABLE_CFLAGS)
     g = torch.Generator().manual_seed(2)
     for dtype in (torch.float32, torch.bfloat16):
         x = cl(3 * torch.randn(2, 20, 5, 6, generator=g)).to(dtype)

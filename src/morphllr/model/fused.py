@@ -36,6 +36,8 @@ import torch
 
 _SOURCE = Path(__file__).with_name("fused_cpu.cpp")
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+# the plain-loop variant (x86-64 baseline: neither AVX2 nor AVX-512), built by the tests and benchmarks
+PORTABLE_CFLAGS = ["-O3", "-march=x86-64", "-fopenmp", "-fno-math-errno"]
 _DTYPES = (torch.float32, torch.bfloat16)
 
 _lock = threading.Lock()
