@@ -5,9 +5,10 @@ are not a multiple of the 8 AVX2 or 16 AVX-512 lanes, strided views, auxiliary a
 float32 (to rounding) and bfloat16 (to bf16 rounding), forward and backward; dropout is checked
 for its rate, scaling, reproducibility and for a backward that uses the forward's mask.  The
 whole network on the fused path is held to the plain reference (values and training gradients),
-and to causality.  The portable variant (plain loops) of the same source is built and compared
-too, so the fallback arithmetic of other CPUs is tested on this one, and the AVX2 / AVX-512
-variants this CPU cannot run are at least compiled.
+and to causality.  Two other variants of the same source are built and compared too, kernel by
+kernel and in the whole network: the portable one (plain loops, the fallback of other CPUs) and,
+on CPUs without AVX-512, the AVX-512 code path run through SIMDe's portable intrinsics.  The AVX2
+and AVX-512 (+BF16) builds this CPU cannot run are at least compiled warning-free.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from morphllr import runtime
 from morphllr.model import fused
 from morphllr.model.pixelcnn import PixelCNN, PixelCNNConfig
 from morphllr.model.plain import ReferencePixelCNN
@@ -238,12 +240,32 @@ def test_fused_dropout_trains_like_the_eager_dropout():
 
 
 # ---------------------------------------------------------------- the other instruction sets
+def _variant_flags(variant: str) -> list[str]:
+    if variant == "portable":
+        return fused.PORTABLE_CFLAGS
+    try:
+        return fused.avx512_emulation_cflags()
+    except ImportError:
+        pytest.skip("the AVX-512 emulation needs SIMDe's headers: pip install simde-py (in the test extra)")
+
+
+@pytest.fixture(scope="module", params=["portable", "avx512-emulated"])
+def other_variant(request):
+    """This source built as another CPU's variant: plain loops (x86-64 baseline), or the AVX-512
+    primitives through SIMDe, whose arithmetic a CPU without AVX-512 can then check."""
+    if request.param == "avx512-emulated" and "avx512f" in runtime._cpu_flags():
+        pytest.skip("this CPU runs the AVX-512 path natively: the tests above check it")
+    flags = _variant_flags(request.param)
+    return fused.build(f"morphllr_fused_{request.param.replace('-', '_')}", flags)
+
+
 @pytest.mark.slow
-def test_portable_build_without_vector_intrinsics_gives_the_same_numbers():
-    """The plain loops (x86-64 baseline: neither AVX2 nor AVX-512) against this CPU's native build."""
-    ops = fused.build("morphllr_fused_portable", fused.PORTABLE_CFLAGS)
+def test_other_variants_give_the_numbers_of_the_native_build(other_variant):
+    """Each kernel of the other variant against this CPU's native build (itself held to the eager ops above)."""
+    ops = other_variant
     g = torch.Generator().manual_seed(2)
     for dtype in (torch.float32, torch.bfloat16):
+        # 20 and 40 channels: whole 8- and 16-lane vectors and a tail of leftover channels
         x = cl(3 * torch.randn(2, 20, 5, 6, generator=g)).to(dtype)
         y = cl(torch.randn(2, 20, 6, 8, generator=g)).to(dtype)
         t = cl(3 * torch.randn(2, 40, 5, 6, generator=g)).to(dtype)
@@ -254,14 +276,23 @@ def test_portable_build_without_vector_intrinsics_gives_the_same_numbers():
             assert torch.equal(a == 0, b == 0)  # the same dropout mask
             assert ((a - b).abs() <= tol * (1 + b.abs())).all()
             grad = cl(torch.randn(a.shape, generator=g)).to(dtype)
-            portable, native = (o.concat_elu_pad_grad(grad, o.concat_elu_pad(*args), 1, 1, 5, 6, seed, threshold,
-                                                      args[-1], [6, 8], [1, 1]) for o in (ops, fused._ops))
-            assert len(portable) == len(native) == 2  # x's gradient and the addend's
-            for ga, gb in zip(portable, native):
+            other, native = (o.concat_elu_pad_grad(grad, o.concat_elu_pad(*args), 1, 1, 5, 6, seed, threshold,
+                                                   args[-1], [6, 8], [1, 1]) for o in (ops, fused._ops))
+            assert len(other) == len(native) == 2  # x's gradient and the addend's
+            for ga, gb in zip(other, native):
                 assert ((ga.double() - gb.double()).abs() <= 2 * tol * (1 + gb.double().abs())).all()
         assert ((ops.gate(t, x).double() - fused._ops.gate(t, x).double()).abs() <= tol * 4).all()
+        assert ((ops.gate(t, None).double() - fused._ops.gate(t, None).double()).abs() <= tol * 4).all()
         grad = cl(torch.randn(2, 20, 5, 6, generator=g)).to(dtype)
         assert ((ops.gate_grad(grad, t).double() - fused._ops.gate_grad(grad, t).double()).abs() <= tol * 4).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["gauss-8", "disc-rgb-20"])
+def test_the_network_on_other_variants_matches_the_plain_reference(other_variant, cfg, monkeypatch):
+    """The whole network with the other variant's kernels in place of the native ones: values and gradients."""
+    monkeypatch.setattr(fused, "_ops", other_variant)
+    test_fused_network_matches_the_plain_reference_in_values_and_gradients(cfg)
 
 
 @pytest.mark.slow

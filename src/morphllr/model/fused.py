@@ -112,6 +112,20 @@ def build(namespace: str = "morphllr_fused", cflags: list[str] | None = None):
     return ops
 
 
+def avx512_emulation_cflags() -> list[str]:
+    """Flags that build the AVX-512 code path on any x86-64 CPU, through SIMDe's portable intrinsics.
+
+    For tests: a CPU without AVX-512 can then check the arithmetic of the AVX-512 primitives
+    (all but the AVX512-BF16 store, which SIMDe lacks).  Slow code; never the model's build.
+
+    Returns:
+        compiler flags for :func:`build`.  Raises ImportError without ``pip install simde-py``.
+    """
+    import simde_py
+
+    return PORTABLE_CFLAGS + ["-DMORPHLLR_EMULATE_AVX512", f"-I{simde_py.get_include()}"]
+
+
 def _load() -> bool:
     """Build or load the default kernels once; True when :data:`_ops` is usable."""
     global _ops

@@ -12,6 +12,8 @@
 // Arithmetic is in float32 whatever the storage type; bfloat16 is rounded to nearest even once,
 // on store.  exp is a Cephes-style polynomial (relative error ~2e-7, like expf), in AVX-512 or
 // AVX2 intrinsics where the compiler targets them (-march=native) and in plain loops elsewhere.
+// The tests also build the AVX-512 path with -DMORPHLLR_EMULATE_AVX512 (SIMDe's portable
+// intrinsics), so that its arithmetic is checked on CPUs that cannot run it.
 // Work is split over (image, row) with at::parallel_for, i.e. over torch's intra-op threads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,6 +25,29 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(MORPHLLR_EMULATE_AVX512)
+// Tests only (fused.avx512_emulation_cflags): the AVX-512 primitives below, run through SIMDe's
+// portable versions of the intrinsics, so that a CPU without AVX-512 checks their arithmetic.
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define MORPHLLR_AVX512 1
+// not in SIMDe 0.8.2: vpmovdw, the low 16 bits of each 32-bit lane
+inline simde__m256i morphllr_cvtepi32_epi16(simde__m512i a) {
+  alignas(64) int32_t lanes[16];
+  alignas(32) int16_t low[16];
+  simde_mm512_store_si512(lanes, a);
+  for (int i = 0; i < 16; ++i) low[i] = static_cast<int16_t>(lanes[i]);
+  return simde_mm256_load_si256(reinterpret_cast<const simde__m256i*>(low));
+}
+#define _mm512_cvtepi32_epi16 morphllr_cvtepi32_epi16
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define MORPHLLR_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MORPHLLR_AVX2 1
+#endif
 
 namespace {
 
@@ -98,9 +123,8 @@ inline float sigmoid(float b) {
   return b >= 0.0f ? inv : e * inv;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(MORPHLLR_AVX512)
 #define MORPHLLR_SIMD 1
-#include <immintrin.h>
 
 namespace simd {
 using vec = __m512;
@@ -159,9 +183,8 @@ inline vec keep_where(ivec byte, uint32_t threshold, float value) {
 }
 }  // namespace simd
 
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(MORPHLLR_AVX2)
 #define MORPHLLR_SIMD 1
-#include <immintrin.h>
 
 namespace simd {
 using vec = __m256;
