@@ -14,6 +14,7 @@ import torch
 from clitools import galaxies
 from morphllr.errors import MorphllrError
 from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
+from morphllr.data.imageset import sketch_batches
 from morphllr.model.io import load_model
 from morphllr.score import log_likelihood
 from morphllr.train.augment import augment_batch, rotate_continuous, rotate_lossless
@@ -42,7 +43,9 @@ def test_overfitting_a_handful_of_images_drives_bits_per_dim_down(tmp_path):
     assert result.metrics["train_bits_per_dim"] == pytest.approx(end, abs=1e-3)
     assert result.metrics["val_bits_per_dim"] is None and result.metrics["steps"] == 60
     meta = model.meta
-    assert meta["data_fingerprint"] == __import__("morphllr.data.inputs").data.inputs.open_images(x).fingerprint()
+    source = __import__("morphllr.data.inputs").data.inputs.open_images(x)
+    assert meta["data_fingerprint"] == source.fingerprint()
+    assert meta["data_sketch"] == sketch_batches(source.batches(3))  # for sets rebuilt on another CPU kind
     assert (tmp_path / "m" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "m" / "logs" / "metrics.csv").is_file()
 

@@ -374,7 +374,7 @@ def subset_command(
 
 CHECK_HELP = """Check that an image set was prepared like a model's training data, before scoring it: the recipe keys that change model-input pixels (pixel scale, crop, zoom, stretch, clip, un-stretch, bin, input kind, ...), and the image size and channels the network takes.
 
-Prints one line and exits 0 when the set fits the model, or prints `error: ...` naming the difference and the fix and exits 2.  MODEL is a model folder or an ensemble folder (all members are checked by loading them).  --trained-on also requires the set to be the very set the model was trained on (its images' sha256 = the model's data_fingerprint), e.g. before reusing shipped models on a rebuilt training set.
+Prints one line and exits 0 when the set fits the model, or prints `error: ...` naming the difference and the fix and exits 2.  MODEL is a model folder or an ensemble folder (all members are checked by loading them).  --trained-on also requires the set to be the very set the model was trained on: its images' sha256 equals the model's data_fingerprint, or, for a set rebuilt on another CPU kind (whose pixels differ in their last bits), its pixel sketch (rms and 8 random-sign projections) agrees with the model's data_sketch to 1e-5 of the rms pixel.  Use it e.g. before reusing shipped models on a rebuilt training set.
 
 Examples:
 
@@ -410,16 +410,30 @@ def check_command(
                             f"--like {model}`")
     fingerprint = source.fingerprint()
     same = fingerprint == ensemble.data_fingerprint
+    rebuilt = None  # the sketch's difference when the bytes differ (another CPU kind rounds differently)
     if trained_on and not same:
-        recorded = ensemble.data_fingerprint
-        raise MorphllrError(f"{imageset}: images sha256 {fingerprint[:12]} is not the set {model} was trained on "
-                            f"({recorded[:12] if recorded else 'not recorded'}); train the model on this set, or "
-                            "rebuild the set exactly as the model's was")
+        recorded, sketch = ensemble.data_fingerprint, ensemble.data_sketch
+        if sketch:
+            from morphllr.data.imageset import SKETCH_RTOL, sketch_batches, sketch_difference
+
+            rebuilt = sketch_difference(sketch, sketch_batches(source.batches(256)))
+        if rebuilt is None or rebuilt > SKETCH_RTOL:
+            why = ("its pixels differ from the training set's by more than rounding (largest sketch difference "
+                   f"{rebuilt:.2g} of the rms pixel, allowed {SKETCH_RTOL:g})" if rebuilt is not None else
+                   "the model records no rounding-tolerant sketch of its training pixels (it was trained before "
+                   "morphllr kept one), so a set rebuilt on another CPU kind, whose last bits differ, cannot be "
+                   "recognised")
+            raise MorphllrError(f"{imageset}: images sha256 {fingerprint[:12]} is not the set {model} was trained on "
+                                f"({recorded[:12] if recorded else 'not recorded'}): {why}; train the model on this "
+                                "set, or rebuild the set exactly as the model's was")
     members = f"{len(ensemble)}-member ensemble" if len(ensemble) > 1 else "model"
     if not set_prep:
         text = "records no preprocessing (bare array): taken as already in the model's input space"
     else:
         text = (f"prepared like the {members}'s training data (recipe {set_prep.get('name', '?')}, "
                 f"input kind {input_kind_of(set_prep) or 'unrecorded'})")
+    if rebuilt is not None:
+        text += (f"; it is the model's training set to within rounding (sketch difference {rebuilt:.1g} of the rms "
+                 "pixel; the bytes differ, as when a set is rebuilt on another CPU kind)")
     typer.echo(f"compatible: {imageset} ({len(source)} images {have[0]}x{have[1]}x{have[2]}) {text}"
                + ("; it is the model's training set" if same else ""))

@@ -173,6 +173,10 @@ class Ensemble:
         return getattr(self.members[0], "data_fingerprint", None)
 
     @property
+    def data_sketch(self) -> dict | None:
+        return getattr(self.members[0], "data_sketch", None)
+
+    @property
     def seeds(self) -> list[int | None]:
         """Training seed of each member (from the index or the members' model.json; None when unknown)."""
         if self.index is not None:

@@ -6,7 +6,8 @@ years later without executing any code from it:
 * ``weights.safetensors``: the network's tensors (safetensors cannot carry code);
 * ``model.json``: ``format="morphllr.model"``, ``format_version``, the network
   ``config`` and ``head``, the ``preprocessing`` the training images went through,
-  the training data's ``data_fingerprint``, ``metrics`` (train/val bits/dim, steps),
+  the training data's ``data_fingerprint`` (sha256) and ``data_sketch`` (a summary that
+  survives last-bit rounding, :func:`morphllr.data.imageset.sketch_batches`), ``metrics`` (train/val bits/dim, steps),
   software ``versions``, ``created`` (UTC) and ``weights_sha256``, which is checked
   on load so that a truncated copy or an edited file is refused.
 
@@ -70,6 +71,10 @@ class LoadedModel:
     def data_fingerprint(self) -> str | None:
         return self.meta.get("data_fingerprint")
 
+    @property
+    def data_sketch(self) -> dict | None:
+        return self.meta.get("data_sketch")
+
 
 def _versions() -> dict:
     import numpy
@@ -102,7 +107,7 @@ def jsonable(value: Any) -> Any:
 
 def save_model(net, out_dir: str | Path, *, preprocessing: dict | None, data_fingerprint: str | None,
                metrics: dict | None, extra: dict | None = None, overwrite: bool = False,
-               in_place: bool = False) -> Path:
+               in_place: bool = False, data_sketch: dict | None = None) -> Path:
     """Write ``net`` as a model folder, atomically.
 
     A new folder is filled under a temporary name and renamed at the end.  With
@@ -119,6 +124,9 @@ def save_model(net, out_dir: str | Path, *, preprocessing: dict | None, data_fin
         extra: additional JSON-able information (stored under ``"extra"``).
         overwrite: replace an existing folder.
         in_place: write into an existing folder, keeping its other files.
+        data_sketch: the training images' rounding-tolerant summary
+            (:func:`morphllr.data.imageset.sketch_batches`), so that the same set rebuilt on another
+            CPU kind is still recognised.
 
     Returns:
         the folder path.
@@ -128,13 +136,14 @@ def save_model(net, out_dir: str | Path, *, preprocessing: dict | None, data_fin
         with atomic_file(out_dir / WEIGHTS_FILE) as tmp_weights:
             _write_weights(net, tmp_weights)
             weights_sha = file_sha256(tmp_weights)
-        meta = _meta(net, preprocessing, data_fingerprint, metrics, extra, weights_sha)
+        meta = _meta(net, preprocessing, data_fingerprint, metrics, extra, weights_sha, data_sketch)
         with atomic_file(out_dir / META_FILE) as tmp_meta:
             tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return out_dir
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         _write_weights(net, tmp / WEIGHTS_FILE)
-        meta = _meta(net, preprocessing, data_fingerprint, metrics, extra, file_sha256(tmp / WEIGHTS_FILE))
+        meta = _meta(net, preprocessing, data_fingerprint, metrics, extra, file_sha256(tmp / WEIGHTS_FILE),
+                     data_sketch)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
@@ -145,7 +154,7 @@ def _write_weights(net, path: Path) -> None:
     save_file(_plain_state_dict(net), str(path), metadata={"format": "pt", "producer": FORMAT})
 
 
-def _meta(net, preprocessing, data_fingerprint, metrics, extra, weights_sha256: str) -> dict:
+def _meta(net, preprocessing, data_fingerprint, metrics, extra, weights_sha256: str, data_sketch=None) -> dict:
     config = net.config
     meta = {
         "format": FORMAT,
@@ -159,6 +168,8 @@ def _meta(net, preprocessing, data_fingerprint, metrics, extra, weights_sha256: 
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "weights_sha256": weights_sha256,
     }
+    if data_sketch:
+        meta["data_sketch"] = jsonable(dict(data_sketch))
     if extra:
         meta["extra"] = jsonable(dict(extra))
     return meta

@@ -31,6 +31,7 @@ import lightning.pytorch as L
 
 from morphllr import runtime
 from morphllr.atomic import atomic_file, claims
+from morphllr.data.imageset import sketch_batches
 from morphllr.data.inputs import open_images, validate_source
 from morphllr.errors import MorphllrError
 from morphllr.model.heads import bits_per_dim, is_discrete_head
@@ -325,7 +326,7 @@ def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, da
              "best_checkpoint": str(Path(best_path).relative_to(out_dir)) if Path(best_path).is_relative_to(out_dir)
              else best_path}
     save_model(net, out_dir, preprocessing=source.preprocessing, data_fingerprint=run["data_fingerprint"],
-               metrics=metrics, extra=extra, in_place=True)
+               data_sketch=sketch_batches(source.batches(256)), metrics=metrics, extra=extra, in_place=True)
     return TrainResult(model_dir=out_dir, metrics=metrics)
 
 
