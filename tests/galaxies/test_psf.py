@@ -179,6 +179,34 @@ def test_unusable_psf_images_are_refused_with_the_reason(array, message, tmp_pat
     assert message in str(caught.value) and str(caught.value).startswith(f"--psf-image {path}:")
 
 
+def _moffat(shape, centre) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return (1 + ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / 4.0) ** -3.0
+
+
+@pytest.mark.parametrize("shape, centre, fragments", [
+    ((20, 20), (10, 10), ["20x20 pixels has no middle pixel", "peak is at row 10, column 10", "rows 1..19, columns 1..19"]),
+    ((21, 20), (10, 9.5), ["21x20 pixels has no middle pixel"]),
+    ((21, 21), (10, 11), ["centred at row 10.00, column 11.00", "middle pixel (10, 10)", "(+0.00, +1.00) pixels"]),
+    ((15, 15), (4.0, 7.0), ["shift by (-3.00, +0.00) pixels", "recentre"]),
+])
+def test_psf_images_not_centred_on_their_middle_pixel_are_refused(shape, centre, fragments, tmp_path):
+    """A PSF off its middle pixel would shift every archetype or mock convolved with it: refused, with the fix."""
+    path = _save(tmp_path / "psf.npy", _moffat(shape, centre))
+    with pytest.raises(MorphllrError) as caught:
+        load_psf_image(path, option="--psf-image")
+    assert str(caught.value).startswith(f"--psf-image {path}:")
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_psf_images_centred_to_a_fraction_of_a_pixel_are_accepted(tmp_path):
+    rng = np.random.default_rng(0)
+    for centre in [(10, 10), (10.3, 9.8), (10.45, 10.45)]:
+        noisy = _moffat((21, 21), centre) + rng.normal(0, 1e-3, (21, 21))  # noisy wings do not move the centre
+        assert load_psf_image(_save(tmp_path / "psf.npy", noisy)).shape == (21, 21)
+
+
 def test_the_largest_allowed_psf_image_is_accepted(tmp_path):
     assert load_psf_image(_save(tmp_path / "psf.npy", np.ones((PSF_IMAGE_MAX_SIDE, 3)))).shape == \
         (PSF_IMAGE_MAX_SIDE, 3)

@@ -140,7 +140,45 @@ def load_psf_image(path, option: str = "--psf-image") -> np.ndarray:
     if not data.sum() > 0:
         raise MorphllrError(f"{option} {path}: the PSF image sums to {data.sum():g}; a PSF needs positive total "
                             "flux (sky-subtract it, not below zero)")
+    _check_centred(data, f"{option} {path}")
     return data
+
+
+#: a PSF image's light may sit at most this far (pixels) from its middle pixel
+PSF_CENTRE_TOLERANCE = 0.5
+
+
+def _check_centred(data: np.ndarray, where: str) -> None:
+    """Refuse a PSF image whose centre is not its middle pixel: it would shift every model convolved with it.
+
+    The convention (:func:`psf_from_image`) puts the PSF's centre on the middle pixel.  An even
+    side has no middle pixel (FFT-style arrays put the peak at ``n // 2``, half a pixel off the
+    array's centre), and a peak elsewhere moves the convolved archetypes or mocks away from the
+    galaxies they stand for, silently.
+
+    Args:
+        data: the PSF pixels.
+        where: option and file, for the message.
+
+    Returns:
+        None; raises MorphllrError with the crop or shift that fixes it.
+    """
+    ny, nx = data.shape
+    py, px = (int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
+    if ny % 2 == 0 or nx % 2 == 0:
+        hy, hx = min(py, ny - 1 - py), min(px, nx - 1 - px)
+        raise MorphllrError(f"{where}: a PSF image of {ny}x{nx} pixels has no middle pixel, so its centre is ambiguous "
+                            "by half a pixel and every convolved model would shift by it; give an odd-sided image "
+                            f"with the peak in the middle pixel (its peak is at row {py}, column {px}: e.g. rows "
+                            f"{py - hy}..{py + hy}, columns {px - hx}..{px + hx} of it)")
+    core = np.where(data >= 0.1 * data.max(), data, 0.0)  # the light around the peak; noisy wings left out
+    yy, xx = np.indices(data.shape)
+    cy, cx = float((core * yy).sum() / core.sum()), float((core * xx).sum() / core.sum())
+    dy, dx = cy - (ny - 1) / 2, cx - (nx - 1) / 2
+    if max(abs(dy), abs(dx)) > PSF_CENTRE_TOLERANCE:
+        raise MorphllrError(f"{where}: the PSF's light is centred at row {cy:.2f}, column {cx:.2f}, not on the middle "
+                            f"pixel ({(ny - 1) // 2}, {(nx - 1) // 2}), so every convolved model would shift by "
+                            f"({dy:+.2f}, {dx:+.2f}) pixels; recentre the PSF image on its middle pixel")
 
 
 def psf_image_record(path, pixels: np.ndarray, store_pixels: bool = True) -> dict:
