@@ -95,8 +95,39 @@ def test_check_trained_on_recognises_a_rebuilt_set_and_refuses_a_changed_one(tmp
     code, text = cli(["check", model, changed, "--trained-on"], capsys)
     one_error(text, "changed.h5", "is not the set", "more than rounding")
     assert code == 2
+    # NaN pixels never pass for rounding
+    nan_set = tmp_path / "nan.h5"
+    with_nan = last_bits_off(flux)
+    with_nan[2, 0, 30, 30] = np.nan
+    write_flux_set(nan_set, with_nan, catalog, recipe)
+    with ImageSet.open(nan_set) as s:
+        assert np.isnan(s.images[:]).sum() == 1
+    code, text = cli(["check", model, nan_set, "--trained-on"], capsys)
+    one_error(text, "nan.h5", "more than rounding")
+    assert code == 2
+    assert sketch_difference(sketch, {**sketch, "rms": float("nan")}) == float("inf")
+    # another number of images, and a damaged record, are named as such
+    fewer = tmp_path / "fewer.h5"
+    write_flux_set(fewer, flux[:10], {"id": catalog["id"][:10]}, recipe)
+    code, text = cli(["check", model, fewer, "--trained-on"], capsys)
+    one_error(text, "fewer.h5", "it holds 10 images, the training set 12")
+    assert code == 2
+    damaged = save_model(net, tmp_path / "damaged", preprocessing=prep, data_fingerprint=fingerprint,
+                         data_sketch={"n_images": "twelve"}, metrics={})
+    code, text = cli(["check", damaged, rebuilt, "--trained-on"], capsys)
+    one_error(text, "rebuilt.h5", "data_sketch is unreadable")
+    assert code == 2
     # a model from before the sketch: the rebuilt set is refused, and the message says why
     old = save_model(net, tmp_path / "old", preprocessing=prep, data_fingerprint=fingerprint, metrics={})
     code, text = cli(["check", old, rebuilt, "--trained-on"], capsys)
     one_error(text, "rebuilt.h5", "records no rounding-tolerant sketch", "another CPU kind")
     assert code == 2
+    # an ensemble whose first member predates the sketch uses another member's
+    from morphllr.model.ensemble import assemble_ensemble
+
+    members = [save_model(net, tmp_path / f"member{seed}", preprocessing=prep, data_fingerprint=fingerprint,
+                          data_sketch=None if seed == 0 else sketch, metrics={}, extra={"training": {"seed": seed}})
+               for seed in (0, 1)]
+    assemble_ensemble(members, tmp_path / "ensemble")
+    code, text = cli(["check", tmp_path / "ensemble", rebuilt, "--trained-on"], capsys)
+    assert code == 0 and "2-member ensemble" in text and "to within rounding" in text, text

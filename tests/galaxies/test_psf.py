@@ -185,26 +185,38 @@ def _moffat(shape, centre) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape, centre, fragments", [
-    ((20, 20), (10, 10), ["20x20 pixels has no middle pixel", "peak is at row 10, column 10", "rows 1..19, columns 1..19"]),
-    ((21, 20), (10, 9.5), ["21x20 pixels has no middle pixel"]),
-    ((21, 21), (10, 11), ["centred at row 10.00, column 11.00", "middle pixel (10, 10)", "(+0.00, +1.00) pixels"]),
+    ((20, 20), (10, 10), ["centred at row 10.00, column 10.00 of the 20x20 image", "not at its centre (9.5, 9.5)",
+                          "(+0.50, +0.50) pixels", "FFT-style"]),
+    ((21, 21), (10, 11), ["centred at row 10.00, column 11.00", "centre (10, 10)", "(+0.00, +1.00) pixels"]),
     ((15, 15), (4.0, 7.0), ["shift by (-3.00, +0.00) pixels", "recentre"]),
+    ((21, 21), (10.4, 10.0), ["(+0.40, +0.00) pixels"]),
 ])
-def test_psf_images_not_centred_on_their_middle_pixel_are_refused(shape, centre, fragments, tmp_path):
-    """A PSF off its middle pixel would shift every archetype or mock convolved with it: refused, with the fix."""
+def test_psf_images_not_centred_on_the_image_are_refused(shape, centre, fragments, tmp_path):
+    """A PSF off the image's centre would shift every archetype or mock convolved with it: refused, with the fix."""
     path = _save(tmp_path / "psf.npy", _moffat(shape, centre))
     with pytest.raises(MorphllrError) as caught:
         load_psf_image(path, option="--psf-image")
     assert str(caught.value).startswith(f"--psf-image {path}:")
     for fragment in fragments:
         assert fragment in str(caught.value)
+    assert ("FFT-style" in str(caught.value)) == (shape[0] % 2 == 0)
 
 
-def test_psf_images_centred_to_a_fraction_of_a_pixel_are_accepted(tmp_path):
+def test_psf_images_centred_on_the_image_are_accepted_whatever_their_sides(tmp_path):
+    """Odd or even sides, square or not, noisy wings: accepted when the light is centred (GalSim draws them unshifted)."""
+    from morphllr.galaxies.psf import psf_from_image
+
     rng = np.random.default_rng(0)
-    for centre in [(10, 10), (10.3, 9.8), (10.45, 10.45)]:
-        noisy = _moffat((21, 21), centre) + rng.normal(0, 1e-3, (21, 21))  # noisy wings do not move the centre
-        assert load_psf_image(_save(tmp_path / "psf.npy", noisy)).shape == (21, 21)
+    for shape, centre in [((21, 21), (10, 10)), ((21, 21), (10.2, 9.85)), ((20, 20), (9.5, 9.5)),
+                          ((21, 16), (10, 7.5))]:
+        noisy = _moffat(shape, centre) + rng.normal(0, 1e-3, shape)  # noisy wings do not move the centre
+        pixels = load_psf_image(_save(tmp_path / "psf.npy", noisy))
+        assert pixels.shape == shape
+    # the even-sided one, drawn on an odd grid, is centred on its middle pixel: no shift
+    drawn = psf_from_image(_moffat((20, 20), (9.5, 9.5)), 0.396).drawImage(nx=21, ny=21, scale=0.396,
+                                                                         method="no_pixel").array
+    yy, xx = np.indices(drawn.shape)
+    assert abs((drawn * yy).sum() / drawn.sum() - 10) < 1e-6 and abs((drawn * xx).sum() / drawn.sum() - 10) < 1e-6
 
 
 def test_the_largest_allowed_psf_image_is_accepted(tmp_path):

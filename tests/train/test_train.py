@@ -14,7 +14,7 @@ import torch
 from clitools import galaxies
 from morphllr.errors import MorphllrError
 from morphllr.model.pixelcnn import NETWORK_PRESETS, PixelCNN
-from morphllr.data.imageset import sketch_batches
+from morphllr.data.imageset import sketch_batches, sketch_difference
 from morphllr.model.io import load_model
 from morphllr.score import log_likelihood
 from morphllr.train.augment import augment_batch, rotate_continuous, rotate_lossless
@@ -45,7 +45,8 @@ def test_overfitting_a_handful_of_images_drives_bits_per_dim_down(tmp_path):
     meta = model.meta
     source = __import__("morphllr.data.inputs").data.inputs.open_images(x)
     assert meta["data_fingerprint"] == source.fingerprint()
-    assert meta["data_sketch"] == sketch_batches(source.batches(3))  # for sets rebuilt on another CPU kind
+    # for sets rebuilt on another CPU kind (other batching: the same sketch up to summation order)
+    assert sketch_difference(meta["data_sketch"], sketch_batches(source.batches(3))) < 1e-12
     assert (tmp_path / "m" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "m" / "logs" / "metrics.csv").is_file()
 

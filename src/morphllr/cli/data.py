@@ -389,7 +389,8 @@ def check_command(
     model: Path = typer.Argument(..., help="Model folder or ensemble folder."),
     imageset: Path = typer.Argument(..., help="Image set (.h5) or images (.npy/.npz/HDF5 dataset)."),
     trained_on: bool = typer.Option(False, "--trained-on", help="Also require the set to be the model's training "
-                                    "set (images sha256 = data_fingerprint)."),
+                                    "set (images sha256 = data_fingerprint, or, rebuilt on another CPU kind, the "
+                                    "same pixels to within rounding by the model's data_sketch)."),
 ) -> None:
     from morphllr.errors import MorphllrError
     from morphllr.model.ensemble import load_ensemble
@@ -413,16 +414,26 @@ def check_command(
     rebuilt = None  # the sketch's difference when the bytes differ (another CPU kind rounds differently)
     if trained_on and not same:
         recorded, sketch = ensemble.data_fingerprint, ensemble.data_sketch
-        if sketch:
+        if recorded is None:
+            why = "the model records no fingerprint of its training images"
+        elif not sketch:
+            why = ("the model records no rounding-tolerant sketch of its training pixels (it was trained before "
+                   "morphllr kept one), so a set rebuilt on another CPU kind, whose last bits differ, cannot be "
+                   "recognised")
+        elif not isinstance(sketch, dict) or not isinstance(sketch.get("n_images"), int):
+            why = "the model's data_sketch is unreadable (edited or damaged model.json)"
+        elif sketch["n_images"] != len(source):
+            why = f"it holds {len(source)} images, the training set {sketch['n_images']}"
+        else:
             from morphllr.data.imageset import SKETCH_RTOL, sketch_batches, sketch_difference
 
             rebuilt = sketch_difference(sketch, sketch_batches(source.batches(256)))
-        if rebuilt is None or rebuilt > SKETCH_RTOL:
-            why = ("its pixels differ from the training set's by more than rounding (largest sketch difference "
-                   f"{rebuilt:.2g} of the rms pixel, allowed {SKETCH_RTOL:g})" if rebuilt is not None else
-                   "the model records no rounding-tolerant sketch of its training pixels (it was trained before "
-                   "morphllr kept one), so a set rebuilt on another CPU kind, whose last bits differ, cannot be "
-                   "recognised")
+            why = ("the model's data_sketch is unreadable (edited or damaged model.json)" if rebuilt is None else
+                   f"its pixels differ from the training set's by more than rounding (largest sketch difference "
+                   f"{rebuilt:.2g} of the rms pixel, allowed {SKETCH_RTOL:g})")
+            if rebuilt is not None and rebuilt <= SKETCH_RTOL:
+                why = None
+        if why is not None:
             raise MorphllrError(f"{imageset}: images sha256 {fingerprint[:12]} is not the set {model} was trained on "
                                 f"({recorded[:12] if recorded else 'not recorded'}): {why}; train the model on this "
                                 "set, or rebuild the set exactly as the model's was")

@@ -116,7 +116,7 @@ def fit_sersic_command(
         None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX, help="Moffat index for every galaxy. Default: the catalogue's "
         "psf_beta column, else 4.765. A wrong beta biases n low (true 3.5, assumed 4.765: median |dn| 0.04-0.08 -> 0.22-0.28)."),
     psf_image: Optional[Path] = typer.Option(
-        None, "--psf-image", help="PSF image (FITS or .npy, 2-D, finite, odd sides, peak in the middle pixel): the image of a "
+        None, "--psf-image", help="PSF image (FITS or .npy, 2-D, finite, centred on the image): the image of a "
         "point source at the set's pixel scale, pixel response included, for every galaxy; instead of --psf-fwhm/--psf-beta. Recorded with its sha256 and pixels."),
     no_psf: bool = typer.Option(False, "--no-psf", help="Fit without PSF convolution (only for PSF-free images)."),
     channel: int = typer.Option(0, "--channel", min=0, max=1023, help="Band to fit (0-based) for multi-band sets."),
@@ -179,7 +179,7 @@ def archetypes_command(
         None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX, help="Moffat index for every galaxy. Default: the fits', "
         "else the psf_beta column, else 4.765."),
     psf_image: Optional[Path] = typer.Option(
-        None, "--psf-image", help="PSF image (FITS or .npy, odd sides, peak in the middle pixel; the image of a point source at "
+        None, "--psf-image", help="PSF image (FITS or .npy, centred on the image; the image of a point source at "
         "the set's pixel scale). Default: the fits' PSF image, if they used one."),
     sky_patches: Optional[Path] = typer.Option(
         None, "--sky-patches", help="Empty-sky cutouts (image set with flux, .npy/.npz or FITS cube; same flux units "
@@ -351,7 +351,7 @@ def mock_command(
     psf_beta: Optional[float] = typer.Option(None, "--psf-beta", min=PSF_BETA_MIN, max=PSF_BETA_MAX,
                                              help="Moffat index (default: catalogue/match psf_beta, else 4.765)."),
     psf_image: Optional[Path] = typer.Option(
-        None, "--psf-image", help="PSF image (FITS or .npy, odd sides, peak in the middle pixel) sampled at the survey pixel "
+        None, "--psf-image", help="PSF image (FITS or .npy, centred on the image) sampled at the survey pixel "
         "scale, for every galaxy."),
     sky_sigma: Optional[float] = typer.Option(None, "--sky-sigma", min=0.0, max=1e12,
                                               help="Gaussian sky noise per pixel, working units."),

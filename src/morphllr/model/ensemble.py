@@ -174,7 +174,8 @@ class Ensemble:
 
     @property
     def data_sketch(self) -> dict | None:
-        return getattr(self.members[0], "data_sketch", None)
+        # members share one training set (data_fingerprint); one assembled from older models may lack it in some
+        return next((m.data_sketch for m in self.members if getattr(m, "data_sketch", None)), None)
 
     @property
     def seeds(self) -> list[int | None]:

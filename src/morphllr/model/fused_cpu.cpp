@@ -32,7 +32,7 @@
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 #define MORPHLLR_AVX512 1
-// not in SIMDe 0.8.2: vpmovdw, the low 16 bits of each 32-bit lane
+#ifndef _mm512_cvtepi32_epi16  // not in SIMDe 0.8.2: vpmovdw, the low 16 bits of each 32-bit lane
 inline simde__m256i morphllr_cvtepi32_epi16(simde__m512i a) {
   alignas(64) int32_t lanes[16];
   alignas(32) int16_t low[16];
@@ -41,6 +41,7 @@ inline simde__m256i morphllr_cvtepi32_epi16(simde__m512i a) {
   return simde_mm256_load_si256(reinterpret_cast<const simde__m256i*>(low));
 }
 #define _mm512_cvtepi32_epi16 morphllr_cvtepi32_epi16
+#endif
 #elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define MORPHLLR_AVX512 1

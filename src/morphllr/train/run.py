@@ -277,18 +277,19 @@ def _finish(module, trainer, ckpt_cb, source, datamodule, out_dir: Path, run: di
     """Load the best checkpoint, measure final bits/dim and write the model files."""
     best_path = ckpt_cb.best_model_path or str(out_dir / CHECKPOINT_DIR / "last.ckpt")
     history = list(module.val_history)
+    sketch = sketch_batches(source.batches(256))  # one pass over the data, shared by both model folders
     result = _write_model(best_path, module.model_prefix, module.net.config, source, datamodule, out_dir, run,
-                          trainer, elapsed, history)
+                          trainer, elapsed, history, sketch)
     raw_best = out_dir / CHECKPOINT_DIR / "best_raw.ckpt"
     if module.evaluate_raw and raw_best.is_file():
         raw_run = {k: v for k, v in run.items() if k != "weight_average"}
         _write_model(str(raw_best), "net.", module.net.config, source, datamodule, out_dir / RAW_DIR, raw_run, trainer,
-                     elapsed, list(module.raw_history))
+                     elapsed, list(module.raw_history), sketch)
     return result
 
 
 def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, datamodule, out_dir: Path, run: dict,
-                 trainer, elapsed: float, history: list | None) -> TrainResult:
+                 trainer, elapsed: float, history: list | None, sketch: dict) -> TrainResult:
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
     net_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -326,7 +327,7 @@ def _write_model(best_path: str, prefix: str, config: PixelCNNConfig, source, da
              "best_checkpoint": str(Path(best_path).relative_to(out_dir)) if Path(best_path).is_relative_to(out_dir)
              else best_path}
     save_model(net, out_dir, preprocessing=source.preprocessing, data_fingerprint=run["data_fingerprint"],
-               data_sketch=sketch_batches(source.batches(256)), metrics=metrics, extra=extra, in_place=True)
+               data_sketch=sketch, metrics=metrics, extra=extra, in_place=True)
     return TrainResult(model_dir=out_dir, metrics=metrics)
 
 
