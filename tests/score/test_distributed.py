@@ -250,7 +250,9 @@ def test_compare_two_processes_give_the_numbers_of_one(work, tmp_path):
     assert s1.keys() == s2.keys() and s1["/sets/sim/sky/mask"] == "segmap"
     for key, v in s1.items():
         if isinstance(v, float) and not isinstance(v, bool):
-            assert s2[key] == pytest.approx(v, rel=1e-5, abs=1e-9), key  # float32 rounding of other batch shapes
+            # float32 rounding of other batch shapes: a shard whose last batch holds one image runs oneDNN's
+            # batch-1 convolutions, whose per-pixel log p differ by up to ~6e-5 relative (1e-7 per image; Zen 3)
+            assert s2[key] == pytest.approx(v, rel=1e-5, abs=1e-9), key
         else:
             assert s2[key] == v, key
     h1, t1 = (lambda rows: (rows[0], rows[1:]))(list(csv.reader(open(tmp_path / "r1" / "scores.csv"))))
