@@ -384,6 +384,36 @@ Examples:
 """
 
 
+def _why_not_the_training_set(ensemble, source) -> tuple[str | None, float | None]:
+    """For a set whose sha256 is not the model's data_fingerprint: why it is not the training set, or None.
+
+    Returns:
+        ``(reason, None)`` when the set is refused, ``(None, difference)`` when its pixel sketch agrees
+        with the model's data_sketch to within rounding (a set rebuilt on another CPU kind).
+    """
+    from morphllr.data.imageset import SKETCH_RTOL, sketch_batches, sketch_difference
+
+    sketch = ensemble.data_sketch
+    unreadable = "the model's data_sketch is unreadable (edited or damaged model.json)"
+    if ensemble.data_fingerprint is None:
+        return "the model records no fingerprint of its training images", None
+    if not sketch:
+        return ("the model records no rounding-tolerant sketch of its training pixels (it was trained before "
+                "morphllr kept one), so a set rebuilt on another CPU kind, whose last bits differ, cannot be "
+                "recognised"), None
+    if not isinstance(sketch, dict) or not isinstance(sketch.get("n_images"), int):
+        return unreadable, None
+    if sketch["n_images"] != len(source):
+        return f"it holds {len(source)} images, the training set {sketch['n_images']}", None
+    difference = sketch_difference(sketch, sketch_batches(source.batches(256)))
+    if difference is None:
+        return unreadable, None
+    if difference > SKETCH_RTOL:
+        return (f"its pixels differ from the training set's by more than rounding (largest sketch difference "
+                f"{difference:.2g} of the rms pixel, allowed {SKETCH_RTOL:g})"), None
+    return None, difference
+
+
 @app.command("check", help=CHECK_HELP)
 def check_command(
     model: Path = typer.Argument(..., help="Model folder or ensemble folder."),
@@ -413,27 +443,9 @@ def check_command(
     same = fingerprint == ensemble.data_fingerprint
     rebuilt = None  # the sketch's difference when the bytes differ (another CPU kind rounds differently)
     if trained_on and not same:
-        recorded, sketch = ensemble.data_fingerprint, ensemble.data_sketch
-        if recorded is None:
-            why = "the model records no fingerprint of its training images"
-        elif not sketch:
-            why = ("the model records no rounding-tolerant sketch of its training pixels (it was trained before "
-                   "morphllr kept one), so a set rebuilt on another CPU kind, whose last bits differ, cannot be "
-                   "recognised")
-        elif not isinstance(sketch, dict) or not isinstance(sketch.get("n_images"), int):
-            why = "the model's data_sketch is unreadable (edited or damaged model.json)"
-        elif sketch["n_images"] != len(source):
-            why = f"it holds {len(source)} images, the training set {sketch['n_images']}"
-        else:
-            from morphllr.data.imageset import SKETCH_RTOL, sketch_batches, sketch_difference
-
-            rebuilt = sketch_difference(sketch, sketch_batches(source.batches(256)))
-            why = ("the model's data_sketch is unreadable (edited or damaged model.json)" if rebuilt is None else
-                   f"its pixels differ from the training set's by more than rounding (largest sketch difference "
-                   f"{rebuilt:.2g} of the rms pixel, allowed {SKETCH_RTOL:g})")
-            if rebuilt is not None and rebuilt <= SKETCH_RTOL:
-                why = None
+        why, rebuilt = _why_not_the_training_set(ensemble, source)
         if why is not None:
+            recorded = ensemble.data_fingerprint
             raise MorphllrError(f"{imageset}: images sha256 {fingerprint[:12]} is not the set {model} was trained on "
                                 f"({recorded[:12] if recorded else 'not recorded'}): {why}; train the model on this "
                                 "set, or rebuild the set exactly as the model's was")

@@ -140,7 +140,7 @@ def sketch_difference(a: dict, b: dict) -> float | None:
                 len(a["projections"]) != len(b["projections"]):
             return float("inf")
         rms = float(a["rms"])
-        deltas = [abs(float(a["rms"]) - float(b["rms"]))]
+        deltas = [abs(rms - float(b["rms"]))]
         deltas += [abs(float(p) - float(q)) for p, q in zip(a["projections"], b["projections"])]
     except (KeyError, TypeError, ValueError):
         return None
